@@ -1,0 +1,423 @@
+//! `aezoo`: train, evaluate and sample the autoencoder zoo from the command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use aezoo_data::Locator;
+use aezoo_nn::Rng;
+use aezoo_train::registry::{self, FAMILIES};
+use aezoo_train::{checkpoint, weights, EntryConfig, TrainOptions};
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use clap::{Args, Parser, Subcommand};
+use tracing_indicatif::filter::{hide_indicatif_span_fields, IndicatifFilter};
+use tracing_indicatif::IndicatifLayer;
+use tracing_subscriber::fmt::format::DefaultFields;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+#[derive(Parser)]
+#[command(
+    name = "aezoo",
+    version,
+    about = "A zoo of autoencoders on candle: train, evaluate, sample."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Train a zoo entry (a name from `aezoo list`, or a config .json file).
+    Train(TrainArgs),
+    /// Test-split metrics (MSE, PSNR, SSIM, loss) of trained weights.
+    Eval(EvalArgs),
+    /// Decode samples from the prior of a generative entry into a PNG grid.
+    Sample(SampleArgs),
+    /// List the zoo's entries and model families.
+    List,
+}
+
+#[derive(Args, Clone)]
+struct DataArgs {
+    /// Data folder holding the IDX files (or a `<dataset>/` folder with them).
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Allow fetching the data set from the Hugging Face Hub when not found locally.
+    #[arg(long)]
+    download: bool,
+    /// Compute device: cpu, cuda[:N] or metal[:N] (GPU builds need the `cuda`/`metal` feature).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Entry name (`ae-linear`, `vae-conv`, …) or path to a config .json.
+    entry: String,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Use only the first N training images.
+    #[arg(long, value_name = "N")]
+    train_limit: Option<usize>,
+    /// Use only the first N test images.
+    #[arg(long, value_name = "N")]
+    test_limit: Option<usize>,
+    /// Run folder (default: runs/<entry>/<timestamp>).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Continue a stopped run from its last checkpoint (default: the entry's newest run).
+    #[arg(long, value_name = "RUN_DIR", num_args = 0..=1)]
+    resume: Option<Option<PathBuf>>,
+    /// Stop (with a checkpoint) after this many optimiser steps in total.
+    #[arg(long, value_name = "N")]
+    max_steps: Option<u64>,
+    /// Skip loss.png and reconstructions.png.
+    #[arg(long)]
+    no_plots: bool,
+    #[command(flatten)]
+    data: DataArgs,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Entry name (used to find default weights).
+    entry: String,
+    /// Weights folder (config.json + model.safetensors); default: weights/<entry>, else the newest run.
+    #[arg(long, value_name = "DIR")]
+    weights: Option<PathBuf>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Print the metrics as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    data: DataArgs,
+}
+
+#[derive(Args)]
+struct SampleArgs {
+    /// Entry name (used to find default weights).
+    entry: String,
+    /// Number of samples.
+    #[arg(short = 'n', long, default_value_t = 64)]
+    n: usize,
+    /// Output PNG.
+    #[arg(short = 'o', long, default_value = "samples.png")]
+    out: PathBuf,
+    #[arg(long, value_name = "DIR")]
+    weights: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Images per row (default: √n).
+    #[arg(long)]
+    cols: Option<usize>,
+    /// Pixel scale of the grid.
+    #[arg(long, default_value_t = 2)]
+    scale: usize,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+fn device(spec: &str) -> Result<Device> {
+    let (kind, idx) = spec.split_once(':').unwrap_or((spec, "0"));
+    let idx: usize = idx.parse().with_context(|| format!("--device {spec}: bad ordinal"))?;
+    Ok(match kind {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::new_cuda(idx).with_context(|| format!("--device {spec}"))?,
+        "metal" => Device::new_metal(idx).with_context(|| format!("--device {spec}"))?,
+        _ => bail!("--device {spec}: expected cpu, cuda[:N] or metal[:N]"),
+    })
+}
+
+fn init_logging() {
+    let indicatif = IndicatifLayer::new().with_span_field_formatter(hide_indicatif_span_fields(DefaultFields::new()));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_target(false)
+                .with_writer(indicatif.get_stderr_writer())
+                .with_filter(filter),
+        )
+        .with(indicatif.with_filter(IndicatifFilter::new(false)))
+        .init();
+}
+
+/// glibc's allocator returns every large buffer to the kernel on free and
+/// page-faults it back on the next op; tensors of a training step are exactly
+/// that pattern. Keep them in the heap instead (measured: see ARCHITECTURE.md).
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+    }
+}
+
+fn main() -> ExitCode {
+    tune_allocator();
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Train(a) => cmd_train(a),
+        Cmd::Eval(a) => cmd_eval(a),
+        Cmd::Sample(a) => cmd_sample(a),
+        Cmd::List => {
+            println!("entries:");
+            for name in registry::entry_names() {
+                let (cfg, _) = registry::resolve_entry(name)?;
+                println!("  {name:<14} {}", cfg.about);
+            }
+            println!("families:");
+            for f in FAMILIES {
+                println!("  {:<14} {}", f.name(), f.about());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn timestamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+fn apply_overrides(cfg: &mut EntryConfig, a: &TrainArgs) {
+    let t = &mut cfg.train;
+    if let Some(v) = a.epochs {
+        t.epochs = v;
+    }
+    if let Some(v) = a.batch_size {
+        t.batch_size = v;
+    }
+    if let Some(v) = a.lr {
+        t.lr = v;
+    }
+    if let Some(v) = a.seed {
+        t.seed = v;
+    }
+    if let Some(v) = a.train_limit {
+        cfg.data.train_limit = Some(v);
+    }
+    if let Some(v) = a.test_limit {
+        cfg.data.test_limit = Some(v);
+    }
+}
+
+fn git_commit() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn cmd_train(a: TrainArgs) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                eprintln!("\ninterrupted again: exiting without a checkpoint");
+                std::process::exit(130);
+            }
+            eprintln!("\ninterrupt: finishing this step and writing a checkpoint (Ctrl-C again to quit now)");
+        })
+        .context("cannot install the Ctrl-C handler")?;
+    }
+
+    let (mut cfg, run_dir, resume) = match &a.resume {
+        Some(dir) => {
+            let run_dir = match dir {
+                Some(d) => d.clone(),
+                None => {
+                    let name = registry::resolve_entry(&a.entry)
+                        .map(|(c, _)| c.entry)
+                        .unwrap_or(a.entry.clone());
+                    weights::latest_run(&name).with_context(|| {
+                        format!("--resume: no run of `{name}` recorded in runs/{name}/latest; pass --resume RUN_DIR")
+                    })?
+                }
+            };
+            let ck = checkpoint::load(&run_dir)?;
+            (ck.config, run_dir, true)
+        }
+        None => {
+            let (cfg, origin) = registry::resolve_entry(&a.entry)?;
+            tracing::info!("config: {origin}");
+            let run_dir = match &a.out {
+                Some(d) => d.clone(),
+                None => {
+                    let base = weights::runs_root(&cfg.entry).join(timestamp());
+                    let mut d = base.clone();
+                    let mut k = 2;
+                    while d.exists() {
+                        d = PathBuf::from(format!("{}-{k}", base.display()));
+                        k += 1;
+                    }
+                    d
+                }
+            };
+            (cfg, run_dir, false)
+        }
+    };
+    apply_overrides(&mut cfg, &a);
+    cfg.validate("command line")?;
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
+    weights::mark_latest(&cfg.entry, &run_dir)?;
+
+    let mut opts = TrainOptions::new(&run_dir, Locator::from_env(a.data.data.clone(), a.data.download));
+    opts.device = device(&a.data.device)?;
+    opts.resume = resume;
+    opts.max_steps = a.max_steps;
+    opts.stop = Some(stop);
+    opts.plots = !a.no_plots;
+    let out = aezoo_train::train(&cfg, &opts)?;
+
+    let summary = serde_json::json!({
+        "entry": cfg.entry,
+        "family": cfg.family,
+        "completed": out.completed,
+        "epochs": out.epochs_done,
+        "steps": out.steps,
+        "seed": cfg.train.seed,
+        "batch_size": cfg.train.batch_size,
+        "lr": cfg.train.lr,
+        "params": out.params,
+        "data": out.data,
+        "test": out.metrics,
+        "train_images_per_s": out.train_images_per_s,
+        "train_seconds": out.train_seconds,
+        "git_commit": git_commit(),
+    });
+    if out.completed {
+        aezoo_nn::params::write_atomic(
+            &run_dir.join("metrics.json"),
+            (serde_json::to_string_pretty(&summary)? + "\n").as_bytes(),
+        )?;
+    }
+    if let Some(m) = &out.metrics {
+        println!(
+            "{}: test MSE {:.5}  PSNR {:.2} dB  SSIM {:.4}  loss {:.4}  ({:.0} train img/s)",
+            cfg.entry, m.mse, m.psnr, m.ssim, m.loss, out.train_images_per_s
+        );
+    }
+    println!("run: {}", run_dir.display());
+    Ok(())
+}
+
+fn weights_dir(entry: &str, given: &Option<PathBuf>) -> Result<PathBuf> {
+    Ok(match given {
+        Some(d) => d.clone(),
+        None => weights::default_dir(entry)?,
+    })
+}
+
+fn cmd_eval(a: EvalArgs) -> Result<()> {
+    let dev = device(&a.data.device)?;
+    let dir = weights_dir(&a.entry, &a.weights)?;
+    let loaded = weights::load(&dir, &dev)?;
+    let cfg = &loaded.config;
+    if cfg.entry != a.entry {
+        tracing::warn!("{} holds weights of `{}`, not `{}`", dir.display(), cfg.entry, a.entry);
+    }
+    let locator = Locator::from_env(a.data.data.clone(), a.data.download);
+    let splits = aezoo_train::trainer::load_data(cfg, &locator)?;
+    tracing::info!("weights: {}; data: {}", dir.display(), splits.describe());
+    let bs = a.batch_size.unwrap_or(cfg.train.eval_batch_size);
+    let m = aezoo_train::evaluate(
+        loaded.model.as_ref(),
+        &splits.test,
+        bs,
+        cfg.data.noise,
+        cfg.train.seed,
+        &dev,
+    )?;
+    if a.json {
+        let out = serde_json::json!({
+            "entry": cfg.entry,
+            "weights": dir,
+            "data": splits.describe(),
+            "test": m,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "{}: {} test images: MSE {:.5}  PSNR {:.2} dB  SSIM {:.4}  loss {:.4}",
+            cfg.entry, m.images, m.mse, m.psnr, m.ssim, m.loss
+        );
+    }
+    Ok(())
+}
+
+fn cmd_sample(a: SampleArgs) -> Result<()> {
+    let dev = device(&a.device)?;
+    let dir = weights_dir(&a.entry, &a.weights)?;
+    let loaded = weights::load(&dir, &dev)?;
+    if !loaded.model.is_generative() {
+        bail!(
+            "`{}` ({}) has no prior to sample from; sampling needs a variational entry such as vae-conv",
+            loaded.config.entry,
+            loaded.config.family
+        );
+    }
+    if a.n == 0 {
+        bail!("-n must be at least 1");
+    }
+    let mut rng = Rng::new(a.seed);
+    let images = loaded.model.sample(a.n, &mut rng)?;
+    let cols = a.cols.unwrap_or_else(|| (a.n as f64).sqrt().ceil() as usize);
+    if let Some(parent) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    aezoo_train::plot::save_grid(&images, cols, a.scale, Path::new(&a.out))?;
+    println!("{} samples of {} → {}", a.n, loaded.config.entry, a.out.display());
+    Ok(())
+}

@@ -1,0 +1,266 @@
+//! The `aezoo` binary end to end: train → eval → sample on real bundled data,
+//! and bad inputs (unknown config key, truncated IDX, a safetensors file with
+//! a missing tensor) each give a one-line error and a non-zero exit, no panic.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use aezoo_data::idx::{encode_images, encode_labels, IdxImages};
+
+/// Runs `aezoo` in `cwd` with an environment that sees no user data caches.
+fn aezoo(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_aezoo"))
+        .current_dir(cwd)
+        .args(args)
+        .env("XDG_CACHE_HOME", cwd.join(".cache"))
+        .env("HF_HUB_CACHE", cwd.join(".hf"))
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("AEZOO_DATA")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("aezoo runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The last stderr line is `error: …`, alone, and the exit is non-zero.
+fn assert_one_line_error(o: &Output, needles: &[&str]) {
+    assert!(
+        !o.status.success(),
+        "expected failure, got success; stderr:\n{}",
+        stderr(o)
+    );
+    assert_eq!(o.status.code(), Some(1), "exit code; stderr:\n{}", stderr(o));
+    let err = stderr(o);
+    assert!(!err.contains("panicked"), "panic:\n{err}");
+    let line = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+    assert!(line.starts_with("error: "), "last line is not an error line:\n{err}");
+    for n in needles {
+        assert!(line.contains(n), "`{n}` not in: {line}");
+    }
+}
+
+fn write_config(dir: &Path, extra: &str) -> String {
+    let text = format!(
+        r#"{{
+  "entry": "tiny", "family": "ae-linear",
+  "model": {{"image": [1, 28, 28], "latent": 8}},
+  "data": {{"dataset": "mnist"{extra}}},
+  "train": {{"epochs": 1, "batch_size": 32, "lr": 0.001, "seed": 0}}
+}}"#
+    );
+    let p = dir.join("tiny.json");
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn train_eval_sample_round_trip() {
+    let d = tempfile::tempdir().unwrap();
+    let run = d.path().join("run");
+    let o = aezoo(
+        d.path(),
+        &[
+            "train",
+            "vae-conv",
+            "--epochs",
+            "1",
+            "--train-limit",
+            "128",
+            "--test-limit",
+            "64",
+            "--batch-size",
+            "32",
+            "--out",
+            run.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("test MSE") && out.contains("PSNR") && out.contains("SSIM"),
+        "{out}"
+    );
+    for f in [
+        "model.safetensors",
+        "config.json",
+        "metrics.json",
+        "metrics.jsonl",
+        "loss.png",
+        "reconstructions.png",
+    ] {
+        assert!(run.join(f).is_file(), "{f}");
+    }
+    // The run is recorded as the newest of its entry, so eval finds it by name.
+    assert!(d.path().join("runs/vae-conv/latest").is_file());
+    let o = aezoo(d.path(), &["eval", "vae-conv", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let trained: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(
+        v["test"]["mse"], trained["test"]["mse"],
+        "eval reproduces the run's test MSE"
+    );
+    // Samples from the prior.
+    let png = d.path().join("grid.png");
+    let o = aezoo(
+        d.path(),
+        &[
+            "sample",
+            "vae-conv",
+            "-n",
+            "16",
+            "-o",
+            png.to_str().unwrap(),
+            "--weights",
+            run.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(png.is_file());
+}
+
+#[test]
+fn sample_refuses_a_non_generative_entry() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = write_config(d.path(), "");
+    let run = d.path().join("r");
+    let o = aezoo(
+        d.path(),
+        &[
+            "train",
+            &cfg,
+            "--train-limit",
+            "64",
+            "--test-limit",
+            "32",
+            "--no-plots",
+            "--out",
+            run.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = aezoo(d.path(), &["sample", "tiny", "--weights", run.to_str().unwrap()]);
+    assert_one_line_error(&o, &["no prior"]);
+}
+
+#[test]
+fn unknown_config_key_is_a_one_line_error() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = write_config(d.path(), r#", "nosie": 0.3"#);
+    let o = aezoo(d.path(), &["train", &cfg]);
+    assert_one_line_error(&o, &["tiny.json", "data", "unknown field `nosie`"]);
+}
+
+#[test]
+fn truncated_idx_is_a_one_line_error() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for (split, n) in [("train", 20), ("t10k", 10)] {
+        let im = IdxImages {
+            count: n,
+            rows: 28,
+            cols: 28,
+            pixels: vec![7; n * 784],
+        };
+        std::fs::write(data.join(format!("{split}-images-idx3-ubyte")), encode_images(&im)).unwrap();
+        std::fs::write(
+            data.join(format!("{split}-labels-idx1-ubyte")),
+            encode_labels(&vec![1; n]),
+        )
+        .unwrap();
+    }
+    let p = data.join("train-images-idx3-ubyte");
+    let b = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &b[..5000]).unwrap();
+    let o = aezoo(
+        d.path(),
+        &[
+            "train",
+            "ae-linear",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            d.path().join("r").to_str().unwrap(),
+        ],
+    );
+    assert_one_line_error(&o, &["train-images-idx3-ubyte", "truncated", "found 5000"]);
+}
+
+#[test]
+fn missing_tensor_is_a_one_line_error() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = write_config(d.path(), "");
+    let run = d.path().join("r");
+    let o = aezoo(
+        d.path(),
+        &[
+            "train",
+            &cfg,
+            "--train-limit",
+            "64",
+            "--test-limit",
+            "32",
+            "--no-plots",
+            "--out",
+            run.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Drop one tensor from the file.
+    let mut kept: Vec<_> = aezoo_train::checkpoint::read_tensors(&run.join("model.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(kept.len(), 4);
+    kept.retain(|(k, _)| k != "decoder.bias");
+    aezoo_nn::params::save_safetensors_atomic(&kept, &run.join("model.safetensors")).unwrap();
+    let o = aezoo(d.path(), &["eval", "tiny", "--weights", run.to_str().unwrap()]);
+    assert_one_line_error(&o, &["model.safetensors", "missing tensor `decoder.bias`"]);
+}
+
+#[test]
+fn unknown_entry_and_missing_weights_are_one_line_errors() {
+    let d = tempfile::tempdir().unwrap();
+    let o = aezoo(d.path(), &["train", "vae-quantum"]);
+    assert_one_line_error(&o, &["vae-quantum", "vae-conv"]);
+    let o = aezoo(d.path(), &["eval", "vae-conv"]);
+    assert_one_line_error(&o, &["no weights", "cargo xtask train vae-conv"]);
+    let o = aezoo(d.path(), &["train", "ae-linear", "--data", "/nonexistent/aezoo-data"]);
+    assert_one_line_error(&o, &["mnist: not found", "/nonexistent/aezoo-data"]);
+}
+
+#[test]
+fn resume_continues_a_stopped_run() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = write_config(d.path(), "");
+    let run = d.path().join("r");
+    let common = ["--train-limit", "96", "--test-limit", "32", "--no-plots"];
+    let mut args = vec![
+        "train",
+        cfg.as_str(),
+        "--epochs",
+        "2",
+        "--max-steps",
+        "4",
+        "--out",
+        run.to_str().unwrap(),
+    ];
+    args.extend(common);
+    let o = aezoo(d.path(), &args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        !run.join("metrics.json").exists(),
+        "a stopped run has no final metrics.json"
+    );
+    let o = aezoo(d.path(), &["train", "tiny", "--resume", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(m["steps"], 6);
+    assert_eq!(m["epochs"], 2);
+}

@@ -1,0 +1,126 @@
+//! In-memory image data sets: u8 pixels in `(n, c, h, w)` order with labels,
+//! and the train/test pair a source yields.
+
+use candle_core::{Device, Tensor};
+
+use crate::error::{DataError, Result};
+use crate::source::Source;
+
+/// `len` images of `channels × height × width` u8 pixels, with labels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageSet {
+    pixels: Vec<u8>,
+    labels: Vec<u8>,
+    len: usize,
+    channels: usize,
+    height: usize,
+    width: usize,
+}
+
+impl ImageSet {
+    /// Wraps pixels in `(n, c, h, w)` order; `labels` may be empty.
+    pub fn new(pixels: Vec<u8>, labels: Vec<u8>, len: usize, [channels, height, width]: [usize; 3]) -> Result<Self> {
+        if pixels.len() != len * channels * height * width {
+            return Err(DataError::Invalid(format!(
+                "image set: {} pixels for {len} images of {channels}x{height}x{width}",
+                pixels.len()
+            )));
+        }
+        if !labels.is_empty() && labels.len() != len {
+            return Err(DataError::Invalid(format!(
+                "image set: {} labels for {len} images",
+                labels.len()
+            )));
+        }
+        Ok(Self {
+            pixels,
+            labels,
+            len,
+            channels,
+            height,
+            width,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// `[channels, height, width]`.
+    pub fn image_shape(&self) -> [usize; 3] {
+        [self.channels, self.height, self.width]
+    }
+
+    fn image_len(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+
+    /// The pixels of image `i`.
+    pub fn image(&self, i: usize) -> &[u8] {
+        let n = self.image_len();
+        &self.pixels[i * n..(i + 1) * n]
+    }
+
+    pub fn labels(&self) -> &[u8] {
+        &self.labels
+    }
+
+    /// The first `n` images (all of them if `n >= len`).
+    pub fn take(&self, n: usize) -> Self {
+        let n = n.min(self.len);
+        Self {
+            pixels: self.pixels[..n * self.image_len()].to_vec(),
+            labels: if self.labels.is_empty() {
+                vec![]
+            } else {
+                self.labels[..n].to_vec()
+            },
+            len: n,
+            ..*self
+        }
+    }
+
+    /// The images at `indices` as a `(b, c, h, w)` f32 tensor in `[0, 1]`.
+    pub fn batch(&self, indices: &[usize], dev: &Device) -> Result<Tensor> {
+        let n = self.image_len();
+        let mut v = Vec::with_capacity(indices.len() * n);
+        for &i in indices {
+            if i >= self.len {
+                return Err(DataError::Invalid(format!(
+                    "image index {i} out of range for a set of {}",
+                    self.len
+                )));
+            }
+            v.extend(self.image(i).iter().map(|&p| p as f32 * (1.0 / 255.0)));
+        }
+        let t = Tensor::from_vec(v, (indices.len(), self.channels, self.height, self.width), &Device::Cpu)?;
+        Ok(t.to_device(dev)?)
+    }
+}
+
+/// A data set's train and test splits and where they came from.
+#[derive(Clone, Debug)]
+pub struct Splits {
+    pub name: String,
+    pub train: ImageSet,
+    pub test: ImageSet,
+    pub source: Source,
+}
+
+impl Splits {
+    /// A one-line description for logs: name, sizes, source.
+    pub fn describe(&self) -> String {
+        format!(
+            "{}: {} train / {} test images of {:?}, {}",
+            self.name,
+            self.train.len(),
+            self.test.len(),
+            self.train.image_shape(),
+            self.source
+        )
+    }
+}

@@ -1,0 +1,17 @@
+//! aezoo-data: data sets and where they come from — IDX / IDX.gz readers
+//! (MNIST, Fashion-MNIST), the offline resolution chain (`--data`,
+//! `$AEZOO_DATA`, user cache, system packages, the Hub's parquet files, the
+//! bundled real subsets), seeded batching and the noise transform.
+
+pub mod bundled;
+pub mod dataset;
+pub mod error;
+pub mod hub;
+pub mod idx;
+pub mod loader;
+pub mod source;
+
+pub use dataset::{ImageSet, Splits};
+pub use error::{DataError, Result};
+pub use loader::{EpochPlan, GaussianNoise};
+pub use source::{DatasetId, Locator, Source};

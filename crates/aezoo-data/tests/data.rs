@@ -1,0 +1,366 @@
+//! aezoo-data's tests: IDX parsing and its errors, every link of the source
+//! chain (explicit, $AEZOO_DATA, user cache, system, the hf-hub cache, the
+//! bundled subsets), seeded batching and the noise transform.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use aezoo_data::idx::{self, IdxImages};
+use aezoo_data::source::IDX_FILES;
+use aezoo_data::{bundled, DataError, DatasetId, EpochPlan, GaussianNoise, Locator, Source};
+use aezoo_nn::Rng;
+use candle_core::{DType, Device, Tensor};
+
+// ---------------------------------------------------------------- helpers
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+fn gz(bytes: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+/// A small valid data set: `n_train` / `n_test` images whose pixels encode
+/// their index, written as IDX (gzipped or not) into `dir`.
+fn write_idx_set(dir: &Path, n_train: usize, n_test: usize, gzip: bool) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (split, n) in [("train", n_train), ("t10k", n_test)] {
+        let images = IdxImages {
+            count: n,
+            rows: 28,
+            cols: 28,
+            pixels: (0..n * 784).map(|i| ((i / 784) % 251) as u8).collect(),
+        };
+        let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+        let (ib, lb) = (idx::encode_images(&images), idx::encode_labels(&labels));
+        let (ib, lb, ext) = if gzip { (gz(&ib), gz(&lb), ".gz") } else { (ib, lb, "") };
+        std::fs::write(dir.join(format!("{split}-images-idx3-ubyte{ext}")), ib).unwrap();
+        std::fs::write(dir.join(format!("{split}-labels-idx1-ubyte{ext}")), lb).unwrap();
+    }
+}
+
+/// A locator that sees nothing of this machine: only what a test gives it.
+fn isolated() -> Locator {
+    Locator::bundled_only()
+}
+
+fn err_of<T: std::fmt::Debug>(r: Result<T, DataError>) -> String {
+    r.expect_err("expected an error").to_string()
+}
+
+// ---------------------------------------------------------------- IDX
+
+#[test]
+fn idx_round_trip_raw_and_gz() {
+    let d = tmp();
+    write_idx_set(d.path(), 7, 3, false);
+    let im = idx::read_images(&d.path().join("train-images-idx3-ubyte")).unwrap();
+    assert_eq!((im.count, im.rows, im.cols), (7, 28, 28));
+    assert_eq!(im.pixels[6 * 784], 6);
+    let e = tmp();
+    write_idx_set(e.path(), 7, 3, true);
+    let im2 = idx::read_images(&e.path().join("train-images-idx3-ubyte.gz")).unwrap();
+    assert_eq!(im, im2);
+    assert_eq!(
+        idx::read_labels(&e.path().join("t10k-labels-idx1-ubyte.gz")).unwrap(),
+        vec![0, 1, 2]
+    );
+}
+
+#[test]
+fn truncated_idx_names_file_and_sizes() {
+    let d = tmp();
+    write_idx_set(d.path(), 5, 2, false);
+    let p = d.path().join("train-images-idx3-ubyte");
+    let bytes = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &bytes[..1000]).unwrap();
+    let e = err_of(idx::read_images(&p));
+    assert!(e.contains("train-images-idx3-ubyte"), "{e}");
+    assert!(
+        e.contains("truncated") && e.contains(&format!("expected {}", 16 + 5 * 784)) && e.contains("found 1000"),
+        "{e}"
+    );
+    // Header cut short.
+    std::fs::write(&p, &bytes[..10]).unwrap();
+    let e = err_of(idx::read_images(&p));
+    assert!(e.contains("IDX header") && e.contains("found 10"), "{e}");
+}
+
+#[test]
+fn wrong_magic_extra_bytes_and_corrupt_gzip() {
+    let d = tmp();
+    write_idx_set(d.path(), 3, 2, false);
+    // Labels where images are expected.
+    let e = err_of(idx::read_images(&d.path().join("train-labels-idx1-ubyte")));
+    assert!(
+        e.contains("expected magic 0x00000803") && e.contains("found 0x00000801"),
+        "{e}"
+    );
+    // Trailing garbage.
+    let p = d.path().join("t10k-labels-idx1-ubyte");
+    let mut b = std::fs::read(&p).unwrap();
+    b.extend_from_slice(b"junk");
+    std::fs::write(&p, b).unwrap();
+    let e = err_of(idx::read_labels(&p));
+    assert!(e.contains("4 bytes after the data"), "{e}");
+    // A gzip stream cut in the middle.
+    let g = tmp();
+    write_idx_set(g.path(), 30, 2, true);
+    let p = g.path().join("train-images-idx3-ubyte.gz");
+    let b = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &b[..b.len() / 2]).unwrap();
+    let e = err_of(idx::read_images(&p));
+    assert!(e.contains("train-images-idx3-ubyte.gz") && e.contains("gzip"), "{e}");
+    // A missing file.
+    let e = err_of(idx::read_images(&g.path().join("nope")));
+    assert!(e.contains("nope") && e.contains("cannot read"), "{e}");
+}
+
+#[test]
+fn label_count_must_match_images() {
+    let d = tmp();
+    write_idx_set(d.path(), 4, 2, false);
+    std::fs::write(d.path().join("train-labels-idx1-ubyte"), idx::encode_labels(&[1, 2, 3])).unwrap();
+    let mut loc = isolated();
+    loc.explicit = Some(d.path().to_path_buf());
+    let e = err_of(loc.load(DatasetId::Mnist));
+    assert!(
+        e.contains("train-labels-idx1-ubyte") && e.contains("3 labels") && e.contains("4 images"),
+        "{e}"
+    );
+}
+
+// ---------------------------------------------------------------- the chain
+
+#[test]
+fn explicit_dir_direct_or_named_subfolder() {
+    let d = tmp();
+    write_idx_set(d.path(), 6, 4, true);
+    let mut loc = isolated();
+    loc.explicit = Some(d.path().to_path_buf());
+    let s = loc.load(DatasetId::FashionMnist).unwrap();
+    assert_eq!((s.train.len(), s.test.len()), (6, 4));
+    assert_eq!(s.source, Source::Explicit(d.path().to_path_buf()));
+    // DIR/<name>/ works as well.
+    let e = tmp();
+    write_idx_set(&e.path().join("mnist"), 5, 3, false);
+    loc.explicit = Some(e.path().to_path_buf());
+    let s = loc.load(DatasetId::Mnist).unwrap();
+    assert_eq!(s.source, Source::Explicit(e.path().join("mnist")));
+}
+
+#[test]
+fn explicit_dir_without_files_is_an_error_not_a_fallback() {
+    let d = tmp();
+    std::fs::write(d.path().join("train-images-idx3-ubyte"), b"x").unwrap();
+    let mut loc = isolated();
+    loc.explicit = Some(d.path().to_path_buf());
+    let e = err_of(loc.load(DatasetId::FashionMnist));
+    assert!(e.contains("fashion-mnist: not found"), "{e}");
+    assert!(
+        e.contains("train-labels-idx1-ubyte[.gz]") && !e.contains("missing train-images"),
+        "{e}"
+    );
+}
+
+#[test]
+fn explicit_dir_with_a_broken_file_names_it() {
+    let d = tmp();
+    write_idx_set(d.path(), 6, 4, false);
+    let p = d.path().join("t10k-images-idx3-ubyte");
+    let b = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &b[..b.len() - 1]).unwrap();
+    let mut loc = isolated();
+    loc.explicit = Some(d.path().to_path_buf());
+    let e = err_of(loc.load(DatasetId::FashionMnist));
+    assert!(e.contains("t10k-images-idx3-ubyte") && e.contains("truncated"), "{e}");
+}
+
+#[test]
+fn chain_order_env_then_user_cache_then_system_then_bundled() {
+    let (env, cache, sys) = (tmp(), tmp(), tmp());
+    write_idx_set(&env.path().join("fashion-mnist"), 3, 2, false);
+    write_idx_set(&cache.path().join("fashion-mnist"), 4, 2, false);
+    write_idx_set(&sys.path().join("fashion-mnist"), 5, 2, true);
+    let mut loc = isolated();
+    loc.env_dir = Some(env.path().to_path_buf());
+    loc.user_cache = Some(cache.path().to_path_buf());
+    loc.system_roots = vec![sys.path().to_path_buf()];
+    let id = DatasetId::FashionMnist;
+    assert!(matches!(loc.load(id).unwrap().source, Source::Env(_)));
+    loc.env_dir = Some(PathBuf::from("/nonexistent/aezoo"));
+    assert!(matches!(loc.load(id).unwrap().source, Source::UserCache(_)));
+    loc.user_cache = None;
+    let s = loc.load(id).unwrap();
+    assert_eq!(s.source, Source::System(sys.path().join("fashion-mnist")));
+    assert_eq!(s.train.len(), 5);
+    loc.system_roots.clear();
+    let s = loc.load(id).unwrap();
+    assert_eq!(s.source, Source::Bundled);
+    assert!(s.describe().contains("bundled"), "{}", s.describe());
+}
+
+#[test]
+fn debian_fashion_mnist_is_found_where_installed() {
+    // The real location, read through the default chain when the package is
+    // installed (CI installs it); elsewhere the chain must fall through.
+    let loc = Locator {
+        system_roots: vec![PathBuf::from(aezoo_data::source::SYSTEM_ROOT)],
+        ..isolated()
+    };
+    let s = loc.load(DatasetId::FashionMnist).unwrap();
+    if Path::new("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists() {
+        assert_eq!(
+            s.source,
+            Source::System(PathBuf::from("/usr/share/datasets/fashion-mnist"))
+        );
+        assert_eq!((s.train.len(), s.test.len()), (60_000, 10_000));
+        // The bundled subset is its prefix.
+        let b = bundled::load(DatasetId::FashionMnist).unwrap();
+        assert_eq!(b.train.image(4999), s.train.image(4999));
+        assert_eq!(b.test.labels(), &s.test.labels()[..1000]);
+    } else {
+        assert_eq!(s.source, Source::Bundled);
+    }
+}
+
+/// Lays the fixture parquet files out as hf-hub caches them.
+fn fake_hub_cache(root: &Path) {
+    let repo = root.join("datasets--zalando-datasets--fashion_mnist");
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let refs = repo.join("refs/refs/convert");
+    std::fs::create_dir_all(&refs).unwrap();
+    std::fs::write(refs.join("parquet"), commit).unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fashion_mnist");
+    for split in ["train", "test"] {
+        let dst = repo.join("snapshots").join(commit).join("fashion_mnist").join(split);
+        std::fs::create_dir_all(&dst).unwrap();
+        std::fs::copy(fixtures.join(split).join("0000.parquet"), dst.join("0000.parquet")).unwrap();
+    }
+}
+
+#[test]
+fn hub_parquet_from_the_hf_hub_cache() {
+    let cache = tmp();
+    let mut loc = isolated();
+    loc.hub_cache = Some(cache.path().to_path_buf());
+    // Empty cache, no download allowed: falls through to the bundled subset.
+    assert_eq!(loc.load(DatasetId::FashionMnist).unwrap().source, Source::Bundled);
+    fake_hub_cache(cache.path());
+    let s = loc.load(DatasetId::FashionMnist).unwrap();
+    assert_eq!(
+        s.source,
+        Source::Hub {
+            repo: "zalando-datasets/fashion_mnist".into(),
+            downloaded: false
+        }
+    );
+    assert_eq!((s.train.len(), s.test.len()), (12, 6));
+    let b = bundled::load(DatasetId::FashionMnist).unwrap();
+    for i in 0..12 {
+        assert_eq!(s.train.image(i), b.train.image(i), "train image {i}");
+    }
+    assert_eq!(s.test.labels(), &b.test.labels()[..6]);
+    // MNIST is not in that cache.
+    assert_eq!(loc.load(DatasetId::Mnist).unwrap().source, Source::Bundled);
+}
+
+#[test]
+fn corrupt_hub_parquet_is_an_error() {
+    let cache = tmp();
+    fake_hub_cache(cache.path());
+    let snap = cache
+        .path()
+        .join("datasets--zalando-datasets--fashion_mnist/snapshots/0123456789abcdef0123456789abcdef01234567/fashion_mnist/test/0000.parquet");
+    let b = std::fs::read(&snap).unwrap();
+    std::fs::write(&snap, &b[..b.len() / 3]).unwrap();
+    let mut loc = isolated();
+    loc.hub_cache = Some(cache.path().to_path_buf());
+    let e = err_of(loc.load(DatasetId::FashionMnist));
+    assert!(e.contains("0000.parquet") && e.contains("parquet"), "{e}");
+}
+
+#[test]
+fn bundled_subsets_are_what_the_docs_say() {
+    let m = bundled::load(DatasetId::Mnist).unwrap();
+    assert_eq!((m.train.len(), m.test.len()), (8495, 1505));
+    assert_eq!(m.train.image_shape(), [1, 28, 28]);
+    // Interleaved by class: the first ten labels are 0..9.
+    assert_eq!(&m.train.labels()[..10], &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    assert_eq!(&m.test.labels()[..10], &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    let f = bundled::load(DatasetId::FashionMnist).unwrap();
+    assert_eq!((f.train.len(), f.test.len()), (5000, 1000));
+    // Fashion-MNIST's first training label is 9 (ankle boot), its first test label 9.
+    assert_eq!(f.train.labels()[0], 9);
+    assert_eq!(f.test.labels()[0], 9);
+}
+
+#[test]
+fn unknown_dataset_name_lists_known_ones() {
+    let e = err_of(DatasetId::parse("cifar"));
+    assert!(
+        e.contains("cifar") && e.contains("fashion-mnist") && e.contains("mnist"),
+        "{e}"
+    );
+    assert_eq!(IDX_FILES.len(), 4);
+}
+
+// ---------------------------------------------------------------- batching
+
+#[test]
+fn epoch_plans_are_seeded_permutations() {
+    let a = EpochPlan::new(1000, 128, 7, 0, true);
+    let b = EpochPlan::new(1000, 128, 7, 0, true);
+    let c = EpochPlan::new(1000, 128, 7, 1, true);
+    assert_eq!(a.order(), b.order());
+    assert_ne!(a.order(), c.order());
+    let mut sorted = a.order().to_vec();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (0..1000).collect::<Vec<_>>());
+    assert_eq!(a.num_batches(), 8);
+    assert_eq!(a.batch(7).len(), 1000 - 7 * 128);
+    let all: Vec<usize> = (0..a.num_batches()).flat_map(|i| a.batch(i).to_vec()).collect();
+    assert_eq!(all, a.order());
+    let plain = EpochPlan::new(10, 4, 7, 0, false);
+    assert_eq!(plain.batch(1), &[4, 5, 6, 7]);
+}
+
+#[test]
+fn batches_are_nchw_in_unit_range() {
+    let f = bundled::load(DatasetId::FashionMnist).unwrap();
+    let t = f.test.batch(&[0, 3], &Device::Cpu).unwrap();
+    assert_eq!(t.dims(), &[2, 1, 28, 28]);
+    let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+    assert!(v.iter().all(|x| (0.0..=1.0).contains(x)));
+    assert_eq!(v[784 + 400], f.test.image(3)[400] as f32 / 255.0);
+    assert!(f.test.batch(&[1000], &Device::Cpu).is_err());
+}
+
+#[test]
+fn gaussian_noise_is_seeded_and_clipped() {
+    let x = Tensor::full(0.5f32, (2, 1, 4, 4), &Device::Cpu).unwrap();
+    let n = GaussianNoise { std: 0.5, clip: true };
+    let a = n.apply(&x, &mut Rng::new(1)).unwrap();
+    let b = n.apply(&x, &mut Rng::new(1)).unwrap();
+    let va: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+    let vb: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(va, vb);
+    assert!(va.iter().all(|v| (0.0..=1.0).contains(v)));
+    assert!(va.iter().any(|&v| v != 0.5));
+    let loose = GaussianNoise { std: 3.0, clip: false }
+        .apply(&x, &mut Rng::new(2))
+        .unwrap();
+    let max = loose
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(max > 1.0);
+}

@@ -1,0 +1,190 @@
+//! aezoo-metrics: the losses and metrics of the zoo, all differentiable candle
+//! expressions (so any of them can be a training loss) and each pinned to
+//! PyTorch or scikit-image values in `tests/metrics.rs`.
+//!
+//! - MSE, MAE, BCE on probabilities (log clamped at −100 like PyTorch), BCE on
+//!   logits in the stable form `max(x, 0) − x·t + log(1 + e^−|x|)` (candle's
+//!   `binary_cross_entropy_with_logit` takes sigmoid then log and overflows);
+//! - KLD of a diagonal Gaussian against N(0, I) (Kingma & Welling 2014, app. B);
+//! - SSIM (Wang et al. 2004): Gaussian window 11, σ 1.5, K1 0.01, K2 0.03,
+//!   valid filtering, data range a parameter — scikit-image's
+//!   `structural_similarity(gaussian_weights=True, use_sample_covariance=False)`;
+//! - PSNR per image, L1 sparsity of a code.
+//!
+//! Image metrics take `(b, c, h, w)` and return one value per image `(b,)`.
+
+use candle_core::{DType, Device, Result, Tensor};
+
+/// How a per-element loss is reduced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Reduction {
+    /// Mean over every element.
+    #[default]
+    Mean,
+    /// Sum over every element.
+    Sum,
+    /// Sum over every element divided by the batch size (dim 0): the VAE
+    /// convention of "per-sample summed loss, averaged over the batch".
+    BatchMean,
+}
+
+fn reduce(xs: &Tensor, r: Reduction) -> Result<Tensor> {
+    match r {
+        Reduction::Mean => xs.mean_all(),
+        Reduction::Sum => xs.sum_all(),
+        Reduction::BatchMean => {
+            let b = xs.dim(0)? as f64;
+            xs.sum_all()? / b
+        }
+    }
+}
+
+fn same_shape(a: &Tensor, b: &Tensor, what: &str) -> Result<()> {
+    if a.shape() != b.shape() {
+        candle_core::bail!("{what}: shapes differ: {:?} vs {:?}", a.dims(), b.dims());
+    }
+    Ok(())
+}
+
+/// Mean squared error.
+pub fn mse(pred: &Tensor, target: &Tensor, r: Reduction) -> Result<Tensor> {
+    same_shape(pred, target, "mse")?;
+    reduce(&(pred - target)?.sqr()?, r)
+}
+
+/// Mean absolute error.
+pub fn mae(pred: &Tensor, target: &Tensor, r: Reduction) -> Result<Tensor> {
+    same_shape(pred, target, "mae")?;
+    reduce(&(pred - target)?.abs()?, r)
+}
+
+/// Binary cross-entropy of probabilities `p` against targets `t` in [0, 1],
+/// with each log clamped at −100 as PyTorch's `binary_cross_entropy` does.
+pub fn bce(p: &Tensor, t: &Tensor, r: Reduction) -> Result<Tensor> {
+    same_shape(p, t, "bce")?;
+    let log_p = p.log()?.maximum(-100f64)?;
+    let log_1mp = p.affine(-1.0, 1.0)?.log()?.maximum(-100f64)?;
+    let t1m = t.affine(-1.0, 1.0)?;
+    let ll = ((t * log_p)? + (t1m * log_1mp)?)?;
+    reduce(&ll.neg()?, r)
+}
+
+/// Binary cross-entropy on logits in the numerically stable form
+/// `max(x, 0) − x·t + log(1 + exp(−|x|))` (PyTorch's
+/// `binary_cross_entropy_with_logits`).
+pub fn bce_with_logits(logits: &Tensor, t: &Tensor, r: Reduction) -> Result<Tensor> {
+    same_shape(logits, t, "bce_with_logits")?;
+    let softplus_neg_abs = logits.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?;
+    let l = ((logits.relu()? - (logits * t)?)? + softplus_neg_abs)?;
+    reduce(&l, r)
+}
+
+/// KL divergence of `N(mu, exp(logvar))` from `N(0, I)`:
+/// `−½ Σ (1 + logvar − mu² − exp(logvar))`.
+pub fn kld(mu: &Tensor, logvar: &Tensor, r: Reduction) -> Result<Tensor> {
+    same_shape(mu, logvar, "kld")?;
+    let inner = ((logvar.affine(1.0, 1.0)? - mu.sqr()?)? - logvar.exp()?)?;
+    reduce(&(inner * -0.5)?, r)
+}
+
+/// Mean absolute value of a code: the sparse autoencoder's L1 penalty.
+pub fn l1_sparsity(z: &Tensor) -> Result<Tensor> {
+    z.abs()?.mean_all()
+}
+
+/// Per-image mean squared error `(b,)` of `(b, ...)` tensors.
+pub fn mse_per_image(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
+    same_shape(pred, target, "mse_per_image")?;
+    let b = pred.dim(0)?;
+    (pred - target)?.sqr()?.reshape((b, ()))?.mean(1)
+}
+
+/// Per-image PSNR in dB `(b,)`: `10·log10(range² / mse)`; a perfect
+/// reconstruction gives `+inf`, as scikit-image does.
+pub fn psnr(pred: &Tensor, target: &Tensor, data_range: f64) -> Result<Tensor> {
+    let m = mse_per_image(pred, target)?;
+    // 10 log10(R²/m) = 10/ln10 · (ln R² − ln m)
+    let k = 10.0 / std::f64::consts::LN_10;
+    m.log()?.affine(-k, k * (data_range * data_range).ln())
+}
+
+/// Options of [`ssim`]: Wang et al. (2004)'s defaults.
+#[derive(Clone, Copy, Debug)]
+pub struct SsimConfig {
+    /// Gaussian window size (odd).
+    pub window: usize,
+    /// Gaussian σ.
+    pub sigma: f64,
+    pub k1: f64,
+    pub k2: f64,
+    /// Dynamic range of the pixel values (1 for images in [0, 1]).
+    pub data_range: f64,
+}
+
+impl Default for SsimConfig {
+    fn default() -> Self {
+        Self {
+            window: 11,
+            sigma: 1.5,
+            k1: 0.01,
+            k2: 0.03,
+            data_range: 1.0,
+        }
+    }
+}
+
+/// The normalised 1-D Gaussian window.
+pub fn gaussian_window(size: usize, sigma: f64) -> Vec<f64> {
+    let c = (size as f64 - 1.0) / 2.0;
+    let w: Vec<f64> = (0..size)
+        .map(|i| {
+            let x = i as f64 - c;
+            (-(x * x) / (2.0 * sigma * sigma)).exp()
+        })
+        .collect();
+    let s: f64 = w.iter().sum();
+    w.into_iter().map(|v| v / s).collect()
+}
+
+/// Separable Gaussian filtering ("valid": no padding) of every plane of a
+/// `(n, 1, h, w)` tensor.
+fn gaussian_filter(xs: &Tensor, win: &[f64], dtype: DType, dev: &Device) -> Result<Tensor> {
+    let k = win.len();
+    let kx = Tensor::from_vec(win.to_vec(), (1, 1, 1, k), &Device::Cpu)?
+        .to_dtype(dtype)?
+        .to_device(dev)?;
+    let ky = kx.reshape((1, 1, k, 1))?;
+    xs.conv2d(&kx, 0, 1, 1, 1)?.conv2d(&ky, 0, 1, 1, 1)
+}
+
+/// Per-image SSIM `(b,)` of `(b, c, h, w)` images: the mean of the SSIM map
+/// over channels and valid positions. Differentiable in both arguments.
+pub fn ssim(x: &Tensor, y: &Tensor, cfg: SsimConfig) -> Result<Tensor> {
+    same_shape(x, y, "ssim")?;
+    let (b, c, h, w) = x.dims4()?;
+    if h < cfg.window || w < cfg.window {
+        candle_core::bail!(
+            "ssim: images of {h}x{w} are smaller than the {0}x{0} window",
+            cfg.window
+        );
+    }
+    let win = gaussian_window(cfg.window, cfg.sigma);
+    let c1 = (cfg.k1 * cfg.data_range).powi(2);
+    let c2 = (cfg.k2 * cfg.data_range).powi(2);
+    // All five moments in one filtering pass: (5, b*c, 1, h, w).
+    let planes = Tensor::stack(&[x, y, &x.sqr()?, &y.sqr()?, &(x * y)?], 0)?.reshape((5 * b * c, 1, h, w))?;
+    let f = gaussian_filter(&planes, &win, x.dtype(), x.device())?;
+    let (oh, ow) = (h - cfg.window + 1, w - cfg.window + 1);
+    let f = f.reshape((5, b * c, oh, ow))?;
+    let mu_x = f.get(0)?;
+    let mu_y = f.get(1)?;
+    let mu_x2 = mu_x.sqr()?;
+    let mu_y2 = mu_y.sqr()?;
+    let mu_xy = (&mu_x * &mu_y)?;
+    let s_x = (f.get(2)? - &mu_x2)?;
+    let s_y = (f.get(3)? - &mu_y2)?;
+    let s_xy = (f.get(4)? - &mu_xy)?;
+    let num = (mu_xy.affine(2.0, c1)? * s_xy.affine(2.0, c2)?)?;
+    let den = ((mu_x2 + mu_y2)?.affine(1.0, c1)? * (s_x + s_y)?.affine(1.0, c2)?)?;
+    (num / den)?.reshape((b, c * oh * ow))?.mean(1)
+}

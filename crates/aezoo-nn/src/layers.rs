@@ -1,0 +1,195 @@
+//! Parameterised layers with PyTorch's default initialisation, built as free
+//! functions over a `VarBuilder` with `Copy + Default` option structs, as in
+//! candle-nn's `conv.rs`.
+//!
+//! PyTorch initialises `Linear`, `Conv2d` and `ConvTranspose2d` with
+//! `kaiming_uniform_(a=√5)` for the weight and `U(±1/√fan_in)` for the bias,
+//! which both reduce to `U(±1/√fan_in)`. For a transposed convolution PyTorch
+//! takes `fan_in` from `weight.size(1)` — the *output* channels per group times
+//! the kernel area — and we do the same, so a model initialises with the same
+//! distributions as its PyTorch twin. Weights keep PyTorch's layouts
+//! (`(out, in)`, `(out, in/g, kh, kw)`, `(in, out/g, kh, kw)`), so checkpoints
+//! convert by name alone.
+
+use candle_core::{Module, Result, Tensor};
+
+use candle_nn::{Init, VarBuilder};
+
+pub use candle_nn::{Conv2dConfig, ConvTranspose2dConfig};
+
+fn uniform(bound: f64) -> Init {
+    Init::Uniform { lo: -bound, up: bound }
+}
+
+/// `y = x Wᵀ + b` over the last dimension.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+/// Options of [`linear`].
+#[derive(Clone, Copy, Debug)]
+pub struct LinearConfig {
+    pub bias: bool,
+}
+
+impl Default for LinearConfig {
+    fn default() -> Self {
+        Self { bias: true }
+    }
+}
+
+/// A fully connected layer `in_dim → out_dim` (`weight`: `(out, in)`).
+pub fn linear(in_dim: usize, out_dim: usize, cfg: LinearConfig, vb: VarBuilder) -> Result<Linear> {
+    let bound = 1.0 / (in_dim as f64).sqrt();
+    let weight = vb.get_with_hints((out_dim, in_dim), "weight", uniform(bound))?;
+    let bias = if cfg.bias {
+        Some(vb.get_with_hints(out_dim, "bias", uniform(bound))?)
+    } else {
+        None
+    };
+    Ok(Linear { weight, bias })
+}
+
+impl Linear {
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        // xs: (..., in) -> (..., out)
+        let ys = match xs.rank() {
+            2 => xs.matmul(&self.weight.t()?)?,
+            _ => xs.broadcast_matmul(&self.weight.t()?)?,
+        };
+        match &self.bias {
+            Some(b) => ys.broadcast_add(b),
+            None => Ok(ys),
+        }
+    }
+}
+
+/// A 2-D convolution (`weight`: `(out, in/groups, k, k)`).
+#[derive(Clone, Debug)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    cfg: Conv2dConfig,
+}
+
+pub fn conv2d(in_c: usize, out_c: usize, k: usize, cfg: Conv2dConfig, vb: VarBuilder) -> Result<Conv2d> {
+    let fan_in = in_c / cfg.groups * k * k;
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    let weight = vb.get_with_hints((out_c, in_c / cfg.groups, k, k), "weight", uniform(bound))?;
+    let bias = Some(vb.get_with_hints(out_c, "bias", uniform(bound))?);
+    Ok(Conv2d { weight, bias, cfg })
+}
+
+/// Like [`conv2d`] without a bias term.
+pub fn conv2d_no_bias(in_c: usize, out_c: usize, k: usize, cfg: Conv2dConfig, vb: VarBuilder) -> Result<Conv2d> {
+    let fan_in = in_c / cfg.groups * k * k;
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    let weight = vb.get_with_hints((out_c, in_c / cfg.groups, k, k), "weight", uniform(bound))?;
+    Ok(Conv2d {
+        weight,
+        bias: None,
+        cfg,
+    })
+}
+
+impl Conv2d {
+    pub fn config(&self) -> &Conv2dConfig {
+        &self.cfg
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        // xs: (b, in, h, w) -> (b, out, oh, ow)
+        crate::ops::conv2d(
+            xs,
+            &self.weight,
+            self.bias.as_ref(),
+            self.cfg.padding,
+            self.cfg.stride,
+            self.cfg.dilation,
+            self.cfg.groups,
+        )
+    }
+}
+
+/// A 2-D transposed convolution (`weight`: `(in, out, k, k)`).
+#[derive(Clone, Debug)]
+pub struct ConvTranspose2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    cfg: ConvTranspose2dConfig,
+}
+
+pub fn conv_transpose2d(
+    in_c: usize,
+    out_c: usize,
+    k: usize,
+    cfg: ConvTranspose2dConfig,
+    vb: VarBuilder,
+) -> Result<ConvTranspose2d> {
+    // PyTorch: fan_in = weight.size(1) * k * k = out_c * k * k (groups = 1).
+    let fan_in = out_c * k * k;
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    let weight = vb.get_with_hints((in_c, out_c, k, k), "weight", uniform(bound))?;
+    let bias = Some(vb.get_with_hints(out_c, "bias", uniform(bound))?);
+    Ok(ConvTranspose2d { weight, bias, cfg })
+}
+
+impl Module for ConvTranspose2d {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        // xs: (b, in, h, w) -> (b, out, (h-1)s - 2p + k + op, ...)
+        crate::ops::conv_transpose2d(
+            xs,
+            &self.weight,
+            self.bias.as_ref(),
+            self.cfg.padding,
+            self.cfg.output_padding,
+            self.cfg.stride,
+            self.cfg.dilation,
+        )
+    }
+}
+
+/// Group normalisation (Wu & He 2018) with an affine transform initialised to
+/// the identity; computed with candle-nn's composite `GroupNorm` (checked).
+#[derive(Clone, Debug)]
+pub struct GroupNorm {
+    inner: candle_nn::GroupNorm,
+}
+
+/// Options of [`group_norm`].
+#[derive(Clone, Copy, Debug)]
+pub struct GroupNormConfig {
+    pub eps: f64,
+}
+
+impl Default for GroupNormConfig {
+    fn default() -> Self {
+        Self { eps: 1e-5 }
+    }
+}
+
+pub fn group_norm(num_groups: usize, num_channels: usize, cfg: GroupNormConfig, vb: VarBuilder) -> Result<GroupNorm> {
+    if num_groups == 0 || num_channels % num_groups != 0 {
+        candle_core::bail!("group_norm: {num_channels} channels cannot be split into {num_groups} groups");
+    }
+    let weight = vb.get_with_hints(num_channels, "weight", Init::Const(1.0))?;
+    let bias = vb.get_with_hints(num_channels, "bias", Init::Const(0.0))?;
+    let inner = candle_nn::GroupNorm::new(weight, bias, num_channels, num_groups, cfg.eps)?;
+    Ok(GroupNorm { inner })
+}
+
+impl Module for GroupNorm {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.inner.forward(xs)
+    }
+}

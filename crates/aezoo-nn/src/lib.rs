@@ -1,0 +1,17 @@
+//! aezoo-nn: the core layers every aezoo model is built from — gradient-correct
+//! ops on candle 0.11, PyTorch-faithful layer init, TensorFlow `same_pad`, a
+//! seeded RNG, the parameter store, the finite-difference gradient checker,
+//! and the [`model::Autoencoder`] / [`model::Family`] traits.
+
+pub mod conv;
+pub mod gradcheck;
+pub mod layers;
+pub mod model;
+pub mod ops;
+pub mod params;
+pub mod rng;
+pub mod same_pad;
+
+pub use model::{Autoencoder, Batch, Family, StepCtx, StepOutput};
+pub use params::ParamStore;
+pub use rng::Rng;

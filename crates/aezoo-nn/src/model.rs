@@ -1,0 +1,103 @@
+//! The one trait every aezoo model family implements, so the trainer, the
+//! evaluator, the results table and the CLI never special-case a family.
+//!
+//! Images travel as `(batch, channels, height, width)` f32 tensors in `[0, 1]`
+//! everywhere outside a model; a model that works on flat vectors flattens
+//! inside. A family is an [`Autoencoder`] plus a [`Family`] impl that builds
+//! it from its serde config; the trainer's registry holds one line per family.
+
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::rng::Rng;
+
+/// One mini-batch: what the model sees and what it must reproduce (equal for
+/// plain autoencoders, clean images for denoising ones).
+#[derive(Clone, Debug)]
+pub struct Batch {
+    /// `(b, c, h, w)` in `[0, 1]`.
+    pub input: Tensor,
+    /// `(b, c, h, w)` in `[0, 1]`.
+    pub target: Tensor,
+}
+
+impl Batch {
+    /// A batch whose target is its input.
+    pub fn autoencode(xs: Tensor) -> Self {
+        Self {
+            input: xs.clone(),
+            target: xs,
+        }
+    }
+}
+
+/// What a step may need besides the batch: whether it trains, and the seeded
+/// generator for any sampling it does (the VAE's reparameterisation noise).
+#[derive(Debug)]
+pub struct StepCtx<'a> {
+    pub train: bool,
+    pub rng: &'a mut Rng,
+}
+
+/// A step's result: the scalar loss to minimise, its named parts (logged
+/// separately), and the reconstruction in `[0, 1]`.
+#[derive(Clone, Debug)]
+pub struct StepOutput {
+    pub loss: Tensor,
+    pub terms: Vec<(&'static str, Tensor)>,
+    pub recon: Tensor,
+}
+
+/// An autoencoder of images.
+pub trait Autoencoder: Send + Sync {
+    /// The code of `xs` (`(b, c, h, w)` in `[0, 1]`); for variational models
+    /// the posterior mean.
+    fn encode(&self, xs: &Tensor) -> Result<Tensor>;
+
+    /// Images in `[0, 1]` from codes.
+    fn decode(&self, z: &Tensor) -> Result<Tensor>;
+
+    /// The deterministic reconstruction used for evaluation.
+    fn reconstruct(&self, xs: &Tensor) -> Result<Tensor> {
+        self.decode(&self.encode(xs)?)
+    }
+
+    /// One forward pass with the family's training loss.
+    fn step(&self, batch: &Batch, ctx: &mut StepCtx) -> Result<StepOutput>;
+
+    /// Shape of one code (without the batch axis).
+    fn latent_shape(&self) -> Vec<usize>;
+
+    /// Whether [`Autoencoder::sample`] draws from a prior.
+    fn is_generative(&self) -> bool {
+        false
+    }
+
+    /// `n` images decoded from prior samples, for generative families.
+    fn sample(&self, n: usize, rng: &mut Rng) -> Result<Tensor> {
+        let _ = (n, rng);
+        candle_core::bail!("this model family has no prior to sample from")
+    }
+}
+
+/// A model family: its serde config and how to build it.
+pub trait Family: Autoencoder + Sized + 'static {
+    /// The family's `model` section of `configs/<entry>.json`; unknown keys
+    /// must be refused (`#[serde(deny_unknown_fields)]`).
+    type Config: DeserializeOwned + Serialize + Clone + Send + Sync + 'static;
+
+    /// The name used in config files (`"family": "vae-conv"`).
+    const NAME: &'static str;
+
+    /// One line for `aezoo list`: what it is and the paper it follows.
+    const ABOUT: &'static str;
+
+    /// Builds the model; parameter names are `vb.pp(..)` paths, which are also
+    /// the safetensors keys.
+    fn new(cfg: &Self::Config, vb: VarBuilder) -> Result<Self>;
+
+    /// `(channels, height, width)` of the images the config expects.
+    fn image_shape(cfg: &Self::Config) -> [usize; 3];
+}

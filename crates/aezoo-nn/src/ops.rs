@@ -1,0 +1,332 @@
+//! Gradient-correct tensor ops: every op an aezoo model uses goes through this
+//! module, so a candle op whose backward is wrong is replaced in one place.
+//!
+//! What is ours and why (each one is gradient-checked in `tests/nn.rs`):
+//! - [`max_pool2d`]: candle 0.11's `max_pool2d` backward scales the gradient by
+//!   1/k² and has no backward at all when kernel ≠ stride. Ours routes the
+//!   gradient to the first maximum of each window, as PyTorch does.
+//! - [`upsample_nearest2d`]: candle's backward *overwrites* the accumulated
+//!   gradient of its input instead of adding to it (wrong as soon as the input
+//!   feeds anything else) and cannot do non-square factors. Ours is a broadcast,
+//!   whose backward is a sum.
+//! - [`softmax`]: candle's `softmax_last_dim` returns no gradient; the
+//!   composite `candle_nn::ops::softmax` is correct and is what we call.
+//! - [`conv2d`], [`conv_transpose2d`]: on the CPU, im2col/col2im + GEMM
+//!   ([`crate::conv`]), several times faster than candle 0.11's loops. On
+//!   other devices candle's ops, with one fix: candle's conv2d backward fails
+//!   (a shape error) whenever the strided window does not end exactly on the
+//!   padded input's last row or column (`(in + 2p − eff_k) % s ≠ 0`, e.g. 6
+//!   wide, k 3, s 2, p 1), so [`conv2d_candle`] pads explicitly and trims the
+//!   rows no window reads.
+//! - [`relu`], [`silu`], [`sigmoid`]: candle's, checked.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Device, Layout, Result, Shape, Tensor, D};
+
+/// 2-D convolution of `(b, c_in, h, w)` by `(c_out, c_in/groups, kh, kw)`
+/// plus an optional per-channel bias, with a backward that is right for every
+/// size. On the CPU (groups = 1) it runs as im2col + GEMM ([`crate::conv`]);
+/// elsewhere through candle's conv with the remainder fix of the module docs.
+pub fn conv2d(
+    xs: &Tensor,
+    kernel: &Tensor,
+    bias: Option<&Tensor>,
+    padding: usize,
+    stride: usize,
+    dilation: usize,
+    groups: usize,
+) -> Result<Tensor> {
+    if xs.device().is_cpu() && groups == 1 {
+        return crate::conv::conv2d_gemm(xs, kernel, bias, padding, stride, dilation);
+    }
+    let ys = conv2d_candle(xs, kernel, padding, stride, dilation, groups)?;
+    add_channel_bias(ys, bias)
+}
+
+fn add_channel_bias(ys: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    match bias {
+        Some(b) => {
+            let c = b.dim(0)?;
+            ys.broadcast_add(&b.reshape((1, c, 1, 1))?)
+        }
+        None => Ok(ys),
+    }
+}
+
+/// candle's conv2d, made exact-coverage so that its backward is right.
+pub fn conv2d_candle(
+    xs: &Tensor,
+    kernel: &Tensor,
+    padding: usize,
+    stride: usize,
+    dilation: usize,
+    groups: usize,
+) -> Result<Tensor> {
+    // xs: (b, c, h, w); kernel: (o, c/g, kh, kw) -> (b, o, oh, ow)
+    let (_b, _c, h, w) = xs.dims4()?;
+    let (_o, _cg, kh, kw) = kernel.dims4()?;
+    let span = |n: usize, k: usize| -> Result<(usize, usize)> {
+        let eff = (k - 1) * dilation + 1;
+        let padded = n + 2 * padding;
+        if padded < eff {
+            candle_core::bail!("conv2d: input {h}x{w} (padding {padding}) is smaller than the {kh}x{kw} kernel");
+        }
+        let used = (padded - eff) / stride * stride + eff;
+        Ok((padded, used))
+    };
+    let (ph, uh) = span(h, kh)?;
+    let (pw, uw) = span(w, kw)?;
+    if uh == ph && uw == pw {
+        return xs.conv2d(kernel, padding, stride, dilation, groups);
+    }
+    // Pad explicitly, drop the trailing rows/columns no window reaches.
+    let xs = if padding > 0 {
+        xs.pad_with_zeros(2, padding, padding)?
+            .pad_with_zeros(3, padding, padding)?
+    } else {
+        xs.clone()
+    };
+    xs.narrow(2, 0, uh)?
+        .narrow(3, 0, uw)?
+        .conv2d(kernel, 0, stride, dilation, groups)
+}
+
+/// 2-D transposed convolution of `(b, c_in, h, w)` by `(c_in, c_out, kh, kw)`
+/// plus an optional bias; GEMM + col2im on the CPU, candle's op elsewhere.
+pub fn conv_transpose2d(
+    xs: &Tensor,
+    kernel: &Tensor,
+    bias: Option<&Tensor>,
+    padding: usize,
+    output_padding: usize,
+    stride: usize,
+    dilation: usize,
+) -> Result<Tensor> {
+    if xs.device().is_cpu() {
+        return crate::conv::conv_transpose2d_gemm(xs, kernel, bias, padding, output_padding, stride, dilation);
+    }
+    let ys = xs.conv_transpose2d(kernel, padding, output_padding, stride, dilation)?;
+    add_channel_bias(ys, bias)
+}
+
+/// Rectified linear unit.
+pub fn relu(xs: &Tensor) -> Result<Tensor> {
+    xs.relu()
+}
+
+/// SiLU (swish): x · σ(x).
+pub fn silu(xs: &Tensor) -> Result<Tensor> {
+    xs.silu()
+}
+
+/// Logistic sigmoid.
+pub fn sigmoid(xs: &Tensor) -> Result<Tensor> {
+    candle_nn::ops::sigmoid(xs)
+}
+
+/// Softmax over `dim`, through the composite op whose gradient is correct.
+pub fn softmax<Dm: candle_core::shape::Dim>(xs: &Tensor, dim: Dm) -> Result<Tensor> {
+    candle_nn::ops::softmax(xs, dim)
+}
+
+/// Softmax over the last dimension (never candle's `softmax_last_dim`, which
+/// silently has no backward).
+pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    softmax(xs, D::Minus1)
+}
+
+/// Nearest-neighbour upsampling of a `(b, c, h, w)` tensor by integer factors.
+pub fn upsample_nearest2d(xs: &Tensor, factor_h: usize, factor_w: usize) -> Result<Tensor> {
+    // xs: (b, c, h, w) -> (b, c, h*fh, w*fw)
+    let (b, c, h, w) = xs.dims4()?;
+    if factor_h == 0 || factor_w == 0 {
+        candle_core::bail!("upsample_nearest2d: factors must be >= 1, got {factor_h}x{factor_w}");
+    }
+    xs.reshape((b, c, h, 1, w, 1))?
+        .broadcast_as((b, c, h, factor_h, w, factor_w))?
+        .reshape((b, c, h * factor_h, w * factor_w))
+}
+
+/// 2-D max pooling of a `(b, c, h, w)` tensor with a square window `k` and
+/// stride `stride` (no padding; a trailing partial window is dropped, as in
+/// PyTorch's default `ceil_mode=False`).
+pub fn max_pool2d(xs: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
+    let (_b, _c, h, w) = xs.dims4()?;
+    if k == 0 || stride == 0 {
+        candle_core::bail!("max_pool2d: kernel and stride must be >= 1, got k={k} s={stride}");
+    }
+    if h < k || w < k {
+        candle_core::bail!("max_pool2d: input {h}x{w} is smaller than the {k}x{k} window");
+    }
+    match xs.device() {
+        Device::Cpu => xs.contiguous()?.apply_op1(MaxPool2d { k, stride }),
+        _ if k == stride => max_pool2d_composite(xs, k),
+        dev => candle_core::bail!(
+            "max_pool2d with kernel {k} != stride {stride} is only implemented on the CPU (device {dev:?})"
+        ),
+    }
+}
+
+/// Device-agnostic max pooling for `k == stride` made of reshapes and max
+/// reductions (autograd-correct; on exact ties every maximum receives the
+/// gradient).
+pub fn max_pool2d_composite(xs: &Tensor, k: usize) -> Result<Tensor> {
+    // xs: (b, c, h, w) -> (b, c, oh, ow)
+    let (b, c, h, w) = xs.dims4()?;
+    let (oh, ow) = (h / k, w / k);
+    let xs = if oh * k != h || ow * k != w {
+        xs.narrow(2, 0, oh * k)?.narrow(3, 0, ow * k)?
+    } else {
+        xs.clone()
+    };
+    xs.reshape((b, c, oh, k, ow, k))?
+        .max_keepdim(5)?
+        .max_keepdim(3)?
+        .reshape((b, c, oh, ow))
+}
+
+#[derive(Clone, Copy, Debug)]
+struct MaxPool2d {
+    k: usize,
+    stride: usize,
+}
+
+fn pool_dims(l: &Layout, k: usize, s: usize) -> Result<(usize, usize, usize, usize, usize, usize)> {
+    let (b, c, h, w) = l.shape().dims4()?;
+    let oh = (h - k) / s + 1;
+    let ow = (w - k) / s + 1;
+    Ok((b * c, h, w, oh, ow, l.start_offset()))
+}
+
+/// Index (within one (h, w) plane) of the first maximum of the window at
+/// output position (oy, ox); NaN wins, as in PyTorch.
+#[inline]
+fn window_argmax<T: Copy + PartialOrd>(plane: &[T], w: usize, k: usize, s: usize, oy: usize, ox: usize) -> usize {
+    let mut best = oy * s * w + ox * s;
+    let mut best_v = plane[best];
+    #[allow(clippy::eq_op)]
+    let is_nan = |v: T| v != v;
+    if is_nan(best_v) {
+        return best;
+    }
+    for dy in 0..k {
+        let row = (oy * s + dy) * w + ox * s;
+        for dx in 0..k {
+            let v = plane[row + dx];
+            if v > best_v || is_nan(v) {
+                best = row + dx;
+                best_v = v;
+                if is_nan(v) {
+                    return best;
+                }
+            }
+        }
+    }
+    best
+}
+
+fn pool_fwd<T: Copy + PartialOrd + Send + Sync>(src: &[T], l: &Layout, k: usize, s: usize) -> Result<Vec<T>> {
+    let (planes, h, w, oh, ow, off) = pool_dims(l, k, s)?;
+    let src = &src[off..off + planes * h * w];
+    let mut out = Vec::with_capacity(planes * oh * ow);
+    for p in 0..planes {
+        let plane = &src[p * h * w..(p + 1) * h * w];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                out.push(plane[window_argmax(plane, w, k, s, oy, ox)]);
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl CustomOp1 for MaxPool2d {
+    fn name(&self) -> &'static str {
+        "aezoo-max-pool2d"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        if !layout.is_contiguous() {
+            candle_core::bail!("aezoo-max-pool2d: input must be contiguous");
+        }
+        let (b, c, _h, _w) = layout.shape().dims4()?;
+        let (_, _, _, oh, ow, _) = pool_dims(layout, self.k, self.stride)?;
+        let shape = Shape::from((b, c, oh, ow));
+        let (k, s) = (self.k, self.stride);
+        let out = match storage {
+            CpuStorage::F32(v) => CpuStorage::F32(pool_fwd(v, layout, k, s)?),
+            CpuStorage::F64(v) => CpuStorage::F64(pool_fwd(v, layout, k, s)?),
+            CpuStorage::BF16(v) => CpuStorage::BF16(pool_fwd(v, layout, k, s)?),
+            CpuStorage::F16(v) => CpuStorage::F16(pool_fwd(v, layout, k, s)?),
+            other => candle_core::bail!("aezoo-max-pool2d: unsupported dtype {:?}", other.dtype()),
+        };
+        Ok((out, shape))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let grad = arg.apply_op2_no_bwd(
+            &grad_res.contiguous()?,
+            &MaxPool2dGrad {
+                k: self.k,
+                stride: self.stride,
+            },
+        )?;
+        Ok(Some(grad))
+    }
+}
+
+/// The backward of [`MaxPool2d`]: scatters each output gradient to the first
+/// maximum of its window (accumulating where windows overlap).
+#[derive(Clone, Copy, Debug)]
+struct MaxPool2dGrad {
+    k: usize,
+    stride: usize,
+}
+
+fn pool_bwd<T>(src: &[T], l: &Layout, grad: &[T], lg: &Layout, k: usize, s: usize) -> Result<Vec<T>>
+where
+    T: Copy + PartialOrd + std::ops::AddAssign + Default,
+{
+    let (planes, h, w, oh, ow, off) = pool_dims(l, k, s)?;
+    let src = &src[off..off + planes * h * w];
+    let goff = lg.start_offset();
+    let grad = &grad[goff..goff + planes * oh * ow];
+    let mut out = vec![T::default(); planes * h * w];
+    for p in 0..planes {
+        let plane = &src[p * h * w..(p + 1) * h * w];
+        let gplane = &grad[p * oh * ow..(p + 1) * oh * ow];
+        let oplane = &mut out[p * h * w..(p + 1) * h * w];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let i = window_argmax(plane, w, k, s, oy, ox);
+                oplane[i] += gplane[oy * ow + ox];
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl CustomOp2 for MaxPool2dGrad {
+    fn name(&self) -> &'static str {
+        "aezoo-max-pool2d-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        if !l1.is_contiguous() || !l2.is_contiguous() {
+            candle_core::bail!("aezoo-max-pool2d-grad: inputs must be contiguous");
+        }
+        let (k, s) = (self.k, self.stride);
+        let out = match (s1, s2) {
+            (CpuStorage::F32(a), CpuStorage::F32(g)) => CpuStorage::F32(pool_bwd(a, l1, g, l2, k, s)?),
+            (CpuStorage::F64(a), CpuStorage::F64(g)) => CpuStorage::F64(pool_bwd(a, l1, g, l2, k, s)?),
+            (CpuStorage::BF16(a), CpuStorage::BF16(g)) => CpuStorage::BF16(pool_bwd(a, l1, g, l2, k, s)?),
+            (CpuStorage::F16(a), CpuStorage::F16(g)) => CpuStorage::F16(pool_bwd(a, l1, g, l2, k, s)?),
+            (a, g) => candle_core::bail!(
+                "aezoo-max-pool2d-grad: unsupported dtypes {:?}/{:?}",
+                a.dtype(),
+                g.dtype()
+            ),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}

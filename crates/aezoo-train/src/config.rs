@@ -1,0 +1,171 @@
+//! `configs/<entry>.json`: one zoo entry's model, data and training settings.
+//!
+//! Every struct refuses unknown keys, and every error names the file and the
+//! JSON path of the field (`configs/vae-conv.json: train.lr: invalid type…`).
+//! The `model` section is kept as JSON here and parsed by the family's own
+//! config struct through the registry, so this file knows no family.
+
+use std::path::Path;
+
+use aezoo_data::GaussianNoise;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{io_err, Result, TrainError};
+use crate::optim::AdamConfig;
+
+/// One zoo entry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntryConfig {
+    /// The entry's name (`vae-conv`), also the default run folder name.
+    pub entry: String,
+    /// The model family that builds it (a registry key).
+    pub family: String,
+    /// One line for listings: what it is and its source.
+    #[serde(default)]
+    pub about: String,
+    /// The family's own config (parsed by the family, unknown keys refused).
+    pub model: serde_json::Value,
+    pub data: DataConfig,
+    pub train: TrainConfig,
+}
+
+/// Which data and how it is presented.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// `mnist` or `fashion-mnist`.
+    pub dataset: String,
+    /// Use only the first N training images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_limit: Option<usize>,
+    /// Use only the first N test images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_limit: Option<usize>,
+    /// Corrupt inputs with Gaussian noise (targets stay clean).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise: Option<GaussianNoise>,
+}
+
+fn default_eval_batch() -> usize {
+    1000
+}
+fn default_log_every() -> usize {
+    50
+}
+fn default_checkpoint_every() -> usize {
+    200
+}
+fn default_shuffle() -> bool {
+    true
+}
+
+/// The optimisation protocol.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Adam's learning rate.
+    pub lr: f64,
+    /// Seeds init, shuffling and all sampling.
+    pub seed: u64,
+    /// Adam's other settings (PyTorch's defaults when absent).
+    #[serde(default)]
+    pub optimizer: AdamConfig,
+    #[serde(default = "default_shuffle")]
+    pub shuffle: bool,
+    /// Batch size of evaluation passes.
+    #[serde(default = "default_eval_batch")]
+    pub eval_batch_size: usize,
+    /// Write a `metrics.jsonl` step line every N steps.
+    #[serde(default = "default_log_every")]
+    pub log_every: usize,
+    /// Write a checkpoint every N steps (and at every epoch end); 0 = epoch ends only.
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: usize,
+}
+
+/// Parses JSON text into `T`, with errors that name `origin` and the field path.
+pub fn parse_json<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T> {
+    let de = &mut serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        TrainError::Config {
+            origin: origin.to_string(),
+            msg: if path == "." || path.is_empty() {
+                inner.to_string()
+            } else {
+                format!("{path}: {inner}")
+            },
+        }
+    })
+}
+
+/// Parses a JSON value (a config section) into `T`; `section` prefixes the path.
+pub fn parse_value<T: DeserializeOwned>(v: &serde_json::Value, origin: &str, section: &str) -> Result<T> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        TrainError::Config {
+            origin: origin.to_string(),
+            msg: if path == "." || path.is_empty() {
+                format!("{section}: {inner}")
+            } else {
+                format!("{section}.{path}: {inner}")
+            },
+        }
+    })
+}
+
+impl EntryConfig {
+    /// Reads and validates a config file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+        Self::from_str_named(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates config text; `origin` names it in errors.
+    pub fn from_str_named(text: &str, origin: &str) -> Result<Self> {
+        let cfg: EntryConfig = parse_json(text, origin)?;
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
+    /// Checks values serde cannot (and the family's model section, through the
+    /// registry).
+    pub fn validate(&self, origin: &str) -> Result<()> {
+        let bad = |msg: String| TrainError::Config {
+            origin: origin.to_string(),
+            msg,
+        };
+        let t = &self.train;
+        if t.batch_size == 0 {
+            return Err(bad("train.batch_size: must be >= 1".into()));
+        }
+        if t.eval_batch_size == 0 {
+            return Err(bad("train.eval_batch_size: must be >= 1".into()));
+        }
+        if !(t.lr.is_finite() && t.lr > 0.0) {
+            return Err(bad(format!("train.lr: must be a positive number, got {}", t.lr)));
+        }
+        t.optimizer
+            .validate()
+            .map_err(|m| bad(format!("train.optimizer.{m}")))?;
+        aezoo_data::DatasetId::parse(&self.data.dataset).map_err(|e| bad(format!("data.dataset: {e}")))?;
+        if let Some(n) = &self.data.noise {
+            if !(n.std.is_finite() && n.std >= 0.0) {
+                return Err(bad(format!("data.noise.std: must be >= 0, got {}", n.std)));
+            }
+        }
+        crate::registry::family(&self.family, origin)?.check(&self.model, origin)?;
+        Ok(())
+    }
+
+    /// Pretty JSON, as written to `config.json`.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("config serialises") + "\n"
+    }
+}

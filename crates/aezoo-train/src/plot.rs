@@ -1,0 +1,200 @@
+//! Pictures of a run: image grids (reconstructions, samples) and the loss
+//! curve, written as PNG (atomically).
+//!
+//! The loss plot is drawn with plotters on an in-memory bitmap; text uses the
+//! DejaVu Sans font bundled in `assets/` (see its licence there), so no system
+//! font library is needed.
+
+use std::path::Path;
+use std::sync::Once;
+
+use aezoo_nn::params::write_atomic;
+use candle_core::{DType, Device, Tensor};
+use image::{ImageBuffer, Rgb, RgbImage};
+use plotters::prelude::*;
+
+use crate::error::{Result, TrainError};
+
+static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+static REGISTER: Once = Once::new();
+
+fn register_font() {
+    REGISTER.call_once(|| {
+        // The font is a valid TTF compiled in; failure here is a build bug.
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
+fn other(path: &Path, e: impl std::fmt::Display) -> TrainError {
+    TrainError::Other(format!("{}: {e}", path.display()))
+}
+
+fn write_png(img: &RgbImage, path: &Path) -> Result<()> {
+    let mut bytes = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+        .map_err(|e| other(path, e))?;
+    write_atomic(path, &bytes)?;
+    Ok(())
+}
+
+/// `(n, c, h, w)` in [0, 1] → n RGB tiles of `h × w` u8 pixels.
+fn tiles(images: &Tensor) -> Result<(usize, usize, usize, Vec<Vec<[u8; 3]>>)> {
+    let (n, c, h, w) = images.dims4()?;
+    let px: Vec<f32> = images
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .clamp(0f32, 1f32)?
+        .flatten_all()?
+        .to_vec1()?;
+    let q = |v: f32| (v * 255.0).round() as u8;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let base = i * c * h * w;
+        let tile = (0..h * w)
+            .map(|p| match c {
+                1 => {
+                    let g = q(px[base + p]);
+                    [g, g, g]
+                }
+                _ => [q(px[base + p]), q(px[base + h * w + p]), q(px[base + 2 * h * w + p])],
+            })
+            .collect();
+        out.push(tile);
+    }
+    Ok((n, h, w, out))
+}
+
+/// Lays out rows of tiles (each row a list of tile indices, `None` = blank)
+/// with a 2-pixel gutter, each pixel drawn as `scale × scale`.
+fn compose(rows: &[Vec<Option<usize>>], tiles: &[Vec<[u8; 3]>], h: usize, w: usize, scale: usize) -> RgbImage {
+    let gut = 2;
+    let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    let width = gut + cols * (w * scale + gut);
+    let height = gut + rows.len() * (h * scale + gut);
+    let mut img: RgbImage = ImageBuffer::from_pixel(width as u32, height as u32, Rgb([40, 40, 48]));
+    for (r, row) in rows.iter().enumerate() {
+        for (ci, t) in row.iter().enumerate() {
+            let Some(t) = t else { continue };
+            let (x0, y0) = (gut + ci * (w * scale + gut), gut + r * (h * scale + gut));
+            for y in 0..h * scale {
+                for x in 0..w * scale {
+                    let p = tiles[*t][(y / scale) * w + x / scale];
+                    img.put_pixel((x0 + x) as u32, (y0 + y) as u32, Rgb(p));
+                }
+            }
+        }
+    }
+    img
+}
+
+/// A grid of `(n, c, h, w)` images in [0, 1], `cols` per row.
+pub fn save_grid(images: &Tensor, cols: usize, scale: usize, path: &Path) -> Result<()> {
+    let (n, h, w, t) = tiles(images)?;
+    let cols = cols.max(1);
+    let rows: Vec<Vec<Option<usize>>> = (0..n.div_ceil(cols))
+        .map(|r| (r * cols..((r + 1) * cols).min(n)).map(Some).collect())
+        .collect();
+    write_png(&compose(&rows, &t, h, w, scale), path)
+}
+
+/// Originals above their reconstructions, `cols` pairs per band.
+pub fn save_recon_strip(originals: &Tensor, recons: &Tensor, cols: usize, scale: usize, path: &Path) -> Result<()> {
+    let both = Tensor::cat(&[originals, recons], 0)?;
+    let (n2, h, w, t) = tiles(&both)?;
+    let n = n2 / 2;
+    let cols = cols.max(1);
+    let mut rows = Vec::new();
+    for band in 0..n.div_ceil(cols) {
+        let idx: Vec<usize> = (band * cols..((band + 1) * cols).min(n)).collect();
+        rows.push(idx.iter().map(|&i| Some(i)).collect());
+        rows.push(idx.iter().map(|&i| Some(n + i)).collect());
+    }
+    write_png(&compose(&rows, &t, h, w, scale), path)
+}
+
+/// A series for [`save_loss_plot`].
+pub struct Series<'a> {
+    pub label: &'a str,
+    pub points: &'a [(f64, f64)],
+    pub color: RGBColor,
+}
+
+/// Loss curves against optimiser steps.
+pub fn save_loss_plot(title: &str, series: &[Series], path: &Path) -> Result<()> {
+    register_font();
+    let (w, h) = (900u32, 540u32);
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| other(path, e))?;
+        let all: Vec<&(f64, f64)> = series
+            .iter()
+            .flat_map(|s| s.points.iter())
+            .filter(|(x, y)| x.is_finite() && y.is_finite())
+            .collect();
+        let (x0, x1) = all
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), (x, _)| (a.min(*x), b.max(*x)));
+        let (y0, y1) = all
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), (_, y)| (a.min(*y), b.max(*y)));
+        let (x0, x1) = if all.is_empty() {
+            (0.0, 1.0)
+        } else if x1 > x0 {
+            (x0, x1)
+        } else {
+            (x0 - 0.5, x0 + 0.5)
+        };
+        let (y0, y1) = if all.is_empty() {
+            (0.0, 1.0)
+        } else {
+            let pad = ((y1 - y0) * 0.05).max(1e-12);
+            (y0 - pad, y1 + pad)
+        };
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 22))
+            .margin(16)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(x0..x1, y0..y1)
+            .map_err(|e| other(path, e))?;
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .y_desc("loss")
+            .label_style(("sans-serif", 14))
+            .draw()
+            .map_err(|e| other(path, e))?;
+        for s in series {
+            let color = s.color;
+            let pts: Vec<(f64, f64)> = s
+                .points
+                .iter()
+                .copied()
+                .filter(|(x, y)| x.is_finite() && y.is_finite())
+                .collect();
+            let drawn = chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                .map_err(|e| other(path, e))?;
+            drawn
+                .label(s.label)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+            if pts.len() <= 60 {
+                chart
+                    .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                    .map_err(|e| other(path, e))?;
+            }
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 14))
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(|e| other(path, e))?;
+        root.present().map_err(|e| other(path, e))?;
+    }
+    let img = RgbImage::from_raw(w, h, buf).ok_or_else(|| other(path, "bitmap size mismatch"))?;
+    write_png(&img, path)
+}

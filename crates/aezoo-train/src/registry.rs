@@ -1,0 +1,115 @@
+//! The zoo registry: family name → config struct → model, and the built-in
+//! entries (`configs/*.json`, embedded at build time).
+//!
+//! Adding a family is one crate and one line in [`FAMILIES`]; nothing else in
+//! the trainer, evaluator or CLI names a family.
+
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+
+use aezoo_nn::{Autoencoder, Family};
+use candle_nn::VarBuilder;
+
+use crate::config::{parse_value, EntryConfig};
+use crate::error::{Result, TrainError};
+
+include!(concat!(env!("OUT_DIR"), "/builtin_entries.rs"));
+
+/// A family with its config type erased.
+pub trait DynFamily: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn about(&self) -> &'static str;
+    /// Parses the `model` section; returns the image shape it expects.
+    fn check(&self, model: &serde_json::Value, origin: &str) -> Result<[usize; 3]>;
+    /// Builds the model on `vb`.
+    fn build(&self, model: &serde_json::Value, origin: &str, vb: VarBuilder) -> Result<Box<dyn Autoencoder>>;
+}
+
+struct Registered<F>(PhantomData<fn() -> F>);
+
+impl<F: Family> DynFamily for Registered<F> {
+    fn name(&self) -> &'static str {
+        F::NAME
+    }
+    fn about(&self) -> &'static str {
+        F::ABOUT
+    }
+    fn check(&self, model: &serde_json::Value, origin: &str) -> Result<[usize; 3]> {
+        let cfg: F::Config = parse_value(model, origin, "model")?;
+        Ok(F::image_shape(&cfg))
+    }
+    fn build(&self, model: &serde_json::Value, origin: &str, vb: VarBuilder) -> Result<Box<dyn Autoencoder>> {
+        let cfg: F::Config = parse_value(model, origin, "model")?;
+        let m = F::new(&cfg, vb).map_err(|e| TrainError::Config {
+            origin: origin.to_string(),
+            msg: format!("model: {e}"),
+        })?;
+        Ok(Box::new(m))
+    }
+}
+
+/// Every model family, one line each.
+pub static FAMILIES: &[&dyn DynFamily] = &[
+    &Registered::<aezoo_ae::LinearAe>(PhantomData),
+    &Registered::<aezoo_vae::ConvVae>(PhantomData),
+];
+
+/// The family called `name`.
+pub fn family(name: &str, origin: &str) -> Result<&'static dyn DynFamily> {
+    FAMILIES
+        .iter()
+        .copied()
+        .find(|f| f.name() == name)
+        .ok_or_else(|| TrainError::UnknownFamily {
+            name: name.to_string(),
+            origin: origin.to_string(),
+            known: FAMILIES.iter().map(|f| f.name()).collect::<Vec<_>>().join(", "),
+        })
+}
+
+/// Names of the built-in entries.
+pub fn entry_names() -> Vec<&'static str> {
+    BUILTIN.iter().map(|(n, _)| *n).collect()
+}
+
+/// Where an entry's config came from.
+#[derive(Clone, Debug)]
+pub enum ConfigOrigin {
+    File(PathBuf),
+    Builtin(&'static str),
+}
+
+impl std::fmt::Display for ConfigOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigOrigin::File(p) => write!(f, "{}", p.display()),
+            ConfigOrigin::Builtin(n) => write!(f, "<built-in>/configs/{n}.json"),
+        }
+    }
+}
+
+/// Resolves an entry: a path to a `.json` file, else `configs/<name>.json` in
+/// the current folder (so edits in a checkout take effect), else the
+/// built-in copy.
+pub fn resolve_entry(name_or_path: &str) -> Result<(EntryConfig, ConfigOrigin)> {
+    let p = Path::new(name_or_path);
+    if name_or_path.ends_with(".json") || p.is_file() {
+        let cfg = EntryConfig::from_file(p)?;
+        return Ok((cfg, ConfigOrigin::File(p.to_path_buf())));
+    }
+    let local = Path::new("configs").join(format!("{name_or_path}.json"));
+    if local.is_file() {
+        let cfg = EntryConfig::from_file(&local)?;
+        return Ok((cfg, ConfigOrigin::File(local)));
+    }
+    let (name, text) = BUILTIN
+        .iter()
+        .find(|(n, _)| *n == name_or_path)
+        .ok_or_else(|| TrainError::UnknownEntry {
+            name: name_or_path.to_string(),
+            known: entry_names().join(", "),
+        })?;
+    let origin = ConfigOrigin::Builtin(name);
+    let cfg = EntryConfig::from_str_named(text, &origin.to_string())?;
+    Ok((cfg, origin))
+}

@@ -1,0 +1,467 @@
+//! The training loop: any registered family, one protocol.
+//!
+//! Per step: a seeded batch (optionally noised), the family's `step`, a
+//! finite-loss check, backward, Adam. Per epoch: evaluation on the test split,
+//! `metrics.jsonl` lines, `loss.png`, `reconstructions.png`, the run's weights
+//! and a checkpoint. A run stopped at any step (Ctrl-C, `max_steps`, a kill)
+//! and resumed from its last checkpoint ends with the same weights as a run
+//! that was never stopped: the data order depends only on (seed, epoch), the
+//! sampling generator's state and Adam's moments are checkpointed, and
+//! evaluation draws from its own stream.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use aezoo_data::{DatasetId, EpochPlan, Locator, Splits};
+use aezoo_nn::params::write_atomic;
+use aezoo_nn::{Autoencoder, Batch, ParamStore, Rng, StepCtx};
+use candle_core::{DType, Device};
+use serde::{Deserialize, Serialize};
+use tracing_indicatif::span_ext::IndicatifSpanExt;
+
+use crate::checkpoint::{self, OptimizerState, TrainerState, STATE_FORMAT};
+use crate::config::EntryConfig;
+use crate::error::{io_err, Result, TrainError};
+use crate::eval::{evaluate, EvalMetrics};
+use crate::optim::Adam;
+use crate::registry;
+use crate::runlog::{EpochRecord, RunLog, StepRecord};
+
+/// How many test images the reconstruction strip shows (the same first
+/// images of the test split for every entry).
+pub const STRIP_IMAGES: usize = 8;
+
+/// Everything about a run that is not the entry's config.
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    /// The run folder (created if needed).
+    pub run_dir: PathBuf,
+    pub device: Device,
+    /// Where the data comes from.
+    pub locator: Locator,
+    /// Continue from the run folder's newest checkpoint.
+    pub resume: bool,
+    /// Stop (with a checkpoint) once this many optimiser steps are done in
+    /// total; the run can be resumed later.
+    pub max_steps: Option<u64>,
+    /// Set from outside (Ctrl-C) to stop after the current step, with a checkpoint.
+    pub stop: Option<Arc<AtomicBool>>,
+    /// Write `loss.png` and `reconstructions.png`.
+    pub plots: bool,
+}
+
+impl TrainOptions {
+    pub fn new(run_dir: impl Into<PathBuf>, locator: Locator) -> Self {
+        Self {
+            run_dir: run_dir.into(),
+            device: Device::Cpu,
+            locator,
+            resume: false,
+            max_steps: None,
+            stop: None,
+            plots: true,
+        }
+    }
+}
+
+/// The end of a run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainOutcome {
+    pub run_dir: PathBuf,
+    /// All epochs done (false when stopped early).
+    pub completed: bool,
+    pub epochs_done: usize,
+    pub steps: u64,
+    /// Test metrics after the last completed epoch.
+    pub metrics: Option<EvalMetrics>,
+    /// Training throughput (forward, backward, optimiser; evaluation excluded).
+    pub train_images_per_s: f64,
+    pub train_seconds: f64,
+    pub data: String,
+    pub params: usize,
+}
+
+/// A model built from a config, with its parameter store.
+pub struct Built {
+    pub model: Box<dyn Autoencoder>,
+    pub params: ParamStore,
+}
+
+/// Builds the entry's model with fresh parameters seeded by `train.seed`.
+pub fn build_fresh(cfg: &EntryConfig, dev: &Device) -> Result<Built> {
+    let params = ParamStore::init(cfg.train.seed);
+    let vb = params.var_builder(DType::F32, dev);
+    let model = registry::family(&cfg.family, &cfg.entry)?.build(&cfg.model, &cfg.entry, vb)?;
+    Ok(Built { model, params })
+}
+
+/// Loads the entry's data through the chain, applies the config's limits and
+/// checks the image shape against the model's.
+pub fn load_data(cfg: &EntryConfig, locator: &Locator) -> Result<Splits> {
+    let id = DatasetId::parse(&cfg.data.dataset)?;
+    let mut splits = locator.load(id)?;
+    if let Some(n) = cfg.data.train_limit {
+        splits.train = splits.train.take(n);
+    }
+    if let Some(n) = cfg.data.test_limit {
+        splits.test = splits.test.take(n);
+    }
+    let want = registry::family(&cfg.family, &cfg.entry)?.check(&cfg.model, &cfg.entry)?;
+    if splits.train.image_shape() != want {
+        return Err(TrainError::Config {
+            origin: cfg.entry.clone(),
+            msg: format!(
+                "model.image is {want:?} but {} images are {:?}",
+                splits.name,
+                splits.train.image_shape()
+            ),
+        });
+    }
+    if splits.train.is_empty() || splits.test.is_empty() {
+        return Err(TrainError::Other(format!(
+            "{}: empty split ({} train / {} test images)",
+            splits.name,
+            splits.train.len(),
+            splits.test.len()
+        )));
+    }
+    Ok(splits)
+}
+
+fn scalar(t: &candle_core::Tensor) -> Result<f32> {
+    Ok(t.to_dtype(DType::F32)?.to_scalar::<f32>()?)
+}
+
+/// Trains `cfg` (from scratch, or from the run folder's checkpoint when
+/// `opts.resume`).
+pub fn train(cfg: &EntryConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
+    let run_dir = &opts.run_dir;
+    std::fs::create_dir_all(run_dir).map_err(io_err(run_dir))?;
+    let dev = &opts.device;
+    let t = &cfg.train;
+
+    let splits = load_data(cfg, &opts.locator)?;
+    let data_desc = splits.describe();
+    if splits.source.is_bundled() {
+        let id = DatasetId::parse(&cfg.data.dataset)?;
+        tracing::warn!("data: {data_desc}; a small real subset. For {}", id.how_to_get_full());
+    } else {
+        tracing::info!("data: {data_desc}");
+    }
+
+    let Built { model, params } = build_fresh(cfg, dev)?;
+    let mut adam = Adam::new(params.vars(), t.lr, t.optimizer.clone())?;
+    let nparams = params.num_params();
+
+    let (mut epoch, mut start_batch, mut step, mut rng, mut train_seconds);
+    let mut log;
+    if opts.resume {
+        let ck = checkpoint::load(run_dir)?;
+        if ck.config.model != cfg.model || ck.config.family != cfg.family {
+            return Err(TrainError::Checkpoint {
+                path: ck.dir.clone(),
+                msg: "the checkpoint was made with a different model config".into(),
+            });
+        }
+        rng = ck.restore(&params, &mut adam)?;
+        adam.set_lr(t.lr);
+        epoch = ck.state.epoch;
+        start_batch = ck.state.batch_in_epoch;
+        step = ck.state.step;
+        train_seconds = ck.state.train_seconds;
+        log = RunLog::resume(run_dir, step)?;
+        tracing::info!(
+            "resuming {} from {} (epoch {}, batch {}, step {step})",
+            cfg.entry,
+            ck.dir.display(),
+            epoch + 1,
+            start_batch
+        );
+    } else {
+        if checkpoint::latest(run_dir).is_some() {
+            return Err(TrainError::Checkpoint {
+                path: run_dir.clone(),
+                msg: "this run folder already has checkpoints: pass --resume to continue it, or choose another --out"
+                    .into(),
+            });
+        }
+        rng = Rng::derived(t.seed, 1);
+        epoch = 0;
+        start_batch = 0;
+        step = 0;
+        train_seconds = 0.0;
+        log = RunLog::create(run_dir)?;
+    }
+    write_atomic(&run_dir.join("config.json"), cfg.to_json().as_bytes())?;
+    tracing::info!(
+        "training {} ({}, {nparams} parameters) for {} epochs, batch {}, lr {}, seed {} → {}",
+        cfg.entry,
+        cfg.family,
+        t.epochs,
+        t.batch_size,
+        t.lr,
+        t.seed,
+        run_dir.display()
+    );
+
+    let n = splits.train.len();
+    let strip_idx: Vec<usize> = (0..STRIP_IMAGES.min(splits.test.len())).collect();
+    let mut last_metrics: Option<EvalMetrics> = None;
+    let mut images_seen_this_run = 0usize;
+    let mut seconds_this_run = 0f64;
+
+    let stop_requested = || opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
+    let state_at = |epoch: usize, batch: usize, step: u64, rng: &Rng, adam: &Adam, secs: f64| TrainerState {
+        format: STATE_FORMAT,
+        entry: cfg.entry.clone(),
+        epoch,
+        batch_in_epoch: batch,
+        step,
+        rng: rng.state(),
+        optimizer: OptimizerState {
+            kind: "adam".into(),
+            step: adam.step_count(),
+            lr: adam.lr(),
+            moments_file: "optimizer.safetensors".into(),
+        },
+        train_seconds: secs,
+    };
+
+    while epoch < t.epochs {
+        let plan = EpochPlan::new(n, t.batch_size, t.seed, epoch as u64, t.shuffle);
+        let nb = plan.num_batches();
+        let span = tracing::info_span!("epoch", "indicatif.pb_show" = tracing::field::Empty, n = epoch + 1);
+        span.pb_set_style(
+            &indicatif::ProgressStyle::with_template(
+                "epoch {span_fields} {wide_bar:.cyan/blue} {pos}/{len} batches {msg} [{elapsed_precise}<{eta_precise}]",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        span.pb_set_length(nb as u64);
+        span.pb_set_position(start_batch as u64);
+        let entered = span.enter();
+        let (mut loss_sum, mut loss_n) = (0f64, 0usize);
+        let mut term_sums: Vec<(String, f64)> = Vec::new();
+
+        for bi in start_batch..nb {
+            let t0 = Instant::now();
+            let idx = plan.batch(bi);
+            let clean = splits.train.batch(idx, dev)?;
+            let batch = match &cfg.data.noise {
+                Some(noise) => Batch {
+                    input: noise.apply(&clean, &mut rng)?,
+                    target: clean,
+                },
+                None => Batch::autoencode(clean),
+            };
+            let out = model.step(
+                &batch,
+                &mut StepCtx {
+                    train: true,
+                    rng: &mut rng,
+                },
+            )?;
+            let loss_v = scalar(&out.loss)?;
+            if !loss_v.is_finite() {
+                return Err(TrainError::NonFinite {
+                    epoch: epoch + 1,
+                    step: step + 1,
+                    what: "the loss".into(),
+                    value: loss_v,
+                });
+            }
+            let grads = out.loss.backward()?;
+            adam.step(&grads)?;
+            step += 1;
+            let dt = t0.elapsed().as_secs_f64();
+            train_seconds += dt;
+            seconds_this_run += dt;
+            images_seen_this_run += idx.len();
+            loss_sum += loss_v as f64 * idx.len() as f64;
+            loss_n += idx.len();
+            let mut terms = Vec::with_capacity(out.terms.len());
+            for (name, tv) in &out.terms {
+                let v = scalar(tv)? as f64;
+                terms.push((name.to_string(), v));
+                match term_sums.iter_mut().find(|(k, _)| k == name) {
+                    Some((_, s)) => *s += v * idx.len() as f64,
+                    None => term_sums.push((name.to_string(), v * idx.len() as f64)),
+                }
+            }
+            tracing::Span::current().pb_inc(1);
+            if step % 10 == 0 || bi + 1 == nb {
+                tracing::Span::current().pb_set_message(&format!("loss {:.4}", loss_sum / loss_n as f64));
+            }
+            if t.log_every > 0 && (step % t.log_every as u64 == 0 || bi == 0) {
+                log.step(&StepRecord {
+                    epoch: epoch + 1,
+                    step,
+                    loss: loss_v as f64,
+                    terms,
+                    lr: adam.lr(),
+                    images_per_s: idx.len() as f64 / dt,
+                })?;
+            }
+            let stop_now = stop_requested() || opts.max_steps.is_some_and(|m| step >= m);
+            let periodic = t.checkpoint_every > 0 && step % t.checkpoint_every as u64 == 0;
+            if (stop_now || periodic) && bi + 1 < nb {
+                checkpoint::save(
+                    run_dir,
+                    &params,
+                    &adam,
+                    cfg,
+                    &state_at(epoch, bi + 1, step, &rng, &adam, train_seconds),
+                )?;
+            }
+            if stop_now && bi + 1 < nb {
+                drop(entered);
+                tracing::info!(
+                    "stopped at epoch {}, step {step}; resume with --resume {}",
+                    epoch + 1,
+                    run_dir.display()
+                );
+                return Ok(TrainOutcome {
+                    run_dir: run_dir.clone(),
+                    completed: false,
+                    epochs_done: epoch,
+                    steps: step,
+                    metrics: last_metrics,
+                    train_images_per_s: images_seen_this_run as f64 / seconds_this_run.max(1e-9),
+                    train_seconds,
+                    data: data_desc,
+                    params: nparams,
+                });
+            }
+        }
+        drop(entered);
+        drop(span);
+
+        // End of epoch: evaluate, log, draw, save.
+        let te = Instant::now();
+        let metrics = evaluate(
+            model.as_ref(),
+            &splits.test,
+            t.eval_batch_size,
+            cfg.data.noise,
+            t.seed,
+            dev,
+        )?;
+        let train_loss = loss_sum / loss_n.max(1) as f64;
+        tracing::info!(
+            "epoch {}/{}: train loss {:.5}, test loss {:.5}, test MSE {:.5}, PSNR {:.2} dB, SSIM {:.4} ({:.0} img/s, eval {:.1}s)",
+            epoch + 1,
+            t.epochs,
+            train_loss,
+            metrics.loss,
+            metrics.mse,
+            metrics.psnr,
+            metrics.ssim,
+            images_seen_this_run as f64 / seconds_this_run.max(1e-9),
+            te.elapsed().as_secs_f64()
+        );
+        log.epoch(&EpochRecord {
+            epoch: epoch + 1,
+            step,
+            train_loss,
+            train_terms: term_sums
+                .iter()
+                .map(|(k, s)| (k.clone(), s / loss_n.max(1) as f64))
+                .collect(),
+            test: metrics.clone(),
+            train_images_per_s: images_seen_this_run as f64 / seconds_this_run.max(1e-9),
+            train_seconds,
+        })?;
+        epoch += 1;
+        start_batch = 0;
+        params.save(&run_dir.join("model.safetensors"))?;
+        checkpoint::save(
+            run_dir,
+            &params,
+            &adam,
+            cfg,
+            &state_at(epoch, 0, step, &rng, &adam, train_seconds),
+        )?;
+        if opts.plots {
+            draw(run_dir, cfg, &log, model.as_ref(), &splits, &strip_idx, dev)?;
+        }
+        last_metrics = Some(metrics);
+        if (stop_requested() || opts.max_steps.is_some_and(|m| step >= m)) && epoch < t.epochs {
+            tracing::info!(
+                "stopped after epoch {epoch}; resume with --resume {}",
+                run_dir.display()
+            );
+            return Ok(TrainOutcome {
+                run_dir: run_dir.clone(),
+                completed: false,
+                epochs_done: epoch,
+                steps: step,
+                metrics: last_metrics,
+                train_images_per_s: images_seen_this_run as f64 / seconds_this_run.max(1e-9),
+                train_seconds,
+                data: data_desc,
+                params: nparams,
+            });
+        }
+    }
+    if last_metrics.is_none() {
+        // Resumed a finished run: report the saved weights' metrics.
+        last_metrics = Some(evaluate(
+            model.as_ref(),
+            &splits.test,
+            t.eval_batch_size,
+            cfg.data.noise,
+            t.seed,
+            dev,
+        )?);
+        params.save(&run_dir.join("model.safetensors"))?;
+    }
+    Ok(TrainOutcome {
+        run_dir: run_dir.clone(),
+        completed: true,
+        epochs_done: epoch,
+        steps: step,
+        metrics: last_metrics,
+        train_images_per_s: images_seen_this_run as f64 / seconds_this_run.max(1e-9),
+        train_seconds,
+        data: data_desc,
+        params: nparams,
+    })
+}
+
+fn draw(
+    run_dir: &Path,
+    cfg: &EntryConfig,
+    log: &RunLog,
+    model: &dyn Autoencoder,
+    splits: &Splits,
+    strip_idx: &[usize],
+    dev: &Device,
+) -> Result<()> {
+    let (steps, epochs) = log.loss_series();
+    crate::plot::save_loss_plot(
+        &format!("{} — loss", cfg.entry),
+        &[
+            crate::plot::Series {
+                label: "train (batch)",
+                points: &steps,
+                color: plotters::style::RGBColor(66, 133, 244),
+            },
+            crate::plot::Series {
+                label: "test (epoch)",
+                points: &epochs,
+                color: plotters::style::RGBColor(219, 68, 55),
+            },
+        ],
+        &run_dir.join("loss.png"),
+    )?;
+    let originals = splits.test.batch(strip_idx, dev)?;
+    let input = match &cfg.data.noise {
+        Some(n) => n.apply(&originals, &mut Rng::derived(cfg.train.seed, crate::eval::EVAL_STREAM))?,
+        None => originals.clone(),
+    };
+    let recon = model.reconstruct(&input)?;
+    crate::plot::save_recon_strip(&input, &recon, STRIP_IMAGES, 3, &run_dir.join("reconstructions.png"))
+}

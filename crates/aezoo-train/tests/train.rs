@@ -1,0 +1,480 @@
+//! aezoo-train's tests: configs refuse unknown keys with a path, every
+//! built-in entry builds, Adam matches PyTorch, an interrupted and resumed run
+//! ends with bit-identical weights, checkpoints are complete and survive
+//! divergence, weights load strictly.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use aezoo_data::Locator;
+use aezoo_train::checkpoint::{self, read_tensors};
+use aezoo_train::optim::{Adam, AdamConfig};
+use aezoo_train::registry::{self, entry_names};
+use aezoo_train::{train, weights, EntryConfig, TrainError, TrainOptions};
+use candle_core::{DType, Device, Tensor, Var};
+
+// ---------------------------------------------------------------- helpers
+
+/// A built-in entry, shrunk to a few steps on the bundled data.
+fn small(entry: &str, epochs: usize, train_limit: usize) -> EntryConfig {
+    let (mut cfg, _) = registry::resolve_entry(entry).unwrap();
+    cfg.train.epochs = epochs;
+    cfg.train.batch_size = 32;
+    cfg.train.eval_batch_size = 64;
+    cfg.train.checkpoint_every = 3;
+    cfg.train.log_every = 2;
+    cfg.data.train_limit = Some(train_limit);
+    cfg.data.test_limit = Some(64);
+    cfg
+}
+
+fn opts(dir: &Path) -> TrainOptions {
+    let mut o = TrainOptions::new(dir, Locator::bundled_only());
+    o.plots = false;
+    o
+}
+
+fn tensors(path: &Path) -> BTreeMap<String, Vec<f32>> {
+    read_tensors(path)
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| {
+            (
+                k,
+                t.to_dtype(DType::F32)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn config_err(text: &str) -> String {
+    EntryConfig::from_str_named(text, "configs/test.json")
+        .unwrap_err()
+        .to_string()
+}
+
+const GOOD: &str = r#"{
+  "entry": "t", "family": "ae-linear",
+  "model": {"image": [1, 28, 28], "latent": 8},
+  "data": {"dataset": "mnist"},
+  "train": {"epochs": 1, "batch_size": 16, "lr": 0.001, "seed": 0}
+}"#;
+
+// ---------------------------------------------------------------- configs
+
+#[test]
+fn configs_refuse_unknown_keys_naming_file_and_field() {
+    EntryConfig::from_str_named(GOOD, "configs/test.json").unwrap();
+    let e = config_err(&GOOD.replace(r#""entry": "t","#, r#""entry": "t", "epochz": 3,"#));
+    assert!(
+        e.starts_with("configs/test.json:") && e.contains("unknown field `epochz`"),
+        "{e}"
+    );
+    let e = config_err(&GOOD.replace(r#""latent": 8"#, r#""latent": 8, "latnt": 3"#));
+    assert!(
+        e.contains("model.latnt") || (e.contains("model") && e.contains("unknown field `latnt`")),
+        "{e}"
+    );
+    let e = config_err(&GOOD.replace(r#""lr": 0.001"#, r#""lr": 0.001, "lrr": 1"#));
+    assert!(e.contains("train") && e.contains("unknown field `lrr`"), "{e}");
+    let e = config_err(&GOOD.replace(
+        r#""dataset": "mnist""#,
+        r#""dataset": "mnist", "noise": {"std": 0.3, "sdt": 1}"#,
+    ));
+    assert!(e.contains("data.noise") && e.contains("unknown field `sdt`"), "{e}");
+}
+
+#[test]
+fn configs_refuse_bad_values() {
+    let e = config_err(&GOOD.replace(r#""batch_size": 16"#, r#""batch_size": 0"#));
+    assert!(e.contains("train.batch_size"), "{e}");
+    let e = config_err(&GOOD.replace(r#""lr": 0.001"#, r#""lr": -1"#));
+    assert!(e.contains("train.lr"), "{e}");
+    let e = config_err(&GOOD.replace(r#""lr": 0.001"#, r#""lr": "fast""#));
+    assert!(e.contains("train.lr") && e.contains("invalid type"), "{e}");
+    let e = config_err(&GOOD.replace("ae-linear", "ae-quantum"));
+    assert!(e.contains("ae-quantum") && e.contains("vae-conv"), "{e}");
+    let e = config_err(&GOOD.replace(r#""mnist""#, r#""cifar""#));
+    assert!(e.contains("data.dataset") && e.contains("cifar"), "{e}");
+    let e = config_err(&GOOD.replace(r#""latent": 8"#, r#""latent": "eight""#));
+    assert!(e.contains("model.latent"), "{e}");
+    let e = config_err(r#"{"entry": "t""#);
+    assert!(e.starts_with("configs/test.json:") && e.contains("EOF"), "{e}");
+}
+
+#[test]
+fn every_builtin_entry_parses_and_builds() {
+    let names = entry_names();
+    assert!(names.contains(&"ae-linear") && names.contains(&"vae-conv"), "{names:?}");
+    for name in names {
+        let (cfg, _) = registry::resolve_entry(name).unwrap();
+        assert_eq!(cfg.entry, name);
+        let built = aezoo_train::trainer::build_fresh(&cfg, &Device::Cpu).unwrap();
+        let x = Tensor::zeros((2, 1, 28, 28), DType::F32, &Device::Cpu).unwrap();
+        let y = built.model.reconstruct(&x).unwrap();
+        assert_eq!(y.dims(), &[2, 1, 28, 28], "{name}");
+    }
+    let e = registry::resolve_entry("no-such-entry").err().unwrap().to_string();
+    assert!(e.contains("no-such-entry") && e.contains("vae-conv"), "{e}");
+}
+
+// ---------------------------------------------------------------- Adam
+
+fn adam_run(cfg: AdamConfig) -> Vec<f64> {
+    let dev = Device::Cpu;
+    let w = Var::new(&[0.5f64, -1.5, 2.0, 0.0], &dev).unwrap();
+    let b = Var::new(&[1.0f64, -0.25], &dev).unwrap();
+    let c = Tensor::new(&[1.0f64, -2.0, 0.5, 3.0], &dev).unwrap();
+    let d = Tensor::new(&[0.1f64, 0.2, 0.3, 0.4], &dev).unwrap();
+    let mut opt = Adam::new(vec![("w".into(), w.clone()), ("b".into(), b.clone())], 0.1, cfg).unwrap();
+    for _ in 0..5 {
+        let loss = ((w.as_tensor() * &c).unwrap().sum_all().unwrap()
+            + (w.as_tensor().sqr().unwrap() * &d).unwrap().sum_all().unwrap())
+        .unwrap();
+        let loss = (loss
+            + b.as_tensor()
+                .powf(3.0)
+                .unwrap()
+                .affine(1.0 / 3.0, 0.0)
+                .unwrap()
+                .sum_all()
+                .unwrap())
+        .unwrap();
+        opt.step(&loss.backward().unwrap()).unwrap();
+    }
+    let mut v: Vec<f64> = w.as_tensor().to_vec1().unwrap();
+    v.extend(b.as_tensor().to_vec1::<f64>().unwrap());
+    v
+}
+
+// Values from `python3 scripts/pins/adam_ref.py` (torch.optim.Adam / AdamW, lr 0.1, 5 steps).
+#[test]
+fn adam_matches_pytorch() {
+    let cases = [
+        (
+            AdamConfig::default(),
+            [
+                8.835034131929737e-04,
+                -1.000734602194083e+00,
+                1.501907020555956e+00,
+                -4.986339112346717e-01,
+                5.199626078996121e-01,
+                -7.304908071981784e-01,
+            ],
+        ),
+        (
+            AdamConfig {
+                weight_decay: 0.1,
+                ..Default::default()
+            },
+            [
+                1.331597416656130e-03,
+                -1.000883500645713e+00,
+                1.502009698938585e+00,
+                -4.984311037012086e-01,
+                5.185497590704340e-01,
+                -7.227645990813035e-01,
+            ],
+        ),
+        (
+            AdamConfig {
+                weight_decay: 0.1,
+                decoupled: true,
+                ..Default::default()
+            },
+            [
+                -1.369038602733876e-02,
+                -9.372254484594928e-01,
+                1.414219681507031e+00,
+                -4.887617054997625e-01,
+                4.836612330007301e-01,
+                -7.096210092368277e-01,
+            ],
+        ),
+    ];
+    for (cfg, want) in cases {
+        let got = adam_run(cfg.clone());
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-12, "{cfg:?}: got {got:?}, torch {want:?}");
+        }
+    }
+    assert_eq!(
+        AdamConfig::default().weight_decay,
+        0.0,
+        "torch's Adam has no weight decay"
+    );
+}
+
+// Three training steps of a small vae-conv against PyTorch, in f64, from the
+// same initial weights with the same batches and the same noise: written by
+// `python3 scripts/pins/vae_steps_ref.py` (fixtures/vae_steps_*.safetensors;
+// the script re-implements aezoo's Rng so eps agrees). Printed losses:
+// 575.945432820853, 593.860522091101, 578.259359379498.
+#[test]
+fn vae_training_steps_match_pytorch() {
+    use aezoo_nn::{Batch, Family, ParamStore, Rng, StepCtx};
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let store = ParamStore::load(&fx.join("vae_steps_init.safetensors"), true).unwrap();
+    let cfg = aezoo_vae::ConvVaeConfig {
+        image: [1, 28, 28],
+        channels: vec![4, 8],
+        latent: 4,
+        beta: 1.0,
+    };
+    let model = aezoo_vae::ConvVae::new(&cfg, store.var_builder(DType::F64, &Device::Cpu)).unwrap();
+    store.finish().unwrap();
+    let mut adam = Adam::new(store.vars(), 1e-3, AdamConfig::default()).unwrap();
+    let data = aezoo_data::bundled::load(aezoo_data::DatasetId::FashionMnist).unwrap();
+    let mut rng = Rng::new(123);
+    let want_losses = [575.945432820853, 593.860522091101, 578.259359379498];
+    for (step, want) in want_losses.iter().enumerate() {
+        let idx: Vec<usize> = (8 * step..8 * step + 8).collect();
+        let x = data
+            .train
+            .batch(&idx, &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap();
+        // The bundled pixels are u8/255 in f32; redo the division in f64 as torch does.
+        let x = (x.affine(255.0, 0.0).unwrap().round().unwrap() / 255.0).unwrap();
+        let out = aezoo_nn::Autoencoder::step(
+            &model,
+            &Batch::autoencode(x),
+            &mut StepCtx {
+                train: true,
+                rng: &mut rng,
+            },
+        )
+        .unwrap();
+        let loss = out.loss.to_scalar::<f64>().unwrap();
+        assert!(
+            (loss - want).abs() < 1e-9 * want,
+            "step {}: loss {loss} vs torch {want}",
+            step + 1
+        );
+        adam.step(&out.loss.backward().unwrap()).unwrap();
+    }
+    let after = read_tensors(&fx.join("vae_steps_after.safetensors")).unwrap();
+    for (name, t) in store.tensors() {
+        let want = after[&name].to_dtype(DType::F64).unwrap();
+        let d = (t - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        assert!(d < 1e-10, "{name}: max |aezoo - torch| = {d:e} after 3 steps");
+    }
+}
+
+// ---------------------------------------------------------------- resume
+
+fn resume_equals_uninterrupted(entry: &str, stop_at: u64) {
+    let cfg = small(entry, 2, 224); // 7 batches of 32 per epoch
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let full = train(&cfg, &opts(a.path())).unwrap();
+    assert!(full.completed && full.steps == 14);
+
+    let mut o = opts(b.path());
+    o.max_steps = Some(stop_at);
+    let part = train(&cfg, &o).unwrap();
+    assert!(!part.completed && part.steps == stop_at);
+    let ck = checkpoint::load(b.path()).unwrap();
+    assert_eq!(ck.state.step, stop_at);
+    let mut o = opts(b.path());
+    o.resume = true;
+    let rest = train(&ck.config, &o).unwrap();
+    assert!(rest.completed && rest.steps == 14);
+
+    let (wa, wb) = (
+        tensors(&a.path().join("model.safetensors")),
+        tensors(&b.path().join("model.safetensors")),
+    );
+    assert_eq!(wa.keys().collect::<Vec<_>>(), wb.keys().collect::<Vec<_>>());
+    for (k, va) in &wa {
+        assert!(
+            va == &wb[k],
+            "{entry}: `{k}` differs after stop at step {stop_at} and resume"
+        );
+    }
+    // Same metrics, and the log reads as if the run had never stopped.
+    assert_eq!(full.metrics, rest.metrics);
+    let la = std::fs::read_to_string(a.path().join("metrics.jsonl")).unwrap();
+    let lb = std::fs::read_to_string(b.path().join("metrics.jsonl")).unwrap();
+    let steps = |s: &str| {
+        s.lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(steps(&la), steps(&lb));
+}
+
+#[test]
+fn resume_mid_epoch_gives_identical_weights_ae_linear() {
+    resume_equals_uninterrupted("ae-linear", 5);
+}
+
+#[test]
+fn resume_mid_epoch_gives_identical_weights_vae_conv() {
+    // The VAE draws reparameterisation noise: the RNG state must round-trip.
+    resume_equals_uninterrupted("vae-conv", 9);
+}
+
+#[test]
+fn resume_at_epoch_boundary_gives_identical_weights() {
+    resume_equals_uninterrupted("vae-conv", 7);
+}
+
+#[test]
+fn checkpoint_holds_weights_config_state_and_moments() {
+    let cfg = small("vae-conv", 1, 96);
+    let d = tempfile::tempdir().unwrap();
+    let mut o = opts(d.path());
+    o.plots = true;
+    train(&cfg, &o).unwrap();
+    let ck = checkpoint::latest(d.path()).unwrap();
+    for f in [
+        "model.safetensors",
+        "config.json",
+        "trainer_state.json",
+        "optimizer.safetensors",
+    ] {
+        assert!(ck.join(f).is_file(), "{f} missing in {}", ck.display());
+    }
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ck.join("trainer_state.json")).unwrap()).unwrap();
+    for key in ["epoch", "step", "rng", "optimizer", "batch_in_epoch"] {
+        assert!(state.get(key).is_some(), "trainer_state.json has no `{key}`");
+    }
+    assert_eq!(state["optimizer"]["step"], 3);
+    let moments = tensors(&ck.join("optimizer.safetensors"));
+    assert!(moments.contains_key("m.encoder.conv1.weight") && moments.contains_key("v.decoder.deconv2.bias"));
+    // Only the two newest checkpoints are kept; no temp folders left.
+    let names: Vec<String> = std::fs::read_dir(d.path().join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().filter(|n| n.starts_with("step-")).count() <= 2,
+        "{names:?}"
+    );
+    assert!(!names.iter().any(|n| n.contains(".tmp")), "{names:?}");
+    // The run's pictures and logs.
+    for f in [
+        "metrics.jsonl",
+        "loss.png",
+        "reconstructions.png",
+        "config.json",
+        "model.safetensors",
+    ] {
+        assert!(d.path().join(f).is_file(), "{f}");
+    }
+    let png = image::open(d.path().join("reconstructions.png")).unwrap();
+    assert!(png.width() > 8 * 28 && png.height() > 2 * 28);
+}
+
+#[test]
+fn a_fresh_run_refuses_a_folder_with_checkpoints() {
+    let cfg = small("ae-linear", 1, 64);
+    let d = tempfile::tempdir().unwrap();
+    train(&cfg, &opts(d.path())).unwrap();
+    let e = train(&cfg, &opts(d.path())).err().unwrap().to_string();
+    assert!(e.contains("--resume"), "{e}");
+}
+
+#[test]
+fn divergence_stops_with_an_error_and_keeps_the_last_checkpoint() {
+    let mut cfg = small("vae-conv", 3, 320);
+    cfg.train.lr = 1e6;
+    cfg.train.checkpoint_every = 1;
+    let d = tempfile::tempdir().unwrap();
+    let e = train(&cfg, &opts(d.path())).expect_err("lr 1e6 must diverge");
+    assert!(matches!(e, TrainError::NonFinite { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains("diverged") && msg.contains("step"), "{msg}");
+    let ck = checkpoint::load(d.path()).unwrap();
+    assert!(ck.state.step >= 1);
+    // The kept weights are finite.
+    for (k, v) in tensors(&ck.dir.join("model.safetensors")) {
+        assert!(v.iter().all(|x| x.is_finite()), "{k} not finite in the kept checkpoint");
+    }
+}
+
+// ---------------------------------------------------------------- weights
+
+#[test]
+fn weights_load_strictly() {
+    let cfg = small("ae-linear", 1, 64);
+    let d = tempfile::tempdir().unwrap();
+    train(&cfg, &opts(d.path())).unwrap();
+    let loaded = weights::load(d.path(), &Device::Cpu).unwrap();
+    assert_eq!(loaded.config.entry, "ae-linear");
+
+    // config.json of another entry over these weights: named tensor missing.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        d.path().join("model.safetensors"),
+        other.path().join("model.safetensors"),
+    )
+    .unwrap();
+    let (vae, _) = registry::resolve_entry("vae-conv").unwrap();
+    std::fs::write(other.path().join("config.json"), vae.to_json()).unwrap();
+    let e = weights::load(other.path(), &Device::Cpu).err().unwrap().to_string();
+    assert!(
+        e.contains("model.safetensors") && e.contains("missing tensor `encoder.conv1.weight`"),
+        "{e}"
+    );
+
+    // A safetensors file missing one tensor.
+    let mut kept: Vec<(String, Tensor)> = read_tensors(&d.path().join("model.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(kept.len(), 4);
+    kept.retain(|(k, _)| k != "decoder.bias");
+    let cut = tempfile::tempdir().unwrap();
+    aezoo_nn::params::save_safetensors_atomic(&kept, &cut.path().join("model.safetensors")).unwrap();
+    std::fs::copy(d.path().join("config.json"), cut.path().join("config.json")).unwrap();
+    let e = weights::load(cut.path(), &Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("missing tensor `decoder.bias`"), "{e}");
+
+    // Truncated.
+    let bytes = std::fs::read(d.path().join("model.safetensors")).unwrap();
+    std::fs::write(cut.path().join("model.safetensors"), &bytes[..bytes.len() - 100]).unwrap();
+    let e = weights::load(cut.path(), &Device::Cpu).err().unwrap().to_string();
+    assert!(
+        e.contains("model.safetensors") && e.contains("truncated or corrupted"),
+        "{e}"
+    );
+
+    // Not a weights folder.
+    let empty = tempfile::tempdir().unwrap();
+    let e = weights::load(empty.path(), &Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("config.json"), "{e}");
+}
+
+#[test]
+fn vae_samples_from_its_prior() {
+    let cfg = small("vae-conv", 1, 64);
+    let built = aezoo_train::trainer::build_fresh(&cfg, &Device::Cpu).unwrap();
+    assert!(built.model.is_generative());
+    let s = built.model.sample(5, &mut aezoo_nn::Rng::new(1)).unwrap();
+    assert_eq!(s.dims(), &[5, 1, 28, 28]);
+    let v: Vec<f32> = s.flatten_all().unwrap().to_vec1().unwrap();
+    assert!(v.iter().all(|x| (0.0..=1.0).contains(x)));
+    let (lin, _) = registry::resolve_entry("ae-linear").unwrap();
+    let lin = aezoo_train::trainer::build_fresh(&lin, &Device::Cpu).unwrap();
+    assert!(!lin.model.is_generative());
+    assert!(lin.model.sample(1, &mut aezoo_nn::Rng::new(1)).is_err());
+}

@@ -1,0 +1,175 @@
+//! The convolutional VAE: `Conv(4, s2, p1)` + ReLU per stage down to
+//! `(C, H/2ⁿ, W/2ⁿ)`, a linear map to `2·latent` (mean, log-variance), the
+//! reparameterisation `z = μ + σ·ε`, and the mirror image up with
+//! `ConvTranspose(4, s2, p1)`. Loss: `(Σ BCE-with-logits + β·KLD) / batch`.
+
+use aezoo_metrics::{bce_with_logits, kld, Reduction};
+use aezoo_nn::layers::{
+    conv2d, conv_transpose2d, linear, Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, Linear,
+    LinearConfig,
+};
+use aezoo_nn::{ops, Autoencoder, Batch, Family, Rng, StepCtx, StepOutput};
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+fn one() -> f64 {
+    1.0
+}
+
+/// The `model` section of a `vae-conv` config.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConvVaeConfig {
+    /// `[channels, height, width]`; height and width divisible by `2^stages`.
+    pub image: [usize; 3],
+    /// Output channels of each stride-2 stage, e.g. `[32, 64]`.
+    pub channels: Vec<usize>,
+    /// Size of z.
+    pub latent: usize,
+    /// Weight of the KL term (1 = the VAE of Kingma & Welling).
+    #[serde(default = "one")]
+    pub beta: f64,
+}
+
+/// Encoder `encoder.conv{i}`, `encoder.fc`; decoder `decoder.fc`,
+/// `decoder.deconv{i}`.
+pub struct ConvVae {
+    convs: Vec<Conv2d>,
+    enc_fc: Linear,
+    dec_fc: Linear,
+    deconvs: Vec<ConvTranspose2d>,
+    latent: usize,
+    beta: f64,
+    /// `(C, h, w)` at the bottleneck.
+    bottleneck: (usize, usize, usize),
+}
+
+impl ConvVae {
+    /// Posterior mean and log-variance, each `(b, latent)`.
+    pub fn encode_stats(&self, xs: &Tensor) -> Result<(Tensor, Tensor)> {
+        let mut h = xs.clone();
+        for conv in &self.convs {
+            h = ops::relu(&conv.forward(&h)?)?;
+        }
+        let stats = self.enc_fc.forward(&h.flatten_from(1)?)?;
+        let mu = stats.narrow(1, 0, self.latent)?;
+        let logvar = stats.narrow(1, self.latent, self.latent)?;
+        Ok((mu, logvar))
+    }
+
+    /// Decoder logits `(b, c, h, w)`.
+    pub fn decode_logits(&self, z: &Tensor) -> Result<Tensor> {
+        let b = z.dim(0)?;
+        let (c, h, w) = self.bottleneck;
+        let mut x = ops::relu(&self.dec_fc.forward(z)?)?.reshape((b, c, h, w))?;
+        let last = self.deconvs.len() - 1;
+        for (i, deconv) in self.deconvs.iter().enumerate() {
+            x = deconv.forward(&x)?;
+            if i < last {
+                x = ops::relu(&x)?;
+            }
+        }
+        Ok(x)
+    }
+}
+
+impl Family for ConvVae {
+    type Config = ConvVaeConfig;
+    const NAME: &'static str = "vae-conv";
+    const ABOUT: &'static str =
+        "convolutional VAE, Bernoulli likelihood, beta-weighted KL (Kingma & Welling 2014; Higgins et al. 2017)";
+
+    fn new(cfg: &ConvVaeConfig, vb: VarBuilder) -> Result<Self> {
+        let [c, h, w] = cfg.image;
+        let n = cfg.channels.len();
+        if n == 0 || cfg.latent == 0 {
+            candle_core::bail!("vae-conv: `channels` must be non-empty and `latent` non-zero");
+        }
+        let f = 1usize << n;
+        if h % f != 0 || w % f != 0 {
+            candle_core::bail!("vae-conv: image {h}x{w} must be divisible by 2^{n} = {f} for {n} stride-2 stages");
+        }
+        let down = Conv2dConfig {
+            padding: 1,
+            stride: 2,
+            ..Default::default()
+        };
+        let up = ConvTranspose2dConfig {
+            padding: 1,
+            stride: 2,
+            ..Default::default()
+        };
+        let venc = vb.pp("encoder");
+        let vdec = vb.pp("decoder");
+        let mut convs = Vec::with_capacity(n);
+        let mut cin = c;
+        for (i, &cout) in cfg.channels.iter().enumerate() {
+            convs.push(conv2d(cin, cout, 4, down, venc.pp(format!("conv{}", i + 1)))?);
+            cin = cout;
+        }
+        let bottleneck = (cin, h / f, w / f);
+        let flat = cin * (h / f) * (w / f);
+        let enc_fc = linear(flat, 2 * cfg.latent, LinearConfig::default(), venc.pp("fc"))?;
+        let dec_fc = linear(cfg.latent, flat, LinearConfig::default(), vdec.pp("fc"))?;
+        let mut deconvs = Vec::with_capacity(n);
+        let outs: Vec<usize> = cfg.channels.iter().rev().skip(1).copied().chain([c]).collect();
+        let mut cin = bottleneck.0;
+        for (i, &cout) in outs.iter().enumerate() {
+            deconvs.push(conv_transpose2d(cin, cout, 4, up, vdec.pp(format!("deconv{}", i + 1)))?);
+            cin = cout;
+        }
+        Ok(Self {
+            convs,
+            enc_fc,
+            dec_fc,
+            deconvs,
+            latent: cfg.latent,
+            beta: cfg.beta,
+            bottleneck,
+        })
+    }
+
+    fn image_shape(cfg: &ConvVaeConfig) -> [usize; 3] {
+        cfg.image
+    }
+}
+
+impl Autoencoder for ConvVae {
+    fn encode(&self, xs: &Tensor) -> Result<Tensor> {
+        Ok(self.encode_stats(xs)?.0)
+    }
+
+    fn decode(&self, z: &Tensor) -> Result<Tensor> {
+        ops::sigmoid(&self.decode_logits(z)?)
+    }
+
+    fn step(&self, batch: &Batch, ctx: &mut StepCtx) -> Result<StepOutput> {
+        let (mu, logvar) = self.encode_stats(&batch.input)?;
+        let eps = ctx.rng.randn(mu.shape().clone(), mu.dtype(), mu.device())?;
+        let z = (&mu + (logvar.affine(0.5, 0.0)?.exp()? * eps)?)?;
+        let logits = self.decode_logits(&z)?;
+        let rec = bce_with_logits(&logits, &batch.target, Reduction::BatchMean)?;
+        let kl = kld(&mu, &logvar, Reduction::BatchMean)?;
+        let loss = (&rec + (&kl * self.beta)?)?;
+        Ok(StepOutput {
+            loss,
+            terms: vec![("bce", rec), ("kld", kl)],
+            recon: ops::sigmoid(&logits)?,
+        })
+    }
+
+    fn latent_shape(&self) -> Vec<usize> {
+        vec![self.latent]
+    }
+
+    fn is_generative(&self) -> bool {
+        true
+    }
+
+    fn sample(&self, n: usize, rng: &mut Rng) -> Result<Tensor> {
+        let dev = self.enc_fc.weight().device();
+        let z = rng.randn((n, self.latent), self.enc_fc.weight().dtype(), dev)?;
+        self.decode(&z)
+    }
+}
