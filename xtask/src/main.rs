@@ -104,8 +104,13 @@ fn quality(args: &[String]) -> Result<()> {
                 .output()
                 .with_context(|| format!("cannot run python3 {}", script.display()))?;
             let text = String::from_utf8_lossy(&o.stdout);
-            match text.split_whitespace().find_map(|w| w.strip_prefix("test_mse=")) {
-                Some(v) => torch.push(v.parse::<f64>().unwrap_or(f64::NAN)),
+            let field = |key: &str| {
+                text.split_whitespace()
+                    .find_map(|w| w.strip_prefix(key))
+                    .and_then(|v| v.parse::<f64>().ok())
+            };
+            match field("test_mse=") {
+                Some(v) => torch.push((v, field("train_img_s=").unwrap_or(f64::NAN))),
                 None => {
                     eprintln!(
                         "PyTorch reference printed no RESULT (is torch installed?): {}",
@@ -117,20 +122,27 @@ fn quality(args: &[String]) -> Result<()> {
         }
     }
     println!("\nvae-conv, 1 epoch, batch 128, Adam 1e-3 (bench protocol); test MSE per pixel");
-    println!("| seed | aezoo | aezoo train img/s | PyTorch |");
-    println!("|---|---|---|---|");
+    println!("| seed | aezoo test MSE | PyTorch test MSE | aezoo train img/s | PyTorch train img/s |");
+    println!("|---|---|---|---|---|");
+    let dash = || "—".to_string();
     for (i, m) in ours.iter().enumerate() {
-        let t = torch.get(i).map(|v| format!("{v:.5}")).unwrap_or_else(|| "—".into());
-        println!("| {i} | {:.5} | {:.0} | {t} |", m.mse, m.img_s);
+        let (tm, ts) = torch
+            .get(i)
+            .map(|(m, s)| (format!("{m:.5}"), format!("{s:.0}")))
+            .unwrap_or_else(|| (dash(), dash()));
+        println!("| {seed} | {:.5} | {tm} | {:.0} | {ts} |", m.mse, m.img_s, seed = i);
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let om: Vec<f64> = ours.iter().map(|m| m.mse).collect();
-    print!("| mean | {:.5} | | ", mean(&om));
-    if torch.is_empty() {
-        println!("— |");
+    let os: Vec<f64> = ours.iter().map(|m| m.img_s).collect();
+    let (tm, ts) = if torch.is_empty() {
+        (dash(), dash())
     } else {
-        println!("{:.5} |", mean(&torch));
-    }
+        let m: Vec<f64> = torch.iter().map(|t| t.0).collect();
+        let s: Vec<f64> = torch.iter().map(|t| t.1).collect();
+        (format!("{:.5}", mean(&m)), format!("{:.0}", mean(&s)))
+    };
+    println!("| mean | {:.5} | {tm} | {:.0} | {ts} |", mean(&om), mean(&os));
     Ok(())
 }
 

@@ -146,15 +146,38 @@ pub fn gaussian_window(size: usize, sigma: f64) -> Vec<f64> {
     w.into_iter().map(|v| v / s).collect()
 }
 
-/// Separable Gaussian filtering ("valid": no padding) of every plane of a
-/// `(n, 1, h, w)` tensor.
-fn gaussian_filter(xs: &Tensor, win: &[f64], dtype: DType, dev: &Device) -> Result<Tensor> {
+/// The `(n, n - k + 1)` matrix whose column `j` holds the window at rows
+/// `j..j + k`: "valid" 1-D filtering of a length-`n` signal as one matmul.
+fn band_matrix(n: usize, win: &[f64], dtype: DType, dev: &Device) -> Result<Tensor> {
     let k = win.len();
-    let kx = Tensor::from_vec(win.to_vec(), (1, 1, 1, k), &Device::Cpu)?
+    let m = n - k + 1;
+    let mut v = vec![0f64; n * m];
+    for j in 0..m {
+        for (t, w) in win.iter().enumerate() {
+            v[(j + t) * m + j] = *w;
+        }
+    }
+    Tensor::from_vec(v, (n, m), &Device::Cpu)?
         .to_dtype(dtype)?
-        .to_device(dev)?;
-    let ky = kx.reshape((1, 1, k, 1))?;
-    xs.conv2d(&kx, 0, 1, 1, 1)?.conv2d(&ky, 0, 1, 1, 1)
+        .to_device(dev)
+}
+
+/// Separable Gaussian filtering ("valid": no padding) of every `(h, w)` plane
+/// of an `(n, h, w)` tensor, as two matmuls with banded matrices (far less
+/// memory traffic than an im2col over thousands of planes).
+fn gaussian_filter(xs: &Tensor, win: &[f64]) -> Result<Tensor> {
+    // xs: (n, h, w) -> (n, h - k + 1, w - k + 1)
+    let (n, h, w) = xs.dims3()?;
+    let (dtype, dev) = (xs.dtype(), xs.device());
+    let k = win.len();
+    let (oh, ow) = (h - k + 1, w - k + 1);
+    let bw = band_matrix(w, win, dtype, dev)?;
+    let bh = band_matrix(h, win, dtype, dev)?;
+    // Along w: (n·h, w) · (w, ow).
+    let ys = xs.reshape((n * h, w))?.matmul(&bw)?.reshape((n, h, ow))?;
+    // Along h: (n·ow, h) · (h, oh), then back to (n, oh, ow).
+    let ys = ys.transpose(1, 2)?.contiguous()?.reshape((n * ow, h))?.matmul(&bh)?;
+    ys.reshape((n, ow, oh))?.transpose(1, 2)?.contiguous()
 }
 
 /// Per-image SSIM `(b,)` of `(b, c, h, w)` images: the mean of the SSIM map
@@ -171,9 +194,9 @@ pub fn ssim(x: &Tensor, y: &Tensor, cfg: SsimConfig) -> Result<Tensor> {
     let win = gaussian_window(cfg.window, cfg.sigma);
     let c1 = (cfg.k1 * cfg.data_range).powi(2);
     let c2 = (cfg.k2 * cfg.data_range).powi(2);
-    // All five moments in one filtering pass: (5, b*c, 1, h, w).
-    let planes = Tensor::stack(&[x, y, &x.sqr()?, &y.sqr()?, &(x * y)?], 0)?.reshape((5 * b * c, 1, h, w))?;
-    let f = gaussian_filter(&planes, &win, x.dtype(), x.device())?;
+    // All five moments in one filtering pass: (5·b·c, h, w).
+    let planes = Tensor::stack(&[x, y, &x.sqr()?, &y.sqr()?, &(x * y)?], 0)?.reshape((5 * b * c, h, w))?;
+    let f = gaussian_filter(&planes, &win)?;
     let (oh, ow) = (h - cfg.window + 1, w - cfg.window + 1);
     let f = f.reshape((5, b * c, oh, ow))?;
     let mu_x = f.get(0)?;

@@ -320,6 +320,12 @@ fn tmp_path(path: &Path) -> PathBuf {
 }
 
 fn sync_file(path: &Path) -> Result<()> {
+    // Weights are meant to be shared: rw-r--r-- whatever the writer chose.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644));
+    }
     let f = std::fs::File::open(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
     f.sync_all().map_err(|e| err(format!("{}: fsync: {e}", path.display())))
 }

@@ -52,7 +52,7 @@ fn default_eval_batch() -> usize {
     1000
 }
 fn default_log_every() -> usize {
-    50
+    10
 }
 fn default_checkpoint_every() -> usize {
     200

@@ -117,6 +117,32 @@ pub struct Series<'a> {
     pub label: &'a str,
     pub points: &'a [(f64, f64)],
     pub color: RGBColor,
+    /// Draw the raw points faintly and a centred moving average over them.
+    pub smooth: bool,
+}
+
+/// A centred moving average over about 5 % of the points (none below 20
+/// points): it follows the trend without the lag of an exponential average.
+fn smoothed(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    let half = points.len() / 40;
+    (0..points.len())
+        .map(|i| {
+            let (lo, hi) = (i.saturating_sub(half), (i + half + 1).min(points.len()));
+            let mean = points[lo..hi].iter().map(|p| p.1).sum::<f64>() / (hi - lo) as f64;
+            (points[i].0, mean)
+        })
+        .collect()
+}
+
+fn y_decimals(lo: f64, hi: f64) -> usize {
+    let span = (hi - lo).abs();
+    match span {
+        s if s >= 20.0 => 0,
+        s if s >= 2.0 => 1,
+        s if s >= 0.2 => 2,
+        s if s >= 0.02 => 3,
+        _ => 4,
+    }
 }
 
 /// Loss curves against optimiser steps.
@@ -160,6 +186,9 @@ pub fn save_loss_plot(title: &str, series: &[Series], path: &Path) -> Result<()>
             .map_err(|e| other(path, e))?;
         chart
             .configure_mesh()
+            .light_line_style(RGBColor(238, 238, 242))
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.prec$}", prec = y_decimals(y0, y1)))
             .x_desc("step")
             .y_desc("loss")
             .label_style(("sans-serif", 14))
@@ -173,13 +202,21 @@ pub fn save_loss_plot(title: &str, series: &[Series], path: &Path) -> Result<()>
                 .copied()
                 .filter(|(x, y)| x.is_finite() && y.is_finite())
                 .collect();
+            let line = if s.smooth {
+                chart
+                    .draw_series(LineSeries::new(pts.clone(), color.mix(0.3).stroke_width(1)))
+                    .map_err(|e| other(path, e))?;
+                smoothed(&pts)
+            } else {
+                pts.clone()
+            };
             let drawn = chart
-                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                .draw_series(LineSeries::new(line, color.stroke_width(2)))
                 .map_err(|e| other(path, e))?;
             drawn
                 .label(s.label)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
-            if pts.len() <= 60 {
+            if !s.smooth && pts.len() <= 60 {
                 chart
                     .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
                     .map_err(|e| other(path, e))?;

@@ -295,7 +295,7 @@ pub fn train(cfg: &EntryConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
             if step % 10 == 0 || bi + 1 == nb {
                 tracing::Span::current().pb_set_message(&format!("loss {:.4}", loss_sum / loss_n as f64));
             }
-            if t.log_every > 0 && (step % t.log_every as u64 == 0 || bi == 0) {
+            if t.log_every > 0 && (step % t.log_every as u64 == 0 || step == 1) {
                 log.step(&StepRecord {
                     epoch: epoch + 1,
                     step,
@@ -445,14 +445,16 @@ fn draw(
         &format!("{} — loss", cfg.entry),
         &[
             crate::plot::Series {
-                label: "train (batch)",
+                label: "train (batch, smoothed)",
                 points: &steps,
                 color: plotters::style::RGBColor(66, 133, 244),
+                smooth: true,
             },
             crate::plot::Series {
                 label: "test (epoch)",
                 points: &epochs,
                 color: plotters::style::RGBColor(219, 68, 55),
+                smooth: false,
             },
         ],
         &run_dir.join("loss.png"),
