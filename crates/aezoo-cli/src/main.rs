@@ -317,9 +317,19 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     opts.device = device(&a.data.device)?;
     opts.resume = resume;
     opts.max_steps = a.max_steps;
-    opts.stop = Some(stop);
+    opts.stop = Some(stop.clone());
     opts.plots = !a.no_plots;
     let out = aezoo_train::train(&cfg, &opts)?;
+    if !out.completed && stop.load(Ordering::SeqCst) {
+        eprintln!(
+            "interrupted: checkpoint at step {} in {}; continue with `aezoo train {} --resume {}`",
+            out.steps,
+            run_dir.display(),
+            cfg.entry,
+            run_dir.display()
+        );
+        std::process::exit(130);
+    }
 
     let summary = serde_json::json!({
         "entry": cfg.entry,

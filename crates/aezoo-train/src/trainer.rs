@@ -232,10 +232,14 @@ pub fn train(cfg: &EntryConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
     while epoch < t.epochs {
         let plan = EpochPlan::new(n, t.batch_size, t.seed, epoch as u64, t.shuffle);
         let nb = plan.num_batches();
-        let span = tracing::info_span!("epoch", "indicatif.pb_show" = tracing::field::Empty, n = epoch + 1);
+        let span = tracing::info_span!(
+            "epoch",
+            "indicatif.pb_show" = tracing::field::Empty,
+            epoch = %format_args!("{}/{}", epoch + 1, t.epochs)
+        );
         span.pb_set_style(
             &indicatif::ProgressStyle::with_template(
-                "epoch {span_fields} {wide_bar:.cyan/blue} {pos}/{len} batches {msg} [{elapsed_precise}<{eta_precise}]",
+                "{span_fields} {wide_bar:.cyan/blue} {pos}/{len} batches {msg} [{elapsed_precise}<{eta_precise}]",
             )
             .expect("valid template")
             .progress_chars("=> "),
