@@ -364,9 +364,5 @@ pub fn conv_transpose2d_gemm(
     let x2 = xs.transpose(0, 1)?.contiguous()?.reshape((ci, b * h * w))?;
     let w2t = kernel.reshape((ci, o * kh * kw))?.t()?;
     let cols = w2t.matmul(&x2)?;
-    let ys = col2im(&cols, g, b)?;
-    match bias {
-        Some(bias) => ys.broadcast_add(&bias.reshape((1, o, 1, 1))?),
-        None => Ok(ys),
-    }
+    crate::ops::add_channel_bias(col2im(&cols, g, b)?, bias)
 }

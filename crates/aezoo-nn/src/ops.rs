@@ -43,7 +43,8 @@ pub fn conv2d(
     add_channel_bias(ys, bias)
 }
 
-fn add_channel_bias(ys: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+/// `ys + bias` over the channel axis of `(b, c, h, w)`.
+pub(crate) fn add_channel_bias(ys: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     match bias {
         Some(b) => {
             let c = b.dim(0)?;

@@ -212,6 +212,23 @@ pub fn train(cfg: &EntryConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
     let mut images_seen_this_run = 0usize;
     let mut seconds_this_run = 0f64;
 
+    let outcome = |completed: bool,
+                   epochs_done: usize,
+                   steps: u64,
+                   metrics: Option<EvalMetrics>,
+                   images: usize,
+                   seconds: f64,
+                   train_seconds: f64| TrainOutcome {
+        run_dir: run_dir.clone(),
+        completed,
+        epochs_done,
+        steps,
+        metrics,
+        train_images_per_s: images as f64 / seconds.max(1e-9),
+        train_seconds,
+        data: data_desc.clone(),
+        params: nparams,
+    };
     let stop_requested = || opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
     let state_at = |epoch: usize, batch: usize, step: u64, rng: &Rng, adam: &Adam, secs: f64| TrainerState {
         format: STATE_FORMAT,
@@ -327,17 +344,15 @@ pub fn train(cfg: &EntryConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
                     epoch + 1,
                     run_dir.display()
                 );
-                return Ok(TrainOutcome {
-                    run_dir: run_dir.clone(),
-                    completed: false,
-                    epochs_done: epoch,
-                    steps: step,
-                    metrics: last_metrics,
-                    train_images_per_s: images_seen_this_run as f64 / seconds_this_run.max(1e-9),
+                return Ok(outcome(
+                    false,
+                    epoch,
+                    step,
+                    last_metrics,
+                    images_seen_this_run,
+                    seconds_this_run,
                     train_seconds,
-                    data: data_desc,
-                    params: nparams,
-                });
+                ));
             }
         }
         drop(entered);
@@ -397,17 +412,15 @@ pub fn train(cfg: &EntryConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
                 "stopped after epoch {epoch}; resume with --resume {}",
                 run_dir.display()
             );
-            return Ok(TrainOutcome {
-                run_dir: run_dir.clone(),
-                completed: false,
-                epochs_done: epoch,
-                steps: step,
-                metrics: last_metrics,
-                train_images_per_s: images_seen_this_run as f64 / seconds_this_run.max(1e-9),
+            return Ok(outcome(
+                false,
+                epoch,
+                step,
+                last_metrics,
+                images_seen_this_run,
+                seconds_this_run,
                 train_seconds,
-                data: data_desc,
-                params: nparams,
-            });
+            ));
         }
     }
     if last_metrics.is_none() {
@@ -422,17 +435,15 @@ pub fn train(cfg: &EntryConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
         )?);
         params.save(&run_dir.join("model.safetensors"))?;
     }
-    Ok(TrainOutcome {
-        run_dir: run_dir.clone(),
-        completed: true,
-        epochs_done: epoch,
-        steps: step,
-        metrics: last_metrics,
-        train_images_per_s: images_seen_this_run as f64 / seconds_this_run.max(1e-9),
+    Ok(outcome(
+        true,
+        epoch,
+        step,
+        last_metrics,
+        images_seen_this_run,
+        seconds_this_run,
         train_seconds,
-        data: data_desc,
-        params: nparams,
-    })
+    ))
 }
 
 fn draw(
