@@ -175,8 +175,16 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let msg = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
-            eprintln!("error: {msg}");
+            // Our library errors already carry their causes in their message:
+            // print each cause once.
+            let mut parts: Vec<String> = Vec::new();
+            for cause in e.chain() {
+                let text = cause.to_string();
+                if !parts.iter().any(|p| p.contains(&text)) {
+                    parts.push(text);
+                }
+            }
+            eprintln!("error: {}", parts.join(": "));
             ExitCode::FAILURE
         }
     }
@@ -310,16 +318,21 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     };
     apply_overrides(&mut cfg, &a);
     cfg.validate("command line")?;
-    std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
-    weights::mark_latest(&cfg.entry, &run_dir)?;
+    let dev = device(&a.data.device)?;
 
     let mut opts = TrainOptions::new(&run_dir, Locator::from_env(a.data.data.clone(), a.data.download));
-    opts.device = device(&a.data.device)?;
+    opts.device = dev;
     opts.resume = resume;
     opts.max_steps = a.max_steps;
     opts.stop = Some(stop.clone());
     opts.plots = !a.no_plots;
-    let out = aezoo_train::train(&cfg, &opts)?;
+    let result = aezoo_train::train(&cfg, &opts);
+    // Record the run as the entry's newest once it has something to resume
+    // or evaluate (a run that failed before its first checkpoint has not).
+    if checkpoint::latest(&run_dir).is_some() {
+        weights::mark_latest(&cfg.entry, &run_dir)?;
+    }
+    let out = result?;
     if !out.completed && stop.load(Ordering::SeqCst) {
         eprintln!(
             "interrupted: checkpoint at step {} in {}; continue with `aezoo train {} --resume {}`",

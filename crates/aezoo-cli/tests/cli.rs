@@ -189,6 +189,8 @@ fn truncated_idx_is_a_one_line_error() {
         ],
     );
     assert_one_line_error(&o, &["train-images-idx3-ubyte", "truncated", "found 5000"]);
+    // A run that failed before it started leaves no folder and no `latest`.
+    assert!(!d.path().join("r").exists() && !d.path().join("runs").exists());
 }
 
 #[test]

@@ -32,7 +32,7 @@ pub enum TrainError {
         value: f32,
     },
 
-    #[error("data: {0}")]
+    #[error(transparent)]
     Data(#[from] aezoo_data::DataError),
 
     #[error(transparent)]

@@ -138,7 +138,6 @@ fn scalar(t: &candle_core::Tensor) -> Result<f32> {
 /// `opts.resume`).
 pub fn train(cfg: &EntryConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
     let run_dir = &opts.run_dir;
-    std::fs::create_dir_all(run_dir).map_err(io_err(run_dir))?;
     let dev = &opts.device;
     let t = &cfg.train;
 
@@ -152,6 +151,8 @@ pub fn train(cfg: &EntryConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
     }
 
     let Built { model, params } = build_fresh(cfg, dev)?;
+    // The run folder exists only once data and model are ready.
+    std::fs::create_dir_all(run_dir).map_err(io_err(run_dir))?;
     let mut adam = Adam::new(params.vars(), t.lr, t.optimizer.clone())?;
     let nparams = params.num_params();
 
