@@ -1,9 +1,17 @@
 //! aezoo-ae: deterministic autoencoder families.
 //!
-//! - [`LinearAe`] (`ae-linear`): the classic one-hidden-layer lesson model,
-//!   `784 → 32 → 784` with a sigmoid output (Chollet, "Building Autoencoders in
-//!   Keras", 2016; Hinton & Salakhutdinov 2006 for the idea).
+//! - [`MlpAe`] (`ae-mlp`): fully connected encoder and mirrored decoder with a
+//!   sigmoid output, an optional L1 penalty on the code — the `ae-linear`
+//!   lesson model (Chollet 2016), the multilayer autoencoder (Hinton &
+//!   Salakhutdinov 2006) and the sparse autoencoder (Ng 2011) are entries of it.
+//! - [`ConvAe`] (`ae-conv`): conv + max-pool encoder, transposed-conv or
+//!   upsampling decoder (Masci et al. 2011); the denoising autoencoder
+//!   (Vincent et al. 2008) is an entry of it trained on noised inputs.
 
-mod linear;
+mod common;
+mod conv;
+mod mlp;
 
-pub use linear::{Activation, LinearAe, LinearAeConfig, ReconLoss};
+pub use common::{Activation, ReconLoss};
+pub use conv::{ConvAe, ConvAeConfig, ConvDecoder};
+pub use mlp::{MlpAe, MlpAeConfig};

@@ -45,7 +45,7 @@ fn assert_one_line_error(o: &Output, needles: &[&str]) {
 fn write_config(dir: &Path, extra: &str) -> String {
     let text = format!(
         r#"{{
-  "entry": "tiny", "family": "ae-linear",
+  "entry": "tiny", "family": "ae-mlp",
   "model": {{"image": [1, 28, 28], "latent": 8}},
   "data": {{"dataset": "mnist"{extra}}},
   "train": {{"epochs": 1, "batch_size": 32, "lr": 0.001, "seed": 0}}
@@ -219,10 +219,10 @@ fn missing_tensor_is_a_one_line_error() {
         .into_iter()
         .collect();
     assert_eq!(kept.len(), 4);
-    kept.retain(|(k, _)| k != "decoder.bias");
+    kept.retain(|(k, _)| k != "decoder.fc1.bias");
     aezoo_nn::params::save_safetensors_atomic(&kept, &run.join("model.safetensors")).unwrap();
     let o = aezoo(d.path(), &["eval", "tiny", "--weights", run.to_str().unwrap()]);
-    assert_one_line_error(&o, &["model.safetensors", "missing tensor `decoder.bias`"]);
+    assert_one_line_error(&o, &["model.safetensors", "missing tensor `decoder.fc1.bias`"]);
 }
 
 #[test]

@@ -15,6 +15,8 @@ use candle_core::{Module, Result, Tensor};
 
 use candle_nn::{Init, VarBuilder};
 
+use crate::fused::{self, Act};
+
 pub use candle_nn::{Conv2dConfig, ConvTranspose2dConfig};
 
 fn uniform(bound: f64) -> Init {
@@ -56,19 +58,39 @@ impl Linear {
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
-}
 
-impl Module for Linear {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+    /// `act(xs · Wᵀ + b)`: one fused node on the CPU ([`crate::fused`]).
+    pub fn forward_act(&self, xs: &Tensor, act: Act) -> Result<Tensor> {
+        if let (Some(b), 2) = (&self.bias, xs.rank()) {
+            if fused::applies(xs) {
+                return fused::linear(xs, &self.weight, b, act);
+            }
+        }
         // xs: (..., in) -> (..., out)
         let ys = match xs.rank() {
             2 => xs.matmul(&self.weight.t()?)?,
             _ => xs.broadcast_matmul(&self.weight.t()?)?,
         };
-        match &self.bias {
-            Some(b) => ys.broadcast_add(b),
-            None => Ok(ys),
-        }
+        let ys = match &self.bias {
+            Some(b) => ys.broadcast_add(b)?,
+            None => ys,
+        };
+        apply_act(ys, act)
+    }
+}
+
+/// The activation after a composite (unfused) layer.
+pub fn apply_act(ys: Tensor, act: Act) -> Result<Tensor> {
+    match act {
+        Act::None => Ok(ys),
+        Act::Relu => crate::ops::relu(&ys),
+        Act::Sigmoid => crate::ops::sigmoid(&ys),
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.forward_act(xs, Act::None)
     }
 }
 
@@ -104,20 +126,32 @@ impl Conv2d {
     pub fn config(&self) -> &Conv2dConfig {
         &self.cfg
     }
+
+    /// `act(conv2d(xs) + b)`: one fused node on the CPU ([`crate::fused`]).
+    pub fn forward_act(&self, xs: &Tensor, act: Act) -> Result<Tensor> {
+        let c = &self.cfg;
+        if let Some(b) = &self.bias {
+            if c.groups == 1 && fused::applies(xs) {
+                return fused::conv2d(xs, &self.weight, b, c.padding, c.stride, c.dilation, act);
+            }
+        }
+        let ys = crate::ops::conv2d(
+            xs,
+            &self.weight,
+            self.bias.as_ref(),
+            c.padding,
+            c.stride,
+            c.dilation,
+            c.groups,
+        )?;
+        apply_act(ys, act)
+    }
 }
 
 impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         // xs: (b, in, h, w) -> (b, out, oh, ow)
-        crate::ops::conv2d(
-            xs,
-            &self.weight,
-            self.bias.as_ref(),
-            self.cfg.padding,
-            self.cfg.stride,
-            self.cfg.dilation,
-            self.cfg.groups,
-        )
+        self.forward_act(xs, Act::None)
     }
 }
 
@@ -144,18 +178,41 @@ pub fn conv_transpose2d(
     Ok(ConvTranspose2d { weight, bias, cfg })
 }
 
-impl Module for ConvTranspose2d {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        // xs: (b, in, h, w) -> (b, out, (h-1)s - 2p + k + op, ...)
-        crate::ops::conv_transpose2d(
+impl ConvTranspose2d {
+    /// `act(conv_transpose2d(xs) + b)`: one fused node on the CPU ([`crate::fused`]).
+    pub fn forward_act(&self, xs: &Tensor, act: Act) -> Result<Tensor> {
+        let c = &self.cfg;
+        if let Some(b) = &self.bias {
+            if fused::applies(xs) {
+                return fused::conv_transpose2d(
+                    xs,
+                    &self.weight,
+                    b,
+                    c.padding,
+                    c.output_padding,
+                    c.stride,
+                    c.dilation,
+                    act,
+                );
+            }
+        }
+        let ys = crate::ops::conv_transpose2d(
             xs,
             &self.weight,
             self.bias.as_ref(),
-            self.cfg.padding,
-            self.cfg.output_padding,
-            self.cfg.stride,
-            self.cfg.dilation,
-        )
+            c.padding,
+            c.output_padding,
+            c.stride,
+            c.dilation,
+        )?;
+        apply_act(ys, act)
+    }
+}
+
+impl Module for ConvTranspose2d {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        // xs: (b, in, h, w) -> (b, out, (h-1)s - 2p + k + op, ...)
+        self.forward_act(xs, Act::None)
     }
 }
 

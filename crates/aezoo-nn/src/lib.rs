@@ -4,6 +4,7 @@
 //! and the [`model::Autoencoder`] / [`model::Family`] traits.
 
 pub mod conv;
+pub mod fused;
 pub mod gradcheck;
 pub mod layers;
 pub mod model;
@@ -12,6 +13,7 @@ pub mod params;
 pub mod rng;
 pub mod same_pad;
 
+pub use fused::Act;
 pub use model::{Autoencoder, Batch, Family, StepCtx, StepOutput};
 pub use params::ParamStore;
 pub use rng::Rng;

@@ -7,8 +7,9 @@
 //!   gradient to the first maximum of each window, as PyTorch does.
 //! - [`upsample_nearest2d`]: candle's backward *overwrites* the accumulated
 //!   gradient of its input instead of adding to it (wrong as soon as the input
-//!   feeds anything else) and cannot do non-square factors. Ours is a broadcast,
-//!   whose backward is a sum.
+//!   feeds anything else) and cannot do non-square factors. Ours is one
+//!   replicate/block-sum custom op on the CPU, a broadcast (whose backward is
+//!   a sum) elsewhere.
 //! - [`softmax`]: candle's `softmax_last_dim` returns no gradient; the
 //!   composite `candle_nn::ops::softmax` is correct and is what we call.
 //! - [`conv2d`], [`conv_transpose2d`]: on the CPU, im2col/col2im + GEMM
@@ -142,6 +143,12 @@ pub fn upsample_nearest2d(xs: &Tensor, factor_h: usize, factor_w: usize) -> Resu
     let (b, c, h, w) = xs.dims4()?;
     if factor_h == 0 || factor_w == 0 {
         candle_core::bail!("upsample_nearest2d: factors must be >= 1, got {factor_h}x{factor_w}");
+    }
+    if crate::fused::applies(xs) {
+        return xs.contiguous()?.apply_op1(Upsample {
+            fh: factor_h,
+            fw: factor_w,
+        });
     }
     xs.reshape((b, c, h, 1, w, 1))?
         .broadcast_as((b, c, h, factor_h, w, factor_w))?
@@ -329,5 +336,95 @@ impl CustomOp2 for MaxPool2dGrad {
             ),
         };
         Ok((out, l1.shape().clone()))
+    }
+}
+
+/// Nearest upsampling by integer factors on the CPU: one pass forward, a
+/// block sum backward.
+#[derive(Clone, Copy, Debug)]
+struct Upsample {
+    fh: usize,
+    fw: usize,
+}
+
+fn upsample_fwd<T: Copy + Default>(src: &[T], l: &Layout, fh: usize, fw: usize) -> Result<Vec<T>> {
+    let (b, c, h, w) = l.shape().dims4()?;
+    let off = l.start_offset();
+    let src = &src[off..off + b * c * h * w];
+    let (oh, ow) = (h * fh, w * fw);
+    let mut out = vec![T::default(); b * c * oh * ow];
+    for (plane, dst) in src.chunks(h * w).zip(out.chunks_mut(oh * ow)) {
+        for y in 0..h {
+            let row = &plane[y * w..(y + 1) * w];
+            let first = &mut dst[y * fh * ow..(y * fh + 1) * ow];
+            for (x, &v) in row.iter().enumerate() {
+                first[x * fw..(x + 1) * fw].fill(v);
+            }
+            for r in 1..fh {
+                let (done, rest) = dst[y * fh * ow..].split_at_mut(r * ow);
+                rest[..ow].copy_from_slice(&done[..ow]);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn upsample_bwd<T: Copy + Default + std::ops::AddAssign>(g: &[T], l: &Layout, fh: usize, fw: usize) -> Result<Vec<T>> {
+    let (b, c, oh, ow) = l.shape().dims4()?;
+    let off = l.start_offset();
+    let g = &g[off..off + b * c * oh * ow];
+    let (h, w) = (oh / fh, ow / fw);
+    let mut out = vec![T::default(); b * c * h * w];
+    for (plane, dst) in g.chunks(oh * ow).zip(out.chunks_mut(h * w)) {
+        for oy in 0..oh {
+            let drow = &mut dst[(oy / fh) * w..(oy / fh + 1) * w];
+            for (ox, &v) in plane[oy * ow..(oy + 1) * ow].iter().enumerate() {
+                drow[ox / fw] += v;
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl CustomOp1 for Upsample {
+    fn name(&self) -> &'static str {
+        "aezoo-upsample-nearest2d"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        if !l.is_contiguous() {
+            candle_core::bail!("aezoo-upsample-nearest2d: input must be contiguous");
+        }
+        let (b, c, h, w) = l.shape().dims4()?;
+        let out = match s {
+            CpuStorage::F32(v) => CpuStorage::F32(upsample_fwd(v, l, self.fh, self.fw)?),
+            CpuStorage::F64(v) => CpuStorage::F64(upsample_fwd(v, l, self.fh, self.fw)?),
+            other => candle_core::bail!("aezoo-upsample-nearest2d: unsupported dtype {:?}", other.dtype()),
+        };
+        Ok((out, Shape::from((b, c, h * self.fh, w * self.fw))))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&UpsampleGrad(*self))?))
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct UpsampleGrad(Upsample);
+
+impl CustomOp1 for UpsampleGrad {
+    fn name(&self) -> &'static str {
+        "aezoo-upsample-nearest2d-grad"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, c, oh, ow) = l.shape().dims4()?;
+        let Upsample { fh, fw } = self.0;
+        let out = match s {
+            CpuStorage::F32(v) => CpuStorage::F32(upsample_bwd(v, l, fh, fw)?),
+            CpuStorage::F64(v) => CpuStorage::F64(upsample_bwd(v, l, fh, fw)?),
+            other => candle_core::bail!("aezoo-upsample-nearest2d-grad: unsupported dtype {:?}", other.dtype()),
+        };
+        Ok((out, Shape::from((b, c, oh / fh, ow / fw))))
     }
 }

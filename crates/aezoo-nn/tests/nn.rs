@@ -169,6 +169,25 @@ fn grad_upsample_nearest2d() {
         up.sum_all()? + skip
     };
     assert_grad("upsample + second use", f, &[u(&[1, 2, 3, 3], 72)]);
+    // The CPU op equals the broadcast formulation.
+    let x = u(&[2, 3, 3, 4], 74);
+    let a = ops::upsample_nearest2d(&x, 2, 3).unwrap();
+    let b = x
+        .reshape((2, 3, 3, 1, 4, 1))
+        .unwrap()
+        .broadcast_as((2, 3, 3, 2, 4, 3))
+        .unwrap()
+        .reshape((2, 3, 6, 12))
+        .unwrap();
+    let d = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    assert_eq!(d, 0.0);
 }
 
 #[test]
@@ -653,4 +672,115 @@ fn gemm_convs_match_candle_forward() {
         .to_scalar::<f32>()
         .unwrap();
     assert!(d < 1e-5, "{d}");
+}
+
+// ---------------------------------------------------------------- fused layers
+
+use aezoo_nn::fused::{self, Act};
+use aezoo_nn::layers::apply_act;
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+#[test]
+fn fused_conv2d_matches_composite_and_finite_differences() {
+    // Batch 1 (threaded GEMMs) and 6 (one image per task) take different paths.
+    for (b, h, w, k, s, p, dl) in [
+        (1, 7, 6, 3, 2, 1, 1),
+        (6, 6, 6, 4, 2, 1, 1),
+        (2, 5, 5, 3, 1, 2, 2),
+        (5, 8, 7, 1, 1, 0, 1),
+    ] {
+        for act in [Act::None, Act::Relu, Act::Sigmoid] {
+            let (x, wt, bias) = (u(&[b, 3, h, w], 300), u(&[4, 3, k, k], 301), u(&[4], 302));
+            let fused = fused::conv2d(&x, &wt, &bias, p, s, dl, act).unwrap();
+            let plain = apply_act(
+                ops::conv2d_candle(&x, &wt, p, s, dl, 1)
+                    .unwrap()
+                    .broadcast_add(&bias.reshape((1, 4, 1, 1)).unwrap())
+                    .unwrap(),
+                act,
+            )
+            .unwrap();
+            let what = format!("fused conv2d b{b} {h}x{w} k{k} s{s} p{p} d{dl} {act:?}");
+            assert!(max_abs_diff(&fused, &plain) < 1e-12, "{what}: forward differs");
+            let f = move |a: &[Tensor]| fused::conv2d(&a[0], &a[1], &a[2], p, s, dl, act);
+            assert_grad(&what, f, &[x, wt, bias]);
+        }
+    }
+}
+
+#[test]
+fn fused_conv_transpose2d_matches_composite_and_finite_differences() {
+    for (b, h, w, k, s, p, op) in [
+        (1, 3, 4, 4, 2, 1, 0),
+        (6, 3, 3, 2, 2, 0, 0),
+        (2, 4, 3, 3, 2, 1, 1),
+        (5, 3, 3, 3, 1, 1, 0),
+    ] {
+        for act in [Act::None, Act::Relu, Act::Sigmoid] {
+            let (x, wt, bias) = (u(&[b, 3, h, w], 310), u(&[3, 2, k, k], 311), u(&[2], 312));
+            let fused = fused::conv_transpose2d(&x, &wt, &bias, p, op, s, 1, act).unwrap();
+            let plain = apply_act(
+                x.conv_transpose2d(&wt, p, op, s, 1)
+                    .unwrap()
+                    .broadcast_add(&bias.reshape((1, 2, 1, 1)).unwrap())
+                    .unwrap(),
+                act,
+            )
+            .unwrap();
+            let what = format!("fused conv_transpose2d b{b} {h}x{w} k{k} s{s} p{p} op{op} {act:?}");
+            assert!(max_abs_diff(&fused, &plain) < 1e-12, "{what}: forward differs");
+            let f = move |a: &[Tensor]| fused::conv_transpose2d(&a[0], &a[1], &a[2], p, op, s, 1, act);
+            assert_grad(&what, f, &[x, wt, bias]);
+        }
+    }
+}
+
+#[test]
+fn fused_linear_matches_composite_and_finite_differences() {
+    for n in [1, 7] {
+        for act in [Act::None, Act::Relu, Act::Sigmoid] {
+            let (x, wt, bias) = (u(&[n, 5], 320), u(&[4, 5], 321), u(&[4], 322));
+            let fused = fused::linear(&x, &wt, &bias, act).unwrap();
+            let plain = apply_act(x.matmul(&wt.t().unwrap()).unwrap().broadcast_add(&bias).unwrap(), act).unwrap();
+            let what = format!("fused linear n{n} {act:?}");
+            assert!(max_abs_diff(&fused, &plain) < 1e-12, "{what}: forward differs");
+            assert_grad(
+                &what,
+                move |a: &[Tensor]| fused::linear(&a[0], &a[1], &a[2], act),
+                &[x, wt, bias],
+            );
+        }
+    }
+}
+
+#[test]
+fn fused_layers_accumulate_with_other_gradients_and_run_in_f32() {
+    // The input also feeds a second branch; and the f32 kernels agree with f64.
+    let f = |a: &[Tensor]| {
+        let y = fused::conv2d(&a[0], &a[1], &a[2], 1, 1, 1, Act::Relu)?;
+        y.sum_all()? + a[0].sqr()?.sum_all()?
+    };
+    assert_grad(
+        "fused conv2d + second use",
+        f,
+        &[u(&[2, 2, 5, 5], 330), u(&[3, 2, 3, 3], 331), u(&[3], 332)],
+    );
+    let (x, wt, bias) = (u(&[3, 2, 6, 6], 333), u(&[4, 2, 3, 3], 334), u(&[4], 335));
+    let y64 = fused::conv2d(&x, &wt, &bias, 1, 1, 1, Act::Sigmoid).unwrap();
+    let to32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+    let y32 = fused::conv2d(&to32(&x), &to32(&wt), &to32(&bias), 1, 1, 1, Act::Sigmoid).unwrap();
+    assert!(max_abs_diff(&y64, &y32.to_dtype(DType::F64).unwrap()) < 1e-5);
 }

@@ -50,7 +50,9 @@ impl<F: Family> DynFamily for Registered<F> {
 
 /// Every model family, one line each.
 pub static FAMILIES: &[&dyn DynFamily] = &[
-    &Registered::<aezoo_ae::LinearAe>(PhantomData),
+    &Registered::<aezoo_ae::MlpAe>(PhantomData),
+    &Registered::<aezoo_ae::ConvAe>(PhantomData),
+    &Registered::<aezoo_vae::MlpVae>(PhantomData),
     &Registered::<aezoo_vae::ConvVae>(PhantomData),
 ];
 

@@ -59,7 +59,7 @@ fn config_err(text: &str) -> String {
 }
 
 const GOOD: &str = r#"{
-  "entry": "t", "family": "ae-linear",
+  "entry": "t", "family": "ae-mlp",
   "model": {"image": [1, 28, 28], "latent": 8},
   "data": {"dataset": "mnist"},
   "train": {"epochs": 1, "batch_size": 16, "lr": 0.001, "seed": 0}
@@ -97,7 +97,7 @@ fn configs_refuse_bad_values() {
     assert!(e.contains("train.lr"), "{e}");
     let e = config_err(&GOOD.replace(r#""lr": 0.001"#, r#""lr": "fast""#));
     assert!(e.contains("train.lr") && e.contains("invalid type"), "{e}");
-    let e = config_err(&GOOD.replace("ae-linear", "ae-quantum"));
+    let e = config_err(&GOOD.replace("ae-mlp", "ae-quantum"));
     assert!(e.contains("ae-quantum") && e.contains("vae-conv"), "{e}");
     let e = config_err(&GOOD.replace(r#""mnist""#, r#""cifar""#));
     assert!(e.contains("data.dataset") && e.contains("cifar"), "{e}");
@@ -442,12 +442,12 @@ fn weights_load_strictly() {
         .into_iter()
         .collect();
     assert_eq!(kept.len(), 4);
-    kept.retain(|(k, _)| k != "decoder.bias");
+    kept.retain(|(k, _)| k != "decoder.fc1.bias");
     let cut = tempfile::tempdir().unwrap();
     aezoo_nn::params::save_safetensors_atomic(&kept, &cut.path().join("model.safetensors")).unwrap();
     std::fs::copy(d.path().join("config.json"), cut.path().join("config.json")).unwrap();
     let e = weights::load(cut.path(), &Device::Cpu).err().unwrap().to_string();
-    assert!(e.contains("missing tensor `decoder.bias`"), "{e}");
+    assert!(e.contains("missing tensor `decoder.fc1.bias`"), "{e}");
 
     // Truncated.
     let bytes = std::fs::read(d.path().join("model.safetensors")).unwrap();

@@ -3,12 +3,13 @@
 //! reparameterisation `z = μ + σ·ε`, and the mirror image up with
 //! `ConvTranspose(4, s2, p1)`. Loss: `(Σ BCE-with-logits + β·KLD) / batch`.
 
-use aezoo_metrics::{bce_with_logits, kld, Reduction};
 use aezoo_nn::layers::{
     conv2d, conv_transpose2d, linear, Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, Linear,
     LinearConfig,
 };
-use aezoo_nn::{ops, Autoencoder, Batch, Family, Rng, StepCtx, StepOutput};
+use aezoo_nn::{ops, Act, Autoencoder, Batch, Family, Rng, StepCtx, StepOutput};
+
+use crate::common::{prior, split_stats, vae_step};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
@@ -50,25 +51,19 @@ impl ConvVae {
     pub fn encode_stats(&self, xs: &Tensor) -> Result<(Tensor, Tensor)> {
         let mut h = xs.clone();
         for conv in &self.convs {
-            h = ops::relu(&conv.forward(&h)?)?;
+            h = conv.forward_act(&h, Act::Relu)?;
         }
-        let stats = self.enc_fc.forward(&h.flatten_from(1)?)?;
-        let mu = stats.narrow(1, 0, self.latent)?;
-        let logvar = stats.narrow(1, self.latent, self.latent)?;
-        Ok((mu, logvar))
+        split_stats(&self.enc_fc.forward(&h.flatten_from(1)?)?, self.latent)
     }
 
     /// Decoder logits `(b, c, h, w)`.
     pub fn decode_logits(&self, z: &Tensor) -> Result<Tensor> {
         let b = z.dim(0)?;
         let (c, h, w) = self.bottleneck;
-        let mut x = ops::relu(&self.dec_fc.forward(z)?)?.reshape((b, c, h, w))?;
+        let mut x = self.dec_fc.forward_act(z, Act::Relu)?.reshape((b, c, h, w))?;
         let last = self.deconvs.len() - 1;
         for (i, deconv) in self.deconvs.iter().enumerate() {
-            x = deconv.forward(&x)?;
-            if i < last {
-                x = ops::relu(&x)?;
-            }
+            x = deconv.forward_act(&x, if i < last { Act::Relu } else { Act::None })?;
         }
         Ok(x)
     }
@@ -146,17 +141,7 @@ impl Autoencoder for ConvVae {
 
     fn step(&self, batch: &Batch, ctx: &mut StepCtx) -> Result<StepOutput> {
         let (mu, logvar) = self.encode_stats(&batch.input)?;
-        let eps = ctx.rng.randn(mu.shape().clone(), mu.dtype(), mu.device())?;
-        let z = (&mu + (logvar.affine(0.5, 0.0)?.exp()? * eps)?)?;
-        let logits = self.decode_logits(&z)?;
-        let rec = bce_with_logits(&logits, &batch.target, Reduction::BatchMean)?;
-        let kl = kld(&mu, &logvar, Reduction::BatchMean)?;
-        let loss = (&rec + (&kl * self.beta)?)?;
-        Ok(StepOutput {
-            loss,
-            terms: vec![("bce", rec), ("kld", kl)],
-            recon: ops::sigmoid(&logits)?,
-        })
+        vae_step(&mu, &logvar, |z| self.decode_logits(z), &batch.target, self.beta, ctx)
     }
 
     fn latent_shape(&self) -> Vec<usize> {
@@ -168,8 +153,6 @@ impl Autoencoder for ConvVae {
     }
 
     fn sample(&self, n: usize, rng: &mut Rng) -> Result<Tensor> {
-        let dev = self.enc_fc.weight().device();
-        let z = rng.randn((n, self.latent), self.enc_fc.weight().dtype(), dev)?;
-        self.decode(&z)
+        self.decode(&prior(n, self.latent, self.enc_fc.weight(), rng)?)
     }
 }

@@ -1,10 +1,14 @@
 //! aezoo-vae: variational autoencoder families (Kingma & Welling 2014,
-//! "Auto-Encoding Variational Bayes").
+//! "Auto-Encoding Variational Bayes"), Bernoulli likelihood on logits and a
+//! β-weighted KL (β = 1 is the plain VAE; Higgins et al. 2017 for β ≠ 1).
 //!
-//! - [`ConvVae`] (`vae-conv`): strided-conv encoder, transposed-conv decoder,
-//!   Bernoulli likelihood on logits, β-weighted KL (β = 1 is the plain VAE;
-//!   Higgins et al. 2017 for β ≠ 1). The twin of `../shared/bench`'s `vae`.
+//! - [`MlpVae`] (`vae-mlp`): fully connected, `784 → 400 → 2×32 → 400 → 784`.
+//! - [`ConvVae`] (`vae-conv`, `vae-beta`): strided-conv encoder,
+//!   transposed-conv decoder; the twin of `../shared/bench`'s `vae`.
 
+mod common;
 mod conv;
+mod mlp;
 
 pub use conv::{ConvVae, ConvVaeConfig};
+pub use mlp::{MlpVae, MlpVaeConfig};

@@ -5,7 +5,7 @@
 use aezoo_metrics::{bce_with_logits, kld, Reduction};
 use aezoo_nn::gradcheck::{uniform_input, GradCheck};
 use aezoo_nn::{Autoencoder, Batch, Family, ParamStore, Rng, StepCtx};
-use aezoo_vae::{ConvVae, ConvVaeConfig};
+use aezoo_vae::{ConvVae, ConvVaeConfig, MlpVae, MlpVaeConfig};
 use candle_core::{DType, Device, Tensor};
 
 fn bench_cfg() -> ConvVaeConfig {
@@ -149,4 +149,60 @@ fn bad_configs_are_refused() {
         ..bench_cfg()
     };
     assert!(ConvVae::new(&none, vb).is_err());
+}
+
+// ---------------------------------------------------------------- vae-mlp
+
+#[test]
+fn mlp_vae_architecture_and_gradient() {
+    // 784 → 400 → 2×32 → 400 → 784: 314,000 + 25,664 + 13,200 + 314,384 = 667,248 parameters.
+    let cfg = MlpVaeConfig {
+        image: [1, 28, 28],
+        hidden: vec![400],
+        latent: 32,
+        beta: 1.0,
+    };
+    let store = ParamStore::init(1);
+    let m = MlpVae::new(&cfg, store.var_builder(DType::F32, &Device::Cpu)).unwrap();
+    assert_eq!(store.num_params(), 667_248);
+    let names: Vec<String> = store.tensors().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        names,
+        [
+            "decoder.fc1.bias",
+            "decoder.fc1.weight",
+            "decoder.out.bias",
+            "decoder.out.weight",
+            "encoder.fc1.bias",
+            "encoder.fc1.weight",
+            "encoder.stats.bias",
+            "encoder.stats.weight",
+        ]
+    );
+    let s = m.sample(3, &mut Rng::new(2)).unwrap();
+    assert_eq!(s.dims(), &[3, 1, 28, 28]);
+    assert!(m.is_generative());
+    // Whole-model gradient check on a small one.
+    let small = MlpVaeConfig {
+        image: [1, 4, 5],
+        hidden: vec![6],
+        latent: 3,
+        beta: 2.0,
+    };
+    let store = ParamStore::init(4);
+    let m = MlpVae::new(&small, store.var_builder(DType::F64, &Device::Cpu)).unwrap();
+    let x = uniform_input(&[2, 1, 4, 5], 0.05, 0.95, 5).unwrap();
+    let f = |a: &[Tensor]| {
+        Ok(m.step(
+            &Batch::autoencode(a[0].clone()),
+            &mut StepCtx {
+                train: true,
+                rng: &mut Rng::new(0),
+            },
+        )?
+        .loss)
+    };
+    if let Err(e) = GradCheck::default().check(f, &[x]) {
+        panic!("vae-mlp: {e}");
+    }
 }

@@ -1,0 +1,958 @@
+//! Fused CPU layers: `act(conv2d(x, W) + b)`, `act(conv_transpose2d(x, W) + b)`
+//! and `act(x·Wᵀ + b)` as single autograd nodes with hand-written backward
+//! passes, computed with the `gemm` crate on raw slices.
+//!
+//! Why: in candle 0.11 every autograd node costs a fresh gradient buffer
+//! (zeros, then an add) besides its own work, and ReLU's and bias-add's
+//! backward passes are several full-size element-wise ops each. A conv layer
+//! written as im2col → matmul → reshape → transpose → bias → ReLU is six nodes;
+//! here it is one, its backward one custom op, and no im2col matrix for the
+//! whole batch is ever built: each image is unfolded into a small per-thread
+//! buffer that stays in cache, and its GEMM writes straight into NCHW.
+//!
+//! Per image (K = C·kh·kw, L = OH·OW):
+//! ```text
+//! forward   cols = im2col(x_i)        (K, L)      y_i = act(W (O,K) · cols + b)
+//! backward  dz = dy ⊙ act'(y)         dW += dz_i · colsᵀ     db += Σ_L dz_i
+//!           dx_i = col2im(Wᵀ · dz_i)
+//! ```
+//! The transposed conv is the same with the roles of im2col and col2im
+//! swapped. Every op here is gradient-checked against finite differences and
+//! compared with the composite path in `tests/nn.rs`; `AEZOO_NO_FUSED=1`
+//! turns the fused path off (the layers then use the composite ops).
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use crate::conv::Geometry;
+
+/// The activation fused into a layer's output.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Act {
+    #[default]
+    None,
+    Relu,
+    Sigmoid,
+}
+
+/// Whether the fused path is enabled (`AEZOO_NO_FUSED` unset or `0`).
+pub fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| !matches!(std::env::var("AEZOO_NO_FUSED").as_deref(), Ok(v) if v != "0" && !v.is_empty()))
+}
+
+/// Whether `xs` can take the fused path (CPU, f32 or f64).
+pub fn applies(xs: &Tensor) -> bool {
+    enabled() && xs.device().is_cpu() && matches!(xs.dtype(), DType::F32 | DType::F64)
+}
+
+// ---------------------------------------------------------------- scalar plumbing
+
+/// The float types the fused kernels run on.
+pub trait Float:
+    Copy + Default + Send + Sync + PartialOrd + std::ops::AddAssign + std::ops::Add<Output = Self> + 'static
+{
+    fn from_f64(v: f64) -> Self;
+    fn to_f64(self) -> f64;
+    const ONE: Self;
+    fn sigmoid(self) -> Self;
+    fn storage(v: Vec<Self>) -> CpuStorage;
+    fn slice(s: &CpuStorage) -> Option<&[Self]>;
+}
+
+impl Float for f32 {
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    const ONE: Self = 1.0;
+    fn sigmoid(self) -> Self {
+        1.0 / (1.0 + (-self).exp())
+    }
+    fn storage(v: Vec<Self>) -> CpuStorage {
+        CpuStorage::F32(v)
+    }
+    fn slice(s: &CpuStorage) -> Option<&[Self]> {
+        match s {
+            CpuStorage::F32(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+impl Float for f64 {
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+    fn to_f64(self) -> f64 {
+        self
+    }
+    const ONE: Self = 1.0;
+    fn sigmoid(self) -> Self {
+        1.0 / (1.0 + (-self).exp())
+    }
+    fn storage(v: Vec<Self>) -> CpuStorage {
+        CpuStorage::F64(v)
+    }
+    fn slice(s: &CpuStorage) -> Option<&[Self]> {
+        match s {
+            CpuStorage::F64(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+fn threads() -> usize {
+    rayon::current_num_threads().max(1)
+}
+
+/// `c (m×n) [+]= a (m×k) · b (k×n)`, each with its own row and column strides.
+#[allow(clippy::too_many_arguments)]
+fn gemm<T: Float>(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [T],
+    (c_rs, c_cs): (usize, usize),
+    accumulate: bool,
+    a: &[T],
+    (a_rs, a_cs): (usize, usize),
+    b: &[T],
+    (b_rs, b_cs): (usize, usize),
+    par: Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            c.iter_mut().for_each(|v| *v = T::default());
+        }
+        return;
+    }
+    // Bounds: the furthest element each operand touches.
+    debug_assert!((m - 1) * c_rs + (n - 1) * c_cs < c.len());
+    debug_assert!((m - 1) * a_rs + (k - 1) * a_cs < a.len());
+    debug_assert!((k - 1) * b_rs + (n - 1) * b_cs < b.len());
+    // SAFETY: the slices cover every index the strides reach (checked above in
+    // debug builds, and guaranteed by the callers' shapes).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            c_cs as isize,
+            c_rs as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            T::ONE,
+            T::ONE,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+fn par_for(batch: usize) -> (bool, Parallelism) {
+    // Many images: one image per task, single-threaded GEMMs. Few: images in
+    // turn, multi-threaded GEMMs.
+    let t = threads();
+    if batch >= 2 * t {
+        (true, Parallelism::None)
+    } else if t > 1 {
+        (false, Parallelism::Rayon(t))
+    } else {
+        (false, Parallelism::None)
+    }
+}
+
+/// The output columns `ox` whose input column `x0 + ox·stride` lies in
+/// `0..w`, as a half-open range.
+#[inline]
+fn valid_cols(x0: isize, stride: usize, w: usize, ow: usize) -> (usize, usize) {
+    let s = stride as isize;
+    let lo = if x0 >= 0 { 0 } else { ((-x0) + s - 1) / s };
+    let hi = if x0 >= w as isize {
+        0
+    } else {
+        (w as isize - x0 + s - 1) / s
+    };
+    let (lo, hi) = (lo.min(ow as isize) as usize, hi.min(ow as isize) as usize);
+    (lo, hi.max(lo))
+}
+
+/// One image's im2col: `(c, h, w)` → `(c·kh·kw, oh·ow)` row-major.
+fn im2col_one<T: Float>(img: &[T], g: &Geometry, cols: &mut [T]) {
+    let l = g.oh * g.ow;
+    let zero = T::default();
+    for c in 0..g.c {
+        let plane = &img[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let r = (c * g.kh + ky) * g.kw + kx;
+                let row = &mut cols[r * l..(r + 1) * l];
+                let x0 = (kx * g.dilation) as isize - g.padding as isize;
+                let (lo, hi) = valid_cols(x0, g.stride, g.w, g.ow);
+                for oy in 0..g.oh {
+                    let dst = &mut row[oy * g.ow..(oy + 1) * g.ow];
+                    let y = (oy * g.stride + ky * g.dilation) as isize - g.padding as isize;
+                    if y < 0 || y as usize >= g.h || lo == hi {
+                        dst.fill(zero);
+                        continue;
+                    }
+                    let src = &plane[y as usize * g.w..(y as usize + 1) * g.w];
+                    dst[..lo].fill(zero);
+                    dst[hi..].fill(zero);
+                    let start = (x0 + (lo * g.stride) as isize) as usize;
+                    if g.stride == 1 {
+                        dst[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
+                    } else {
+                        for (d, &v) in dst[lo..hi].iter_mut().zip(src[start..].iter().step_by(g.stride)) {
+                            *d = v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One image's col2im: `(c·kh·kw, oh·ow)` → `(c, h, w)`, summing overlaps
+/// (the output is overwritten).
+fn col2im_one<T: Float>(cols: &[T], g: &Geometry, img: &mut [T]) {
+    let l = g.oh * g.ow;
+    img.fill(T::default());
+    for c in 0..g.c {
+        let plane = &mut img[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let r = (c * g.kh + ky) * g.kw + kx;
+                let row = &cols[r * l..(r + 1) * l];
+                let x0 = (kx * g.dilation) as isize - g.padding as isize;
+                let (lo, hi) = valid_cols(x0, g.stride, g.w, g.ow);
+                if lo == hi {
+                    continue;
+                }
+                for oy in 0..g.oh {
+                    let y = (oy * g.stride + ky * g.dilation) as isize - g.padding as isize;
+                    if y < 0 || y as usize >= g.h {
+                        continue;
+                    }
+                    let dst = &mut plane[y as usize * g.w..(y as usize + 1) * g.w];
+                    let src = &row[oy * g.ow + lo..oy * g.ow + hi];
+                    let start = (x0 + (lo * g.stride) as isize) as usize;
+                    if g.stride == 1 {
+                        for (d, &v) in dst[start..start + src.len()].iter_mut().zip(src) {
+                            *d += v;
+                        }
+                    } else {
+                        for (d, &v) in dst[start..].iter_mut().step_by(g.stride).zip(src) {
+                            *d += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `y = act(y + b[o])` over `(o, l)` rows.
+fn bias_act<T: Float>(y: &mut [T], bias: &[T], l: usize, act: Act) {
+    for (o, row) in y.chunks_mut(l).enumerate() {
+        let b = bias[o];
+        for v in row.iter_mut() {
+            let z = *v + b;
+            *v = match act {
+                Act::None => z,
+                Act::Relu => {
+                    if z > T::default() {
+                        z
+                    } else {
+                        T::default()
+                    }
+                }
+                Act::Sigmoid => z.sigmoid(),
+            };
+        }
+    }
+}
+
+fn contiguous<'a, T: Float>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
+    let v = T::slice(s).ok_or_else(|| candle_core::Error::Msg(format!("aezoo fused {what}: dtype mismatch")))?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("aezoo fused {what}: input must be contiguous"),
+    }
+}
+
+/// Dispatches a kernel generic over [`Float`] on the storage's dtype.
+macro_rules! by_dtype {
+    ($s:expr, $f:ident ( $($arg:expr),* )) => {
+        match $s.dtype() {
+            DType::F32 => $f::<f32>($($arg),*),
+            DType::F64 => $f::<f64>($($arg),*),
+            d => candle_core::bail!("aezoo fused ops: unsupported dtype {d:?}"),
+        }
+    };
+}
+
+// ---------------------------------------------------------------- dz = dy ⊙ act'(y)
+
+#[derive(Clone, Copy, Debug)]
+struct ActGrad(Act);
+
+fn act_grad_kernel<T: Float>(
+    y: &CpuStorage,
+    ly: &Layout,
+    dy: &CpuStorage,
+    ld: &Layout,
+    act: Act,
+) -> Result<(CpuStorage, Shape)> {
+    let (y, dy) = (
+        contiguous::<T>(y, ly, "act-grad")?,
+        contiguous::<T>(dy, ld, "act-grad")?,
+    );
+    let one = T::ONE;
+    let out: Vec<T> = match act {
+        Act::None => dy.to_vec(),
+        Act::Relu => y
+            .iter()
+            .zip(dy)
+            .map(|(&y, &d)| if y > T::default() { d } else { T::default() })
+            .collect(),
+        Act::Sigmoid => y
+            .iter()
+            .zip(dy)
+            .map(|(&y, &d)| T::from_f64(d.to_f64() * y.to_f64() * (one.to_f64() - y.to_f64())))
+            .collect(),
+    };
+    Ok((T::storage(out), ly.shape().clone()))
+}
+
+impl CustomOp2 for ActGrad {
+    fn name(&self) -> &'static str {
+        "aezoo-act-grad"
+    }
+    fn cpu_fwd(&self, y: &CpuStorage, ly: &Layout, dy: &CpuStorage, ld: &Layout) -> Result<(CpuStorage, Shape)> {
+        by_dtype!(y, act_grad_kernel(y, ly, dy, ld, self.0))
+    }
+}
+
+fn act_grad(y: &Tensor, dy: &Tensor, act: Act) -> Result<Tensor> {
+    y.contiguous()?.apply_op2_no_bwd(&dy.contiguous()?, &ActGrad(act))
+}
+
+/// Splits a packed `[dx | dw | db]` gradient.
+fn unpack(
+    packed: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let (nx, nw, nb) = (x.elem_count(), w.elem_count(), b.elem_count());
+    let dx = packed.narrow(0, 0, nx)?.reshape(x.shape())?;
+    let dw = packed.narrow(0, nx, nw)?.reshape(w.shape())?;
+    let db = packed.narrow(0, nx + nw, nb)?.reshape(b.shape())?;
+    Ok((Some(dx), Some(dw), Some(db)))
+}
+
+// ---------------------------------------------------------------- conv2d
+
+/// `act(conv2d(x, W, padding, stride, dilation) + b)`; `(b, c, h, w)` by
+/// `(o, c, kh, kw)` and `(o,)`.
+#[derive(Clone, Copy, Debug)]
+struct Conv2dFused {
+    padding: usize,
+    stride: usize,
+    dilation: usize,
+    act: Act,
+}
+
+impl Conv2dFused {
+    fn geometry(&self, lx: &Layout, lw: &Layout) -> Result<(usize, usize, Geometry)> {
+        let (b, c, h, w) = lx.shape().dims4()?;
+        let (o, kc, kh, kw) = lw.shape().dims4()?;
+        if kc != c {
+            candle_core::bail!("conv2d: input has {c} channels, the kernel expects {kc}");
+        }
+        Ok((
+            b,
+            o,
+            Geometry::for_conv(c, h, w, kh, kw, self.stride, self.padding, self.dilation)?,
+        ))
+    }
+}
+
+fn conv_fwd<T: Float>(
+    op: &Conv2dFused,
+    x: &CpuStorage,
+    lx: &Layout,
+    w: &CpuStorage,
+    lw: &Layout,
+    bias: &CpuStorage,
+    lb: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    let (b, o, g) = op.geometry(lx, lw)?;
+    let (x, w, bias) = (
+        contiguous::<T>(x, lx, "conv2d")?,
+        contiguous::<T>(w, lw, "conv2d")?,
+        contiguous::<T>(bias, lb, "conv2d")?,
+    );
+    let (k, l, img) = (g.c * g.kh * g.kw, g.oh * g.ow, g.c * g.h * g.w);
+    let mut out = vec![T::default(); b * o * l];
+    let (per_image, par) = par_for(b);
+    let run = |(i, y): (usize, &mut [T]), cols: &mut Vec<T>| {
+        im2col_one(&x[i * img..(i + 1) * img], &g, cols);
+        gemm(o, l, k, y, (l, 1), false, w, (k, 1), cols, (l, 1), par);
+        bias_act(y, bias, l, op.act);
+    };
+    if per_image {
+        out.par_chunks_mut(o * l)
+            .enumerate()
+            .for_each_init(|| vec![T::default(); k * l], |cols, job| run(job, cols));
+    } else {
+        let mut cols = vec![T::default(); k * l];
+        out.chunks_mut(o * l).enumerate().for_each(|job| run(job, &mut cols));
+    }
+    Ok((T::storage(out), Shape::from((b, o, g.oh, g.ow))))
+}
+
+fn conv_bwd<T: Float>(
+    op: &Conv2dFused,
+    x: &CpuStorage,
+    lx: &Layout,
+    w: &CpuStorage,
+    lw: &Layout,
+    dz: &CpuStorage,
+    lz: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    let (b, o, g) = op.geometry(lx, lw)?;
+    let (x, w, dz) = (
+        contiguous::<T>(x, lx, "conv2d-grad")?,
+        contiguous::<T>(w, lw, "conv2d-grad")?,
+        contiguous::<T>(dz, lz, "conv2d-grad")?,
+    );
+    let (k, l, img) = (g.c * g.kh * g.kw, g.oh * g.ow, g.c * g.h * g.w);
+    let (nx, nw) = (b * img, o * k);
+    let mut packed = vec![T::default(); nx + nw + o];
+    let (dx, rest) = packed.split_at_mut(nx);
+    let (dw, db) = rest.split_at_mut(nw);
+    let (per_image, par) = par_for(b);
+    // Per task: (dW, db) partial sums and the two scratch matrices.
+    let work = |(i, dxi): (usize, &mut [T]), acc: &mut (Vec<T>, Vec<T>, Vec<T>, Vec<T>)| {
+        let (pw, pb, cols, dcols) = acc;
+        let dzi = &dz[i * o * l..(i + 1) * o * l];
+        im2col_one(&x[i * img..(i + 1) * img], &g, cols);
+        // dW (o×k) += dz_i (o×l) · colsᵀ (l×k)
+        gemm(o, k, l, pw, (k, 1), true, dzi, (l, 1), cols, (1, l), par);
+        for (oo, row) in dzi.chunks(l).enumerate() {
+            let mut s = T::default();
+            for &v in row {
+                s += v;
+            }
+            pb[oo] += s;
+        }
+        // dcols (k×l) = Wᵀ (k×o) · dz_i (o×l)
+        gemm(k, l, o, dcols, (l, 1), false, w, (1, k), dzi, (l, 1), par);
+        col2im_one(dcols, &g, dxi);
+    };
+    let init = || {
+        (
+            vec![T::default(); nw],
+            vec![T::default(); o],
+            vec![T::default(); k * l],
+            vec![T::default(); k * l],
+        )
+    };
+    let (pw, pb) = if per_image {
+        dx.par_chunks_mut(img)
+            .enumerate()
+            .fold(init, |mut acc, job| {
+                work(job, &mut acc);
+                acc
+            })
+            .map(|(pw, pb, _, _)| (pw, pb))
+            .reduce(
+                || (vec![T::default(); nw], vec![T::default(); o]),
+                |(mut aw, mut ab), (bw, bb)| {
+                    aw.iter_mut().zip(bw).for_each(|(a, v)| *a += v);
+                    ab.iter_mut().zip(bb).for_each(|(a, v)| *a += v);
+                    (aw, ab)
+                },
+            )
+    } else {
+        let mut acc = init();
+        dx.chunks_mut(img).enumerate().for_each(|job| work(job, &mut acc));
+        (acc.0, acc.1)
+    };
+    dw.copy_from_slice(&pw);
+    db.copy_from_slice(&pb);
+    let n = packed.len();
+    Ok((T::storage(packed), Shape::from(n)))
+}
+
+impl CustomOp3 for Conv2dFused {
+    fn name(&self) -> &'static str {
+        "aezoo-conv2d-fused"
+    }
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        lx: &Layout,
+        w: &CpuStorage,
+        lw: &Layout,
+        b: &CpuStorage,
+        lb: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        by_dtype!(x, conv_fwd(self, x, lx, w, lw, b, lb))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dz = act_grad(y, dy, self.act)?;
+        let packed = x.apply_op3_no_bwd(w, &dz, &Conv2dGrad(*self))?;
+        unpack(&packed, x, w, b)
+    }
+}
+
+/// The backward of [`Conv2dFused`]: `(x, W, dz)` → packed `[dx | dW | db]`.
+#[derive(Clone, Copy, Debug)]
+struct Conv2dGrad(Conv2dFused);
+
+impl CustomOp3 for Conv2dGrad {
+    fn name(&self) -> &'static str {
+        "aezoo-conv2d-fused-grad"
+    }
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        lx: &Layout,
+        w: &CpuStorage,
+        lw: &Layout,
+        dz: &CpuStorage,
+        lz: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        by_dtype!(x, conv_bwd(&self.0, x, lx, w, lw, dz, lz))
+    }
+}
+
+/// `act(conv2d(xs, kernel) + bias)` as one node (CPU, f32/f64, groups = 1).
+pub fn conv2d(
+    xs: &Tensor,
+    kernel: &Tensor,
+    bias: &Tensor,
+    padding: usize,
+    stride: usize,
+    dilation: usize,
+    act: Act,
+) -> Result<Tensor> {
+    let op = Conv2dFused {
+        padding,
+        stride,
+        dilation,
+        act,
+    };
+    xs.contiguous()?
+        .apply_op3(&kernel.contiguous()?, &bias.contiguous()?, op)
+}
+
+// ---------------------------------------------------------------- conv_transpose2d
+
+/// `act(conv_transpose2d(x, W) + b)`; `(b, ci, h, w)` by `(ci, o, kh, kw)`.
+#[derive(Clone, Copy, Debug)]
+struct ConvT2dFused {
+    padding: usize,
+    output_padding: usize,
+    stride: usize,
+    dilation: usize,
+    act: Act,
+}
+
+impl ConvT2dFused {
+    /// `(batch, ci, geometry of the output image read on the input grid)`.
+    fn geometry(&self, lx: &Layout, lw: &Layout) -> Result<(usize, usize, Geometry)> {
+        let (b, ci, h, w) = lx.shape().dims4()?;
+        let (kci, o, kh, kw) = lw.shape().dims4()?;
+        if kci != ci {
+            candle_core::bail!("conv_transpose2d: input has {ci} channels, the kernel expects {kci}");
+        }
+        if self.output_padding >= self.stride.max(self.dilation) {
+            candle_core::bail!("conv_transpose2d: output_padding must be smaller than stride or dilation");
+        }
+        let len = |n: usize, k: usize| -> Result<usize> {
+            let full = (n - 1) * self.stride + self.dilation * (k - 1) + 1 + self.output_padding;
+            if full <= 2 * self.padding {
+                candle_core::bail!("conv_transpose2d: padding {} leaves no output", self.padding);
+            }
+            Ok(full - 2 * self.padding)
+        };
+        let g = Geometry {
+            c: o,
+            h: len(h, kh)?,
+            w: len(w, kw)?,
+            kh,
+            kw,
+            stride: self.stride,
+            padding: self.padding,
+            dilation: self.dilation,
+            oh: h,
+            ow: w,
+        };
+        Ok((b, ci, g))
+    }
+}
+
+fn convt_fwd<T: Float>(
+    op: &ConvT2dFused,
+    x: &CpuStorage,
+    lx: &Layout,
+    w: &CpuStorage,
+    lw: &Layout,
+    bias: &CpuStorage,
+    lb: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    let (b, ci, g) = op.geometry(lx, lw)?;
+    let (x, w, bias) = (
+        contiguous::<T>(x, lx, "conv_transpose2d")?,
+        contiguous::<T>(w, lw, "conv_transpose2d")?,
+        contiguous::<T>(bias, lb, "conv_transpose2d")?,
+    );
+    let (okk, hw, out_img) = (g.c * g.kh * g.kw, g.oh * g.ow, g.c * g.h * g.w);
+    let mut out = vec![T::default(); b * out_img];
+    let (per_image, par) = par_for(b);
+    let run = |(i, y): (usize, &mut [T]), cols: &mut Vec<T>| {
+        // cols (okk×hw) = Wᵀ (okk×ci) · x_i (ci×hw)
+        gemm(
+            okk,
+            hw,
+            ci,
+            cols,
+            (hw, 1),
+            false,
+            w,
+            (1, okk),
+            &x[i * ci * hw..(i + 1) * ci * hw],
+            (hw, 1),
+            par,
+        );
+        col2im_one(cols, &g, y);
+        bias_act(y, bias, g.h * g.w, op.act);
+    };
+    if per_image {
+        out.par_chunks_mut(out_img)
+            .enumerate()
+            .for_each_init(|| vec![T::default(); okk * hw], |cols, job| run(job, cols));
+    } else {
+        let mut cols = vec![T::default(); okk * hw];
+        out.chunks_mut(out_img).enumerate().for_each(|job| run(job, &mut cols));
+    }
+    Ok((T::storage(out), Shape::from((b, g.c, g.h, g.w))))
+}
+
+fn convt_bwd<T: Float>(
+    op: &ConvT2dFused,
+    x: &CpuStorage,
+    lx: &Layout,
+    w: &CpuStorage,
+    lw: &Layout,
+    dz: &CpuStorage,
+    lz: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    let (b, ci, g) = op.geometry(lx, lw)?;
+    let (x, w, dz) = (
+        contiguous::<T>(x, lx, "conv_transpose2d-grad")?,
+        contiguous::<T>(w, lw, "conv_transpose2d-grad")?,
+        contiguous::<T>(dz, lz, "conv_transpose2d-grad")?,
+    );
+    let (o, okk, hw, out_img) = (g.c, g.c * g.kh * g.kw, g.oh * g.ow, g.c * g.h * g.w);
+    let (nx, nw) = (b * ci * hw, ci * okk);
+    let mut packed = vec![T::default(); nx + nw + o];
+    let (dx, rest) = packed.split_at_mut(nx);
+    let (dw, db) = rest.split_at_mut(nw);
+    let (per_image, par) = par_for(b);
+    let work = |(i, dxi): (usize, &mut [T]), acc: &mut (Vec<T>, Vec<T>, Vec<T>)| {
+        let (pw, pb, dcols) = acc;
+        let dzi = &dz[i * out_img..(i + 1) * out_img];
+        let xi = &x[i * ci * hw..(i + 1) * ci * hw];
+        im2col_one(dzi, &g, dcols);
+        // dx_i (ci×hw) = W (ci×okk) · dcols (okk×hw)
+        gemm(ci, hw, okk, dxi, (hw, 1), false, w, (okk, 1), dcols, (hw, 1), par);
+        // dW (ci×okk) += x_i (ci×hw) · dcolsᵀ (hw×okk)
+        gemm(ci, okk, hw, pw, (okk, 1), true, xi, (hw, 1), dcols, (1, hw), par);
+        for (oo, plane) in dzi.chunks(g.h * g.w).enumerate() {
+            let mut s = T::default();
+            for &v in plane {
+                s += v;
+            }
+            pb[oo] += s;
+        }
+    };
+    let init = || {
+        (
+            vec![T::default(); nw],
+            vec![T::default(); o],
+            vec![T::default(); okk * hw],
+        )
+    };
+    let (pw, pb) = if per_image {
+        dx.par_chunks_mut(ci * hw)
+            .enumerate()
+            .fold(init, |mut acc, job| {
+                work(job, &mut acc);
+                acc
+            })
+            .map(|(pw, pb, _)| (pw, pb))
+            .reduce(
+                || (vec![T::default(); nw], vec![T::default(); o]),
+                |(mut aw, mut ab), (bw, bb)| {
+                    aw.iter_mut().zip(bw).for_each(|(a, v)| *a += v);
+                    ab.iter_mut().zip(bb).for_each(|(a, v)| *a += v);
+                    (aw, ab)
+                },
+            )
+    } else {
+        let mut acc = init();
+        dx.chunks_mut(ci * hw).enumerate().for_each(|job| work(job, &mut acc));
+        (acc.0, acc.1)
+    };
+    dw.copy_from_slice(&pw);
+    db.copy_from_slice(&pb);
+    let n = packed.len();
+    Ok((T::storage(packed), Shape::from(n)))
+}
+
+impl CustomOp3 for ConvT2dFused {
+    fn name(&self) -> &'static str {
+        "aezoo-conv-transpose2d-fused"
+    }
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        lx: &Layout,
+        w: &CpuStorage,
+        lw: &Layout,
+        b: &CpuStorage,
+        lb: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        by_dtype!(x, convt_fwd(self, x, lx, w, lw, b, lb))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dz = act_grad(y, dy, self.act)?;
+        let packed = x.apply_op3_no_bwd(w, &dz, &ConvT2dGrad(*self))?;
+        unpack(&packed, x, w, b)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ConvT2dGrad(ConvT2dFused);
+
+impl CustomOp3 for ConvT2dGrad {
+    fn name(&self) -> &'static str {
+        "aezoo-conv-transpose2d-fused-grad"
+    }
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        lx: &Layout,
+        w: &CpuStorage,
+        lw: &Layout,
+        dz: &CpuStorage,
+        lz: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        by_dtype!(x, convt_bwd(&self.0, x, lx, w, lw, dz, lz))
+    }
+}
+
+/// `act(conv_transpose2d(xs, kernel) + bias)` as one node (CPU, f32/f64).
+#[allow(clippy::too_many_arguments)]
+pub fn conv_transpose2d(
+    xs: &Tensor,
+    kernel: &Tensor,
+    bias: &Tensor,
+    padding: usize,
+    output_padding: usize,
+    stride: usize,
+    dilation: usize,
+    act: Act,
+) -> Result<Tensor> {
+    let op = ConvT2dFused {
+        padding,
+        output_padding,
+        stride,
+        dilation,
+        act,
+    };
+    xs.contiguous()?
+        .apply_op3(&kernel.contiguous()?, &bias.contiguous()?, op)
+}
+
+// ---------------------------------------------------------------- linear
+
+/// `act(x·Wᵀ + b)`; `(n, i)` by `(o, i)` and `(o,)`.
+#[derive(Clone, Copy, Debug)]
+struct LinearFused {
+    act: Act,
+}
+
+fn lin_dims(lx: &Layout, lw: &Layout) -> Result<(usize, usize, usize)> {
+    let (n, i) = lx.shape().dims2()?;
+    let (o, wi) = lw.shape().dims2()?;
+    if wi != i {
+        candle_core::bail!("linear: input has {i} features, the weight expects {wi}");
+    }
+    Ok((n, i, o))
+}
+
+fn lin_par() -> Parallelism {
+    match threads() {
+        1 => Parallelism::None,
+        t => Parallelism::Rayon(t),
+    }
+}
+
+fn lin_fwd<T: Float>(
+    op: &LinearFused,
+    x: &CpuStorage,
+    lx: &Layout,
+    w: &CpuStorage,
+    lw: &Layout,
+    bias: &CpuStorage,
+    lb: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    let (n, i, o) = lin_dims(lx, lw)?;
+    let (x, w, bias) = (
+        contiguous::<T>(x, lx, "linear")?,
+        contiguous::<T>(w, lw, "linear")?,
+        contiguous::<T>(bias, lb, "linear")?,
+    );
+    let mut y = vec![T::default(); n * o];
+    // y (n×o) = x (n×i) · Wᵀ (i×o)
+    gemm(n, o, i, &mut y, (o, 1), false, x, (i, 1), w, (1, i), lin_par());
+    for row in y.chunks_mut(o) {
+        for (v, &b) in row.iter_mut().zip(bias) {
+            let z = *v + b;
+            *v = match op.act {
+                Act::None => z,
+                Act::Relu => {
+                    if z > T::default() {
+                        z
+                    } else {
+                        T::default()
+                    }
+                }
+                Act::Sigmoid => z.sigmoid(),
+            };
+        }
+    }
+    Ok((T::storage(y), Shape::from((n, o))))
+}
+
+fn lin_bwd<T: Float>(
+    x: &CpuStorage,
+    lx: &Layout,
+    w: &CpuStorage,
+    lw: &Layout,
+    dz: &CpuStorage,
+    lz: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    let (n, i, o) = lin_dims(lx, lw)?;
+    let (x, w, dz) = (
+        contiguous::<T>(x, lx, "linear-grad")?,
+        contiguous::<T>(w, lw, "linear-grad")?,
+        contiguous::<T>(dz, lz, "linear-grad")?,
+    );
+    let (nx, nw) = (n * i, o * i);
+    let mut packed = vec![T::default(); nx + nw + o];
+    let (dx, rest) = packed.split_at_mut(nx);
+    let (dw, db) = rest.split_at_mut(nw);
+    // dx (n×i) = dz (n×o) · W (o×i)
+    gemm(n, i, o, dx, (i, 1), false, dz, (o, 1), w, (i, 1), lin_par());
+    // dW (o×i) = dzᵀ (o×n) · x (n×i)
+    gemm(o, i, n, dw, (i, 1), false, dz, (1, o), x, (i, 1), lin_par());
+    for row in dz.chunks(o) {
+        for (a, &v) in db.iter_mut().zip(row) {
+            *a += v;
+        }
+    }
+    let len = packed.len();
+    Ok((T::storage(packed), Shape::from(len)))
+}
+
+impl CustomOp3 for LinearFused {
+    fn name(&self) -> &'static str {
+        "aezoo-linear-fused"
+    }
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        lx: &Layout,
+        w: &CpuStorage,
+        lw: &Layout,
+        b: &CpuStorage,
+        lb: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        by_dtype!(x, lin_fwd(self, x, lx, w, lw, b, lb))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dz = act_grad(y, dy, self.act)?;
+        let packed = x.apply_op3_no_bwd(w, &dz, &LinearGrad)?;
+        unpack(&packed, x, w, b)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct LinearGrad;
+
+impl CustomOp3 for LinearGrad {
+    fn name(&self) -> &'static str {
+        "aezoo-linear-fused-grad"
+    }
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        lx: &Layout,
+        w: &CpuStorage,
+        lw: &Layout,
+        dz: &CpuStorage,
+        lz: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        by_dtype!(x, lin_bwd(x, lx, w, lw, dz, lz))
+    }
+}
+
+/// `act(xs · weightᵀ + bias)` for `(n, i)` inputs, as one node (CPU, f32/f64).
+pub fn linear(xs: &Tensor, weight: &Tensor, bias: &Tensor, act: Act) -> Result<Tensor> {
+    xs.contiguous()?
+        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, LinearFused { act })
+}
