@@ -1,14 +1,12 @@
 //! Embeds every `configs/*.json` of the workspace as a built-in zoo entry, so
 //! `aezoo train <entry>` works from any folder; adding a config file adds an entry.
+//! `configs/protocols/*.json` are embedded the same way as compare protocols.
 
 use std::io::Write;
 use std::path::PathBuf;
 
-fn main() {
-    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
-    let configs = manifest.join("../../configs");
-    println!("cargo:rerun-if-changed={}", configs.display());
-    let mut entries: Vec<(String, PathBuf)> = std::fs::read_dir(&configs)
+fn json_files(dir: &std::path::Path) -> Vec<(String, PathBuf)> {
+    let mut files: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(|e| e.ok())
                 .map(|e| e.path())
@@ -17,15 +15,39 @@ fn main() {
                 .collect()
         })
         .unwrap_or_default();
-    entries.sort();
-    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("builtin_entries.rs");
-    let mut f = std::fs::File::create(out).unwrap();
-    writeln!(f, "/// Built-in entries: (name, config JSON), from `configs/*.json`.").unwrap();
-    writeln!(f, "pub static BUILTIN: &[(&str, &str)] = &[").unwrap();
-    for (name, path) in entries {
+    files.sort();
+    files
+}
+
+fn table(f: &mut std::fs::File, doc: &str, name: &str, files: Vec<(String, PathBuf)>) {
+    writeln!(f, "/// {doc}").unwrap();
+    writeln!(f, "pub static {name}: &[(&str, &str)] = &[").unwrap();
+    for (stem, path) in files {
         println!("cargo:rerun-if-changed={}", path.display());
         let abs = path.canonicalize().unwrap();
-        writeln!(f, "    ({name:?}, include_str!({:?})),", abs.display().to_string()).unwrap();
+        writeln!(f, "    ({stem:?}, include_str!({:?})),", abs.display().to_string()).unwrap();
     }
     writeln!(f, "];").unwrap();
+}
+
+fn main() {
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let configs = manifest.join("../../configs");
+    let protocols = configs.join("protocols");
+    println!("cargo:rerun-if-changed={}", configs.display());
+    println!("cargo:rerun-if-changed={}", protocols.display());
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("builtin_entries.rs");
+    let mut f = std::fs::File::create(out).unwrap();
+    table(
+        &mut f,
+        "Built-in entries: (name, config JSON), from `configs/*.json`.",
+        "BUILTIN",
+        json_files(&configs),
+    );
+    table(
+        &mut f,
+        "Built-in compare protocols, from `configs/protocols/*.json`.",
+        "PROTOCOLS",
+        json_files(&protocols),
+    );
 }

@@ -50,6 +50,8 @@ fn usage() -> &'static str {
      \n  eval <entry> [opts]     test-split metrics of its weights (see `aezoo eval --help`)\
      \n  sample <entry> [opts]   a PNG grid of prior samples (see `aezoo sample --help`)\
      \n  list                    the zoo's entries and families\
+     \n  compare [--protocol zoo|seed] [--quick]\
+     \n                          train + evaluate every entry under one protocol, write RESULTS.md\
      \n  quality [--seeds N] [--torch-ref PATH]\
      \n                          vae-conv, 1 epoch of full Fashion-MNIST, batch 128, Adam 1e-3:\
      \n                          test MSE per seed, beside PyTorch's when PATH (shared/bench/pytorch_ref.py)\
@@ -171,7 +173,7 @@ fn run() -> Result<()> {
     };
     let rest = &args[1..];
     match cmd.as_str() {
-        "train" | "eval" | "sample" | "list" => aezoo(&args),
+        "train" | "eval" | "sample" | "list" | "compare" | "reconstruct" | "interpolate" | "export" => aezoo(&args),
         "aezoo" => aezoo(rest),
         "quality" => quality(rest),
         "-h" | "--help" | "help" => {

@@ -38,8 +38,31 @@ enum Cmd {
     Eval(EvalArgs),
     /// Decode samples from the prior of a generative entry into a PNG grid.
     Sample(SampleArgs),
+    /// Train and evaluate entries under one protocol; write RESULTS.md and reconstruction strips.
+    Compare(CompareArgs),
     /// List the zoo's entries and model families.
     List,
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    /// Protocols to run (built-in `zoo`, `seed`, or a protocol .json); repeatable.
+    #[arg(long = "protocol", default_value = "zoo")]
+    protocols: Vec<String>,
+    /// The whole table on the bundled subsets, fewer epochs: minutes, not hours.
+    #[arg(long)]
+    quick: bool,
+    /// Only these entries (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Where strips and results.json go.
+    #[arg(long, default_value = "results")]
+    results: PathBuf,
+    /// The Markdown table to (re)write.
+    #[arg(long, default_value = "RESULTS.md")]
+    markdown: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
 }
 
 #[derive(Args, Clone)]
@@ -195,6 +218,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Train(a) => cmd_train(a),
         Cmd::Eval(a) => cmd_eval(a),
         Cmd::Sample(a) => cmd_sample(a),
+        Cmd::Compare(a) => cmd_compare(a),
         Cmd::List => {
             println!("entries:");
             for name in registry::entry_names() {
@@ -442,5 +466,26 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
     }
     aezoo_train::plot::save_grid(&images, cols, a.scale, Path::new(&a.out))?;
     println!("{} samples of {} → {}", a.n, loaded.config.entry, a.out.display());
+    Ok(())
+}
+
+fn cmd_compare(a: CompareArgs) -> Result<()> {
+    use aezoo_train::compare::{self, CompareOptions, Protocol};
+    let opts = CompareOptions {
+        results_dir: a.results.clone(),
+        runs_dir: PathBuf::from("runs/compare"),
+        quick: a.quick,
+        device: device(&a.data.device)?,
+        only: a.only.clone(),
+        locator: Locator::from_env(a.data.data.clone(), a.data.download),
+        git_commit: git_commit(),
+    };
+    for name in &a.protocols {
+        let protocol = Protocol::resolve(name)?;
+        let result = compare::run(&protocol, &opts)?;
+        compare::write_results_md(&a.results, &a.markdown)?;
+        print!("{}", compare::markdown(&result));
+    }
+    println!("\nwrote {} and {}/", a.markdown.display(), a.results.display());
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! one-line-per-family table.
 
 pub mod checkpoint;
+pub mod compare;
 pub mod config;
 pub mod error;
 pub mod eval;

@@ -97,6 +97,18 @@ pub fn save_grid(images: &Tensor, cols: usize, scale: usize, path: &Path) -> Res
     write_png(&compose(&rows, &t, h, w, scale), path)
 }
 
+/// Rows of images, one `(n, c, h, w)` tensor per row (e.g. originals,
+/// noised inputs, reconstructions), all with the same `n`.
+pub fn save_rows(rows: &[Tensor], scale: usize, path: &Path) -> Result<()> {
+    let all = Tensor::cat(rows, 0)?;
+    let (total, h, w, t) = tiles(&all)?;
+    let n = total / rows.len().max(1);
+    let layout: Vec<Vec<Option<usize>>> = (0..rows.len())
+        .map(|r| (r * n..(r + 1) * n).map(Some).collect())
+        .collect();
+    write_png(&compose(&layout, &t, h, w, scale), path)
+}
+
 /// Originals above their reconstructions, `cols` pairs per band.
 pub fn save_recon_strip(originals: &Tensor, recons: &Tensor, cols: usize, scale: usize, path: &Path) -> Result<()> {
     let both = Tensor::cat(&[originals, recons], 0)?;

@@ -1,0 +1,405 @@
+//! `aezoo compare`: train and evaluate zoo entries under one stated protocol
+//! and write the results table (`RESULTS.md`), one JSON file per protocol
+//! and a reconstruction strip per entry (the same first test images for every
+//! entry: originals above, [noised inputs,] reconstructions below).
+//!
+//! A protocol is data (`configs/protocols/<name>.json`): a text that states
+//! it, `data` and `train` settings merged into every entry's config, optional
+//! `quick` overrides (the `--quick` run also uses only the bundled subsets),
+//! and rows — an entry, an optional label, model/data/train overrides, and an
+//! optional reference figure to beat. Nothing here knows a family.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use aezoo_data::Locator;
+use aezoo_nn::params::write_atomic;
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config::{parse_json, parse_value, EntryConfig};
+use crate::error::{io_err, Result, TrainError};
+use crate::eval::{evaluate, EvalMetrics, EVAL_STREAM};
+use crate::registry::{self, PROTOCOLS};
+use crate::trainer::{load_data, train, TrainOptions, STRIP_IMAGES};
+use crate::weights;
+
+/// One row of a protocol.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Row {
+    pub entry: String,
+    /// The name the reference table uses for it.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// A published test MSE this row must beat.
+    #[serde(default)]
+    pub reference: Option<f64>,
+    /// Whether the reference was measured on clean inputs (for noised entries).
+    #[serde(default)]
+    pub reference_on_clean: bool,
+    #[serde(default)]
+    pub model: Option<Value>,
+    #[serde(default)]
+    pub data: Option<Value>,
+    #[serde(default)]
+    pub train: Option<Value>,
+}
+
+/// A compare protocol.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Protocol {
+    pub name: String,
+    /// The protocol stated in words, printed above its table.
+    pub about: String,
+    #[serde(default)]
+    pub data: Option<Value>,
+    #[serde(default)]
+    pub train: Option<Value>,
+    /// Overrides for `--quick` (`{"train": {...}}`); quick runs use the bundled data.
+    #[serde(default)]
+    pub quick: Option<Value>,
+    pub rows: Vec<Row>,
+}
+
+impl Protocol {
+    /// A built-in protocol by name, or a protocol file.
+    pub fn resolve(name_or_path: &str) -> Result<Self> {
+        let p = Path::new(name_or_path);
+        if name_or_path.ends_with(".json") || p.is_file() {
+            let text = std::fs::read_to_string(p).map_err(io_err(p))?;
+            return parse_json(&text, name_or_path);
+        }
+        let (name, text) = PROTOCOLS
+            .iter()
+            .find(|(n, _)| *n == name_or_path)
+            .ok_or_else(|| TrainError::Config {
+                origin: "compare".into(),
+                msg: format!(
+                    "unknown protocol `{name_or_path}`; built-in: {}",
+                    PROTOCOLS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                ),
+            })?;
+        parse_json(text, &format!("<built-in>/configs/protocols/{name}.json"))
+    }
+}
+
+/// Merges `patch` into `base`: objects key by key, anything else replaced.
+pub fn merge(base: &mut Value, patch: &Value) {
+    match (base, patch) {
+        (Value::Object(b), Value::Object(p)) => {
+            for (k, v) in p {
+                merge(b.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (b, p) => *b = p.clone(),
+    }
+}
+
+/// The config a row trains with.
+pub fn row_config(protocol: &Protocol, row: &Row, quick: bool) -> Result<EntryConfig> {
+    let (cfg, _) = registry::resolve_entry(&row.entry)?;
+    let mut v = serde_json::to_value(&cfg).expect("config serialises");
+    let patch = |v: &mut Value, section: &str, p: &Option<Value>| {
+        if let Some(p) = p {
+            merge(&mut v[section], p);
+        }
+    };
+    patch(&mut v, "data", &protocol.data);
+    patch(&mut v, "train", &protocol.train);
+    patch(&mut v, "model", &row.model);
+    patch(&mut v, "data", &row.data);
+    patch(&mut v, "train", &row.train);
+    if quick {
+        if let Some(q) = &protocol.quick {
+            for section in ["model", "data", "train"] {
+                if let Some(p) = q.get(section) {
+                    merge(&mut v[section], p);
+                }
+            }
+        }
+    }
+    let origin = format!("protocol {} row {}", protocol.name, row.entry);
+    let cfg: EntryConfig = parse_value(&v, &origin, "config")?;
+    cfg.validate(&origin)?;
+    Ok(cfg)
+}
+
+/// The measured result of one row.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RowResult {
+    pub entry: String,
+    pub family: String,
+    pub label: Option<String>,
+    pub params: usize,
+    /// Metrics as the entry is meant to be used (noised inputs for denoisers).
+    pub test: EvalMetrics,
+    /// Metrics on clean inputs, for entries trained on noised inputs.
+    pub test_clean: Option<EvalMetrics>,
+    pub reference: Option<f64>,
+    pub reference_on_clean: bool,
+    /// Whether the compared MSE is below the reference.
+    pub beats_reference: Option<bool>,
+    pub train_images_per_s: f64,
+    pub wall_seconds: f64,
+    pub epochs: usize,
+    pub strip: String,
+    pub data: String,
+}
+
+/// Everything a compare run produced.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CompareResult {
+    pub protocol: String,
+    pub about: String,
+    pub quick: bool,
+    pub rows: Vec<RowResult>,
+    pub git_commit: Option<String>,
+}
+
+/// Where a compare run writes.
+#[derive(Clone, Debug)]
+pub struct CompareOptions {
+    /// `results/` (PNG strips and JSON per protocol).
+    pub results_dir: PathBuf,
+    /// `runs/compare/` (the training runs).
+    pub runs_dir: PathBuf,
+    pub quick: bool,
+    pub device: Device,
+    /// Only these entries (all rows when empty).
+    pub only: Vec<String>,
+    /// Data chain for full runs.
+    pub locator: Locator,
+    pub git_commit: Option<String>,
+}
+
+/// The folder name of a protocol's outputs.
+pub fn tag(protocol: &str, quick: bool) -> String {
+    if quick {
+        format!("quick-{protocol}")
+    } else {
+        protocol.to_string()
+    }
+}
+
+/// Trains and evaluates every row of `protocol`.
+pub fn run(protocol: &Protocol, opts: &CompareOptions) -> Result<CompareResult> {
+    let tag = tag(&protocol.name, opts.quick);
+    let out_dir = opts.results_dir.join(&tag);
+    std::fs::create_dir_all(&out_dir).map_err(io_err(&out_dir))?;
+    let locator = if opts.quick {
+        Locator::bundled_only()
+    } else {
+        opts.locator.clone()
+    };
+    let mut rows = Vec::new();
+    for row in &protocol.rows {
+        if !opts.only.is_empty() && !opts.only.contains(&row.entry) {
+            continue;
+        }
+        let cfg = row_config(protocol, row, opts.quick)?;
+        let run_dir = opts.runs_dir.join(&tag).join(&row.entry);
+        if run_dir.exists() {
+            std::fs::remove_dir_all(&run_dir).map_err(io_err(&run_dir))?;
+        }
+        tracing::info!(
+            "compare {tag}: {} ({})",
+            row.entry,
+            row.label.as_deref().unwrap_or(&cfg.family)
+        );
+        let t0 = Instant::now();
+        let mut topts = TrainOptions::new(&run_dir, locator.clone());
+        topts.device = opts.device.clone();
+        let outcome = train(&cfg, &topts)?;
+        let loaded = weights::load(&run_dir, &opts.device)?;
+        let splits = load_data(&cfg, &locator)?;
+        let t = &cfg.train;
+        let test = evaluate(
+            loaded.model.as_ref(),
+            &splits.test,
+            t.eval_batch_size,
+            cfg.data.noise,
+            t.seed,
+            &opts.device,
+        )?;
+        let test_clean = match cfg.data.noise {
+            Some(_) => Some(evaluate(
+                loaded.model.as_ref(),
+                &splits.test,
+                t.eval_batch_size,
+                None,
+                t.seed,
+                &opts.device,
+            )?),
+            None => None,
+        };
+        let wall_seconds = t0.elapsed().as_secs_f64();
+        // The strip: the first test images of the split, the same for every entry.
+        let idx: Vec<usize> = (0..STRIP_IMAGES.min(splits.test.len())).collect();
+        let clean = splits.test.batch(&idx, &opts.device)?;
+        let mut strip_rows = vec![clean.clone()];
+        let input = match &cfg.data.noise {
+            Some(n) => {
+                let noisy = n.apply(&clean, &mut aezoo_nn::Rng::derived(t.seed, EVAL_STREAM))?;
+                strip_rows.push(noisy.clone());
+                noisy
+            }
+            None => clean,
+        };
+        strip_rows.push(loaded.model.reconstruct(&input)?);
+        let strip = out_dir.join(format!("{}.png", row.entry));
+        crate::plot::save_rows(&strip_rows, 3, &strip)?;
+        let compared = if row.reference_on_clean {
+            test_clean.as_ref().map(|m| m.mse).unwrap_or(test.mse)
+        } else {
+            test.mse
+        };
+        let result = RowResult {
+            entry: row.entry.clone(),
+            family: cfg.family.clone(),
+            label: row.label.clone(),
+            params: outcome.params,
+            test,
+            test_clean,
+            reference: row.reference,
+            reference_on_clean: row.reference_on_clean,
+            beats_reference: row.reference.map(|r| compared < r),
+            train_images_per_s: outcome.train_images_per_s,
+            wall_seconds,
+            epochs: outcome.epochs_done,
+            strip: strip.display().to_string(),
+            data: outcome.data.clone(),
+        };
+        tracing::info!(
+            "compare {tag}: {} test MSE {:.5}{} ({:.0} img/s, {:.0} s)",
+            row.entry,
+            result.test.mse,
+            result
+                .reference
+                .map(|r| format!(" vs reference {r}"))
+                .unwrap_or_default(),
+            result.train_images_per_s,
+            wall_seconds
+        );
+        rows.push(result);
+    }
+    let result = CompareResult {
+        protocol: protocol.name.clone(),
+        about: protocol.about.clone(),
+        quick: opts.quick,
+        rows,
+        git_commit: opts.git_commit.clone(),
+    };
+    let json = serde_json::to_string_pretty(&result).expect("results serialise") + "\n";
+    write_atomic(&out_dir.join("results.json"), json.as_bytes())?;
+    Ok(result)
+}
+
+fn fmt_mse(m: &EvalMetrics) -> String {
+    format!("{:.4}", m.mse)
+}
+
+/// The Markdown section of one protocol's results.
+pub fn markdown(r: &CompareResult) -> String {
+    let mut s = String::new();
+    let title = if r.quick {
+        format!("## Protocol `{}` — quick (bundled subsets)\n\n", r.protocol)
+    } else {
+        format!("## Protocol `{}`\n\n", r.protocol)
+    };
+    s.push_str(&title);
+    s.push_str(&r.about);
+    if r.quick {
+        s.push_str(" Quick run: the real subsets bundled with aezoo (Fashion-MNIST 5,000 / 1,000), fewer epochs; not comparable with the full table.");
+    }
+    s.push_str("\n\n");
+    let has_ref = r.rows.iter().any(|x| x.reference.is_some());
+    let has_clean = r.rows.iter().any(|x| x.test_clean.is_some());
+    let mut head = String::from("| entry | family | params | test MSE |");
+    let mut rule = String::from("|---|---|---:|---:|");
+    if has_clean {
+        head.push_str(" MSE, clean inputs |");
+        rule.push_str("---:|");
+    }
+    head.push_str(" PSNR (dB) | SSIM | train img/s | wall (s) |");
+    rule.push_str("---:|---:|---:|---:|");
+    if has_ref {
+        head.push_str(" reference | beats it |");
+        rule.push_str("---:|:---:|");
+    }
+    head.push_str(" reconstructions |\n");
+    rule.push_str("---|\n");
+    s.push_str(&head);
+    s.push_str(&rule);
+    for x in &r.rows {
+        let name = match &x.label {
+            Some(l) => format!("`{}` ({l})", x.entry),
+            None => format!("`{}`", x.entry),
+        };
+        s.push_str(&format!(
+            "| {name} | {} | {} | {} |",
+            x.family,
+            x.params,
+            fmt_mse(&x.test)
+        ));
+        if has_clean {
+            s.push_str(&format!(
+                " {} |",
+                x.test_clean.as_ref().map(fmt_mse).unwrap_or_else(|| "—".into())
+            ));
+        }
+        s.push_str(&format!(
+            " {:.2} | {:.4} | {:.0} | {:.0} |",
+            x.test.psnr, x.test.ssim, x.train_images_per_s, x.wall_seconds
+        ));
+        if has_ref {
+            match (x.reference, x.beats_reference) {
+                (Some(rf), Some(b)) => s.push_str(&format!(
+                    " {rf}{} | {} |",
+                    if x.reference_on_clean { " (clean)" } else { "" },
+                    if b { "yes" } else { "**no**" }
+                )),
+                _ => s.push_str(" — | — |"),
+            }
+        }
+        s.push_str(&format!(" [{0}]({0}) |\n", x.strip));
+    }
+    if let Some(first) = r.rows.first() {
+        s.push_str(&format!("\nData: {}.", first.data));
+    }
+    if let Some(c) = &r.git_commit {
+        s.push_str(&format!(" Commit: `{c}`."));
+    }
+    s.push('\n');
+    s
+}
+
+/// Rewrites `RESULTS.md` from every `results/<tag>/results.json` present:
+/// full protocols first (zoo, then the rest by name), quick runs after.
+pub fn write_results_md(results_dir: &Path, path: &Path) -> Result<()> {
+    let mut all: Vec<CompareResult> = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(results_dir) {
+        for e in rd.filter_map(|e| e.ok()) {
+            let f = e.path().join("results.json");
+            if let Ok(text) = std::fs::read_to_string(&f) {
+                all.push(parse_json(&text, &f.display().to_string())?);
+            }
+        }
+    }
+    all.sort_by_key(|r| (r.quick, r.protocol != "zoo", r.protocol.clone()));
+    let mut s = String::from(
+        "# Results\n\nWritten by `cargo xtask compare` (see `aezoo compare --help`); every figure below is re-made by the command named in its section. Each row trains the entry from scratch under the stated protocol, then evaluates it; test MSE is per pixel, images in [0, 1]; PSNR and SSIM (Gaussian window 11, σ 1.5) are means over test images.\n\n",
+    );
+    for r in &all {
+        let cmd = match (r.quick, r.protocol.as_str()) {
+            (true, p) => format!("cargo xtask compare --protocol {p} --quick"),
+            (false, p) => format!("cargo xtask compare --protocol {p}"),
+        };
+        s.push_str(&markdown(r));
+        s.push_str(&format!("\nRe-make: `{cmd}`\n\n"));
+    }
+    write_atomic(path, s.as_bytes())?;
+    Ok(())
+}
