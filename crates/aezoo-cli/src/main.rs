@@ -10,7 +10,7 @@ use aezoo_nn::Rng;
 use aezoo_train::registry::{self, FAMILIES};
 use aezoo_train::{checkpoint, weights, EntryConfig, TrainOptions};
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use clap::{Args, Parser, Subcommand};
 use tracing_indicatif::filter::{hide_indicatif_span_fields, IndicatifFilter};
 use tracing_indicatif::IndicatifLayer;
@@ -38,6 +38,12 @@ enum Cmd {
     Eval(EvalArgs),
     /// Decode samples from the prior of a generative entry into a PNG grid.
     Sample(SampleArgs),
+    /// Reconstruct image files through encoder and decoder; PSNR/SSIM per image.
+    Reconstruct(ReconstructArgs),
+    /// Decode a straight line between the codes of two images into a PNG strip.
+    Interpolate(InterpolateArgs),
+    /// Write a weights folder ready to upload (config.json, model.safetensors, metrics.json, README.md).
+    Export(ExportArgs),
     /// Train and evaluate entries under one protocol; write RESULTS.md and reconstruction strips.
     Compare(CompareArgs),
     /// List the zoo's entries and model families.
@@ -78,6 +84,17 @@ struct DataArgs {
     device: String,
 }
 
+/// Where trained weights come from.
+#[derive(Args, Clone)]
+struct WeightsArgs {
+    /// A weights folder (config.json + model.safetensors); default: weights/<entry>, else the entry's newest run.
+    #[arg(long, value_name = "DIR", conflicts_with = "hub")]
+    weights: Option<PathBuf>,
+    /// A Hugging Face Hub model repository, `user/repo[@revision]` (honours HF_HOME, HF_HUB_CACHE, HF_HUB_OFFLINE).
+    #[arg(long, value_name = "USER/REPO[@REV]")]
+    hub: Option<String>,
+}
+
 #[derive(Args)]
 struct TrainArgs {
     /// Entry name (`ae-linear`, `vae-conv`, …) or path to a config .json.
@@ -108,6 +125,9 @@ struct TrainArgs {
     /// Skip loss.png and reconstructions.png.
     #[arg(long)]
     no_plots: bool,
+    /// Also write TensorBoard event files (scalars, reconstructions) into <run>/tensorboard/.
+    #[arg(long)]
+    tensorboard: bool,
     #[command(flatten)]
     data: DataArgs,
 }
@@ -116,14 +136,16 @@ struct TrainArgs {
 struct EvalArgs {
     /// Entry name (used to find default weights).
     entry: String,
-    /// Weights folder (config.json + model.safetensors); default: weights/<entry>, else the newest run.
-    #[arg(long, value_name = "DIR")]
-    weights: Option<PathBuf>,
+    #[command(flatten)]
+    weights: WeightsArgs,
     #[arg(long)]
     batch_size: Option<usize>,
     /// Print the metrics as JSON.
     #[arg(long)]
     json: bool,
+    /// Fail unless the metrics equal the weights' metrics.json to 4 decimal places.
+    #[arg(long)]
+    check: bool,
     #[command(flatten)]
     data: DataArgs,
 }
@@ -138,8 +160,8 @@ struct SampleArgs {
     /// Output PNG.
     #[arg(short = 'o', long, default_value = "samples.png")]
     out: PathBuf,
-    #[arg(long, value_name = "DIR")]
-    weights: Option<PathBuf>,
+    #[command(flatten)]
+    weights: WeightsArgs,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Images per row (default: √n).
@@ -150,6 +172,62 @@ struct SampleArgs {
     scale: usize,
     #[arg(long, default_value = "cpu")]
     device: String,
+}
+
+#[derive(Args)]
+struct ReconstructArgs {
+    /// Entry name (used to find default weights).
+    entry: String,
+    /// Image files (PNG, JPEG, GIF); resized to the model's input.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    /// Output folder (default: beside each image, as <name>.recon.png).
+    #[arg(short = 'o', long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Invert the images first (dark drawings on white paper for MNIST-style models).
+    #[arg(long)]
+    invert: bool,
+    #[command(flatten)]
+    weights: WeightsArgs,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+#[derive(Args)]
+struct InterpolateArgs {
+    /// Entry name (used to find default weights).
+    entry: String,
+    /// Two image files to interpolate between (default: test images --from and --to).
+    images: Vec<PathBuf>,
+    /// Test-split index of the first image, when no files are given.
+    #[arg(long, default_value_t = 0)]
+    from: usize,
+    /// Test-split index of the second image, when no files are given.
+    #[arg(long, default_value_t = 1)]
+    to: usize,
+    /// Decoded points between and including the two codes.
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    #[arg(short = 'o', long, default_value = "interpolation.png")]
+    out: PathBuf,
+    #[arg(long)]
+    invert: bool,
+    #[command(flatten)]
+    weights: WeightsArgs,
+    #[command(flatten)]
+    data: DataArgs,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// Entry name (used to find default weights).
+    entry: String,
+    /// The folder to write (config.json, model.safetensors, metrics.json, README.md).
+    dir: PathBuf,
+    #[command(flatten)]
+    weights: WeightsArgs,
+    #[command(flatten)]
+    data: DataArgs,
 }
 
 fn device(spec: &str) -> Result<Device> {
@@ -219,6 +297,9 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Eval(a) => cmd_eval(a),
         Cmd::Sample(a) => cmd_sample(a),
         Cmd::Compare(a) => cmd_compare(a),
+        Cmd::Reconstruct(a) => cmd_reconstruct(a),
+        Cmd::Interpolate(a) => cmd_interpolate(a),
+        Cmd::Export(a) => cmd_export(a),
         Cmd::List => {
             println!("entries:");
             for name in registry::entry_names() {
@@ -350,6 +431,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     opts.max_steps = a.max_steps;
     opts.stop = Some(stop.clone());
     opts.plots = !a.no_plots;
+    opts.tensorboard = a.tensorboard;
     let result = aezoo_train::train(&cfg, &opts);
     // Record the run as the entry's newest once it has something to resume
     // or evaluate (a run that failed before its first checkpoint has not).
@@ -400,24 +482,37 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-fn weights_dir(entry: &str, given: &Option<PathBuf>) -> Result<PathBuf> {
-    Ok(match given {
-        Some(d) => d.clone(),
-        None => weights::default_dir(entry)?,
+fn weights_dir(entry: &str, w: &WeightsArgs) -> Result<PathBuf> {
+    Ok(match (&w.weights, &w.hub) {
+        (Some(d), _) => d.clone(),
+        (None, Some(spec)) => weights::from_hub(&weights::HubSpec::parse(spec)?)?,
+        (None, None) => weights::default_dir(entry)?,
     })
+}
+
+/// Loads the weights an inference command names, warning when they belong
+/// to another entry than the one asked for.
+fn load_weights(entry: &str, w: &WeightsArgs, dev: &Device) -> Result<weights::Loaded> {
+    let dir = weights_dir(entry, w)?;
+    let loaded = weights::load(&dir, dev)?;
+    if loaded.config.entry != entry {
+        tracing::warn!(
+            "{} holds weights of `{}`, not `{entry}`",
+            dir.display(),
+            loaded.config.entry
+        );
+    }
+    tracing::info!("weights: {}", dir.display());
+    Ok(loaded)
 }
 
 fn cmd_eval(a: EvalArgs) -> Result<()> {
     let dev = device(&a.data.device)?;
-    let dir = weights_dir(&a.entry, &a.weights)?;
-    let loaded = weights::load(&dir, &dev)?;
+    let loaded = load_weights(&a.entry, &a.weights, &dev)?;
     let cfg = &loaded.config;
-    if cfg.entry != a.entry {
-        tracing::warn!("{} holds weights of `{}`, not `{}`", dir.display(), cfg.entry, a.entry);
-    }
     let locator = Locator::from_env(a.data.data.clone(), a.data.download);
     let splits = aezoo_train::trainer::load_data(cfg, &locator)?;
-    tracing::info!("weights: {}; data: {}", dir.display(), splits.describe());
+    tracing::info!("data: {}", splits.describe());
     let bs = a.batch_size.unwrap_or(cfg.train.eval_batch_size);
     let m = aezoo_train::evaluate(
         loaded.model.as_ref(),
@@ -430,7 +525,7 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     if a.json {
         let out = serde_json::json!({
             "entry": cfg.entry,
-            "weights": dir,
+            "weights": loaded.dir,
             "data": splits.describe(),
             "test": m,
         });
@@ -441,13 +536,30 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
             cfg.entry, m.images, m.mse, m.psnr, m.ssim, m.loss
         );
     }
+    if a.check {
+        let path = loaded.dir.join("metrics.json");
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("--check: cannot read {}", path.display()))?;
+        let shipped: weights::WeightsMetrics = serde_json::from_str(&text)
+            .with_context(|| format!("--check: {} is not an aezoo metrics.json", path.display()))?;
+        if shipped.data != splits.describe() {
+            bail!(
+                "--check: {} was measured on `{}`, this machine has `{}`; install that data (see README) to check",
+                path.display(),
+                shipped.data,
+                splits.describe()
+            );
+        }
+        weights::agree(&m, &shipped.test)
+            .map_err(|d| anyhow::anyhow!("--check: differs from {} ({d})", path.display()))?;
+        println!("matches {} to 4 decimal places", path.display());
+    }
     Ok(())
 }
 
 fn cmd_sample(a: SampleArgs) -> Result<()> {
     let dev = device(&a.device)?;
-    let dir = weights_dir(&a.entry, &a.weights)?;
-    let loaded = weights::load(&dir, &dev)?;
+    let loaded = load_weights(&a.entry, &a.weights, &dev)?;
     if !loaded.model.is_generative() {
         bail!(
             "`{}` ({}) has no prior to sample from; sampling needs a variational entry such as vae-conv",
@@ -461,11 +573,107 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
     let mut rng = Rng::new(a.seed);
     let images = loaded.model.sample(a.n, &mut rng)?;
     let cols = a.cols.unwrap_or_else(|| (a.n as f64).sqrt().ceil() as usize);
-    if let Some(parent) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-    }
+    create_parent(&a.out)?;
     aezoo_train::plot::save_grid(&images, cols, a.scale, Path::new(&a.out))?;
     println!("{} samples of {} → {}", a.n, loaded.config.entry, a.out.display());
+    Ok(())
+}
+
+fn create_parent(path: &Path) -> Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    Ok(())
+}
+
+fn cmd_reconstruct(a: ReconstructArgs) -> Result<()> {
+    use aezoo_data::image_file::{load_image, ImageOptions};
+    use aezoo_metrics::{psnr, ssim, SsimConfig};
+    let dev = device(&a.device)?;
+    let loaded = load_weights(&a.entry, &a.weights, &dev)?;
+    let shape = registry::family(&loaded.config.family, &a.entry)?.check(&loaded.config.model, &a.entry)?;
+    if let Some(dir) = &a.out {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    for img in &a.images {
+        let x = load_image(img, shape, ImageOptions { invert: a.invert }, &dev)?;
+        let y = loaded.model.reconstruct(&x)?;
+        let p = psnr(&y, &x, 1.0)?.to_vec1::<f32>()?[0];
+        let s = if shape[1] >= 11 && shape[2] >= 11 {
+            format!("{:.4}", ssim(&y, &x, SsimConfig::default())?.to_vec1::<f32>()?[0])
+        } else {
+            "—".into()
+        };
+        let stem = img
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "image".into());
+        let out = match &a.out {
+            Some(dir) => dir.join(format!("{stem}.recon.png")),
+            None => img.with_file_name(format!("{stem}.recon.png")),
+        };
+        aezoo_train::plot::save_rows(&[Tensor::cat(&[&x, &y], 3)?], 4, &out)?;
+        println!("{}: PSNR {p:.2} dB  SSIM {s}  → {}", img.display(), out.display());
+    }
+    Ok(())
+}
+
+fn cmd_interpolate(a: InterpolateArgs) -> Result<()> {
+    use aezoo_data::image_file::{load_image, ImageOptions};
+    let dev = device(&a.data.device)?;
+    let loaded = load_weights(&a.entry, &a.weights, &dev)?;
+    if a.steps < 2 {
+        bail!("--steps must be at least 2");
+    }
+    let (xa, xb) = match a.images.as_slice() {
+        [] => {
+            let locator = Locator::from_env(a.data.data.clone(), a.data.download);
+            let splits = aezoo_train::trainer::load_data(&loaded.config, &locator)?;
+            let n = splits.test.len();
+            if a.from >= n || a.to >= n {
+                bail!("--from/--to: the test split has {n} images");
+            }
+            (splits.test.batch(&[a.from], &dev)?, splits.test.batch(&[a.to], &dev)?)
+        }
+        [fa, fb] => {
+            let shape = registry::family(&loaded.config.family, &a.entry)?.check(&loaded.config.model, &a.entry)?;
+            let o = ImageOptions { invert: a.invert };
+            (load_image(fa, shape, o, &dev)?, load_image(fb, shape, o, &dev)?)
+        }
+        _ => bail!("interpolate takes two image files, or none (test images --from and --to)"),
+    };
+    let strip = aezoo_train::infer::interpolate(loaded.model.as_ref(), &xa, &xb, a.steps)?;
+    let row = Tensor::cat(&[&xa, &strip, &xb], 0)?;
+    create_parent(&a.out)?;
+    aezoo_train::plot::save_rows(&[row], 3, &a.out)?;
+    println!(
+        "{}: {} steps between the two codes (inputs at both ends) → {}",
+        loaded.config.entry,
+        a.steps,
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn cmd_export(a: ExportArgs) -> Result<()> {
+    let dev = device(&a.data.device)?;
+    let loaded = load_weights(&a.entry, &a.weights, &dev)?;
+    // Provenance from the run's summary when there is one.
+    let commit = std::fs::read_to_string(loaded.dir.join("metrics.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["git_commit"].as_str().map(str::to_string))
+        .or_else(git_commit);
+    let locator = Locator::from_env(a.data.data.clone(), a.data.download);
+    let metrics = weights::measure(&loaded, &locator, &dev, commit)?;
+    weights::export(&loaded, &metrics, &a.dir)?;
+    println!(
+        "{} → {} (test MSE {:.5} on {})",
+        loaded.config.entry,
+        a.dir.display(),
+        metrics.test.mse,
+        metrics.data
+    );
     Ok(())
 }
 

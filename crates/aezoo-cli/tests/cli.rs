@@ -266,3 +266,204 @@ fn resume_continues_a_stopped_run() {
     assert_eq!(m["steps"], 6);
     assert_eq!(m["epochs"], 2);
 }
+
+/// Trains the tiny MLP entry on bundled MNIST into `dir/r`.
+fn tiny_run(d: &Path) -> std::path::PathBuf {
+    let cfg = write_config(d, "");
+    let run = d.join("r");
+    let o = aezoo(
+        d,
+        &[
+            "train",
+            &cfg,
+            "--train-limit",
+            "64",
+            "--test-limit",
+            "32",
+            "--no-plots",
+            "--out",
+            run.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    run
+}
+
+#[test]
+fn export_writes_an_upload_ready_folder_that_check_reproduces() {
+    let d = tempfile::tempdir().unwrap();
+    let run = tiny_run(d.path());
+    let out = d.path().join("export");
+    let o = aezoo(
+        d.path(),
+        &[
+            "export",
+            "tiny",
+            out.to_str().unwrap(),
+            "--weights",
+            run.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    for f in ["config.json", "model.safetensors", "metrics.json", "README.md"] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(card.starts_with("---\nlibrary_name: aezoo"), "{card}");
+    let o = aezoo(
+        d.path(),
+        &["eval", "tiny", "--weights", out.to_str().unwrap(), "--check"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("matches"));
+    // A metrics.json that the weights do not reproduce is refused.
+    let p = out.join("metrics.json");
+    let mut m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    m["test"]["mse"] = serde_json::json!(m["test"]["mse"].as_f64().unwrap() + 0.001);
+    std::fs::write(&p, m.to_string()).unwrap();
+    let o = aezoo(
+        d.path(),
+        &["eval", "tiny", "--weights", out.to_str().unwrap(), "--check"],
+    );
+    assert_one_line_error(&o, &["--check", "differs", "mse"]);
+}
+
+/// Lays a weights folder out as hf-hub caches a model repository.
+fn fake_hub(cache: &Path, repo: &str, weights: &Path) {
+    let folder = cache.join(format!("models--{}", repo.replace('/', "--")));
+    let commit = "89abcdef0123456789abcdef0123456789abcdef";
+    std::fs::create_dir_all(folder.join("refs")).unwrap();
+    std::fs::write(folder.join("refs/main"), commit).unwrap();
+    let snap = folder.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snap).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(weights.join(f), snap.join(f)).unwrap();
+    }
+}
+
+#[test]
+fn hub_weights_load_from_the_hf_hub_cache() {
+    let d = tempfile::tempdir().unwrap();
+    let run = tiny_run(d.path());
+    // aezoo() points HF_HUB_CACHE at <cwd>/.hf and sets HF_HUB_OFFLINE=1.
+    fake_hub(&d.path().join(".hf"), "acme/tiny-ae", &run);
+    let o = aezoo(d.path(), &["eval", "tiny", "--hub", "acme/tiny-ae", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let trained: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(v["test"]["mse"], trained["test"]["mse"]);
+    // Offline and not cached: one line that says so.
+    let o = aezoo(d.path(), &["eval", "tiny", "--hub", "acme/other"]);
+    assert_one_line_error(&o, &["acme/other", "not in the hf-hub cache", "HF_HUB_OFFLINE"]);
+    let o = aezoo(d.path(), &["eval", "tiny", "--hub", "not-a-spec"]);
+    assert_one_line_error(&o, &["user/repo"]);
+    // Online but unreachable (a closed local port stands in for no network).
+    let o = Command::new(env!("CARGO_BIN_EXE_aezoo"))
+        .current_dir(d.path())
+        .args(["eval", "tiny", "--hub", "acme/other"])
+        .env("HF_HUB_CACHE", d.path().join(".hf"))
+        .env_remove("HF_HUB_OFFLINE")
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert_one_line_error(&o, &["acme/other", "cannot reach the Hub"]);
+}
+
+#[test]
+fn reconstruct_and_interpolate_image_files() {
+    let d = tempfile::tempdir().unwrap();
+    let run = tiny_run(d.path());
+    // Two real digits from the bundled MNIST as PNG files.
+    let splits = aezoo_data::bundled::load(aezoo_data::DatasetId::Mnist).unwrap();
+    for i in 0..2 {
+        let img = image::GrayImage::from_raw(28, 28, splits.test.image(i).to_vec()).unwrap();
+        img.save(d.path().join(format!("digit{i}.png"))).unwrap();
+    }
+    let out = d.path().join("recon");
+    let (a, b) = (d.path().join("digit0.png"), d.path().join("digit1.png"));
+    let o = aezoo(
+        d.path(),
+        &[
+            "reconstruct",
+            "tiny",
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--weights",
+            run.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(text.matches("PSNR").count(), 2, "{text}");
+    assert!(out.join("digit0.recon.png").is_file());
+    let strip = d.path().join("interp.png");
+    let o = aezoo(
+        d.path(),
+        &[
+            "interpolate",
+            "tiny",
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+            "--steps",
+            "5",
+            "-o",
+            strip.to_str().unwrap(),
+            "--weights",
+            run.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let png = image::open(&strip).unwrap();
+    assert!(png.width() > 7 * 28, "2 inputs + 5 steps side by side");
+    // A file that is not an image is a one-line error naming it.
+    std::fs::write(d.path().join("junk.png"), b"not a png").unwrap();
+    let junk = d.path().join("junk.png");
+    let o = aezoo(
+        d.path(),
+        &[
+            "reconstruct",
+            "tiny",
+            junk.to_str().unwrap(),
+            "--weights",
+            run.to_str().unwrap(),
+        ],
+    );
+    assert_one_line_error(&o, &["junk.png", "cannot decode"]);
+}
+
+#[test]
+fn shipped_weights_reproduce_their_metrics() {
+    // Every weights/<entry>/ must evaluate to its metrics.json (4 d.p.) where
+    // its data set is on this machine (CI installs Fashion-MNIST).
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let Ok(entries) = std::fs::read_dir(root.join("weights")) else {
+        return;
+    };
+    let mut checked = 0;
+    for e in entries.filter_map(|e| e.ok()).filter(|e| e.path().is_dir()) {
+        let dir = e.path();
+        let metrics: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).unwrap()).unwrap();
+        let data = metrics["data"].as_str().unwrap();
+        if data.contains("/usr/share/datasets") && !Path::new("/usr/share/datasets/fashion-mnist").exists() {
+            eprintln!("{}: needs {data}; not installed here, not checked", dir.display());
+            continue;
+        }
+        let entry = metrics["entry"].as_str().unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_aezoo"))
+            .current_dir(&root)
+            .args(["eval", entry, "--weights", dir.to_str().unwrap(), "--check"])
+            .env_remove("AEZOO_DATA")
+            .env("HF_HUB_OFFLINE", "1")
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{entry}: {}", stderr(&o));
+        checked += 1;
+    }
+    eprintln!("checked {checked} shipped weights");
+}

@@ -8,6 +8,7 @@ pub mod dataset;
 pub mod error;
 pub mod hub;
 pub mod idx;
+pub mod image_file;
 pub mod loader;
 pub mod source;
 

@@ -20,9 +20,9 @@ use serde_json::Value;
 
 use crate::config::{parse_json, parse_value, EntryConfig};
 use crate::error::{io_err, Result, TrainError};
-use crate::eval::{evaluate, EvalMetrics, EVAL_STREAM};
+use crate::eval::{evaluate, EvalMetrics};
 use crate::registry::{self, PROTOCOLS};
-use crate::trainer::{load_data, train, TrainOptions, STRIP_IMAGES};
+use crate::trainer::{load_data, recon_strip, train, TrainOptions, STRIP_IMAGES};
 use crate::weights;
 
 /// One row of a protocol.
@@ -238,19 +238,9 @@ pub fn run(protocol: &Protocol, opts: &CompareOptions) -> Result<CompareResult> 
         let wall_seconds = t0.elapsed().as_secs_f64();
         // The strip: the first test images of the split, the same for every entry.
         let idx: Vec<usize> = (0..STRIP_IMAGES.min(splits.test.len())).collect();
-        let clean = splits.test.batch(&idx, &opts.device)?;
-        let mut strip_rows = vec![clean.clone()];
-        let input = match &cfg.data.noise {
-            Some(n) => {
-                let noisy = n.apply(&clean, &mut aezoo_nn::Rng::derived(t.seed, EVAL_STREAM))?;
-                strip_rows.push(noisy.clone());
-                noisy
-            }
-            None => clean,
-        };
-        strip_rows.push(loaded.model.reconstruct(&input)?);
+        let (png, _, _) = recon_strip(&cfg, loaded.model.as_ref(), &splits, &idx, &opts.device)?;
         let strip = out_dir.join(format!("{}.png", row.entry));
-        crate::plot::save_rows(&strip_rows, 3, &strip)?;
+        write_atomic(&strip, &png)?;
         let compared = if row.reference_on_clean {
             test_clean.as_ref().map(|m| m.mse).unwrap_or(test.mse)
         } else {

@@ -8,10 +8,12 @@ pub mod compare;
 pub mod config;
 pub mod error;
 pub mod eval;
+pub mod infer;
 pub mod optim;
 pub mod plot;
 pub mod registry;
 pub mod runlog;
+pub mod tensorboard;
 pub mod trainer;
 pub mod weights;
 

@@ -100,28 +100,24 @@ pub fn save_grid(images: &Tensor, cols: usize, scale: usize, path: &Path) -> Res
 /// Rows of images, one `(n, c, h, w)` tensor per row (e.g. originals,
 /// noised inputs, reconstructions), all with the same `n`.
 pub fn save_rows(rows: &[Tensor], scale: usize, path: &Path) -> Result<()> {
+    let (png, _, _) = rows_png(rows, scale)?;
+    write_atomic(path, &png)?;
+    Ok(())
+}
+
+/// [`save_rows`]'s picture as PNG bytes, with its width and height.
+pub fn rows_png(rows: &[Tensor], scale: usize) -> Result<(Vec<u8>, u32, u32)> {
     let all = Tensor::cat(rows, 0)?;
     let (total, h, w, t) = tiles(&all)?;
     let n = total / rows.len().max(1);
     let layout: Vec<Vec<Option<usize>>> = (0..rows.len())
         .map(|r| (r * n..(r + 1) * n).map(Some).collect())
         .collect();
-    write_png(&compose(&layout, &t, h, w, scale), path)
-}
-
-/// Originals above their reconstructions, `cols` pairs per band.
-pub fn save_recon_strip(originals: &Tensor, recons: &Tensor, cols: usize, scale: usize, path: &Path) -> Result<()> {
-    let both = Tensor::cat(&[originals, recons], 0)?;
-    let (n2, h, w, t) = tiles(&both)?;
-    let n = n2 / 2;
-    let cols = cols.max(1);
-    let mut rows = Vec::new();
-    for band in 0..n.div_ceil(cols) {
-        let idx: Vec<usize> = (band * cols..((band + 1) * cols).min(n)).collect();
-        rows.push(idx.iter().map(|&i| Some(i)).collect());
-        rows.push(idx.iter().map(|&i| Some(n + i)).collect());
-    }
-    write_png(&compose(&rows, &t, h, w, scale), path)
+    let img = compose(&layout, &t, h, w, scale);
+    let mut bytes = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+        .map_err(|e| TrainError::Other(format!("PNG encoding: {e}")))?;
+    Ok((bytes, img.width(), img.height()))
 }
 
 /// A series for [`save_loss_plot`].

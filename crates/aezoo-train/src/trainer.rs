@@ -50,6 +50,8 @@ pub struct TrainOptions {
     pub stop: Option<Arc<AtomicBool>>,
     /// Write `loss.png` and `reconstructions.png`.
     pub plots: bool,
+    /// Write TensorBoard event files into `<run>/tensorboard/`.
+    pub tensorboard: bool,
 }
 
 impl TrainOptions {
@@ -62,6 +64,7 @@ impl TrainOptions {
             max_steps: None,
             stop: None,
             plots: true,
+            tensorboard: false,
         }
     }
 }
@@ -196,6 +199,13 @@ pub fn train(cfg: &EntryConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
         log = RunLog::create(run_dir)?;
     }
     write_atomic(&run_dir.join("config.json"), cfg.to_json().as_bytes())?;
+    let mut tb = if opts.tensorboard {
+        let w = crate::tensorboard::EventWriter::create(&run_dir.join("tensorboard"))?;
+        tracing::info!("TensorBoard events: {}", w.path().display());
+        Some(w)
+    } else {
+        None
+    };
     tracing::info!(
         "training {} ({}, {nparams} parameters) for {} epochs, batch {}, lr {}, seed {} → {}",
         cfg.entry,
@@ -318,6 +328,15 @@ pub fn train(cfg: &EntryConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
                 tracing::Span::current().pb_set_message(&format!("loss {:.4}", loss_sum / loss_n as f64));
             }
             if t.log_every > 0 && (step % t.log_every as u64 == 0 || step == 1) {
+                if let Some(tb) = &mut tb {
+                    let mut v = vec![
+                        ("train/loss".to_string(), loss_v as f64),
+                        ("train/lr".to_string(), adam.lr()),
+                        ("train/images_per_s".to_string(), idx.len() as f64 / dt),
+                    ];
+                    v.extend(terms.iter().map(|(k, x)| (format!("train/loss/{k}"), *x)));
+                    tb.scalars(step, &v)?;
+                }
                 log.step(&StepRecord {
                     epoch: epoch + 1,
                     step,
@@ -404,8 +423,33 @@ pub fn train(cfg: &EntryConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
             cfg,
             &state_at(epoch, 0, step, &rng, &adam, train_seconds),
         )?;
-        if opts.plots {
-            draw(run_dir, cfg, &log, model.as_ref(), &splits, &strip_idx, dev)?;
+        if let Some(tb) = &mut tb {
+            let mut v = vec![
+                ("epoch/train_loss".to_string(), train_loss),
+                ("test/loss".to_string(), metrics.loss),
+                ("test/mse".to_string(), metrics.mse),
+                ("test/psnr".to_string(), metrics.psnr),
+                ("test/ssim".to_string(), metrics.ssim),
+            ];
+            v.extend(metrics.terms.iter().map(|(k, x)| (format!("test/loss/{k}"), *x)));
+            tb.scalars(step, &v)?;
+        }
+        if opts.plots || tb.is_some() {
+            let (png, w, h) = recon_strip(cfg, model.as_ref(), &splits, &strip_idx, dev)?;
+            if opts.plots {
+                write_atomic(&run_dir.join("reconstructions.png"), &png)?;
+                draw_loss(run_dir, cfg, &log)?;
+            }
+            if let Some(tb) = &mut tb {
+                let image = crate::tensorboard::Summary::Image {
+                    tag: "reconstructions",
+                    png: &png,
+                    height: h,
+                    width: w,
+                    channels: 3,
+                };
+                tb.write(step, &[image])?;
+            }
         }
         last_metrics = Some(metrics);
         if (stop_requested() || opts.max_steps.is_some_and(|m| step >= m)) && epoch < t.epochs {
@@ -447,15 +491,7 @@ pub fn train(cfg: &EntryConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
     ))
 }
 
-fn draw(
-    run_dir: &Path,
-    cfg: &EntryConfig,
-    log: &RunLog,
-    model: &dyn Autoencoder,
-    splits: &Splits,
-    strip_idx: &[usize],
-    dev: &Device,
-) -> Result<()> {
+fn draw_loss(run_dir: &Path, cfg: &EntryConfig, log: &RunLog) -> Result<()> {
     let (steps, epochs) = log.loss_series();
     crate::plot::save_loss_plot(
         &format!("{} — loss", cfg.entry),
@@ -474,12 +510,28 @@ fn draw(
             },
         ],
         &run_dir.join("loss.png"),
-    )?;
+    )
+}
+
+/// The first test images above their reconstructions (with the noised inputs
+/// between them for denoising entries), as PNG bytes.
+pub fn recon_strip(
+    cfg: &EntryConfig,
+    model: &dyn Autoencoder,
+    splits: &Splits,
+    strip_idx: &[usize],
+    dev: &Device,
+) -> Result<(Vec<u8>, u32, u32)> {
     let originals = splits.test.batch(strip_idx, dev)?;
+    let mut rows = vec![originals.clone()];
     let input = match &cfg.data.noise {
-        Some(n) => n.apply(&originals, &mut Rng::derived(cfg.train.seed, crate::eval::EVAL_STREAM))?,
-        None => originals.clone(),
+        Some(n) => {
+            let noisy = n.apply(&originals, &mut Rng::derived(cfg.train.seed, crate::eval::EVAL_STREAM))?;
+            rows.push(noisy.clone());
+            noisy
+        }
+        None => originals,
     };
-    let recon = model.reconstruct(&input)?;
-    crate::plot::save_recon_strip(&input, &recon, STRIP_IMAGES, 3, &run_dir.join("reconstructions.png"))
+    rows.push(model.reconstruct(&input)?);
+    crate::plot::rows_png(&rows, 3)
 }

@@ -100,3 +100,197 @@ pub fn default_dir(entry: &str) -> Result<PathBuf> {
         "no weights for `{entry}`: none shipped in weights/{entry}/ and no finished epoch under runs/{entry}/; train first (`cargo xtask train {entry}`) or pass --weights DIR"
     )))
 }
+
+/// `user/repo[@revision]` on the Hugging Face Hub.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HubSpec {
+    pub repo: String,
+    pub revision: String,
+}
+
+impl HubSpec {
+    pub fn parse(spec: &str) -> Result<Self> {
+        let (repo, revision) = match spec.split_once('@') {
+            Some((r, v)) => (r, v),
+            None => (spec, "main"),
+        };
+        let ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        match repo.split_once('/') {
+            Some((u, n)) if ok(u) && ok(n) && !revision.is_empty() => Ok(Self {
+                repo: repo.to_string(),
+                revision: revision.to_string(),
+            }),
+            _ => Err(TrainError::Other(format!(
+                "--hub {spec}: expected user/repo or user/repo@revision"
+            ))),
+        }
+    }
+}
+
+fn env_flag(name: &str) -> bool {
+    std::env::var(name)
+        .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+        .unwrap_or(false)
+}
+
+/// Fetches `config.json` and `model.safetensors` (and `metrics.json` when
+/// the repository has one) of a model repository through hf-hub, honouring
+/// its cache (`HF_HUB_CACHE`, `HF_HOME`) and `HF_HUB_OFFLINE`; returns the
+/// snapshot folder, a weights folder for [`load`].
+pub fn from_hub(spec: &HubSpec) -> Result<PathBuf> {
+    let client = hf_hub::HFClient::builder()
+        .build_sync()
+        .map_err(|e| TrainError::Other(format!("Hugging Face Hub: cannot create a client: {e}")))?;
+    let offline = env_flag("HF_HUB_OFFLINE");
+    let (owner, name) = hf_hub::split_id(&spec.repo);
+    let repo = client.model(owner, name);
+    let cache = hf_hub::resolve_cache_dir();
+    let get = |file: &str| {
+        repo.download_file()
+            .filename(file)
+            .revision(spec.revision.as_str())
+            .local_files_only(offline)
+            .send()
+    };
+    let mut dir = None;
+    for file in ["config.json", "model.safetensors"] {
+        let path = get(file).map_err(|e| {
+            let why = match &e {
+                hf_hub::HFError::LocalEntryNotFound { .. } if offline => format!(
+                    "not in the hf-hub cache at {} and HF_HUB_OFFLINE is set",
+                    cache.display()
+                ),
+                hf_hub::HFError::Request { .. } | hf_hub::HFError::LocalEntryNotFound { .. } => format!(
+                    "cannot reach the Hub (offline?) and it is not in the hf-hub cache at {}",
+                    cache.display()
+                ),
+                _ => e.to_string(),
+            };
+            TrainError::Other(format!("--hub {}@{}: {file}: {why}", spec.repo, spec.revision))
+        })?;
+        dir = path.parent().map(Path::to_path_buf);
+    }
+    // Optional: the metrics the weights were published with.
+    let _ = get("metrics.json");
+    dir.ok_or_else(|| TrainError::Other(format!("--hub {}: no snapshot folder", spec.repo)))
+}
+
+/// `metrics.json` of a weights folder: test metrics and provenance.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct WeightsMetrics {
+    pub entry: String,
+    pub family: String,
+    pub params: usize,
+    /// Test metrics as the entry is meant to be used (noised inputs for denoisers).
+    pub test: crate::eval::EvalMetrics,
+    /// Test metrics on clean inputs, for entries trained on noised inputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_clean: Option<crate::eval::EvalMetrics>,
+    /// The data set and the link of the chain it came from.
+    pub data: String,
+    pub epochs: usize,
+    pub seed: u64,
+    pub batch_size: usize,
+    pub lr: f64,
+    /// The commit that trained them (from the run), if known.
+    pub git_commit: Option<String>,
+}
+
+/// Evaluates a loaded model on its entry's data and records provenance.
+pub fn measure(
+    loaded: &Loaded,
+    locator: &aezoo_data::Locator,
+    dev: &Device,
+    git_commit: Option<String>,
+) -> Result<WeightsMetrics> {
+    let cfg = &loaded.config;
+    let splits = crate::trainer::load_data(cfg, locator)?;
+    let t = &cfg.train;
+    let test = crate::eval::evaluate(
+        loaded.model.as_ref(),
+        &splits.test,
+        t.eval_batch_size,
+        cfg.data.noise,
+        t.seed,
+        dev,
+    )?;
+    let test_clean = match cfg.data.noise {
+        Some(_) => Some(crate::eval::evaluate(
+            loaded.model.as_ref(),
+            &splits.test,
+            t.eval_batch_size,
+            None,
+            t.seed,
+            dev,
+        )?),
+        None => None,
+    };
+    Ok(WeightsMetrics {
+        entry: cfg.entry.clone(),
+        family: cfg.family.clone(),
+        params: loaded.params.num_params(),
+        test,
+        test_clean,
+        data: splits.describe(),
+        epochs: cfg.train.epochs,
+        seed: cfg.train.seed,
+        batch_size: cfg.train.batch_size,
+        lr: cfg.train.lr,
+        git_commit,
+    })
+}
+
+/// Whether two metric sets agree to 4 decimal places (|Δ| < 5e-5) on MSE,
+/// PSNR, SSIM and the loss; the first disagreement otherwise.
+pub fn agree(a: &crate::eval::EvalMetrics, b: &crate::eval::EvalMetrics) -> std::result::Result<(), String> {
+    for (name, x, y) in [
+        ("mse", a.mse, b.mse),
+        ("psnr", a.psnr, b.psnr),
+        ("ssim", a.ssim, b.ssim),
+        ("loss", a.loss, b.loss),
+    ] {
+        if !((x - y).abs() < 5e-5) {
+            return Err(format!("{name}: {x:.6} vs {y:.6}"));
+        }
+    }
+    if a.images != b.images {
+        return Err(format!("images: {} vs {}", a.images, b.images));
+    }
+    Ok(())
+}
+
+/// Writes a weights folder ready to upload to the Hub: `config.json`,
+/// `model.safetensors`, `metrics.json` and a `README.md` model card.
+pub fn export(loaded: &Loaded, metrics: &WeightsMetrics, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let src = loaded.dir.join("model.safetensors");
+    let dst = dir.join("model.safetensors");
+    if src != dst {
+        let bytes = std::fs::read(&src).map_err(io_err(&src))?;
+        aezoo_nn::params::write_atomic(&dst, &bytes)?;
+    }
+    aezoo_nn::params::write_atomic(&dir.join("config.json"), loaded.config.to_json().as_bytes())?;
+    let json = serde_json::to_string_pretty(metrics).expect("metrics serialise") + "\n";
+    aezoo_nn::params::write_atomic(&dir.join("metrics.json"), json.as_bytes())?;
+    let cfg = &loaded.config;
+    let m = &metrics.test;
+    let card = format!(
+        "---\nlibrary_name: aezoo\ntags:\n- autoencoder\n- {family}\n- candle\ndatasets:\n- {dataset}\n---\n\n# aezoo `{entry}`\n\n{about}\n\nTrained by [aezoo](https://github.com/aezoo/aezoo) ({epochs} epochs, batch {bs}, Adam lr {lr}, seed {seed}{commit}).\n\n| test images | MSE | PSNR (dB) | SSIM |\n|---:|---:|---:|---:|\n| {n} | {mse:.4} | {psnr:.2} | {ssim:.4} |\n\nData: {data}.\n\n```sh\naezoo eval {entry} --hub USER/REPO\naezoo reconstruct {entry} --hub USER/REPO image.png\n```\n\nFiles: `config.json` (the aezoo entry config), `model.safetensors` (keys = parameter paths), `metrics.json`.\n",
+        family = cfg.family,
+        dataset = cfg.data.dataset,
+        entry = cfg.entry,
+        about = cfg.about,
+        epochs = metrics.epochs,
+        bs = metrics.batch_size,
+        lr = metrics.lr,
+        seed = metrics.seed,
+        commit = metrics.git_commit.as_ref().map(|c| format!(", commit `{c}`")).unwrap_or_default(),
+        n = m.images,
+        mse = m.mse,
+        psnr = m.psnr,
+        ssim = m.ssim,
+        data = metrics.data,
+    );
+    aezoo_nn::params::write_atomic(&dir.join("README.md"), card.as_bytes())?;
+    Ok(())
+}

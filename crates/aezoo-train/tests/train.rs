@@ -478,3 +478,142 @@ fn vae_samples_from_its_prior() {
     assert!(!lin.model.is_generative());
     assert!(lin.model.sample(1, &mut aezoo_nn::Rng::new(1)).is_err());
 }
+
+// ---------------------------------------------------------------- TensorBoard
+
+/// Splits a TFRecord file into records, checking both masked CRCs.
+fn tfrecords(bytes: &[u8]) -> Vec<Vec<u8>> {
+    use aezoo_train::tensorboard::masked_crc;
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let len_bytes = &bytes[i..i + 8];
+        let len = u64::from_le_bytes(len_bytes.try_into().unwrap()) as usize;
+        let crc = u32::from_le_bytes(bytes[i + 8..i + 12].try_into().unwrap());
+        assert_eq!(crc, masked_crc(len_bytes), "length CRC of record at {i}");
+        let data = &bytes[i + 12..i + 12 + len];
+        let dcrc = u32::from_le_bytes(bytes[i + 12 + len..i + 16 + len].try_into().unwrap());
+        assert_eq!(dcrc, masked_crc(data), "data CRC of record at {i}");
+        out.push(data.to_vec());
+        i += 16 + len;
+    }
+    out
+}
+
+/// A minimal protobuf reader: `(field, wire, bytes-or-varint)` triples.
+fn fields(mut b: &[u8]) -> Vec<(u64, u64, Vec<u8>, u64)> {
+    fn varint(b: &mut &[u8]) -> u64 {
+        let (mut v, mut s) = (0u64, 0);
+        loop {
+            let x = b[0];
+            *b = &b[1..];
+            v |= ((x & 0x7f) as u64) << s;
+            s += 7;
+            if x < 0x80 {
+                return v;
+            }
+        }
+    }
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let k = varint(&mut b);
+        let (field, wire) = (k >> 3, k & 7);
+        match wire {
+            0 => {
+                let v = varint(&mut b);
+                out.push((field, wire, vec![], v));
+            }
+            1 => {
+                out.push((field, wire, b[..8].to_vec(), 0));
+                b = &b[8..];
+            }
+            5 => {
+                out.push((field, wire, b[..4].to_vec(), 0));
+                b = &b[4..];
+            }
+            2 => {
+                let n = varint(&mut b) as usize;
+                out.push((field, wire, b[..n].to_vec(), 0));
+                b = &b[n..];
+            }
+            w => panic!("unexpected wire type {w}"),
+        }
+    }
+    out
+}
+
+#[test]
+fn tensorboard_event_files_hold_scalars_and_images() {
+    let cfg = small("ae-conv", 2, 96);
+    let d = tempfile::tempdir().unwrap();
+    let mut o = opts(d.path());
+    o.tensorboard = true;
+    train(&cfg, &o).unwrap();
+    let tb = d.path().join("tensorboard");
+    let file = std::fs::read_dir(&tb).unwrap().next().unwrap().unwrap().path();
+    assert!(file
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with("events.out.tfevents."));
+    let records = tfrecords(&std::fs::read(&file).unwrap());
+    // First the file version, then summaries.
+    let first = fields(&records[0]);
+    assert!(first.iter().any(|(f, _, b, _)| *f == 3 && b == b"brain.Event:2"));
+    let (mut scalars, mut images) = (std::collections::BTreeSet::new(), 0);
+    for r in &records[1..] {
+        for (f, _, summary, _) in fields(r) {
+            if f != 5 {
+                continue;
+            }
+            for (_, _, value, _) in fields(&summary) {
+                let v = fields(&value);
+                let tag = String::from_utf8(v.iter().find(|x| x.0 == 1).unwrap().2.clone()).unwrap();
+                if v.iter().any(|x| x.0 == 2) {
+                    scalars.insert(tag);
+                } else if let Some(img) = v.iter().find(|x| x.0 == 4) {
+                    let png = fields(&img.2).into_iter().find(|x| x.0 == 4).unwrap().2;
+                    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+                    images += 1;
+                }
+            }
+        }
+    }
+    for t in [
+        "train/loss",
+        "train/loss/mse",
+        "train/lr",
+        "test/mse",
+        "test/loss/mse",
+        "test/psnr",
+        "test/ssim",
+        "epoch/train_loss",
+    ] {
+        assert!(scalars.contains(t), "{t} missing from {scalars:?}");
+    }
+    assert_eq!(
+        images,
+        2,
+        "one reconstruction image per epoch ({} records)",
+        records.len()
+    );
+
+    // And the tensorboard package itself reads them (required in CI).
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/check_tensorboard.py");
+    let out = std::process::Command::new("python3").arg(&script).arg(&tb).output();
+    let required = std::env::var("AEZOO_REQUIRE_TENSORBOARD").is_ok_and(|v| v == "1");
+    match out {
+        Ok(o) if o.status.success() => {
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            let mse = v["scalars"]["test/mse"].as_array().unwrap();
+            assert_eq!(mse.len(), 2);
+            assert!(mse[0][1].as_f64().unwrap() > 0.0);
+            assert_eq!(v["images"]["reconstructions"].as_array().unwrap().len(), 2);
+            assert!(v["scalars"]["train/loss"].as_array().unwrap().len() >= 3);
+        }
+        Ok(o) if o.status.code() == Some(2) && !required => {
+            eprintln!("tensorboard not installed: the Python read-back was not run (CI runs it)")
+        }
+        other => panic!("tensorboard could not read the event files: {other:?}"),
+    }
+}

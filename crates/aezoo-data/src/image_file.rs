@@ -1,0 +1,59 @@
+//! Image files (PNG, JPEG, GIF) as model input: decoded, converted to the
+//! model's channels (grey or RGB), resized to its height and width, scaled to
+//! [0, 1]. An unreadable file is an error naming it.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use image::imageops::FilterType;
+
+use crate::error::{DataError, Result};
+
+/// Options of [`load_image`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ImageOptions {
+    /// `1 − x`: for dark-on-light pictures given to a model of light-on-dark
+    /// images (MNIST, Fashion-MNIST).
+    pub invert: bool,
+}
+
+/// Reads `path` as a `(1, c, h, w)` f32 tensor in [0, 1] for a model whose
+/// images are `[c, h, w]` (c = 1 or 3).
+pub fn load_image(path: &Path, [c, h, w]: [usize; 3], opts: ImageOptions, dev: &Device) -> Result<Tensor> {
+    let img = image::open(path).map_err(|e| DataError::Format {
+        path: path.to_path_buf(),
+        what: format!("cannot decode the image ({e})"),
+    })?;
+    let img = if (img.width() as usize, img.height() as usize) != (w, h) {
+        img.resize_exact(w as u32, h as u32, FilterType::Triangle)
+    } else {
+        img
+    };
+    let px: Vec<u8> = match c {
+        1 => img.to_luma8().into_raw(),
+        3 => {
+            // HWC → CHW
+            let rgb = img.to_rgb8();
+            let raw = rgb.as_raw();
+            (0..3).flat_map(|ch| (0..h * w).map(move |p| raw[p * 3 + ch])).collect()
+        }
+        _ => {
+            return Err(DataError::Invalid(format!(
+                "{}: the model takes {c}-channel images; only 1 (grey) and 3 (RGB) can be read from files",
+                path.display()
+            )))
+        }
+    };
+    let v: Vec<f32> = px
+        .iter()
+        .map(|&p| {
+            let x = p as f32 / 255.0;
+            if opts.invert {
+                1.0 - x
+            } else {
+                x
+            }
+        })
+        .collect();
+    Ok(Tensor::from_vec(v, (1, c, h, w), &Device::Cpu)?.to_device(dev)?)
+}
