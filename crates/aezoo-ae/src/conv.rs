@@ -42,6 +42,11 @@ pub struct ConvAeConfig {
     /// 2×2 max-pool after each encoder stage.
     #[serde(default = "yes")]
     pub pool: bool,
+    /// A last 3×3 conv at full resolution (the Keras-tutorial layout): the
+    /// decoder stages keep the encoder's widths and this conv maps to the
+    /// image channels. Without it, the last stage does.
+    #[serde(default)]
+    pub head: bool,
     #[serde(default)]
     pub loss: ReconLoss,
 }
@@ -52,7 +57,8 @@ enum Up {
     Conv(Conv2d),
 }
 
-/// `encoder.conv{i}`; `decoder.deconv{i}` (transposed) or `decoder.conv{i}`.
+/// `encoder.conv{i}`; `decoder.deconv{i}` (transposed) or `decoder.conv{i}`;
+/// with `head`, `decoder.conv{n+1}` last.
 pub struct ConvAe {
     convs: Vec<Conv2d>,
     ups: Vec<Up>,
@@ -91,7 +97,11 @@ impl Family for ConvAe {
             convs.push(conv2d(cin, cout, 3, same3, venc.pp(format!("conv{}", i + 1)))?);
             cin = cout;
         }
-        let outs: Vec<usize> = cfg.channels.iter().rev().skip(1).copied().chain([c]).collect();
+        let outs: Vec<usize> = if cfg.head {
+            cfg.channels.iter().rev().copied().collect()
+        } else {
+            cfg.channels.iter().rev().skip(1).copied().chain([c]).collect()
+        };
         let mut ups = Vec::with_capacity(n);
         let mut cin = *cfg.channels.last().expect("non-empty");
         for (i, &cout) in outs.iter().enumerate() {
@@ -110,6 +120,9 @@ impl Family for ConvAe {
             };
             ups.push(up);
             cin = cout;
+        }
+        if cfg.head {
+            ups.push(Up::Conv(conv2d(cin, c, 3, same3, vdec.pp(format!("conv{}", n + 1)))?));
         }
         Ok(Self {
             convs,

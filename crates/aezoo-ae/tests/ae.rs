@@ -150,8 +150,14 @@ fn conv(image: [usize; 3], channels: Vec<usize>, decoder: ConvDecoder, pool: boo
         channels,
         decoder,
         pool,
+        head: false,
         loss: ReconLoss::Mse,
     }
+}
+
+/// The Keras-tutorial layout: a last full-resolution conv after the stages.
+fn with_head(cfg: ConvAeConfig) -> ConvAeConfig {
+    ConvAeConfig { head: true, ..cfg }
 }
 
 #[test]
@@ -183,6 +189,7 @@ fn conv_architecture_matches_the_pytorch_twin() {
     for cfg in [
         conv([1, 28, 28], vec![32, 32], ConvDecoder::Upsample, true),
         conv([1, 28, 28], vec![8, 8], ConvDecoder::Transposed, false),
+        with_head(conv([1, 28, 28], vec![32, 32], ConvDecoder::Upsample, true)),
     ] {
         let (m, _) = build::<ConvAe>(&cfg, DType::F32);
         assert_eq!(m.reconstruct(&x).unwrap().dims(), &[2, 1, 28, 28], "{cfg:?}");
@@ -195,6 +202,8 @@ fn conv_whole_model_gradient_check() {
         conv([1, 8, 8], vec![3, 4], ConvDecoder::Transposed, true),
         conv([1, 8, 8], vec![3, 2], ConvDecoder::Upsample, true),
         conv([2, 6, 6], vec![3], ConvDecoder::Transposed, false),
+        with_head(conv([1, 8, 8], vec![3, 2], ConvDecoder::Upsample, true)),
+        with_head(conv([2, 4, 4], vec![2], ConvDecoder::Transposed, true)),
     ] {
         let (m, _) = build::<ConvAe>(&cfg, DType::F64);
         let [c, h, w] = cfg.image;

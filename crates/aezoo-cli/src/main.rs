@@ -208,8 +208,10 @@ struct InterpolateArgs {
     /// Decoded points between and including the two codes.
     #[arg(long, default_value_t = 10)]
     steps: usize,
+    /// Output PNG (the strip of decoded points)
     #[arg(short = 'o', long, default_value = "interpolation.png")]
     out: PathBuf,
+    /// Invert the image files first (dark drawings on white paper for MNIST-style models).
     #[arg(long)]
     invert: bool,
     #[command(flatten)]

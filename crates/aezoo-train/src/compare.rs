@@ -30,6 +30,10 @@ use crate::weights;
 #[serde(deny_unknown_fields)]
 pub struct Row {
     pub entry: String,
+    /// Names the row when a protocol has several of one entry (its run
+    /// folder, strip and `--only` name); default: the entry.
+    #[serde(default)]
+    pub id: Option<String>,
     /// The name the reference table uses for it.
     #[serde(default)]
     pub label: Option<String>,
@@ -64,13 +68,20 @@ pub struct Protocol {
     pub rows: Vec<Row>,
 }
 
+impl Row {
+    /// The row's name: its `id`, else its entry.
+    pub fn key(&self) -> &str {
+        self.id.as_deref().unwrap_or(&self.entry)
+    }
+}
+
 impl Protocol {
     /// A built-in protocol by name, or a protocol file.
     pub fn resolve(name_or_path: &str) -> Result<Self> {
         let p = Path::new(name_or_path);
         if name_or_path.ends_with(".json") || p.is_file() {
             let text = std::fs::read_to_string(p).map_err(io_err(p))?;
-            return parse_json(&text, name_or_path);
+            return parse_json::<Self>(&text, name_or_path)?.checked(name_or_path);
         }
         let (name, text) = PROTOCOLS
             .iter()
@@ -82,7 +93,21 @@ impl Protocol {
                     PROTOCOLS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
                 ),
             })?;
-        parse_json(text, &format!("<built-in>/configs/protocols/{name}.json"))
+        let origin = format!("<built-in>/configs/protocols/{name}.json");
+        parse_json::<Self>(text, &origin)?.checked(&origin)
+    }
+
+    /// Refuses two rows with one name (they would share a run folder and a strip).
+    fn checked(self, origin: &str) -> Result<Self> {
+        for (i, row) in self.rows.iter().enumerate() {
+            if self.rows[..i].iter().any(|r| r.key() == row.key()) {
+                return Err(TrainError::Config {
+                    origin: origin.into(),
+                    msg: format!("rows[{i}]: a second row named `{}`; give it an `id`", row.key()),
+                });
+            }
+        }
+        Ok(self)
     }
 }
 
@@ -121,7 +146,7 @@ pub fn row_config(protocol: &Protocol, row: &Row, quick: bool) -> Result<EntryCo
             }
         }
     }
-    let origin = format!("protocol {} row {}", protocol.name, row.entry);
+    let origin = format!("protocol {} row {}", protocol.name, row.key());
     let cfg: EntryConfig = parse_value(&v, &origin, "config")?;
     cfg.validate(&origin)?;
     Ok(cfg)
@@ -131,6 +156,9 @@ pub fn row_config(protocol: &Protocol, row: &Row, quick: bool) -> Result<EntryCo
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RowResult {
     pub entry: String,
+    /// The row's `id`, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     pub family: String,
     pub label: Option<String>,
     pub params: usize,
@@ -147,6 +175,16 @@ pub struct RowResult {
     pub epochs: usize,
     pub strip: String,
     pub data: String,
+    /// The commit that trained this row (rows kept from an earlier `--only` run keep theirs).
+    #[serde(default)]
+    pub git_commit: Option<String>,
+}
+
+impl RowResult {
+    /// The row's name: its `id`, else its entry.
+    pub fn key(&self) -> &str {
+        self.id.as_deref().unwrap_or(&self.entry)
+    }
 }
 
 /// Everything a compare run produced.
@@ -196,17 +234,17 @@ pub fn run(protocol: &Protocol, opts: &CompareOptions) -> Result<CompareResult> 
     };
     let mut rows = Vec::new();
     for row in &protocol.rows {
-        if !opts.only.is_empty() && !opts.only.contains(&row.entry) {
+        if !opts.only.is_empty() && !opts.only.iter().any(|o| *o == row.entry || o == row.key()) {
             continue;
         }
         let cfg = row_config(protocol, row, opts.quick)?;
-        let run_dir = opts.runs_dir.join(&tag).join(&row.entry);
+        let run_dir = opts.runs_dir.join(&tag).join(row.key());
         if run_dir.exists() {
             std::fs::remove_dir_all(&run_dir).map_err(io_err(&run_dir))?;
         }
         tracing::info!(
             "compare {tag}: {} ({})",
-            row.entry,
+            row.key(),
             row.label.as_deref().unwrap_or(&cfg.family)
         );
         let t0 = Instant::now();
@@ -239,7 +277,7 @@ pub fn run(protocol: &Protocol, opts: &CompareOptions) -> Result<CompareResult> 
         // The strip: the first test images of the split, the same for every entry.
         let idx: Vec<usize> = (0..STRIP_IMAGES.min(splits.test.len())).collect();
         let (png, _, _) = recon_strip(&cfg, loaded.model.as_ref(), &splits, &idx, &opts.device)?;
-        let strip = out_dir.join(format!("{}.png", row.entry));
+        let strip = out_dir.join(format!("{}.png", row.key()));
         write_atomic(&strip, &png)?;
         let compared = if row.reference_on_clean {
             test_clean.as_ref().map(|m| m.mse).unwrap_or(test.mse)
@@ -248,6 +286,7 @@ pub fn run(protocol: &Protocol, opts: &CompareOptions) -> Result<CompareResult> 
         };
         let result = RowResult {
             entry: row.entry.clone(),
+            id: row.id.clone(),
             family: cfg.family.clone(),
             label: row.label.clone(),
             params: outcome.params,
@@ -261,10 +300,11 @@ pub fn run(protocol: &Protocol, opts: &CompareOptions) -> Result<CompareResult> 
             epochs: outcome.epochs_done,
             strip: strip.display().to_string(),
             data: outcome.data.clone(),
+            git_commit: opts.git_commit.clone(),
         };
         tracing::info!(
             "compare {tag}: {} test MSE {:.5}{} ({:.0} img/s, {:.0} s)",
-            row.entry,
+            row.key(),
             result.test.mse,
             result
                 .reference
@@ -275,6 +315,10 @@ pub fn run(protocol: &Protocol, opts: &CompareOptions) -> Result<CompareResult> 
         );
         rows.push(result);
     }
+    let results_json = out_dir.join("results.json");
+    if !opts.only.is_empty() {
+        rows = keep_other_rows(protocol, opts.quick, &results_json, rows);
+    }
     let result = CompareResult {
         protocol: protocol.name.clone(),
         about: protocol.about.clone(),
@@ -283,8 +327,30 @@ pub fn run(protocol: &Protocol, opts: &CompareOptions) -> Result<CompareResult> 
         git_commit: opts.git_commit.clone(),
     };
     let json = serde_json::to_string_pretty(&result).expect("results serialise") + "\n";
-    write_atomic(&out_dir.join("results.json"), json.as_bytes())?;
+    write_atomic(&results_json, json.as_bytes())?;
     Ok(result)
+}
+
+/// With `--only`, the rows not re-run stay as the last full run left them
+/// (in the protocol's order), so the table stays whole.
+fn keep_other_rows(protocol: &Protocol, quick: bool, path: &Path, new: Vec<RowResult>) -> Vec<RowResult> {
+    let old: Vec<RowResult> = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| serde_json::from_str::<CompareResult>(&s).ok())
+        .filter(|r| r.protocol == protocol.name && r.quick == quick)
+        .map(|r| r.rows)
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for row in &protocol.rows {
+        let pick = new
+            .iter()
+            .find(|r| r.key() == row.key())
+            .or_else(|| old.iter().find(|r| r.key() == row.key()));
+        if let Some(r) = pick {
+            out.push(r.clone());
+        }
+    }
+    out
 }
 
 fn fmt_mse(m: &EvalMetrics) -> String {
@@ -359,8 +425,18 @@ pub fn markdown(r: &CompareResult) -> String {
     if let Some(first) = r.rows.first() {
         s.push_str(&format!("\nData: {}.", first.data));
     }
-    if let Some(c) = &r.git_commit {
-        s.push_str(&format!(" Commit: `{c}`."));
+    let mut commits: Vec<&str> = r
+        .rows
+        .iter()
+        .filter_map(|x| x.git_commit.as_deref())
+        .chain(r.git_commit.as_deref())
+        .collect();
+    commits.dedup();
+    commits.sort_unstable();
+    commits.dedup();
+    if !commits.is_empty() {
+        let list: Vec<String> = commits.iter().map(|c| format!("`{c}`")).collect();
+        s.push_str(&format!(" Commit: {}.", list.join(", ")));
     }
     s.push('\n');
     s

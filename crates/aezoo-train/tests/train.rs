@@ -8,6 +8,7 @@ use std::path::Path;
 
 use aezoo_data::Locator;
 use aezoo_train::checkpoint::{self, read_tensors};
+use aezoo_train::compare::{self, CompareOptions, Protocol};
 use aezoo_train::optim::{Adam, AdamConfig};
 use aezoo_train::registry::{self, entry_names};
 use aezoo_train::{train, weights, EntryConfig, TrainError, TrainOptions};
@@ -615,5 +616,98 @@ fn tensorboard_event_files_hold_scalars_and_images() {
             eprintln!("tensorboard not installed: the Python read-back was not run (CI runs it)")
         }
         other => panic!("tensorboard could not read the event files: {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------- compare
+
+/// A two-row protocol on a few bundled images; the denoiser is measured both ways.
+fn tiny_protocol(dir: &Path) -> Protocol {
+    let text = r#"{
+      "name": "tiny",
+      "about": "two rows, a few steps",
+      "data": { "dataset": "fashion-mnist", "train_limit": 64, "test_limit": 32 },
+      "train": { "epochs": 1, "batch_size": 32, "eval_batch_size": 32, "checkpoint_every": 0 },
+      "rows": [
+        { "entry": "ae-linear", "label": "vanilla", "reference": 1.0 },
+        { "entry": "ae-denoise", "reference": 1e-9, "reference_on_clean": true,
+          "model": { "channels": [4, 4] } },
+        { "entry": "ae-denoise", "id": "clean-denoise", "data": { "noise": null },
+          "model": { "channels": [4, 4] } }
+      ]
+    }"#;
+    let p = dir.join("tiny.json");
+    std::fs::write(&p, text).unwrap();
+    Protocol::resolve(p.to_str().unwrap()).unwrap()
+}
+
+fn compare_opts(dir: &Path, only: &[&str]) -> CompareOptions {
+    CompareOptions {
+        results_dir: dir.join("results"),
+        runs_dir: dir.join("runs"),
+        quick: false,
+        device: Device::Cpu,
+        only: only.iter().map(|s| s.to_string()).collect(),
+        locator: Locator::bundled_only(),
+        git_commit: Some("abc".into()),
+    }
+}
+
+#[test]
+fn compare_writes_rows_strips_and_a_table_and_only_keeps_the_other_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let protocol = tiny_protocol(dir.path());
+    let first = compare::run(&protocol, &compare_opts(dir.path(), &["ae-linear"])).unwrap();
+    assert_eq!(first.rows.len(), 1);
+    let second = compare::run(&protocol, &compare_opts(dir.path(), &["ae-denoise"])).unwrap();
+    // The row run first is kept, in the protocol's order; `--only ENTRY` runs every row of it.
+    let keys: Vec<&str> = second.rows.iter().map(|r| r.key()).collect();
+    assert_eq!(keys, ["ae-linear", "ae-denoise", "clean-denoise"]);
+    // A row with an id has its own run and strip; without noise there is one measurement.
+    assert!(second.rows[2].strip.ends_with("clean-denoise.png"));
+    assert!(second.rows[2].test_clean.is_none());
+    assert!(dir.path().join("runs/tiny/clean-denoise/model.safetensors").exists());
+    assert_eq!(second.rows[0].test.mse, first.rows[0].test.mse);
+    let (lin, den) = (&second.rows[0], &second.rows[1]);
+    assert_eq!(lin.beats_reference, Some(true));
+    assert!(lin.test_clean.is_none());
+    // The denoiser: noised inputs and clean inputs differ; the verdict uses clean ones.
+    let clean = den
+        .test_clean
+        .as_ref()
+        .expect("noised entries are measured on clean inputs");
+    assert_ne!(clean.mse, den.test.mse);
+    assert_eq!(den.beats_reference, Some(false));
+    for r in &second.rows {
+        let png = std::fs::read(&r.strip).unwrap();
+        assert_eq!(&png[1..4], b"PNG", "{}", r.strip);
+        assert!(r.test.mse.is_finite() && r.params > 0 && r.train_images_per_s > 0.0);
+    }
+    compare::write_results_md(&dir.path().join("results"), &dir.path().join("RESULTS.md")).unwrap();
+    let md = std::fs::read_to_string(dir.path().join("RESULTS.md")).unwrap();
+    assert!(
+        md.contains("## Protocol `tiny`") && md.contains("two rows, a few steps"),
+        "{md}"
+    );
+    assert!(
+        md.contains("`ae-linear`") && md.contains("`ae-denoise`") && md.contains("**no**"),
+        "{md}"
+    );
+}
+
+#[test]
+fn compare_refuses_two_rows_with_one_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("dup.json");
+    let text = r#"{ "name": "dup", "about": "", "rows": [ { "entry": "ae-mlp" }, { "entry": "ae-mlp" } ] }"#;
+    std::fs::write(&p, text).unwrap();
+    let e = Protocol::resolve(p.to_str().unwrap()).unwrap_err().to_string();
+    assert!(
+        e.contains("dup.json") && e.contains("rows[1]") && e.contains("`ae-mlp`"),
+        "{e}"
+    );
+    // Built-in protocols are well formed.
+    for name in ["zoo", "seed"] {
+        Protocol::resolve(name).unwrap();
     }
 }
