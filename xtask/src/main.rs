@@ -6,6 +6,10 @@
 //! cargo xtask train <entry> [aezoo train options]   train on the default data, save weights
 //! cargo xtask eval <entry> [--weights DIR]          test metrics of saved weights
 //! cargo xtask sample <entry> [-n N] [-o PNG]        samples of a generative entry
+//! cargo xtask reconstruct <entry> IMG…              images through encoder and decoder
+//! cargo xtask interpolate <entry> [IMG IMG]         a strip along a line between two codes
+//! cargo xtask export <entry> DIR                    a weights folder ready for the Hub
+//! cargo xtask compare [--protocol P] [--quick]      every entry under one protocol → RESULTS.md
 //! cargo xtask list                                  the zoo's entries
 //! cargo xtask quality [--seeds N] [--torch-ref PY]  vae-conv under the PyTorch bench protocol
 //! cargo xtask aezoo <anything>                      any aezoo subcommand
@@ -45,10 +49,13 @@ fn aezoo(args: &[String]) -> Result<()> {
 }
 
 fn usage() -> &'static str {
-    "usage: cargo xtask <train|eval|sample|list|quality|aezoo> [args]\n\
+    "usage: cargo xtask <train|eval|sample|reconstruct|interpolate|export|list|compare|quality|aezoo> [args]\n\
      \n  train <entry> [opts]    train a zoo entry on its default data (see `aezoo train --help`)\
      \n  eval <entry> [opts]     test-split metrics of its weights (see `aezoo eval --help`)\
      \n  sample <entry> [opts]   a PNG grid of prior samples (see `aezoo sample --help`)\
+     \n  reconstruct <entry> IMG…  image files through encoder and decoder, PSNR/SSIM per image\
+     \n  interpolate <entry> [IMG IMG]  decode a line between two codes into a PNG strip\
+     \n  export <entry> DIR      config.json, model.safetensors, metrics.json, model card: ready for the Hub\
      \n  list                    the zoo's entries and families\
      \n  compare [--protocol zoo|seed] [--quick]\
      \n                          train + evaluate every entry under one protocol, write RESULTS.md\

@@ -329,15 +329,33 @@ fn export_writes_an_upload_ready_folder_that_check_reproduces() {
 }
 
 /// Lays a weights folder out as hf-hub caches a model repository.
+/// A model repository in an hf-hub cache, laid out as hf-hub writes it:
+/// `models--owner--name/blobs/<etag>` holding the bytes,
+/// `snapshots/<commit>/<file>` symlinks to `../../blobs/<etag>`, and
+/// `refs/<revision>` naming the commit.
 fn fake_hub(cache: &Path, repo: &str, weights: &Path) {
+    fake_hub_at(cache, repo, "main", "89abcdef0123456789abcdef0123456789abcdef", weights);
+}
+
+fn fake_hub_at(cache: &Path, repo: &str, revision: &str, commit: &str, weights: &Path) {
     let folder = cache.join(format!("models--{}", repo.replace('/', "--")));
-    let commit = "89abcdef0123456789abcdef0123456789abcdef";
     std::fs::create_dir_all(folder.join("refs")).unwrap();
-    std::fs::write(folder.join("refs/main"), commit).unwrap();
+    std::fs::create_dir_all(folder.join("blobs")).unwrap();
+    std::fs::write(folder.join("refs").join(revision), commit).unwrap();
     let snap = folder.join("snapshots").join(commit);
     std::fs::create_dir_all(&snap).unwrap();
     for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(weights.join(f), snap.join(f)).unwrap();
+        let bytes = std::fs::read(weights.join(f)).unwrap();
+        // Any stable name stands in for the etag (sha256 for LFS files).
+        let etag = format!(
+            "{:016x}{:048x}",
+            bytes.len(),
+            bytes.iter().map(|&b| b as u64).sum::<u64>()
+        );
+        std::fs::write(folder.join("blobs").join(&etag), &bytes).unwrap();
+        let link = snap.join(f);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(Path::new("../../blobs").join(&etag), &link).unwrap();
     }
 }
 
@@ -353,6 +371,34 @@ fn hub_weights_load_from_the_hf_hub_cache() {
     let trained: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(v["test"]["mse"], trained["test"]["mse"]);
+    // A revision after `@`: a tag in refs/.
+    fake_hub_at(
+        &d.path().join(".hf"),
+        "acme/tiny-ae",
+        "v1",
+        "0123456789abcdef0123456789abcdef01234567",
+        &run,
+    );
+    let o = aezoo(d.path(), &["eval", "tiny", "--hub", "acme/tiny-ae@v1", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // HF_HOME alone: the cache is $HF_HOME/hub.
+    let home = d.path().join("hf-home");
+    fake_hub(&home.join("hub"), "acme/home-ae", &run);
+    let splits = aezoo_data::bundled::load(aezoo_data::DatasetId::Mnist).unwrap();
+    let img = image::GrayImage::from_raw(28, 28, splits.test.image(0).to_vec()).unwrap();
+    let png = d.path().join("digit.png");
+    img.save(&png).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_aezoo"))
+        .current_dir(d.path())
+        .args(["reconstruct", "tiny", "--hub", "acme/home-ae", png.to_str().unwrap()])
+        .env_remove("HF_HUB_CACHE")
+        .env("HF_HOME", &home)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(d.path().join("digit.recon.png").is_file());
     // Offline and not cached: one line that says so.
     let o = aezoo(d.path(), &["eval", "tiny", "--hub", "acme/other"]);
     assert_one_line_error(&o, &["acme/other", "not in the hf-hub cache", "HF_HUB_OFFLINE"]);

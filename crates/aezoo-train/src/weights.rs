@@ -275,9 +275,12 @@ pub fn export(loaded: &Loaded, metrics: &WeightsMetrics, dir: &Path) -> Result<(
     let cfg = &loaded.config;
     let m = &metrics.test;
     let card = format!(
-        "---\nlibrary_name: aezoo\ntags:\n- autoencoder\n- {family}\n- candle\ndatasets:\n- {dataset}\n---\n\n# aezoo `{entry}`\n\n{about}\n\nTrained by [aezoo](https://github.com/aezoo/aezoo) ({epochs} epochs, batch {bs}, Adam lr {lr}, seed {seed}{commit}).\n\n| test images | MSE | PSNR (dB) | SSIM |\n|---:|---:|---:|---:|\n| {n} | {mse:.4} | {psnr:.2} | {ssim:.4} |\n\nData: {data}.\n\n```sh\naezoo eval {entry} --hub USER/REPO\naezoo reconstruct {entry} --hub USER/REPO image.png\n```\n\nFiles: `config.json` (the aezoo entry config), `model.safetensors` (keys = parameter paths), `metrics.json`.\n",
+        "---\nlibrary_name: aezoo\ntags:\n- autoencoder\n- {family}\n- candle\ndatasets:\n- {dataset}\n---\n\n# aezoo `{entry}`\n\n{about}\n\nTrained by aezoo, a Rust autoencoder zoo on candle ({epochs} epochs, batch {bs}, Adam lr {lr}, seed {seed}{commit}).\n\n| test images | MSE | PSNR (dB) | SSIM |\n|---:|---:|---:|---:|\n| {n} | {mse:.4} | {psnr:.2} | {ssim:.4} |\n\nData: {data}.\n\n```sh\naezoo eval {entry} --hub USER/REPO\naezoo reconstruct {entry} --hub USER/REPO image.png\n```\n\nFiles: `config.json` (the aezoo entry config), `model.safetensors` (keys = parameter paths), `metrics.json`.\n",
         family = cfg.family,
-        dataset = cfg.data.dataset,
+        // The Hub's id of the data set, for the card's metadata.
+        dataset = aezoo_data::DatasetId::parse(&cfg.data.dataset)
+            .map(|d| d.hub_files().0.to_string())
+            .unwrap_or_else(|_| cfg.data.dataset.clone()),
         entry = cfg.entry,
         about = cfg.about,
         epochs = metrics.epochs,

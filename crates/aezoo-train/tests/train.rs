@@ -437,6 +437,17 @@ fn weights_load_strictly() {
         "{e}"
     );
 
+    // Same family, other sizes: the mis-shaped tensor is named.
+    let mut narrow = cfg.clone();
+    narrow.model["latent"] = serde_json::json!(16);
+    std::fs::write(other.path().join("config.json"), narrow.to_json()).unwrap();
+    let e = weights::load(other.path(), &Device::Cpu).err().unwrap().to_string();
+    assert!(
+        e.contains("model.safetensors") && e.contains("encoder.fc1.weight"),
+        "{e}"
+    );
+    assert!(e.contains("16") && e.contains("32"), "{e}");
+
     // A safetensors file missing one tensor.
     let mut kept: Vec<(String, Tensor)> = read_tensors(&d.path().join("model.safetensors"))
         .unwrap()
