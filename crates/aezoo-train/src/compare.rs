@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use crate::config::{parse_json, parse_value, EntryConfig};
 use crate::error::{io_err, Result, TrainError};
-use crate::eval::{evaluate, EvalMetrics};
+use crate::eval::{evaluate_entry, EvalMetrics};
 use crate::registry::{self, PROTOCOLS};
 use crate::trainer::{load_data, recon_strip, train, TrainOptions, STRIP_IMAGES};
 use crate::weights;
@@ -253,26 +253,7 @@ pub fn run(protocol: &Protocol, opts: &CompareOptions) -> Result<CompareResult> 
         let outcome = train(&cfg, &topts)?;
         let loaded = weights::load(&run_dir, &opts.device)?;
         let splits = load_data(&cfg, &locator)?;
-        let t = &cfg.train;
-        let test = evaluate(
-            loaded.model.as_ref(),
-            &splits.test,
-            t.eval_batch_size,
-            cfg.data.noise,
-            t.seed,
-            &opts.device,
-        )?;
-        let test_clean = match cfg.data.noise {
-            Some(_) => Some(evaluate(
-                loaded.model.as_ref(),
-                &splits.test,
-                t.eval_batch_size,
-                None,
-                t.seed,
-                &opts.device,
-            )?),
-            None => None,
-        };
+        let (test, test_clean) = evaluate_entry(loaded.model.as_ref(), &splits.test, &cfg, &opts.device)?;
         let wall_seconds = t0.elapsed().as_secs_f64();
         // The strip: the first test images of the split, the same for every entry.
         let idx: Vec<usize> = (0..STRIP_IMAGES.min(splits.test.len())).collect();

@@ -85,3 +85,20 @@ pub fn evaluate(
         terms: terms.into_iter().map(|(k, v)| (k, v / n)).collect(),
     })
 }
+
+/// An entry's test metrics as it is meant to be used (its config's noise on
+/// the inputs) and, for entries trained on noised inputs, on clean inputs too.
+pub fn evaluate_entry(
+    model: &dyn Autoencoder,
+    set: &ImageSet,
+    cfg: &crate::EntryConfig,
+    dev: &Device,
+) -> Result<(EvalMetrics, Option<EvalMetrics>)> {
+    let t = &cfg.train;
+    let test = evaluate(model, set, t.eval_batch_size, cfg.data.noise, t.seed, dev)?;
+    let clean = match cfg.data.noise {
+        Some(_) => Some(evaluate(model, set, t.eval_batch_size, None, t.seed, dev)?),
+        None => None,
+    };
+    Ok((test, clean))
+}

@@ -205,26 +205,7 @@ pub fn measure(
 ) -> Result<WeightsMetrics> {
     let cfg = &loaded.config;
     let splits = crate::trainer::load_data(cfg, locator)?;
-    let t = &cfg.train;
-    let test = crate::eval::evaluate(
-        loaded.model.as_ref(),
-        &splits.test,
-        t.eval_batch_size,
-        cfg.data.noise,
-        t.seed,
-        dev,
-    )?;
-    let test_clean = match cfg.data.noise {
-        Some(_) => Some(crate::eval::evaluate(
-            loaded.model.as_ref(),
-            &splits.test,
-            t.eval_batch_size,
-            None,
-            t.seed,
-            dev,
-        )?),
-        None => None,
-    };
+    let (test, test_clean) = crate::eval::evaluate_entry(loaded.model.as_ref(), &splits.test, cfg, dev)?;
     Ok(WeightsMetrics {
         entry: cfg.entry.clone(),
         family: cfg.family.clone(),
