@@ -38,3 +38,8 @@ pub(crate) fn prior(n: usize, latent: usize, like: &Tensor, rng: &mut Rng) -> Re
 pub(crate) fn split_stats(stats: &Tensor, latent: usize) -> Result<(Tensor, Tensor)> {
     Ok((stats.narrow(1, 0, latent)?, stats.narrow(1, latent, latent)?))
 }
+
+/// serde default of every VAE config's `beta`: 1, the VAE of Kingma & Welling.
+pub(crate) fn default_beta() -> f64 {
+    1.0
+}

@@ -14,10 +14,6 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-fn one() -> f64 {
-    1.0
-}
-
 /// The `model` section of a `vae-conv` config.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,7 +25,7 @@ pub struct ConvVaeConfig {
     /// Size of z.
     pub latent: usize,
     /// Weight of the KL term (1 = the VAE of Kingma & Welling).
-    #[serde(default = "one")]
+    #[serde(default = "crate::common::default_beta")]
     pub beta: f64,
 }
 

@@ -10,10 +10,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::{prior, split_stats, vae_step};
 
-fn one() -> f64 {
-    1.0
-}
-
 /// The `model` section of a `vae-mlp` config.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,7 +21,7 @@ pub struct MlpVaeConfig {
     /// Size of z.
     pub latent: usize,
     /// Weight of the KL term.
-    #[serde(default = "one")]
+    #[serde(default = "crate::common::default_beta")]
     pub beta: f64,
 }
 
