@@ -10,6 +10,8 @@
 //! cargo xtask interpolate <entry> [IMG IMG]         a strip along a line between two codes
 //! cargo xtask export <entry> DIR                    a weights folder ready for the Hub
 //! cargo xtask compare [--protocol P] [--quick]      every entry under one protocol → RESULTS.md
+//! cargo xtask compare --graphs                       GAE / VGAE on Cora and Citeseer, 10 seeds, vs the paper
+//! cargo xtask encode-graph <entry> -o EMB            node embeddings of a graph entry (safetensors)
 //! cargo xtask list                                  the zoo's entries
 //! cargo xtask quality [--seeds N] [--torch-ref PY]  vae-conv under the PyTorch bench protocol
 //! cargo xtask aezoo <anything>                      any aezoo subcommand
@@ -49,7 +51,7 @@ fn aezoo(args: &[String]) -> Result<()> {
 }
 
 fn usage() -> &'static str {
-    "usage: cargo xtask <train|eval|sample|reconstruct|interpolate|export|list|compare|quality|aezoo> [args]\n\
+    "usage: cargo xtask <train|eval|sample|reconstruct|interpolate|export|encode-graph|list|compare|quality|aezoo> [args]\n\
      \n  train <entry> [opts]    train a zoo entry on its default data (see `aezoo train --help`)\
      \n  eval <entry> [opts]     test-split metrics of its weights (see `aezoo eval --help`)\
      \n  sample <entry> [opts]   a PNG grid of prior samples (see `aezoo sample --help`)\
@@ -59,6 +61,10 @@ fn usage() -> &'static str {
      \n  list                    the zoo's entries and families\
      \n  compare [--protocol zoo|seed] [--quick]\
      \n                          train + evaluate every entry under one protocol, write RESULTS.md\
+     \n  compare --graphs        GAE / VGAE on Cora and Citeseer (with and without features), 10 seeds,\
+     \n                          mean ± std of test AUC / AP beside Kipf & Welling (2016)\
+     \n  encode-graph <entry> [-o EMB] [--full-graph]\
+     \n                          node embeddings of a graph entry into a safetensors file\
      \n  quality [--seeds N] [--torch-ref PATH]\
      \n                          vae-conv, 1 epoch of full Fashion-MNIST, batch 128, Adam 1e-3:\
      \n                          test MSE per seed, beside PyTorch's when PATH (shared/bench/pytorch_ref.py)\
@@ -180,7 +186,9 @@ fn run() -> Result<()> {
     };
     let rest = &args[1..];
     match cmd.as_str() {
-        "train" | "eval" | "sample" | "list" | "compare" | "reconstruct" | "interpolate" | "export" => aezoo(&args),
+        "train" | "eval" | "sample" | "list" | "compare" | "reconstruct" | "interpolate" | "export" | "encode-graph" => {
+            aezoo(&args)
+        }
         "aezoo" => aezoo(rest),
         "quality" => quality(rest),
         "-h" | "--help" | "help" => {

@@ -46,15 +46,36 @@ enum Cmd {
     Export(ExportArgs),
     /// Train and evaluate entries under one protocol; write RESULTS.md and reconstruction strips.
     Compare(CompareArgs),
+    /// Node embeddings of a graph entry (GAE, VGAE) into a safetensors file.
+    EncodeGraph(EncodeGraphArgs),
     /// List the zoo's entries and model families.
     List,
 }
 
 #[derive(Args)]
+struct EncodeGraphArgs {
+    /// Graph entry name (`gae-cora`, …), used to find default weights.
+    entry: String,
+    /// Output safetensors file (tensor `embeddings`, (nodes, latent) f32).
+    #[arg(short = 'o', long, default_value = "embeddings.safetensors")]
+    out: PathBuf,
+    /// Encode with every edge of the graph, not only the training edges of the weights' split.
+    #[arg(long)]
+    full_graph: bool,
+    #[command(flatten)]
+    weights: WeightsArgs,
+    #[command(flatten)]
+    data: DataArgs,
+}
+
+#[derive(Args)]
 struct CompareArgs {
-    /// Protocols to run (built-in `zoo`, `seed`, or a protocol .json); repeatable.
+    /// Protocols to run (built-in `zoo`, `seed`, `graphs`, or a protocol .json); repeatable.
     #[arg(long = "protocol", default_value = "zoo")]
     protocols: Vec<String>,
+    /// The graph autoencoders against the paper (the `graphs` protocol: 8 rows × 10 seeds).
+    #[arg(long)]
+    graphs: bool,
     /// The whole table on the bundled subsets, fewer epochs: minutes, not hours.
     #[arg(long)]
     quick: bool,
@@ -302,6 +323,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Reconstruct(a) => cmd_reconstruct(a),
         Cmd::Interpolate(a) => cmd_interpolate(a),
         Cmd::Export(a) => cmd_export(a),
+        Cmd::EncodeGraph(a) => cmd_encode_graph(a),
         Cmd::List => {
             println!("entries:");
             for name in registry::entry_names() {
@@ -310,6 +332,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             println!("families:");
             for f in FAMILIES {
+                println!("  {:<14} {}", f.name(), f.about());
+            }
+            for f in registry::GRAPH_FAMILIES {
                 println!("  {:<14} {}", f.name(), f.about());
             }
             Ok(())
@@ -426,6 +451,9 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     apply_overrides(&mut cfg, &a);
     cfg.validate("command line")?;
     let dev = device(&a.data.device)?;
+    if cfg.is_graph() {
+        return train_graph(&cfg, &run_dir, resume, &a, &dev);
+    }
 
     let mut opts = TrainOptions::new(&run_dir, Locator::from_env(a.data.data.clone(), a.data.download));
     opts.device = dev;
@@ -484,6 +512,127 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// A graph entry: full-batch training in seconds, so no checkpoints to resume.
+fn train_graph(cfg: &EntryConfig, run_dir: &Path, resume: bool, a: &TrainArgs, dev: &Device) -> Result<()> {
+    if resume || a.max_steps.is_some() {
+        bail!(
+            "{}: graph entries train full-batch in seconds and keep no checkpoints; run `aezoo train {}` again",
+            cfg.entry,
+            cfg.entry
+        );
+    }
+    let locator = Locator::from_env(a.data.data.clone(), a.data.download);
+    let out = aezoo_train::graph::train(cfg, run_dir, &locator, dev, git_commit())?;
+    weights::mark_latest(&cfg.entry, run_dir)?;
+    let m = &out.metrics;
+    println!(
+        "{}: test AUC {:.2}  AP {:.2}  (validation AUC {:.2}  AP {:.2}; {} epochs in {:.1} s)",
+        cfg.entry,
+        100.0 * m.test.auc,
+        100.0 * m.test.ap,
+        100.0 * m.val.auc,
+        100.0 * m.val.ap,
+        m.epochs,
+        m.train_seconds
+    );
+    println!("run: {}", run_dir.display());
+    Ok(())
+}
+
+/// Whether a weights folder holds a graph entry (its config.json's family).
+fn is_graph_weights(dir: &Path) -> bool {
+    EntryConfig::from_file(&dir.join("config.json"))
+        .map(|c| c.is_graph())
+        .unwrap_or(false)
+}
+
+fn eval_graph(a: &EvalArgs, dir: &Path, dev: &Device) -> Result<()> {
+    use aezoo_train::graph::{self, GraphMetricsFile};
+    let locator = Locator::from_env(a.data.data.clone(), a.data.download);
+    let run = graph::load(dir, &locator, dev)?;
+    tracing::info!("weights: {}", dir.display());
+    let (val, test) = run.evaluate()?;
+    let cfg = &run.cfg;
+    if a.json {
+        let out = serde_json::json!({
+            "entry": cfg.entry,
+            "weights": dir,
+            "data": run.graph.describe(),
+            "seed": cfg.train.seed,
+            "val": val,
+            "test": test,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "{}: {} test edges + {} non-edges (split seed {}): AUC {:.2}  AP {:.2}  (validation AUC {:.2}  AP {:.2})",
+            cfg.entry,
+            run.split.test.len(),
+            run.split.test_neg.len(),
+            cfg.train.seed,
+            100.0 * test.auc,
+            100.0 * test.ap,
+            100.0 * val.auc,
+            100.0 * val.ap
+        );
+    }
+    if a.check {
+        let path = dir.join("metrics.json");
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("--check: cannot read {}", path.display()))?;
+        let shipped: GraphMetricsFile = serde_json::from_str(&text)
+            .with_context(|| format!("--check: {} is not an aezoo graph metrics.json", path.display()))?;
+        let r4 = |v: f64| (v * 1e4).round();
+        for (what, got, want) in [
+            ("test AUC", test.auc, shipped.test.auc),
+            ("test AP", test.ap, shipped.test.ap),
+            ("validation AUC", val.auc, shipped.val.auc),
+            ("validation AP", val.ap, shipped.val.ap),
+        ] {
+            if r4(got) != r4(want) {
+                bail!("--check: {what} {got:.6} differs from {} ({want:.6})", path.display());
+            }
+        }
+        println!("matches {} to 4 decimal places", path.display());
+    }
+    Ok(())
+}
+
+fn cmd_encode_graph(a: EncodeGraphArgs) -> Result<()> {
+    use aezoo_train::graph::GraphInput;
+    let dev = device(&a.data.device)?;
+    let dir = weights_dir(&a.entry, &a.weights)?;
+    if !is_graph_weights(&dir) {
+        bail!("{}: not the weights of a graph entry (GAE, VGAE)", dir.display());
+    }
+    let locator = Locator::from_env(a.data.data.clone(), a.data.download);
+    let mut run = aezoo_train::graph::load(&dir, &locator, &dev)?;
+    let adjacency = if a.full_graph {
+        run.input = GraphInput::new(&run.graph, &run.graph.edges, run.uses_features);
+        "all edges"
+    } else {
+        "training edges of the weights' split"
+    };
+    let z = run.embeddings()?;
+    let (n, d) = z.dims2()?;
+    aezoo_train::graph::save_embeddings(
+        &z,
+        &[
+            ("entry", run.cfg.entry.clone()),
+            ("graph", run.graph.describe()),
+            ("adjacency", adjacency.to_string()),
+            ("split_seed", run.cfg.train.seed.to_string()),
+        ],
+        &a.out,
+    )?;
+    println!(
+        "{}: {n} nodes × {d} embeddings ({adjacency}) → {}",
+        run.cfg.entry,
+        a.out.display()
+    );
+    Ok(())
+}
+
 fn weights_dir(entry: &str, w: &WeightsArgs) -> Result<PathBuf> {
     Ok(match (&w.weights, &w.hub) {
         (Some(d), _) => d.clone(),
@@ -510,6 +659,10 @@ fn load_weights(entry: &str, w: &WeightsArgs, dev: &Device) -> Result<weights::L
 
 fn cmd_eval(a: EvalArgs) -> Result<()> {
     let dev = device(&a.data.device)?;
+    let dir = weights_dir(&a.entry, &a.weights)?;
+    if is_graph_weights(&dir) {
+        return eval_graph(&a, &dir, &dev);
+    }
     let loaded = load_weights(&a.entry, &a.weights, &dev)?;
     let cfg = &loaded.config;
     let locator = Locator::from_env(a.data.data.clone(), a.data.download);
@@ -690,7 +843,24 @@ fn cmd_compare(a: CompareArgs) -> Result<()> {
         locator: Locator::from_env(a.data.data.clone(), a.data.download),
         git_commit: git_commit(),
     };
-    for name in &a.protocols {
+    let graph_protocols: Vec<String> = if a.graphs {
+        if a.protocols.len() == 1 && a.protocols[0] == "zoo" {
+            vec!["graphs".into()]
+        } else {
+            a.protocols.clone()
+        }
+    } else {
+        a.protocols.iter().filter(|p| *p == "graphs").cloned().collect()
+    };
+    for name in &graph_protocols {
+        use aezoo_train::graph;
+        let protocol = graph::GraphProtocol::resolve(name)?;
+        let out = a.results.join(&protocol.name);
+        let result = graph::compare(&protocol, &out, &opts.locator, &a.only, git_commit())?;
+        compare::write_results_md(&a.results, &a.markdown)?;
+        print!("{}", graph::markdown(&result, &out.display().to_string()));
+    }
+    for name in a.protocols.iter().filter(|p| !a.graphs && *p != "graphs") {
         let protocol = Protocol::resolve(name)?;
         let result = compare::run(&protocol, &opts)?;
         compare::write_results_md(&a.results, &a.markdown)?;

@@ -513,3 +513,82 @@ fn shipped_weights_reproduce_their_metrics() {
     }
     eprintln!("checked {checked} shipped weights");
 }
+
+// ---------------------------------------------------------------- graph entries
+
+#[test]
+fn graph_train_eval_check_and_encode_round_trip() {
+    let d = tempfile::tempdir().unwrap();
+    let run = d.path().join("run");
+    let o = aezoo(
+        d.path(),
+        &["train", "vgae-cora", "--epochs", "5", "--seed", "3", "--out", run.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("vgae-cora: test AUC"), "{out}");
+    for f in ["config.json", "model.safetensors", "metrics.json", "metrics.jsonl", "curves.png", "README.md"] {
+        assert!(run.join(f).is_file(), "{f}");
+    }
+    // The weights and the seed in config.json re-make the split: eval --check agrees.
+    let o = aezoo(d.path(), &["eval", "vgae-cora", "--weights", run.to_str().unwrap(), "--check"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("matches"));
+
+    for (extra, nodes) in [(None, 2708), (Some("--full-graph"), 2708)] {
+        let emb = d.path().join("emb.safetensors");
+        let mut args = vec!["encode-graph", "vgae-cora", "--weights", run.to_str().unwrap(), "-o", emb.to_str().unwrap()];
+        args.extend(extra);
+        let o = aezoo(d.path(), &args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let bytes = std::fs::read(&emb).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(st.tensor("embeddings").unwrap().shape(), &[nodes, 16]);
+    }
+
+    // Image commands refuse a graph entry with a one-line error.
+    let o = aezoo(d.path(), &["sample", "vgae-cora", "--weights", run.to_str().unwrap()]);
+    assert_one_line_error(&o, &["graph autoencoder family"]);
+    // And graph runs keep no checkpoints to resume.
+    let o = aezoo(d.path(), &["train", "gae-cora", "--max-steps", "3"]);
+    assert_one_line_error(&o, &["no checkpoints"]);
+}
+
+fn graph_config(dir: &Path, dataset: &str, extra_train: &str) -> String {
+    let p = dir.join("g.json");
+    std::fs::write(
+        &p,
+        format!(
+            r#"{{"entry": "mine", "family": "gae", "model": {{"features": false}},
+  "data": {{"dataset": "{dataset}"}}, "train": {{"epochs": 2, "lr": 0.01, "seed": 0{extra_train}}}}}"#
+        ),
+    )
+    .unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn malformed_edge_lists_are_one_line_errors() {
+    let d = tempfile::tempdir().unwrap();
+    let cases: [(&str, &[&str]); 3] = [
+        ("0 1\n1 2\nx 3\n", &["mine.edges.txt:3", "bad node id `x`"]),
+        ("0 1\n2 2\n", &["mine.edges.txt:2", "self-loop"]),
+        ("# mine: 3 nodes\n0 1\n1 9\n", &["mine.edges.txt:3", "out of range"]),
+    ];
+    for (text, needles) in cases {
+        let edges = d.path().join("mine.edges.txt");
+        std::fs::write(&edges, text).unwrap();
+        let cfg = graph_config(d.path(), edges.to_str().unwrap(), "");
+        let o = aezoo(d.path(), &["train", &cfg]);
+        assert_one_line_error(&o, needles);
+    }
+    // A graph entry with an image-only setting.
+    let cfg = graph_config(d.path(), "cora", r#", "batch_size": 64"#);
+    let o = aezoo(d.path(), &["train", &cfg]);
+    assert_one_line_error(&o, &["train.batch_size", "whole graph"]);
+    // A user's graph by name through --data trains.
+    std::fs::write(d.path().join("ring.edges.txt"), (0..40).map(|i| format!("{i} {}\n", (i + 1) % 40)).collect::<String>()).unwrap();
+    let cfg = graph_config(d.path(), "ring", "");
+    let o = aezoo(d.path(), &["train", &cfg, "--data", d.path().to_str().unwrap(), "--out", "r"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

@@ -9,9 +9,13 @@
 //! - SSIM (Wang et al. 2004): Gaussian window 11, σ 1.5, K1 0.01, K2 0.03,
 //!   valid filtering, data range a parameter — scikit-image's
 //!   `structural_similarity(gaussian_weights=True, use_sample_covariance=False)`;
-//! - PSNR per image, L1 sparsity of a code.
+//! - PSNR per image, L1 sparsity of a code;
+//! - ROC AUC and average precision of scores, exact with ties ([`ranking`],
+//!   pinned to scikit-learn), for link prediction.
 //!
 //! Image metrics take `(b, c, h, w)` and return one value per image `(b,)`.
+
+pub mod ranking;
 
 use candle_core::{DType, Device, Result, Tensor};
 

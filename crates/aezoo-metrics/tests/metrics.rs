@@ -276,3 +276,28 @@ fn grad_ssim_both_arguments() {
         &[image(0, 255.0), image(1, 255.0)],
     );
 }
+
+// ---------------------------------------------------------------- ranking
+
+#[test]
+fn roc_auc_and_average_precision_match_scikit_learn_with_ties() {
+    use aezoo_metrics::ranking::{average_precision, roc_auc};
+    // python3 scripts/pins/graph_ref.py (scikit-learn 1.9.1: roc_auc_score, average_precision_score)
+    let scores = [0.9, 0.8, 0.8, 0.7, 0.6, 0.6, 0.6, 0.5, 0.3, 0.3, 0.2, 0.1];
+    let labels = [1, 1, 0, 1, 0, 1, 0, 1, 1, 0, 0, 0].map(|y| y == 1);
+    assert!((roc_auc(&scores, &labels).unwrap() - 7.222222222222222e-01).abs() < 1e-15);
+    assert!((average_precision(&scores, &labels).unwrap() - 7.021825396825397e-01).abs() < 1e-15);
+    let tied = [0.5; 6];
+    let labels = [1, 0, 1, 0, 0, 1].map(|y| y == 1);
+    assert_eq!(roc_auc(&tied, &labels), Some(0.5));
+    assert_eq!(average_precision(&tied, &labels), Some(0.5));
+    // Perfect and reversed rankings; undefined cases.
+    let s = [4.0, 3.0, 2.0, 1.0];
+    let l = [true, true, false, false];
+    assert_eq!((roc_auc(&s, &l), average_precision(&s, &l)), (Some(1.0), Some(1.0)));
+    let r = [false, false, true, true];
+    assert_eq!(roc_auc(&s, &r), Some(0.0));
+    assert_eq!(roc_auc(&s, &[true; 4]), None);
+    assert_eq!(average_precision(&s, &[false; 4]), None);
+    assert_eq!(roc_auc(&[f64::NAN, 1.0], &[true, false]), None);
+}

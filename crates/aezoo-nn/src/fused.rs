@@ -112,7 +112,7 @@ fn threads() -> usize {
 
 /// `c (m×n) [+]= a (m×k) · b (k×n)`, each with its own row and column strides.
 #[allow(clippy::too_many_arguments)]
-fn gemm<T: Float>(
+pub fn gemm<T: Float>(
     m: usize,
     n: usize,
     k: usize,

@@ -57,6 +57,9 @@ fn default_log_every() -> usize {
 fn default_checkpoint_every() -> usize {
     200
 }
+fn is_zero(v: &usize) -> bool {
+    *v == 0
+}
 fn default_shuffle() -> bool {
     true
 }
@@ -66,6 +69,8 @@ fn default_shuffle() -> bool {
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
     pub epochs: usize,
+    /// Images per step (image entries; graph entries train full-batch and omit it).
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub batch_size: usize,
     /// Adam's learning rate.
     pub lr: f64,
@@ -142,8 +147,11 @@ impl EntryConfig {
             msg,
         };
         let t = &self.train;
+        if let Some(g) = crate::registry::graph_family(&self.family) {
+            return self.validate_graph(g, origin);
+        }
         if t.batch_size == 0 {
-            return Err(bad("train.batch_size: must be >= 1".into()));
+            return Err(bad("train.batch_size: required for image entries, must be >= 1".into()));
         }
         if t.eval_batch_size == 0 {
             return Err(bad("train.eval_batch_size: must be >= 1".into()));
@@ -161,6 +169,40 @@ impl EntryConfig {
             }
         }
         crate::registry::family(&self.family, origin)?.check(&self.model, origin)?;
+        Ok(())
+    }
+
+    /// Whether this is a graph autoencoder entry.
+    pub fn is_graph(&self) -> bool {
+        crate::registry::graph_family(&self.family).is_some()
+    }
+
+    fn validate_graph(&self, fam: &dyn crate::registry::DynGraphFamily, origin: &str) -> Result<()> {
+        let bad = |msg: String| TrainError::Config {
+            origin: origin.to_string(),
+            msg,
+        };
+        let t = &self.train;
+        if t.epochs == 0 {
+            return Err(bad("train.epochs: must be >= 1".into()));
+        }
+        if !(t.lr.is_finite() && t.lr > 0.0) {
+            return Err(bad(format!("train.lr: must be a positive number, got {}", t.lr)));
+        }
+        t.optimizer
+            .validate()
+            .map_err(|m| bad(format!("train.optimizer.{m}")))?;
+        if t.batch_size != 0 {
+            return Err(bad("train.batch_size: graph entries train on the whole graph; remove it".into()));
+        }
+        let d = &self.data;
+        if d.train_limit.is_some() || d.test_limit.is_some() || d.noise.is_some() {
+            return Err(bad("data: graph entries take only `dataset` (a graph name or an edge-list path)".into()));
+        }
+        if d.dataset.trim().is_empty() {
+            return Err(bad("data.dataset: empty".into()));
+        }
+        fam.check(&self.model, origin)?;
         Ok(())
     }
 

@@ -36,6 +36,9 @@ pub enum TrainError {
     Data(#[from] aezoo_data::DataError),
 
     #[error(transparent)]
+    Graph(#[from] aezoo_graph::GraphError),
+
+    #[error(transparent)]
     Candle(#[from] candle_core::Error),
 
     #[error("{0}")]

@@ -8,6 +8,7 @@ pub mod compare;
 pub mod config;
 pub mod error;
 pub mod eval;
+pub mod graph;
 pub mod infer;
 pub mod optim;
 pub mod plot;

@@ -1,12 +1,14 @@
 //! The zoo registry: family name → config struct → model, and the built-in
 //! entries (`configs/*.json`, embedded at build time).
 //!
-//! Adding a family is one crate and one line in [`FAMILIES`]; nothing else in
+//! Adding a family is one crate and one line in [`FAMILIES`] (image
+//! autoencoders) or [`GRAPH_FAMILIES`] (graph autoencoders); nothing else in
 //! the trainer, evaluator or CLI names a family.
 
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
+use aezoo_graph::{GraphAutoencoder, GraphFamily};
 use aezoo_nn::{Autoencoder, Family};
 use candle_nn::VarBuilder;
 
@@ -56,8 +58,74 @@ pub static FAMILIES: &[&dyn DynFamily] = &[
     &Registered::<aezoo_vae::ConvVae>(PhantomData),
 ];
 
-/// The family called `name`.
+/// A graph family with its config type erased.
+pub trait DynGraphFamily: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn about(&self) -> &'static str;
+    /// Parses the `model` section; returns whether it reads node features.
+    fn check(&self, model: &serde_json::Value, origin: &str) -> Result<bool>;
+    /// Builds the model for inputs of width `in_dim` on `vb`.
+    fn build(
+        &self,
+        model: &serde_json::Value,
+        origin: &str,
+        in_dim: usize,
+        vb: VarBuilder,
+    ) -> Result<Box<dyn GraphAutoencoder>>;
+}
+
+struct RegisteredGraph<F>(PhantomData<fn() -> F>);
+
+impl<F: GraphFamily> DynGraphFamily for RegisteredGraph<F> {
+    fn name(&self) -> &'static str {
+        F::NAME
+    }
+    fn about(&self) -> &'static str {
+        F::ABOUT
+    }
+    fn check(&self, model: &serde_json::Value, origin: &str) -> Result<bool> {
+        let cfg: F::Config = parse_value(model, origin, "model")?;
+        Ok(F::uses_features(&cfg))
+    }
+    fn build(
+        &self,
+        model: &serde_json::Value,
+        origin: &str,
+        in_dim: usize,
+        vb: VarBuilder,
+    ) -> Result<Box<dyn GraphAutoencoder>> {
+        let cfg: F::Config = parse_value(model, origin, "model")?;
+        let m = F::new(&cfg, in_dim, vb).map_err(|e| TrainError::Config {
+            origin: origin.to_string(),
+            msg: format!("model: {e}"),
+        })?;
+        Ok(Box::new(m))
+    }
+}
+
+/// Every graph autoencoder family, one line each.
+pub static GRAPH_FAMILIES: &[&dyn DynGraphFamily] = &[
+    &RegisteredGraph::<aezoo_graph::Gae>(PhantomData),
+    &RegisteredGraph::<aezoo_graph::Vgae>(PhantomData),
+];
+
+/// The graph family called `name`, if it is one.
+pub fn graph_family(name: &str) -> Option<&'static dyn DynGraphFamily> {
+    GRAPH_FAMILIES.iter().copied().find(|f| f.name() == name)
+}
+
+/// The image family called `name`.
 pub fn family(name: &str, origin: &str) -> Result<&'static dyn DynFamily> {
+    if let Some(g) = graph_family(name) {
+        return Err(TrainError::Config {
+            origin: origin.to_string(),
+            msg: format!(
+                "`{}` is a graph autoencoder family: this command works on image entries; \
+                 graph entries take `train`, `eval`, `encode-graph` and `compare --graphs`",
+                g.name()
+            ),
+        });
+    }
     FAMILIES
         .iter()
         .copied()
@@ -65,7 +133,12 @@ pub fn family(name: &str, origin: &str) -> Result<&'static dyn DynFamily> {
         .ok_or_else(|| TrainError::UnknownFamily {
             name: name.to_string(),
             origin: origin.to_string(),
-            known: FAMILIES.iter().map(|f| f.name()).collect::<Vec<_>>().join(", "),
+            known: FAMILIES
+                .iter()
+                .map(|f| f.name())
+                .chain(GRAPH_FAMILIES.iter().map(|f| f.name()))
+                .collect::<Vec<_>>()
+                .join(", "),
         })
 }
 
