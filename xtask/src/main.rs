@@ -186,9 +186,8 @@ fn run() -> Result<()> {
     };
     let rest = &args[1..];
     match cmd.as_str() {
-        "train" | "eval" | "sample" | "list" | "compare" | "reconstruct" | "interpolate" | "export" | "encode-graph" => {
-            aezoo(&args)
-        }
+        "train" | "eval" | "sample" | "list" | "compare" | "reconstruct" | "interpolate" | "export"
+        | "encode-graph" => aezoo(&args),
         "aezoo" => aezoo(rest),
         "quality" => quality(rest),
         "-h" | "--help" | "help" => {

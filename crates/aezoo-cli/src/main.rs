@@ -541,9 +541,7 @@ fn train_graph(cfg: &EntryConfig, run_dir: &Path, resume: bool, a: &TrainArgs, d
 
 /// Whether a weights folder holds a graph entry (its config.json's family).
 fn is_graph_weights(dir: &Path) -> bool {
-    EntryConfig::from_file(&dir.join("config.json"))
-        .map(|c| c.is_graph())
-        .unwrap_or(false)
+    weights::read_config(dir).map(|c| c.is_graph()).unwrap_or(false)
 }
 
 fn eval_graph(a: &EvalArgs, dir: &Path, dev: &Device) -> Result<()> {
@@ -644,8 +642,11 @@ fn weights_dir(entry: &str, w: &WeightsArgs) -> Result<PathBuf> {
 /// Loads the weights an inference command names, warning when they belong
 /// to another entry than the one asked for.
 fn load_weights(entry: &str, w: &WeightsArgs, dev: &Device) -> Result<weights::Loaded> {
-    let dir = weights_dir(entry, w)?;
-    let loaded = weights::load(&dir, dev)?;
+    load_weights_from(entry, &weights_dir(entry, w)?, dev)
+}
+
+fn load_weights_from(entry: &str, dir: &Path, dev: &Device) -> Result<weights::Loaded> {
+    let loaded = weights::load(dir, dev)?;
     if loaded.config.entry != entry {
         tracing::warn!(
             "{} holds weights of `{}`, not `{entry}`",
@@ -663,7 +664,7 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     if is_graph_weights(&dir) {
         return eval_graph(&a, &dir, &dev);
     }
-    let loaded = load_weights(&a.entry, &a.weights, &dev)?;
+    let loaded = load_weights_from(&a.entry, &dir, &dev)?;
     let cfg = &loaded.config;
     let locator = Locator::from_env(a.data.data.clone(), a.data.download);
     let splits = aezoo_train::trainer::load_data(cfg, &locator)?;

@@ -522,22 +522,48 @@ fn graph_train_eval_check_and_encode_round_trip() {
     let run = d.path().join("run");
     let o = aezoo(
         d.path(),
-        &["train", "vgae-cora", "--epochs", "5", "--seed", "3", "--out", run.to_str().unwrap()],
+        &[
+            "train",
+            "vgae-cora",
+            "--epochs",
+            "5",
+            "--seed",
+            "3",
+            "--out",
+            run.to_str().unwrap(),
+        ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("vgae-cora: test AUC"), "{out}");
-    for f in ["config.json", "model.safetensors", "metrics.json", "metrics.jsonl", "curves.png", "README.md"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "metrics.json",
+        "metrics.jsonl",
+        "curves.png",
+        "README.md",
+    ] {
         assert!(run.join(f).is_file(), "{f}");
     }
     // The weights and the seed in config.json re-make the split: eval --check agrees.
-    let o = aezoo(d.path(), &["eval", "vgae-cora", "--weights", run.to_str().unwrap(), "--check"]);
+    let o = aezoo(
+        d.path(),
+        &["eval", "vgae-cora", "--weights", run.to_str().unwrap(), "--check"],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("matches"));
 
     for (extra, nodes) in [(None, 2708), (Some("--full-graph"), 2708)] {
         let emb = d.path().join("emb.safetensors");
-        let mut args = vec!["encode-graph", "vgae-cora", "--weights", run.to_str().unwrap(), "-o", emb.to_str().unwrap()];
+        let mut args = vec![
+            "encode-graph",
+            "vgae-cora",
+            "--weights",
+            run.to_str().unwrap(),
+            "-o",
+            emb.to_str().unwrap(),
+        ];
         args.extend(extra);
         let o = aezoo(d.path(), &args);
         assert!(o.status.success(), "{}", stderr(&o));
@@ -587,8 +613,15 @@ fn malformed_edge_lists_are_one_line_errors() {
     let o = aezoo(d.path(), &["train", &cfg]);
     assert_one_line_error(&o, &["train.batch_size", "whole graph"]);
     // A user's graph by name through --data trains.
-    std::fs::write(d.path().join("ring.edges.txt"), (0..40).map(|i| format!("{i} {}\n", (i + 1) % 40)).collect::<String>()).unwrap();
+    std::fs::write(
+        d.path().join("ring.edges.txt"),
+        (0..40).map(|i| format!("{i} {}\n", (i + 1) % 40)).collect::<String>(),
+    )
+    .unwrap();
     let cfg = graph_config(d.path(), "ring", "");
-    let o = aezoo(d.path(), &["train", &cfg, "--data", d.path().to_str().unwrap(), "--out", "r"]);
+    let o = aezoo(
+        d.path(),
+        &["train", &cfg, "--data", d.path().to_str().unwrap(), "--out", "r"],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
 }

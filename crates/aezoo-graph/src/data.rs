@@ -127,7 +127,8 @@ fn normalise_edges(mut edges: Vec<(u32, u32)>, n: usize, origin: &str) -> Result
     let before = edges.len();
     edges.sort_unstable();
     edges.dedup();
-    Ok((edges.clone(), before - edges.len()))
+    let repeated = before - edges.len();
+    Ok((edges, repeated))
 }
 
 /// `N nodes` and `F … features` declared in a `#` header line.
@@ -145,7 +146,11 @@ fn header_counts(line: &str) -> (Option<usize>, Option<usize>) {
         }
         if w.starts_with("feature") {
             // "3703 binary features" or "3703 features"
-            let n2 = if i >= 2 { words[i - 2].parse::<usize>().ok() } else { None };
+            let n2 = if i >= 2 {
+                words[i - 2].parse::<usize>().ok()
+            } else {
+                None
+            };
             feats = feats.or(num).or(n2);
         }
     }
@@ -385,8 +390,14 @@ pub fn load(name_or_path: &str, dirs: &[PathBuf]) -> Result<Graph> {
         .or_else(|| name_or_path.strip_suffix(".edges.txt.gz"))
     {
         let p = Path::new(stem);
-        let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let name = p.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+        let dir = p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = p
+            .file_name()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
         return load_dir(dir, &name)?.ok_or_else(|| GraphError::Io {
             file: name_or_path.into(),
             msg: "no such file".into(),

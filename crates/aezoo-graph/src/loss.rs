@@ -184,7 +184,11 @@ fn loss_and_grad<T: LossFloat>(z: &[T], n: usize, d: usize, t: &ReconTarget, wan
     let c = t.norm / (n * n) as f64;
     let par = Parallelism::Rayon(rayon::current_num_threads().max(1));
     let mut block = vec![T::default(); BLOCK.min(n) * n];
-    let mut dz = if want_grad { vec![T::default(); n * d] } else { Vec::new() };
+    let mut dz = if want_grad {
+        vec![T::default(); n * d]
+    } else {
+        Vec::new()
+    };
     let mut total = 0f64;
     for b0 in (0..n).step_by(BLOCK) {
         let m = BLOCK.min(n - b0);
@@ -202,7 +206,11 @@ fn loss_and_grad<T: LossFloat>(z: &[T], n: usize, d: usize, t: &ReconTarget, wan
                     let x = row[j - b0];
                     let e = x.abs_().neg_().exp_();
                     let softplus_pos = x.relu_() + e.ln_1p_(); // softplus(x)
-                    let sig = if x >= T::default() { one / (one + e) } else { e / (one + e) }; // σ(x)
+                    let sig = if x >= T::default() {
+                        one / (one + e)
+                    } else {
+                        e / (one + e)
+                    }; // σ(x)
                     let (l, dl) = if y {
                         // q·softplus(−x) = q·(softplus(x) − x);  d/dx = −q·σ(−x) = −q·(1 − σ(x))
                         (qt * (softplus_pos - x), (qt * (one - sig)).neg_())
@@ -219,8 +227,32 @@ fn loss_and_grad<T: LossFloat>(z: &[T], n: usize, d: usize, t: &ReconTarget, wan
         total += sums.iter().sum::<f64>();
         if want_grad {
             // dZ[B] += G_B · Z[b0..] ;  dZ[b0..] += G_Bᵀ · Z[B]
-            gemm(m, d, w, &mut dz[b0 * d..], (d, 1), true, g, (w, 1), &z[b0 * d..], (d, 1), par);
-            gemm(w, d, m, &mut dz[b0 * d..], (d, 1), true, g, (1, w), &z[b0 * d..], (d, 1), par);
+            gemm(
+                m,
+                d,
+                w,
+                &mut dz[b0 * d..],
+                (d, 1),
+                true,
+                g,
+                (w, 1),
+                &z[b0 * d..],
+                (d, 1),
+                par,
+            );
+            gemm(
+                w,
+                d,
+                m,
+                &mut dz[b0 * d..],
+                (d, 1),
+                true,
+                g,
+                (1, w),
+                &z[b0 * d..],
+                (d, 1),
+                par,
+            );
         }
     }
     (t.norm * total / (n * n) as f64, want_grad.then_some(dz))

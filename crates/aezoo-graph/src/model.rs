@@ -131,33 +131,62 @@ pub struct GaeConfig {
     pub features: bool,
 }
 
-/// The graph auto-encoder: `Z = GCN(Â, GCN(Â, X))`, trained to reconstruct `A + I`.
-pub struct Gae {
+/// The two-layer GCN encoder both families share: `H = ReLU(Â X W0)`, then
+/// `μ = Â H Wμ` and, for VGAE, `log σ = Â H Wσ`.
+struct GcnEncoder {
     hidden: Gcn,
     mean: Gcn,
+    log_std: Option<Gcn>,
     latent: usize,
 }
 
-fn check_cfg(cfg: &GaeConfig, in_dim: usize) -> Result<()> {
-    if cfg.hidden == 0 || cfg.latent == 0 || in_dim == 0 {
-        candle_core::bail!(
-            "model: hidden ({}), latent ({}) and the input width ({in_dim}) must be >= 1",
-            cfg.hidden,
-            cfg.latent
-        )
+impl GcnEncoder {
+    fn new(cfg: &GaeConfig, in_dim: usize, variational: bool, vb: VarBuilder) -> Result<Self> {
+        if cfg.hidden == 0 || cfg.latent == 0 || in_dim == 0 {
+            candle_core::bail!(
+                "model: hidden ({}), latent ({}) and the input width ({in_dim}) must be >= 1",
+                cfg.hidden,
+                cfg.latent
+            )
+        }
+        let vb = vb.pp("encoder");
+        Ok(Self {
+            hidden: gcn(in_dim, cfg.hidden, vb.pp("hidden"))?,
+            mean: gcn(cfg.hidden, cfg.latent, vb.pp("mean"))?,
+            log_std: match variational {
+                true => Some(gcn(cfg.hidden, cfg.latent, vb.pp("log_std"))?),
+                false => None,
+            },
+            latent: cfg.latent,
+        })
     }
-    Ok(())
-}
 
-impl Gae {
     fn hidden(&self, g: &GraphInput) -> Result<Tensor> {
         ops::relu(&self.hidden.forward_sparse(&g.adj, &g.features)?)
     }
+
+    fn mean(&self, g: &GraphInput) -> Result<Tensor> {
+        self.mean.forward(&g.adj, &self.hidden(g)?)
+    }
+
+    /// `(μ, log σ)`; only for the variational encoder.
+    fn posterior(&self, g: &GraphInput) -> Result<(Tensor, Tensor)> {
+        let Some(log_std) = &self.log_std else {
+            candle_core::bail!("posterior of a non-variational encoder")
+        };
+        let h = self.hidden(g)?;
+        Ok((self.mean.forward(&g.adj, &h)?, log_std.forward(&g.adj, &h)?))
+    }
+}
+
+/// The graph auto-encoder: `Z = GCN(Â, GCN(Â, X))`, trained to reconstruct `A + I`.
+pub struct Gae {
+    enc: GcnEncoder,
 }
 
 impl GraphAutoencoder for Gae {
     fn encode(&self, g: &GraphInput) -> Result<Tensor> {
-        self.mean.forward(&g.adj, &self.hidden(g)?)
+        self.enc.mean(g)
     }
 
     fn step(&self, g: &GraphInput, target: &ReconTarget, _rng: &mut Rng, _train: bool) -> Result<GraphStep> {
@@ -170,22 +199,19 @@ impl GraphAutoencoder for Gae {
     }
 
     fn latent_dim(&self) -> usize {
-        self.latent
+        self.enc.latent
     }
 }
 
 impl GraphFamily for Gae {
     type Config = GaeConfig;
     const NAME: &'static str = "gae";
-    const ABOUT: &'static str = "graph auto-encoder: two-layer GCN encoder, inner-product decoder (Kipf & Welling 2016)";
+    const ABOUT: &'static str =
+        "graph auto-encoder: two-layer GCN encoder, inner-product decoder (Kipf & Welling 2016)";
 
     fn new(cfg: &GaeConfig, in_dim: usize, vb: VarBuilder) -> Result<Self> {
-        check_cfg(cfg, in_dim)?;
-        let vb = vb.pp("encoder");
         Ok(Self {
-            hidden: gcn(in_dim, cfg.hidden, vb.pp("hidden"))?,
-            mean: gcn(cfg.hidden, cfg.latent, vb.pp("mean"))?,
-            latent: cfg.latent,
+            enc: GcnEncoder::new(cfg, in_dim, false, vb)?,
         })
     }
 
@@ -197,10 +223,7 @@ impl GraphFamily for Gae {
 /// The variational graph auto-encoder: a Gaussian posterior per node,
 /// reparameterised, with the KL to N(0, I).
 pub struct Vgae {
-    hidden: Gcn,
-    mean: Gcn,
-    log_std: Gcn,
-    latent: usize,
+    enc: GcnEncoder,
 }
 
 /// `−(0.5/n) · mean_i Σ_d (1 + 2 log σ − μ² − σ²)` (positive; the reference subtracts its negation).
@@ -210,20 +233,13 @@ pub fn vgae_kl(mu: &Tensor, log_std: &Tensor) -> Result<Tensor> {
     inner.sum(D::Minus1)?.mean_all()?.affine(-0.5 / n as f64, 0.0)
 }
 
-impl Vgae {
-    fn posterior(&self, g: &GraphInput) -> Result<(Tensor, Tensor)> {
-        let h = ops::relu(&self.hidden.forward_sparse(&g.adj, &g.features)?)?;
-        Ok((self.mean.forward(&g.adj, &h)?, self.log_std.forward(&g.adj, &h)?))
-    }
-}
-
 impl GraphAutoencoder for Vgae {
     fn encode(&self, g: &GraphInput) -> Result<Tensor> {
-        Ok(self.posterior(g)?.0)
+        self.enc.mean(g)
     }
 
     fn step(&self, g: &GraphInput, target: &ReconTarget, rng: &mut Rng, train: bool) -> Result<GraphStep> {
-        let (mu, log_std) = self.posterior(g)?;
+        let (mu, log_std) = self.enc.posterior(g)?;
         let z = if train {
             let eps = rng.randn(mu.shape(), mu.dtype(), mu.device())?;
             (&mu + (eps * log_std.exp()?)?)?
@@ -239,7 +255,7 @@ impl GraphAutoencoder for Vgae {
     }
 
     fn latent_dim(&self) -> usize {
-        self.latent
+        self.enc.latent
     }
 }
 
@@ -250,13 +266,8 @@ impl GraphFamily for Vgae {
         "variational graph auto-encoder: GCN posterior per node, inner-product decoder (Kipf & Welling 2016)";
 
     fn new(cfg: &GaeConfig, in_dim: usize, vb: VarBuilder) -> Result<Self> {
-        check_cfg(cfg, in_dim)?;
-        let vb = vb.pp("encoder");
         Ok(Self {
-            hidden: gcn(in_dim, cfg.hidden, vb.pp("hidden"))?,
-            mean: gcn(cfg.hidden, cfg.latent, vb.pp("mean"))?,
-            log_std: gcn(cfg.hidden, cfg.latent, vb.pp("log_std"))?,
-            latent: cfg.latent,
+            enc: GcnEncoder::new(cfg, in_dim, true, vb)?,
         })
     }
 

@@ -31,7 +31,10 @@ impl Csr {
         let mut values: Vec<f64> = Vec::with_capacity(t.len());
         let mut last: Option<(u32, u32)> = None;
         for (r, c, v) in t {
-            assert!((r as usize) < rows && (c as usize) < cols, "triplet ({r}, {c}) outside {rows}×{cols}");
+            assert!(
+                (r as usize) < rows && (c as usize) < cols,
+                "triplet ({r}, {c}) outside {rows}×{cols}"
+            );
             if last == Some((r, c)) {
                 *values.last_mut().expect("a previous value") += v;
                 continue;
@@ -174,7 +177,11 @@ impl SparseMat {
     pub fn matmul(&self, xs: &Tensor) -> Result<Tensor> {
         let (k, _d) = xs.dims2()?;
         if k != self.a.cols {
-            candle_core::bail!("sparse matmul: A is {}×{} but xs has {k} rows", self.a.rows, self.a.cols)
+            candle_core::bail!(
+                "sparse matmul: A is {}×{} but xs has {k} rows",
+                self.a.rows,
+                self.a.cols
+            )
         }
         if xs.device().is_cpu() && matches!(xs.dtype(), DType::F32 | DType::F64) {
             xs.contiguous()?.apply_op1(SpMM {

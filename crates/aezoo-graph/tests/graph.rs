@@ -5,7 +5,9 @@
 use aezoo_graph::data::{self, parse_edges, parse_features};
 use aezoo_graph::loss::{recon_loss, recon_loss_composite};
 use aezoo_graph::model::{edge_logits, gcn, vgae_kl};
-use aezoo_graph::{Csr, EdgeSplit, Gae, GaeConfig, Graph, GraphAutoencoder, GraphFamily, GraphInput, ReconTarget, SparseMat, Vgae};
+use aezoo_graph::{
+    Csr, EdgeSplit, Gae, GaeConfig, Graph, GraphAutoencoder, GraphFamily, GraphInput, ReconTarget, SparseMat, Vgae,
+};
 use aezoo_nn::gradcheck::{self, uniform_input};
 use aezoo_nn::{ParamStore, Rng};
 use candle_core::{DType, Device, Tensor};
@@ -21,7 +23,10 @@ fn small_graph() -> Graph {
 
 /// The fixed codes of `scripts/pins/graph_ref.py`.
 fn pinned(f: impl Fn(f64, f64) -> f64) -> Tensor {
-    let v: Vec<f64> = (0..N).flat_map(|i| (0..3).map(move |k| (i, k))).map(|(i, k)| f(i as f64, k as f64)).collect();
+    let v: Vec<f64> = (0..N)
+        .flat_map(|i| (0..3).map(move |k| (i, k)))
+        .map(|(i, k)| f(i as f64, k as f64))
+        .collect();
     Tensor::from_vec(v, (N, 3), &Device::Cpu).unwrap()
 }
 
@@ -77,24 +82,36 @@ fn malformed_edge_lists_are_errors_naming_line_and_token() {
     let e = parse_err_edges("0 1\n4 4\n");
     assert!(e.contains(":2") && e.contains("self-loop"), "{e}");
     let e = parse_err_edges("# g: 5 nodes\n0 1\n1 5\n");
-    assert!(e.contains(":3") && e.contains("out of range") && e.contains("5 nodes"), "{e}");
+    assert!(
+        e.contains(":3") && e.contains("out of range") && e.contains("5 nodes"),
+        "{e}"
+    );
     let e = parse_err_edges("0 1 2\n");
     assert!(e.contains(":1") && e.contains("two node ids"), "{e}");
     let e = parse_features("# g: 2 nodes, 4 binary features\n0 3\n1 9\n", "g.features.txt")
         .unwrap_err()
         .to_string();
     assert!(e.contains("g.features.txt:3") && e.contains("index 9"), "{e}");
-    let e = parse_features("# g: 3 nodes, 4 features\n0 3\n1\n", "g.features.txt").unwrap_err().to_string();
+    let e = parse_features("# g: 3 nodes, 4 features\n0 3\n1\n", "g.features.txt")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("3 nodes") && e.contains("2 feature lines"), "{e}");
 }
 
 #[test]
 fn a_users_graph_loads_from_a_folder_with_errors_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("mine.edges.txt"), "# both directions and repeats count once\n0 1\n1 0\n1 2\n1 2\n").unwrap();
+    std::fs::write(
+        dir.path().join("mine.edges.txt"),
+        "# both directions and repeats count once\n0 1\n1 0\n1 2\n1 2\n",
+    )
+    .unwrap();
     std::fs::write(dir.path().join("mine.features.txt"), "0\n\n1 0\n3\n").unwrap();
     let g = data::load("mine", &[dir.path().to_path_buf()]).unwrap();
-    assert_eq!((g.num_nodes, g.edges.clone(), g.repeated_edges), (4, vec![(0, 1), (1, 2)], 2));
+    assert_eq!(
+        (g.num_nodes, g.edges.clone(), g.repeated_edges),
+        (4, vec![(0, 1), (1, 2)], 2)
+    );
     assert_eq!(g.features.as_ref().unwrap().dim, 4);
     assert!(g.source.ends_with("mine.edges.txt"));
 
@@ -104,8 +121,13 @@ fn a_users_graph_loads_from_a_folder_with_errors_naming_the_file() {
     let e = data::load("bad", &[dir.path().to_path_buf()]).unwrap_err().to_string();
     assert!(e.contains("bad.edges.txt") && e.contains("out of range 0..2"), "{e}");
 
-    let e = data::load("nowhere", &[dir.path().to_path_buf()]).unwrap_err().to_string();
-    assert!(e.contains("no graph named `nowhere`") && e.contains("cora and citeseer"), "{e}");
+    let e = data::load("nowhere", &[dir.path().to_path_buf()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no graph named `nowhere`") && e.contains("cora and citeseer"),
+        "{e}"
+    );
 }
 
 // ---------------------------------------------------------------- split
@@ -155,10 +177,19 @@ fn sparse_matmul_matches_dense_and_has_a_correct_gradient() {
     let a = SparseMat::new(Csr::normalized_adjacency(N, &EDGES));
     let xs = uniform_input(&[N, 4], -1.0, 1.0, 1).unwrap();
     let dense = a.csr().to_dense(DType::F64, &Device::Cpu).unwrap().matmul(&xs).unwrap();
-    let diff = (a.matmul(&xs).unwrap() - dense).unwrap().abs().unwrap().max_all().unwrap();
+    let diff = (a.matmul(&xs).unwrap() - dense)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap();
     assert!(diff.to_scalar::<f64>().unwrap() < 1e-14);
     // A non-square, non-symmetric operator: the backward must use Aᵀ.
-    let r = SparseMat::new(Csr::from_triplets(3, N, vec![(0, 1, 2.0), (0, 6, -1.0), (2, 3, 0.5), (2, 0, 1.5)]));
+    let r = SparseMat::new(Csr::from_triplets(
+        3,
+        N,
+        vec![(0, 1, 2.0), (0, 6, -1.0), (2, 3, 0.5), (2, 0, 1.5)],
+    ));
     let xs = uniform_input(&[N, 2], -1.0, 1.0, 2).unwrap();
     gradcheck::check(|v| r.matmul(&v[0]), &[xs]).unwrap();
 }
@@ -202,14 +233,28 @@ fn recon_loss_and_kl_match_the_reference_code() {
 #[test]
 fn fused_recon_loss_gradient_checks_and_agrees_with_the_composite_on_a_real_graph() {
     let t = ReconTarget::new(N, &EDGES);
-    gradcheck::check(|v| recon_loss(&v[0], &t), &[uniform_input(&[N, 3], -1.5, 1.5, 4).unwrap()]).unwrap();
-    gradcheck::check(|v| recon_loss_composite(&v[0], &t), &[uniform_input(&[N, 3], -1.5, 1.5, 5).unwrap()]).unwrap();
+    gradcheck::check(
+        |v| recon_loss(&v[0], &t),
+        &[uniform_input(&[N, 3], -1.5, 1.5, 4).unwrap()],
+    )
+    .unwrap();
+    gradcheck::check(
+        |v| recon_loss_composite(&v[0], &t),
+        &[uniform_input(&[N, 3], -1.5, 1.5, 5).unwrap()],
+    )
+    .unwrap();
 
     // More rows than one block (256), f32 as in training.
     let g = data::load("cora", &[]).unwrap();
     let split = EdgeSplit::new(&g, 0);
     let t = ReconTarget::new(g.num_nodes, &split.train);
-    let z = candle_core::Var::from_tensor(&uniform_input(&[g.num_nodes, 16], -0.5, 0.5, 6).unwrap().to_dtype(DType::F32).unwrap()).unwrap();
+    let z = candle_core::Var::from_tensor(
+        &uniform_input(&[g.num_nodes, 16], -0.5, 0.5, 6)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap(),
+    )
+    .unwrap();
     let fused = recon_loss(z.as_tensor(), &t).unwrap();
     let comp = recon_loss_composite(z.as_tensor(), &t).unwrap();
     let (a, b) = (fused.to_scalar::<f32>().unwrap(), comp.to_scalar::<f32>().unwrap());
@@ -217,7 +262,14 @@ fn fused_recon_loss_gradient_checks_and_agrees_with_the_composite_on_a_real_grap
     let ga = fused.backward().unwrap().remove(z.as_tensor()).unwrap();
     let gb = comp.backward().unwrap().remove(z.as_tensor()).unwrap();
     let scale = gb.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-    let diff = (ga - gb).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let diff = (ga - gb)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(diff < 1e-4 * scale, "{diff} vs {scale}");
 }
 
@@ -228,9 +280,20 @@ fn gcn_layer_gradient_checks() {
     let params = f64_params(0);
     let layer = gcn(5, 4, params.var_builder(DType::F64, &Device::Cpu)).unwrap();
     let a = SparseMat::new(Csr::normalized_adjacency(N, &EDGES));
-    gradcheck::check(|v| layer.forward(&a, &v[0]), &[uniform_input(&[N, 5], -1.0, 1.0, 7).unwrap()]).unwrap();
+    gradcheck::check(
+        |v| layer.forward(&a, &v[0]),
+        &[uniform_input(&[N, 5], -1.0, 1.0, 7).unwrap()],
+    )
+    .unwrap();
     // Glorot-uniform: |w| ≤ sqrt(6 / (in + out)).
-    let w = params.tensors()[0].1.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+    let w = params.tensors()[0]
+        .1
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
     assert!(w <= (6.0f64 / 9.0).sqrt() && w > 0.3);
 }
 
@@ -299,8 +362,16 @@ fn whole_models_gradient_check_and_step_agrees_with_the_written_out_maths() {
     let m = Vgae::new(&cfg, input.in_dim(), params.var_builder(DType::F64, &Device::Cpu)).unwrap();
     let names: Vec<String> = params.vars().into_iter().map(|(n, _)| n).collect();
     let ws: Vec<Tensor> = params.vars().into_iter().map(|(_, v)| v.as_tensor().clone()).collect();
-    let a = m.step(&input, &target, &mut Rng::new(5), true).unwrap().loss.to_scalar::<f64>().unwrap();
-    let b = model_step_with(&names, &ws, &input, &target, &mut Rng::new(5)).unwrap().to_scalar::<f64>().unwrap();
+    let a = m
+        .step(&input, &target, &mut Rng::new(5), true)
+        .unwrap()
+        .loss
+        .to_scalar::<f64>()
+        .unwrap();
+    let b = model_step_with(&names, &ws, &input, &target, &mut Rng::new(5))
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
     assert!((a - b).abs() < 1e-14, "{a} vs {b}");
     assert_eq!(m.encode(&input).unwrap().dims(), &[N, 3]);
 }
@@ -309,7 +380,10 @@ fn whole_models_gradient_check_and_step_agrees_with_the_written_out_maths() {
 fn edge_logits_are_inner_products() {
     let z = pinned_z();
     let got = edge_logits(&z, &[(0, 1), (3, 3)]).unwrap();
-    let want = (row(&z, 0).iter().zip(row(&z, 1)).map(|(a, b)| a * b).sum::<f64>(), row(&z, 3).iter().map(|a| a * a).sum::<f64>());
+    let want = (
+        row(&z, 0).iter().zip(row(&z, 1)).map(|(a, b)| a * b).sum::<f64>(),
+        row(&z, 3).iter().map(|a| a * a).sum::<f64>(),
+    );
     assert_close(&got, &[want.0, want.1], 1e-15);
 }
 
@@ -321,6 +395,9 @@ fn bad_model_configs_are_errors() {
         latent: 16,
         features: true,
     };
-    let e = Gae::new(&cfg, 10, params.var_builder(DType::F64, &Device::Cpu)).err().unwrap().to_string();
+    let e = Gae::new(&cfg, 10, params.var_builder(DType::F64, &Device::Cpu))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("hidden (0)"), "{e}");
 }

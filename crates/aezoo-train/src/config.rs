@@ -193,11 +193,15 @@ impl EntryConfig {
             .validate()
             .map_err(|m| bad(format!("train.optimizer.{m}")))?;
         if t.batch_size != 0 {
-            return Err(bad("train.batch_size: graph entries train on the whole graph; remove it".into()));
+            return Err(bad(
+                "train.batch_size: graph entries train on the whole graph; remove it".into(),
+            ));
         }
         let d = &self.data;
         if d.train_limit.is_some() || d.test_limit.is_some() || d.noise.is_some() {
-            return Err(bad("data: graph entries take only `dataset` (a graph name or an edge-list path)".into()));
+            return Err(bad(
+                "data: graph entries take only `dataset` (a graph name or an edge-list path)".into(),
+            ));
         }
         if d.dataset.trim().is_empty() {
             return Err(bad("data.dataset: empty".into()));

@@ -121,7 +121,10 @@ impl GraphRun {
     pub fn evaluate(&self) -> Result<(LinkMetrics, LinkMetrics)> {
         let z = self.embeddings()?;
         let s = &self.split;
-        Ok((link_metrics(&z, &s.val, &s.val_neg)?, link_metrics(&z, &s.test, &s.test_neg)?))
+        Ok((
+            link_metrics(&z, &s.val, &s.val_neg)?,
+            link_metrics(&z, &s.test, &s.test_neg)?,
+        ))
     }
 }
 
@@ -366,14 +369,7 @@ pub fn save_curves(title: &str, history: &[GraphEpoch], path: &Path) -> Result<(
 
 /// A graph weights folder loaded for evaluation or encoding.
 pub fn load(dir: &Path, locator: &Locator, dev: &Device) -> Result<GraphRun> {
-    let cfg_path = dir.join("config.json");
-    if !cfg_path.is_file() {
-        return Err(TrainError::Checkpoint {
-            path: dir.to_path_buf(),
-            msg: "no config.json: not a weights folder (expected config.json and model.safetensors)".into(),
-        });
-    }
-    let cfg = EntryConfig::from_file(&cfg_path)?;
+    let cfg = crate::weights::read_config(dir)?;
     let graph = load_graph(&cfg, locator)?;
     GraphRun::new(&cfg, graph, Some(&dir.join("model.safetensors")), dev)
 }
@@ -449,12 +445,14 @@ impl GraphProtocol {
         let (text, origin) = if name_or_path.ends_with(".json") || p.is_file() {
             (std::fs::read_to_string(p).map_err(io_err(p))?, name_or_path.to_string())
         } else {
-            let (name, text) = PROTOCOLS.iter().find(|(n, _)| *n == name_or_path).ok_or_else(|| {
-                TrainError::Config {
-                    origin: "compare".into(),
-                    msg: format!("unknown protocol `{name_or_path}`"),
-                }
-            })?;
+            let (name, text) =
+                PROTOCOLS
+                    .iter()
+                    .find(|(n, _)| *n == name_or_path)
+                    .ok_or_else(|| TrainError::Config {
+                        origin: "compare".into(),
+                        msg: format!("unknown protocol `{name_or_path}`"),
+                    })?;
             (text.to_string(), format!("<built-in>/configs/protocols/{name}.json"))
         };
         let p: Self = parse_json(&text, &origin)?;

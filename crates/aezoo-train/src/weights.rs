@@ -20,8 +20,8 @@ pub struct Loaded {
     pub params: ParamStore,
 }
 
-/// Loads `dir/config.json` and `dir/model.safetensors`.
-pub fn load(dir: &Path, dev: &Device) -> Result<Loaded> {
+/// The entry config of a weights folder (`dir/config.json`).
+pub fn read_config(dir: &Path) -> Result<EntryConfig> {
     let cfg_path = dir.join("config.json");
     if !cfg_path.is_file() {
         return Err(TrainError::Checkpoint {
@@ -29,7 +29,13 @@ pub fn load(dir: &Path, dev: &Device) -> Result<Loaded> {
             msg: "no config.json: not a weights folder (expected config.json and model.safetensors)".into(),
         });
     }
-    let config = EntryConfig::from_file(&cfg_path)?;
+    EntryConfig::from_file(&cfg_path)
+}
+
+/// Loads `dir/config.json` and `dir/model.safetensors`.
+pub fn load(dir: &Path, dev: &Device) -> Result<Loaded> {
+    let cfg_path = dir.join("config.json");
+    let config = read_config(dir)?;
     let st = dir.join("model.safetensors");
     let params = ParamStore::load(&st, false).map_err(|e| TrainError::Checkpoint {
         path: st.clone(),

@@ -748,8 +748,16 @@ fn graph_training_is_deterministic_and_learns_link_prediction() {
     let (_, before) = run.evaluate().unwrap();
     let fit = graph::fit(&run, false).unwrap();
     assert_eq!(fit.history.len(), 40);
-    assert!(fit.history[39].loss < 0.8 * fit.history[0].loss, "{:?}", (fit.history[0].loss, fit.history[39].loss));
-    assert!(fit.test.auc > before.auc + 0.03 && fit.test.auc > 0.85, "{before:?} → {:?}", fit.test);
+    assert!(
+        fit.history[39].loss < 0.8 * fit.history[0].loss,
+        "{:?}",
+        (fit.history[0].loss, fit.history[39].loss)
+    );
+    assert!(
+        fit.test.auc > before.auc + 0.03 && fit.test.auc > 0.85,
+        "{before:?} → {:?}",
+        fit.test
+    );
     // Same seed: the same split, init and result, to the bit.
     let again = graph::fit(&graph_run("gae-cora", 40, 1), false).unwrap();
     assert_eq!(again.test, fit.test);
@@ -770,7 +778,10 @@ fn graph_configs_refuse_image_settings_and_unknown_keys() {
     assert!(e.contains("model") && e.contains("dropout"), "{e}");
     // A featureless graph cannot feed a model that reads features.
     let g = aezoo_graph::Graph::new("ring", 6, (0..6).map(|i| (i, (i + 1) % 6)).collect(), None).unwrap();
-    let e = graph::GraphRun::new(&cfg, g, None, &Device::Cpu).err().unwrap().to_string();
+    let e = graph::GraphRun::new(&cfg, g, None, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("model.features") && e.contains("GAE*"), "{e}");
 }
 
@@ -780,7 +791,10 @@ fn graph_protocol_rows_merge_overrides_and_summaries_are_sample_statistics() {
     assert_eq!(p.seeds, 10);
     let star = p.rows.iter().find(|r| r.key() == "vgae-cora-nofeat").unwrap();
     let cfg = graph::row_config(star, 7).unwrap();
-    assert_eq!((cfg.model["features"].as_bool(), cfg.train.seed, cfg.family.as_str()), (Some(false), 7, "vgae"));
+    assert_eq!(
+        (cfg.model["features"].as_bool(), cfg.train.seed, cfg.family.as_str()),
+        (Some(false), 7, "vgae")
+    );
     let (m, s) = graph::mean_std(&[90.0, 91.0, 92.0]);
     assert!((m - 91.0).abs() < 1e-12 && (s - 1.0).abs() < 1e-12);
 }
