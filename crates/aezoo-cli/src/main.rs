@@ -119,7 +119,11 @@ struct WeightsArgs {
 #[derive(Args)]
 struct TrainArgs {
     /// Entry name (`ae-linear`, `vae-conv`, …) or path to a config .json.
-    entry: String,
+    #[arg(required_unless_present = "config")]
+    entry: Option<String>,
+    /// A config .json (the same as giving its path as the entry).
+    #[arg(long, value_name = "JSON", conflicts_with = "entry")]
+    config: Option<String>,
     #[arg(long)]
     epochs: Option<usize>,
     #[arg(long)]
@@ -399,7 +403,11 @@ fn git_commit() -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-fn cmd_train(a: TrainArgs) -> Result<()> {
+fn cmd_train(mut a: TrainArgs) -> Result<()> {
+    if let Some(c) = a.config.take() {
+        a.entry = Some(c);
+    }
+    let entry = a.entry.clone().context("give an entry name or --config JSON")?;
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -418,9 +426,9 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
             let run_dir = match dir {
                 Some(d) => d.clone(),
                 None => {
-                    let name = registry::resolve_entry(&a.entry)
+                    let name = registry::resolve_entry(&entry)
                         .map(|(c, _)| c.entry)
-                        .unwrap_or(a.entry.clone());
+                        .unwrap_or(entry.clone());
                     weights::latest_run(&name).with_context(|| {
                         format!("--resume: no run of `{name}` recorded in runs/{name}/latest; pass --resume RUN_DIR")
                     })?
@@ -430,7 +438,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
             (ck.config, run_dir, true)
         }
         None => {
-            let (cfg, origin) = registry::resolve_entry(&a.entry)?;
+            let (cfg, origin) = registry::resolve_entry(&entry)?;
             tracing::info!("config: {origin}");
             let run_dir = match &a.out {
                 Some(d) => d.clone(),

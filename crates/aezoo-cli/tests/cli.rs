@@ -625,3 +625,63 @@ fn malformed_edge_lists_are_one_line_errors() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+// ---------------------------------------------------------------- layer lists and image folders
+
+#[test]
+fn a_layer_list_vae_trains_on_an_image_folder() {
+    let d = tempfile::tempdir().unwrap();
+    let photos = d.path().join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    for i in 0..12u32 {
+        let img = image::RgbImage::from_fn(30 + i, 24, |x, y| {
+            image::Rgb([(x * 8) as u8, (y * 10) as u8, (i * 20) as u8])
+        });
+        img.save(photos.join(format!("p{i}.png"))).unwrap();
+    }
+    let cfg = d.path().join("flex.json");
+    std::fs::write(
+        &cfg,
+        r#"{"entry": "flex-tiny", "family": "vae-flex",
+  "model": {"image": [3, 16, 16], "latent_channels": 2,
+    "encoder": ["C2d_3_32_3_2_1", "VAERB_32_32", "GN_32_32", "SiLU", "C2d_32_4_3_1_1"],
+    "decoder": ["C2d_2_32_3_1_1", "VAEA_32", "UpS_2", "C2d_32_3_3_1_1"],
+    "loss": {"reconstruction": "l1", "ssim": true, "beta": 0.5}},
+  "data": {"dataset": "folder", "folder": {"val_fraction": 0.25}},
+  "train": {"epochs": 1, "batch_size": 4, "lr": 0.001, "seed": 0, "eval_batch_size": 8}}"#,
+    )
+    .unwrap();
+    let run = d.path().join("run");
+    let o = aezoo(
+        d.path(),
+        &[
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--data",
+            photos.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("flex-tiny: test MSE"));
+    assert!(run.join("model.safetensors").is_file() && run.join("reconstructions.png").is_file());
+    // Its weights evaluate on the same (seeded) validation split.
+    let o = aezoo(
+        d.path(),
+        &[
+            "eval",
+            "flex-tiny",
+            "--weights",
+            run.to_str().unwrap(),
+            "--data",
+            photos.to_str().unwrap(),
+            "--check",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    // No folder given: a one-line error saying how to give one.
+    let o = aezoo(d.path(), &["train", "--config", cfg.to_str().unwrap()]);
+    assert_one_line_error(&o, &["--data DIR"]);
+}

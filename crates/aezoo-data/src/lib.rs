@@ -1,11 +1,13 @@
 //! aezoo-data: data sets and where they come from — IDX / IDX.gz readers
 //! (MNIST, Fashion-MNIST), the offline resolution chain (`--data`,
 //! `$AEZOO_DATA`, user cache, system packages, the Hub's parquet files, the
-//! bundled real subsets), seeded batching and the noise transform.
+//! bundled real subsets), folders of PNG/JPEG images, seeded batching and
+//! the noise transform.
 
 pub mod bundled;
 pub mod dataset;
 pub mod error;
+pub mod folder;
 pub mod hub;
 pub mod idx;
 pub mod image_file;
@@ -14,5 +16,6 @@ pub mod source;
 
 pub use dataset::{ImageSet, Splits};
 pub use error::{DataError, Result};
+pub use folder::{FolderConfig, FolderSet};
 pub use loader::{EpochPlan, GaussianNoise};
 pub use source::{DatasetId, Locator, Source};

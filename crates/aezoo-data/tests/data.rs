@@ -364,3 +364,105 @@ fn gaussian_noise_is_seeded_and_clipped() {
         .unwrap();
     assert!(max > 1.0);
 }
+
+// ---------------------------------------------------------------- image folders
+
+mod folders {
+    use aezoo_data::folder::{fit_image, image_files, load_folder, Fit, FolderConfig, OnError};
+    use std::path::Path;
+
+    /// A `w × h` RGB picture whose pixels encode their position.
+    fn write_png(path: &Path, w: u32, h: u32, tint: u8) {
+        let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7) as u8, (y * 5) as u8, tint]));
+        img.save(path).unwrap();
+    }
+
+    fn folder(n: usize) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        for i in 0..n {
+            let sub = if i % 2 == 0 { "" } else { "sub/" };
+            write_png(
+                &d.path().join(format!("{sub}img{i:02}.png")),
+                40 + i as u32,
+                20,
+                i as u8,
+            );
+        }
+        std::fs::write(d.path().join("notes.txt"), "not an image").unwrap();
+        d
+    }
+
+    #[test]
+    fn a_folder_is_split_by_seed_and_fitted_to_the_model() {
+        let d = folder(10);
+        let files = image_files(d.path()).unwrap();
+        assert_eq!(files.len(), 10, "PNGs in sub-folders, not the .txt");
+        let cfg = FolderConfig {
+            val_fraction: 0.2,
+            ..Default::default()
+        };
+        let set = load_folder(d.path(), [3, 16, 16], &cfg, 0).unwrap();
+        assert_eq!((set.splits.train.len(), set.splits.test.len()), (8, 2));
+        assert_eq!(set.splits.train.image_shape(), [3, 16, 16]);
+        let mut all: Vec<_> = set.train_files.iter().chain(&set.val_files).cloned().collect();
+        all.sort();
+        assert_eq!(all, files);
+        assert_eq!(
+            load_folder(d.path(), [3, 16, 16], &cfg, 0).unwrap().val_files,
+            set.val_files
+        );
+        assert_ne!(
+            load_folder(d.path(), [3, 16, 16], &cfg, 1).unwrap().val_files,
+            set.val_files
+        );
+        // Grey models read the same files as luma.
+        let grey = load_folder(d.path(), [1, 16, 16], &cfg, 0).unwrap();
+        assert_eq!(grey.splits.train.image_shape(), [1, 16, 16]);
+    }
+
+    #[test]
+    fn centre_crop_keeps_the_aspect_and_stretch_does_not() {
+        let img = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(40, 20, |x, _| {
+            image::Rgb([if x < 10 || x >= 30 { 255 } else { 0 }, 0, 0])
+        }));
+        // The centre 20×20 of a 40×20 picture is the black middle band.
+        let c = fit_image(&img, 10, 10, Fit::CenterCrop).to_rgb8();
+        assert_eq!((c.width(), c.height()), (10, 10));
+        // (the outermost columns may blend the band's edge through the resampling filter)
+        assert!(
+            (1..9).all(|x| (0..10).all(|y| c.get_pixel(x, y)[0] < 30)),
+            "centre crop sees only the black band"
+        );
+        let s = fit_image(&img, 10, 10, Fit::Stretch).to_rgb8();
+        assert!(s.get_pixel(0, 5)[0] > 200, "stretch keeps the red edges");
+    }
+
+    #[test]
+    fn unreadable_files_are_skipped_or_fail_as_configured() {
+        let d = folder(6);
+        std::fs::write(d.path().join("broken.jpg"), b"\xff\xd8 not really a jpeg").unwrap();
+        let cfg = FolderConfig {
+            val_fraction: 0.2,
+            ..Default::default()
+        };
+        let set = load_folder(d.path(), [3, 8, 8], &cfg, 0).unwrap();
+        assert_eq!(set.skipped.len(), 1);
+        assert_eq!(set.splits.train.len() + set.splits.test.len(), 6);
+        let fail = FolderConfig {
+            on_error: OnError::Fail,
+            ..cfg.clone()
+        };
+        let e = load_folder(d.path(), [3, 8, 8], &fail, 0).unwrap_err().to_string();
+        assert!(e.contains("broken.jpg") && e.contains("cannot decode"), "{e}");
+        let e = load_folder(&d.path().join("nope"), [3, 8, 8], &cfg, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nope"), "{e}");
+        let e = load_folder(d.path(), [2, 8, 8], &cfg, 0).unwrap_err().to_string();
+        assert!(e.contains("2-channel"), "{e}");
+        let empty = tempfile::tempdir().unwrap();
+        let e = load_folder(empty.path(), [3, 8, 8], &cfg, 0).unwrap_err().to_string();
+        assert!(e.contains("0 readable PNG/JPEG images"), "{e}");
+    }
+}

@@ -12,6 +12,7 @@ pub mod ops;
 pub mod params;
 pub mod rng;
 pub mod same_pad;
+pub mod spec;
 
 pub use fused::Act;
 pub use model::{Autoencoder, Batch, Family, StepCtx, StepOutput};

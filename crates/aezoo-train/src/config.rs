@@ -35,8 +35,13 @@ pub struct EntryConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// `mnist` or `fashion-mnist`.
+    /// `mnist`, `fashion-mnist`, `folder` (PNG/JPEG files: `data.folder`,
+    /// the folder from `--data DIR` or `data.folder.path`), or for graph
+    /// entries a graph name.
     pub dataset: String,
+    /// How an image folder is read (with `"dataset": "folder"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folder: Option<aezoo_data::FolderConfig>,
     /// Use only the first N training images.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_limit: Option<usize>,
@@ -57,6 +62,9 @@ fn default_log_every() -> usize {
 fn default_checkpoint_every() -> usize {
     200
 }
+/// The `data.dataset` value of an image-folder entry.
+pub const FOLDER: &str = "folder";
+
 fn is_zero(v: &usize) -> bool {
     *v == 0
 }
@@ -162,7 +170,23 @@ impl EntryConfig {
         t.optimizer
             .validate()
             .map_err(|m| bad(format!("train.optimizer.{m}")))?;
-        aezoo_data::DatasetId::parse(&self.data.dataset).map_err(|e| bad(format!("data.dataset: {e}")))?;
+        if self.data.dataset == FOLDER {
+            let f = self.data.folder.clone().unwrap_or_default();
+            if !(f.val_fraction >= 0.0 && f.val_fraction < 1.0) {
+                return Err(bad(format!(
+                    "data.folder.val_fraction: must be in [0, 1), got {}",
+                    f.val_fraction
+                )));
+            }
+        } else {
+            if self.data.folder.is_some() {
+                return Err(bad(format!(
+                    "data.folder: only with \"dataset\": \"folder\", not `{}`",
+                    self.data.dataset
+                )));
+            }
+            aezoo_data::DatasetId::parse(&self.data.dataset).map_err(|e| bad(format!("data.dataset: {e}")))?;
+        }
         if let Some(n) = &self.data.noise {
             if !(n.std.is_finite() && n.std >= 0.0) {
                 return Err(bad(format!("data.noise.std: must be >= 0, got {}", n.std)));
@@ -198,7 +222,7 @@ impl EntryConfig {
             ));
         }
         let d = &self.data;
-        if d.train_limit.is_some() || d.test_limit.is_some() || d.noise.is_some() {
+        if d.train_limit.is_some() || d.test_limit.is_some() || d.noise.is_some() || d.folder.is_some() {
             return Err(bad(
                 "data: graph entries take only `dataset` (a graph name or an edge-list path)".into(),
             ));

@@ -56,6 +56,7 @@ pub static FAMILIES: &[&dyn DynFamily] = &[
     &Registered::<aezoo_ae::ConvAe>(PhantomData),
     &Registered::<aezoo_vae::MlpVae>(PhantomData),
     &Registered::<aezoo_vae::ConvVae>(PhantomData),
+    &Registered::<aezoo_vae::FlexVae>(PhantomData),
 ];
 
 /// A graph family with its config type erased.

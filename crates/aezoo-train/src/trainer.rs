@@ -103,8 +103,11 @@ pub fn build_fresh(cfg: &EntryConfig, dev: &Device) -> Result<Built> {
 /// Loads the entry's data through the chain, applies the config's limits and
 /// checks the image shape against the model's.
 pub fn load_data(cfg: &EntryConfig, locator: &Locator) -> Result<Splits> {
-    let id = DatasetId::parse(&cfg.data.dataset)?;
-    let mut splits = locator.load(id)?;
+    let mut splits = if cfg.data.dataset == crate::config::FOLDER {
+        load_folder(cfg, locator)?.splits
+    } else {
+        locator.load(DatasetId::parse(&cfg.data.dataset)?)?
+    };
     if let Some(n) = cfg.data.train_limit {
         splits.train = splits.train.take(n);
     }
@@ -131,6 +134,22 @@ pub fn load_data(cfg: &EntryConfig, locator: &Locator) -> Result<Splits> {
         )));
     }
     Ok(splits)
+}
+
+/// An image-folder entry's data: the folder of `data.folder.path`, else
+/// `--data DIR`, at the model's image shape, split by `train.seed`.
+pub fn load_folder(cfg: &EntryConfig, locator: &Locator) -> Result<aezoo_data::FolderSet> {
+    let fcfg = cfg.data.folder.clone().unwrap_or_default();
+    let dir = fcfg
+        .path
+        .clone()
+        .or_else(|| locator.explicit.clone())
+        .ok_or_else(|| TrainError::Config {
+            origin: cfg.entry.clone(),
+            msg: "data.dataset is \"folder\": give the folder with --data DIR (or data.folder.path)".into(),
+        })?;
+    let shape = registry::family(&cfg.family, &cfg.entry)?.check(&cfg.model, &cfg.entry)?;
+    Ok(aezoo_data::folder::load_folder(&dir, shape, &fcfg, cfg.train.seed)?)
 }
 
 fn scalar(t: &candle_core::Tensor) -> Result<f32> {

@@ -123,10 +123,17 @@ fn every_builtin_entry_parses_and_builds() {
             assert_eq!(run.embeddings().unwrap().dims(), &[run.graph.num_nodes, 16], "{name}");
             continue;
         }
+        if cfg.entry == "vae-flex-sd" {
+            continue; // 41 M parameters: its build and count are tested in aezoo-nn and aezoo-vae
+        }
         let built = aezoo_train::trainer::build_fresh(&cfg, &Device::Cpu).unwrap();
-        let x = Tensor::zeros((2, 1, 28, 28), DType::F32, &Device::Cpu).unwrap();
+        let [c, h, w] = registry::family(&cfg.family, name)
+            .unwrap()
+            .check(&cfg.model, name)
+            .unwrap();
+        let x = Tensor::zeros((2, c, h, w), DType::F32, &Device::Cpu).unwrap();
         let y = built.model.reconstruct(&x).unwrap();
-        assert_eq!(y.dims(), &[2, 1, 28, 28], "{name}");
+        assert_eq!(y.dims(), &[2, c, h, w], "{name}");
     }
     let e = registry::resolve_entry("no-such-entry").err().unwrap().to_string();
     assert!(e.contains("no-such-entry") && e.contains("vae-conv"), "{e}");

@@ -206,3 +206,118 @@ fn mlp_vae_architecture_and_gradient() {
         panic!("vae-mlp: {e}");
     }
 }
+
+// ---------------------------------------------------------------- vae-flex
+
+mod flex {
+    use super::*;
+    use aezoo_vae::{FlexVae, FlexVaeConfig};
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn small_cfg() -> FlexVaeConfig {
+        serde_json::from_value(serde_json::json!({
+            "image": [1, 12, 12],
+            "encoder": ["C2d_1_32_3_2_1", "VAERB_32_32", "VAEA_32", "GN_32_32", "SiLU", "C2d_32_4_3_1_1"],
+            "decoder": ["C2d_2_32_3_1_1", "VAERB_32_32", "UpS_2", "C2d_32_1_3_1_1"],
+            "latent_channels": 2,
+            "loss": {"alpha": 0.7, "kld_weight": 0.01, "ssim": true, "beta": 0.3, "sparse": true, "lambda": 0.05}
+        }))
+        .unwrap()
+    }
+
+    fn build_flex(c: &FlexVaeConfig, dtype: DType) -> candle_core::Result<(FlexVae, ParamStore)> {
+        let store = ParamStore::init(5);
+        let m = FlexVae::new(c, store.var_builder(dtype, &Device::Cpu))?;
+        Ok((m, store))
+    }
+
+    #[test]
+    fn the_shipped_sd_config_is_the_flexvae_basic_architecture() {
+        // python3 scripts/pins/flexvae_ref.py: 8440272 + 32965399 parameters.
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/vae-flex-sd.json");
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let cfg: FlexVaeConfig = serde_json::from_value(v["model"].clone()).unwrap();
+        let (m, store) = build_flex(&cfg, DType::F32).unwrap();
+        assert_eq!(store.num_params(), 41_405_671);
+        assert_eq!(m.latent_shape(), vec![4, 16, 16], "256 / 16, 4 latent channels");
+    }
+
+    #[test]
+    fn flex_loss_is_the_configured_weighted_sum_and_the_model_gradient_checks() {
+        let c = small_cfg();
+        let (m, _) = build_flex(&c, DType::F64).unwrap();
+        let x = uniform_input(&[2, 1, 12, 12], 0.05, 0.95, 4).unwrap();
+        let out = m
+            .step(
+                &Batch::autoencode(x.clone()),
+                &mut StepCtx {
+                    train: true,
+                    rng: &mut Rng::new(1),
+                },
+            )
+            .unwrap();
+        let t: Vec<(&str, f64)> = out
+            .terms
+            .iter()
+            .map(|(n, v)| (*n, v.to_scalar::<f64>().unwrap()))
+            .collect();
+        assert_eq!(
+            t.iter().map(|p| p.0).collect::<Vec<_>>(),
+            ["mse", "kld", "1-ssim", "sparse"]
+        );
+        let want = 0.7 * t[0].1 + 0.01 * t[1].1 + 0.3 * t[2].1 + 0.05 * t[3].1;
+        assert!((out.loss.to_scalar::<f64>().unwrap() - want).abs() < 1e-12);
+        assert_eq!(m.latent_shape(), vec![2, 6, 6]);
+        let f = |a: &[Tensor]| {
+            let out = m.step(
+                &Batch::autoencode(a[0].clone()),
+                &mut StepCtx {
+                    train: true,
+                    rng: &mut Rng::new(0),
+                },
+            )?;
+            Ok(out.loss)
+        };
+        if let Err(e) = GradCheck::default().check(f, &[x]) {
+            panic!("vae-flex: {e}");
+        }
+        let s = m.sample(3, &mut Rng::new(2)).unwrap();
+        assert_eq!(s.dims(), &[3, 1, 12, 12]);
+        let (lo, hi) = (
+            s.min_all().unwrap().to_scalar::<f64>().unwrap(),
+            s.max_all().unwrap().to_scalar::<f64>().unwrap(),
+        );
+        assert!(lo >= 0.0 && hi <= 1.0);
+    }
+
+    #[test]
+    fn flex_configs_refuse_lists_that_do_not_fit() {
+        let mut c = small_cfg();
+        c.encoder = strings(&["C2d_1_32_3_2_1", "C2d_32_6_3_1_1"]);
+        let e = build_flex(&c, DType::F32).err().unwrap().to_string();
+        assert!(e.contains("2 × latent_channels = 4"), "{e}");
+        let mut c = small_cfg();
+        c.decoder = strings(&["C2d_2_32_3_1_1", "C2d_32_1_3_1_1"]);
+        let e = build_flex(&c, DType::F32).err().unwrap().to_string();
+        assert!(
+            e.contains("decoder: gives (1, 6, 6)") && e.contains("(1, 12, 12)"),
+            "{e}"
+        );
+        let mut c = small_cfg();
+        c.decoder[1] = "VAERB_64_64".into();
+        let e = build_flex(&c, DType::F32).err().unwrap().to_string();
+        assert!(
+            e.contains("decoder[1] `VAERB_64_64`") && e.contains("expects 64 input channels"),
+            "{e}"
+        );
+        let e = serde_json::from_value::<FlexVaeConfig>(serde_json::json!({
+            "image": [1, 12, 12], "encoder": [], "decoder": [], "latent_channels": 2, "loss": {"gamma": 1}
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown field `gamma`"), "{e}");
+    }
+}

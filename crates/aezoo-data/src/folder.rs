@@ -1,0 +1,222 @@
+//! A folder of image files as a data set: every PNG and JPEG under it (sorted
+//! by path, sub-folders included), converted to the model's channels (grey or
+//! RGB), brought to its size by a centre crop after scaling the short side
+//! (or by stretching), and split into train and validation by a seeded
+//! shuffle. A file that cannot be decoded is skipped with a warning or stops
+//! the run, as the config says.
+
+use std::path::{Path, PathBuf};
+
+use aezoo_nn::Rng;
+use image::imageops::FilterType;
+use image::DynamicImage;
+use serde::{Deserialize, Serialize};
+
+use crate::dataset::{ImageSet, Splits};
+use crate::error::{DataError, Result};
+use crate::source::Source;
+
+/// How an image is brought to the model's `h × w`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fit {
+    /// Scale the short side to fit, then cut the centre (keeps the aspect ratio).
+    #[default]
+    CenterCrop,
+    /// Scale both sides to fit exactly (distorts when the aspect ratio differs).
+    Stretch,
+}
+
+/// What to do with a file that cannot be decoded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnError {
+    /// Warn (naming the file) and leave it out.
+    #[default]
+    Skip,
+    /// Stop with an error naming the file.
+    Fail,
+}
+
+fn default_val() -> f64 {
+    0.1
+}
+
+/// The `data.folder` section of a config.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FolderConfig {
+    /// The folder (else `--data DIR`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    #[serde(default)]
+    pub fit: Fit,
+    /// Share of the images held out for validation (seeded by `train.seed`).
+    #[serde(default = "default_val")]
+    pub val_fraction: f64,
+    #[serde(default)]
+    pub on_error: OnError,
+}
+
+impl Default for FolderConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            fit: Fit::CenterCrop,
+            val_fraction: default_val(),
+            on_error: OnError::Skip,
+        }
+    }
+}
+
+/// The files a folder holds, sorted; PNG and JPEG by extension.
+pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let rd = std::fs::read_dir(&d).map_err(|source| DataError::Io {
+            path: d.clone(),
+            source,
+        })?;
+        for e in rd {
+            let p = e
+                .map_err(|source| DataError::Io {
+                    path: d.clone(),
+                    source,
+                })?
+                .path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p
+                .extension()
+                .and_then(|x| x.to_str())
+                .is_some_and(|x| matches!(x.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
+            {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// `img` at `w × h` by `fit`.
+pub fn fit_image(img: &DynamicImage, w: u32, h: u32, fit: Fit) -> DynamicImage {
+    match fit {
+        Fit::Stretch => img.resize_exact(w, h, FilterType::Triangle),
+        Fit::CenterCrop => {
+            let (iw, ih) = (img.width().max(1), img.height().max(1));
+            let s = (w as f64 / iw as f64).max(h as f64 / ih as f64);
+            let (sw, sh) = (
+                ((iw as f64 * s).round() as u32).max(w),
+                ((ih as f64 * s).round() as u32).max(h),
+            );
+            let scaled = img.resize_exact(sw, sh, FilterType::Triangle);
+            scaled.crop_imm((sw - w) / 2, (sh - h) / 2, w, h)
+        }
+    }
+}
+
+/// `img` as `c × h × w` bytes (c = 1 grey or 3 RGB, channel-major).
+pub fn to_chw(img: &DynamicImage, c: usize) -> Option<Vec<u8>> {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    match c {
+        1 => Some(img.to_luma8().into_raw()),
+        3 => {
+            let rgb = img.to_rgb8();
+            let raw = rgb.as_raw();
+            Some((0..3).flat_map(|ch| (0..h * w).map(move |p| raw[p * 3 + ch])).collect())
+        }
+        _ => None,
+    }
+}
+
+/// A loaded folder: train and validation splits, and the files of each.
+#[derive(Clone, Debug)]
+pub struct FolderSet {
+    pub splits: Splits,
+    pub train_files: Vec<PathBuf>,
+    pub val_files: Vec<PathBuf>,
+    /// Files left out (`on_error: skip`) and why.
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// Loads `dir` for a model of `[c, h, w]` images.
+pub fn load_folder(dir: &Path, [c, h, w]: [usize; 3], cfg: &FolderConfig, seed: u64) -> Result<FolderSet> {
+    if c != 1 && c != 3 {
+        return Err(DataError::Invalid(format!(
+            "{}: the model takes {c}-channel images; folders give 1 (grey) or 3 (RGB)",
+            dir.display()
+        )));
+    }
+    if !(cfg.val_fraction >= 0.0 && cfg.val_fraction < 1.0) {
+        return Err(DataError::Invalid(format!(
+            "data.folder.val_fraction: must be in [0, 1), got {}",
+            cfg.val_fraction
+        )));
+    }
+    if !dir.is_dir() {
+        return Err(DataError::NotFound {
+            dataset: "image folder".into(),
+            dir: dir.to_path_buf(),
+            missing: "the folder itself".into(),
+        });
+    }
+    let files = image_files(dir)?;
+    let mut kept = Vec::with_capacity(files.len());
+    let mut pixels = Vec::with_capacity(files.len() * c * h * w);
+    let mut skipped = Vec::new();
+    for f in files {
+        match image::open(&f) {
+            Ok(img) => {
+                let img = fit_image(&img, w as u32, h as u32, cfg.fit);
+                pixels.extend(to_chw(&img, c).expect("c is 1 or 3"));
+                kept.push(f);
+            }
+            Err(e) => {
+                let why = format!("cannot decode the image ({e})");
+                if cfg.on_error == OnError::Fail {
+                    return Err(DataError::Format { path: f, what: why });
+                }
+                tracing::warn!("{}: {why}; skipped (data.folder.on_error = \"skip\")", f.display());
+                skipped.push((f, why));
+            }
+        }
+    }
+    let n = kept.len();
+    let n_val = ((n as f64) * cfg.val_fraction).round() as usize;
+    if n < 2 || (cfg.val_fraction > 0.0 && (n_val == 0 || n_val == n)) {
+        return Err(DataError::Invalid(format!(
+            "{}: {n} readable PNG/JPEG images; need at least 2, and enough for a {} validation share",
+            dir.display(),
+            cfg.val_fraction
+        )));
+    }
+    let mut rng = Rng::derived(seed, 0xf01d);
+    let perm = rng.permutation(n);
+    let (val_idx, train_idx) = perm.split_at(n_val);
+    let pick = |idx: &[usize]| -> Result<(ImageSet, Vec<PathBuf>)> {
+        let mut idx = idx.to_vec();
+        idx.sort_unstable();
+        let sz = c * h * w;
+        let px: Vec<u8> = idx
+            .iter()
+            .flat_map(|&i| pixels[i * sz..(i + 1) * sz].iter().copied())
+            .collect();
+        let files = idx.iter().map(|&i| kept[i].clone()).collect();
+        Ok((ImageSet::new(px, vec![0; idx.len()], idx.len(), [c, h, w])?, files))
+    };
+    let (train, train_files) = pick(train_idx)?;
+    let (test, val_files) = if n_val == 0 { pick(train_idx)? } else { pick(val_idx)? };
+    Ok(FolderSet {
+        splits: Splits {
+            name: format!("folder {}", dir.display()),
+            train,
+            test,
+            source: Source::Explicit(dir.to_path_buf()),
+        },
+        train_files,
+        val_files,
+        skipped,
+    })
+}

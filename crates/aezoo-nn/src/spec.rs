@@ -1,0 +1,671 @@
+//! The layer grammar: an architecture as a JSON list of layer strings, in the
+//! notation of FlexVAE (the "Flexible Variational Autoencoder" repository,
+//! after the Stable Diffusion VAE of Rombach et al. 2022):
+//! `"C2d_3_128_3_1_1"` is a 3→128 convolution, kernel 3, stride 1, padding 1;
+//! `"2*VAERB_256_256"` is two residual blocks.
+//!
+//! | token | layer | arguments |
+//! |---|---|---|
+//! | `C2d` | Conv2d | `in_out_kernel[_stride[_padding]]` |
+//! | `CT2d` | ConvTranspose2d | `in_out_kernel[_stride[_padding[_outpadding]]]` |
+//! | `VAERB` | residual block: GN → SiLU → Conv3×3 → GN → SiLU → Conv3×3, + skip (1×1 conv when in ≠ out) | `in_out` |
+//! | `VAEA` | GroupNorm + single-head self-attention over H×W, + residual | `channels` |
+//! | `GN` | GroupNorm | `groups_channels` |
+//! | `SiLU`, `ReLU`, `Sigm` | activations | — |
+//! | `MaxP` | max-pool, stride = kernel | `kernel` |
+//! | `UpS` | nearest upsampling | `factor` |
+//! | `Lin` | Linear | `in_out` |
+//! | `Flat` | (b, c, h, w) → (b, c·h·w) | — |
+//! | `Unflat` | (b, c·h·w) → (b, c, h, w) | `c_h_w` |
+//!
+//! A list is parsed ([`parse_list`]), checked against an input shape
+//! ([`LayerList::infer_shapes`]: channel and size mismatches between consecutive layers
+//! are errors naming the position), then built ([`Sequential::new`]) with
+//! PyTorch's `nn.Sequential` parameter names (`3.conv_1.weight`), so FlexVAE
+//! checkpoints convert by name.
+
+use candle_core::{Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
+
+use crate::layers::{
+    conv2d, conv_transpose2d, group_norm, linear, Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig,
+    GroupNorm, GroupNormConfig, Linear, LinearConfig,
+};
+use crate::ops;
+
+/// Groups of the GroupNorms inside `VAERB` and `VAEA` (as in the SD VAE).
+pub const BLOCK_GROUPS: usize = 32;
+
+/// One parsed layer string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerSpec {
+    Conv2d {
+        cin: usize,
+        cout: usize,
+        k: usize,
+        s: usize,
+        p: usize,
+    },
+    ConvT2d {
+        cin: usize,
+        cout: usize,
+        k: usize,
+        s: usize,
+        p: usize,
+        op: usize,
+    },
+    ResBlock {
+        cin: usize,
+        cout: usize,
+    },
+    Attention {
+        c: usize,
+    },
+    GroupNorm {
+        groups: usize,
+        c: usize,
+    },
+    SiLU,
+    ReLU,
+    Sigmoid,
+    MaxPool {
+        k: usize,
+    },
+    Upsample {
+        f: usize,
+    },
+    Linear {
+        din: usize,
+        dout: usize,
+    },
+    Flatten,
+    Unflatten {
+        c: usize,
+        h: usize,
+        w: usize,
+    },
+}
+
+/// A grammar error: the list, the position, the string and what was wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpecError {
+    pub list: String,
+    pub index: usize,
+    pub item: String,
+    pub msg: String,
+}
+
+impl std::fmt::Display for SpecError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}[{}] `{}`: {}", self.list, self.index, self.item, self.msg)
+    }
+}
+
+impl std::error::Error for SpecError {}
+
+impl From<SpecError> for candle_core::Error {
+    fn from(e: SpecError) -> Self {
+        candle_core::Error::Msg(e.to_string())
+    }
+}
+
+/// Every token with the arguments it takes (for error messages).
+pub const GRAMMAR: &[(&str, &str)] = &[
+    ("C2d", "C2d_in_out_kernel[_stride[_padding]]"),
+    ("CT2d", "CT2d_in_out_kernel[_stride[_padding[_outpadding]]]"),
+    ("VAERB", "VAERB_in_out"),
+    ("VAEA", "VAEA_channels"),
+    ("GN", "GN_groups_channels"),
+    ("SiLU", "SiLU"),
+    ("ReLU", "ReLU"),
+    ("Sigm", "Sigm"),
+    ("MaxP", "MaxP_kernel"),
+    ("UpS", "UpS_factor"),
+    ("Lin", "Lin_in_out"),
+    ("Flat", "Flat"),
+    ("Unflat", "Unflat_channels_height_width"),
+];
+
+/// The most a `N*` prefix may repeat a layer.
+pub const MAX_REPEAT: usize = 1000;
+
+fn usage(token: &str) -> &'static str {
+    GRAMMAR.iter().find(|(t, _)| *t == token).map(|(_, u)| *u).unwrap_or("")
+}
+
+/// Parses one layer string (without a repeat prefix).
+fn parse_one(s: &str) -> std::result::Result<LayerSpec, String> {
+    let mut parts = s.split('_');
+    let token = parts.next().unwrap_or("");
+    let args: Vec<&str> = parts.collect();
+    let Some((_, form)) = GRAMMAR.iter().find(|(t, _)| *t == token) else {
+        let known: Vec<&str> = GRAMMAR.iter().map(|(t, _)| *t).collect();
+        return Err(format!("unknown layer `{token}`; expected one of {}", known.join(", ")));
+    };
+    let mut nums = Vec::with_capacity(args.len());
+    for (i, a) in args.iter().enumerate() {
+        match a.parse::<usize>() {
+            Ok(v) => nums.push(v),
+            Err(_) => {
+                return Err(format!(
+                    "argument {} `{a}` is not a non-negative integer (expected {form})",
+                    i + 1
+                ))
+            }
+        }
+    }
+    let arity = |lo: usize, hi: usize| -> std::result::Result<(), String> {
+        if nums.len() < lo || nums.len() > hi {
+            let want = if lo == hi {
+                format!("{lo}")
+            } else {
+                format!("{lo} to {hi}")
+            };
+            return Err(format!("takes {want} arguments, got {} (expected {form})", nums.len()));
+        }
+        Ok(())
+    };
+    let positive = |names: &[&str]| -> std::result::Result<(), String> {
+        for (v, n) in nums.iter().zip(names) {
+            if *v == 0 && !n.is_empty() {
+                return Err(format!("{n} must be >= 1 (expected {form})"));
+            }
+        }
+        Ok(())
+    };
+    let spec = match token {
+        "C2d" => {
+            arity(3, 5)?;
+            positive(&["in", "out", "kernel", "stride", ""])?;
+            LayerSpec::Conv2d {
+                cin: nums[0],
+                cout: nums[1],
+                k: nums[2],
+                s: nums.get(3).copied().unwrap_or(1),
+                p: nums.get(4).copied().unwrap_or(0),
+            }
+        }
+        "CT2d" => {
+            arity(3, 6)?;
+            positive(&["in", "out", "kernel", "stride", "", ""])?;
+            let (s, op) = (nums.get(3).copied().unwrap_or(1), nums.get(5).copied().unwrap_or(0));
+            if op >= s.max(1) {
+                return Err(format!(
+                    "output padding {op} must be smaller than the stride {s} (expected {form})"
+                ));
+            }
+            LayerSpec::ConvT2d {
+                cin: nums[0],
+                cout: nums[1],
+                k: nums[2],
+                s,
+                p: nums.get(4).copied().unwrap_or(0),
+                op,
+            }
+        }
+        "VAERB" => {
+            arity(2, 2)?;
+            positive(&["in", "out"])?;
+            for c in [nums[0], nums[1]] {
+                if c % BLOCK_GROUPS != 0 {
+                    return Err(format!(
+                        "{c} channels: its GroupNorm({BLOCK_GROUPS}) needs a multiple of {BLOCK_GROUPS}"
+                    ));
+                }
+            }
+            LayerSpec::ResBlock {
+                cin: nums[0],
+                cout: nums[1],
+            }
+        }
+        "VAEA" => {
+            arity(1, 1)?;
+            positive(&["channels"])?;
+            if nums[0] % BLOCK_GROUPS != 0 {
+                return Err(format!(
+                    "{} channels: its GroupNorm({BLOCK_GROUPS}) needs a multiple of {BLOCK_GROUPS}",
+                    nums[0]
+                ));
+            }
+            LayerSpec::Attention { c: nums[0] }
+        }
+        "GN" => {
+            arity(2, 2)?;
+            positive(&["groups", "channels"])?;
+            if nums[1] % nums[0] != 0 {
+                return Err(format!("{} channels cannot be split into {} groups", nums[1], nums[0]));
+            }
+            LayerSpec::GroupNorm {
+                groups: nums[0],
+                c: nums[1],
+            }
+        }
+        "SiLU" | "ReLU" | "Sigm" | "Flat" => {
+            arity(0, 0)?;
+            match token {
+                "SiLU" => LayerSpec::SiLU,
+                "ReLU" => LayerSpec::ReLU,
+                "Sigm" => LayerSpec::Sigmoid,
+                _ => LayerSpec::Flatten,
+            }
+        }
+        "MaxP" => {
+            arity(1, 1)?;
+            positive(&["kernel"])?;
+            LayerSpec::MaxPool { k: nums[0] }
+        }
+        "UpS" => {
+            arity(1, 1)?;
+            positive(&["factor"])?;
+            LayerSpec::Upsample { f: nums[0] }
+        }
+        "Lin" => {
+            arity(2, 2)?;
+            positive(&["in", "out"])?;
+            LayerSpec::Linear {
+                din: nums[0],
+                dout: nums[1],
+            }
+        }
+        "Unflat" => {
+            arity(3, 3)?;
+            positive(&["channels", "height", "width"])?;
+            LayerSpec::Unflatten {
+                c: nums[0],
+                h: nums[1],
+                w: nums[2],
+            }
+        }
+        _ => unreachable!("every GRAMMAR token is handled: {}", usage(token)),
+    };
+    Ok(spec)
+}
+
+/// A parsed list: the strings as written and the expanded layers, each
+/// remembering which string it came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerList {
+    pub name: String,
+    pub items: Vec<String>,
+    pub specs: Vec<LayerSpec>,
+    origin: Vec<usize>,
+}
+
+/// Parses a list, expanding `N*LAYER`. Errors name the list, the position
+/// (in the list as written) and the string.
+pub fn parse_list(list: &str, items: &[String]) -> std::result::Result<LayerList, SpecError> {
+    let mut specs = Vec::new();
+    let mut origin = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        let err = |msg: String| SpecError {
+            list: list.into(),
+            index,
+            item: item.clone(),
+            msg,
+        };
+        let (n, layer) = match item.split_once('*') {
+            Some((n, layer)) => {
+                let n: usize = n.trim().parse().map_err(|_| {
+                    err(format!(
+                        "repeat count `{n}` is not a positive integer (expected N*LAYER)"
+                    ))
+                })?;
+                if n == 0 || n > MAX_REPEAT {
+                    return Err(err(format!("repeat count {n} must be 1 to {MAX_REPEAT}")));
+                }
+                (n, layer.trim())
+            }
+            None => (1, item.trim()),
+        };
+        if layer.is_empty() {
+            return Err(err("empty layer string".into()));
+        }
+        let spec = parse_one(layer).map_err(err)?;
+        specs.extend(std::iter::repeat_n(spec, n));
+        origin.extend(std::iter::repeat_n(index, n));
+    }
+    if specs.is_empty() {
+        return Err(SpecError {
+            list: list.into(),
+            index: 0,
+            item: String::new(),
+            msg: "the list is empty".into(),
+        });
+    }
+    Ok(LayerList {
+        name: list.into(),
+        items: items.to_vec(),
+        specs,
+        origin,
+    })
+}
+
+/// A feature map `(c, h, w)` or a flat vector `(d,)` (without the batch axis).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FeatShape {
+    Map { c: usize, h: usize, w: usize },
+    Flat { d: usize },
+}
+
+impl std::fmt::Display for FeatShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FeatShape::Map { c, h, w } => write!(f, "({c}, {h}, {w})"),
+            FeatShape::Flat { d } => write!(f, "({d},)"),
+        }
+    }
+}
+
+fn conv_out(n: usize, k: usize, s: usize, p: usize) -> Option<usize> {
+    (n + 2 * p).checked_sub(k).map(|v| v / s + 1)
+}
+
+impl LayerList {
+    /// The shape after each layer, from `input`; a channel, width or size
+    /// mismatch is an error naming the string (and its position as written)
+    /// whose layer does not fit.
+    pub fn infer_shapes(&self, input: FeatShape) -> std::result::Result<Vec<FeatShape>, SpecError> {
+        infer_shapes(self, input)
+    }
+}
+
+fn infer_shapes(list: &LayerList, input: FeatShape) -> std::result::Result<Vec<FeatShape>, SpecError> {
+    let mut shapes = Vec::with_capacity(list.specs.len());
+    let mut cur = input;
+    for (i, spec) in list.specs.iter().enumerate() {
+        let index = list.origin[i];
+        let err = |msg: String| SpecError {
+            list: list.name.clone(),
+            index,
+            item: list.items[index].clone(),
+            msg,
+        };
+        let need_map = |cur: FeatShape, cin: Option<usize>| -> std::result::Result<(usize, usize, usize), SpecError> {
+            match cur {
+                FeatShape::Map { c, h, w } => {
+                    if let Some(cin) = cin {
+                        if cin != c {
+                            return Err(err(format!(
+                                "expects {cin} input channels but the previous layer gives {c} (shape {cur})"
+                            )));
+                        }
+                    }
+                    Ok((c, h, w))
+                }
+                FeatShape::Flat { d } => Err(err(format!(
+                    "needs a feature map (c, h, w) but gets a flat vector of {d}; add `Unflat_c_h_w` before it"
+                ))),
+            }
+        };
+        cur = match *spec {
+            LayerSpec::Conv2d { cin, cout, k, s, p } => {
+                let (_, h, w) = need_map(cur, Some(cin))?;
+                match (conv_out(h, k, s, p), conv_out(w, k, s, p)) {
+                    (Some(oh), Some(ow)) if oh > 0 && ow > 0 => FeatShape::Map { c: cout, h: oh, w: ow },
+                    _ => return Err(err(format!("kernel {k} with padding {p} does not fit a {h}×{w} input"))),
+                }
+            }
+            LayerSpec::ConvT2d { cin, cout, k, s, p, op } => {
+                let (_, h, w) = need_map(cur, Some(cin))?;
+                let o = |n: usize| ((n - 1) * s + k + op).checked_sub(2 * p).filter(|&v| v > 0);
+                match (o(h), o(w)) {
+                    (Some(oh), Some(ow)) => FeatShape::Map { c: cout, h: oh, w: ow },
+                    _ => return Err(err(format!("padding {p} leaves no output for a {h}×{w} input"))),
+                }
+            }
+            LayerSpec::ResBlock { cin, cout } => {
+                let (_, h, w) = need_map(cur, Some(cin))?;
+                FeatShape::Map { c: cout, h, w }
+            }
+            LayerSpec::Attention { c } | LayerSpec::GroupNorm { c, .. } => {
+                need_map(cur, Some(c))?;
+                cur
+            }
+            LayerSpec::SiLU | LayerSpec::ReLU | LayerSpec::Sigmoid => cur,
+            LayerSpec::MaxPool { k } => {
+                let (c, h, w) = need_map(cur, None)?;
+                if h < k || w < k {
+                    return Err(err(format!("a {k}×{k} pool does not fit a {h}×{w} input")));
+                }
+                FeatShape::Map { c, h: h / k, w: w / k }
+            }
+            LayerSpec::Upsample { f } => {
+                let (c, h, w) = need_map(cur, None)?;
+                FeatShape::Map { c, h: h * f, w: w * f }
+            }
+            LayerSpec::Linear { din, dout } => match cur {
+                FeatShape::Flat { d } if d == din => FeatShape::Flat { d: dout },
+                FeatShape::Flat { d } => {
+                    return Err(err(format!("expects {din} inputs but the previous layer gives {d}")))
+                }
+                FeatShape::Map { .. } => {
+                    return Err(err(format!(
+                        "needs a flat vector but gets a feature map {cur}; add `Flat` before it"
+                    )))
+                }
+            },
+            LayerSpec::Flatten => {
+                let (c, h, w) = need_map(cur, None)?;
+                FeatShape::Flat { d: c * h * w }
+            }
+            LayerSpec::Unflatten { c, h, w } => match cur {
+                FeatShape::Flat { d } if d == c * h * w => FeatShape::Map { c, h, w },
+                FeatShape::Flat { d } => return Err(err(format!("{c}·{h}·{w} = {} is not the {d} inputs", c * h * w))),
+                FeatShape::Map { .. } => return Err(err(format!("needs a flat vector but gets a feature map {cur}"))),
+            },
+        };
+        shapes.push(cur);
+    }
+    Ok(shapes)
+}
+
+/// The residual block of the SD VAE: `GN → SiLU → Conv3×3 → GN → SiLU →
+/// Conv3×3`, plus the input (through a 1×1 conv when the widths differ).
+#[derive(Clone, Debug)]
+pub struct ResBlock {
+    groupnorm_1: GroupNorm,
+    conv_1: Conv2d,
+    groupnorm_2: GroupNorm,
+    conv_2: Conv2d,
+    residual_layer: Option<Conv2d>,
+}
+
+/// A [`ResBlock`] `cin → cout` (names as the PyTorch `VAE_ResidualBlock`).
+pub fn res_block(cin: usize, cout: usize, vb: VarBuilder) -> Result<ResBlock> {
+    let pad1 = Conv2dConfig {
+        padding: 1,
+        ..Default::default()
+    };
+    let gn = GroupNormConfig::default();
+    Ok(ResBlock {
+        groupnorm_1: group_norm(BLOCK_GROUPS, cin, gn, vb.pp("groupnorm_1"))?,
+        conv_1: conv2d(cin, cout, 3, pad1, vb.pp("conv_1"))?,
+        groupnorm_2: group_norm(BLOCK_GROUPS, cout, gn, vb.pp("groupnorm_2"))?,
+        conv_2: conv2d(cout, cout, 3, pad1, vb.pp("conv_2"))?,
+        residual_layer: if cin == cout {
+            None
+        } else {
+            Some(conv2d(cin, cout, 1, Conv2dConfig::default(), vb.pp("residual_layer"))?)
+        },
+    })
+}
+
+impl Module for ResBlock {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        // xs: (b, cin, h, w) -> (b, cout, h, w)
+        let ys = self.conv_1.forward(&ops::silu(&self.groupnorm_1.forward(xs)?)?)?;
+        let ys = self.conv_2.forward(&ops::silu(&self.groupnorm_2.forward(&ys)?)?)?;
+        let skip = match &self.residual_layer {
+            Some(c) => c.forward(xs)?,
+            None => xs.clone(),
+        };
+        ys + skip
+    }
+}
+
+/// GroupNorm, then single-head self-attention between the `h·w` positions
+/// (each a `c`-vector), plus the input: the SD VAE's `VAE_AttentionBlock`.
+#[derive(Clone, Debug)]
+pub struct AttentionBlock {
+    groupnorm: GroupNorm,
+    in_proj: Linear,
+    out_proj: Linear,
+    c: usize,
+}
+
+/// An [`AttentionBlock`] over `c` channels (`attention.in_proj` is `c → 3c`).
+pub fn attention_block(c: usize, vb: VarBuilder) -> Result<AttentionBlock> {
+    let att = vb.pp("attention");
+    Ok(AttentionBlock {
+        groupnorm: group_norm(BLOCK_GROUPS, c, GroupNormConfig::default(), vb.pp("groupnorm"))?,
+        in_proj: linear(c, 3 * c, LinearConfig::default(), att.pp("in_proj"))?,
+        out_proj: linear(c, c, LinearConfig::default(), att.pp("out_proj"))?,
+        c,
+    })
+}
+
+impl Module for AttentionBlock {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = xs.dims4()?;
+        // (b, c, h, w) -> (b, h·w, c)
+        let seq = self.groupnorm.forward(xs)?.reshape((b, c, h * w))?.transpose(1, 2)?;
+        // (b, h·w, 3c) -> q, k, v: (b, h·w, c)
+        let qkv = self.in_proj.forward(&seq)?;
+        let q = qkv.narrow(D::Minus1, 0, c)?.contiguous()?;
+        let k = qkv.narrow(D::Minus1, c, c)?.contiguous()?;
+        let v = qkv.narrow(D::Minus1, 2 * c, c)?.contiguous()?;
+        // (b, h·w, h·w), softmax over keys (the composite whose gradient is correct)
+        let scores = (q.matmul(&k.t()?)? / (self.c as f64).sqrt())?;
+        let att = ops::softmax(&scores, D::Minus1)?.matmul(&v)?;
+        // (b, h·w, c) -> (b, c, h, w)
+        let ys = self.out_proj.forward(&att)?.transpose(1, 2)?.reshape((b, c, h, w))?;
+        ys + xs
+    }
+}
+
+/// A built layer.
+#[derive(Clone, Debug)]
+pub enum Layer {
+    Conv2d(Conv2d),
+    ConvT2d(ConvTranspose2d),
+    ResBlock(ResBlock),
+    Attention(AttentionBlock),
+    GroupNorm(GroupNorm),
+    SiLU,
+    ReLU,
+    Sigmoid,
+    MaxPool(usize),
+    Upsample(usize),
+    Linear(Linear),
+    Flatten,
+    Unflatten(usize, usize, usize),
+}
+
+impl Layer {
+    /// Builds one layer; its parameters under `vb`.
+    pub fn new(spec: LayerSpec, vb: VarBuilder) -> Result<Self> {
+        Ok(match spec {
+            LayerSpec::Conv2d { cin, cout, k, s, p } => Layer::Conv2d(conv2d(
+                cin,
+                cout,
+                k,
+                Conv2dConfig {
+                    padding: p,
+                    stride: s,
+                    ..Default::default()
+                },
+                vb,
+            )?),
+            LayerSpec::ConvT2d { cin, cout, k, s, p, op } => Layer::ConvT2d(conv_transpose2d(
+                cin,
+                cout,
+                k,
+                ConvTranspose2dConfig {
+                    padding: p,
+                    stride: s,
+                    output_padding: op,
+                    ..Default::default()
+                },
+                vb,
+            )?),
+            LayerSpec::ResBlock { cin, cout } => Layer::ResBlock(res_block(cin, cout, vb)?),
+            LayerSpec::Attention { c } => Layer::Attention(attention_block(c, vb)?),
+            LayerSpec::GroupNorm { groups, c } => {
+                Layer::GroupNorm(group_norm(groups, c, GroupNormConfig::default(), vb)?)
+            }
+            LayerSpec::SiLU => Layer::SiLU,
+            LayerSpec::ReLU => Layer::ReLU,
+            LayerSpec::Sigmoid => Layer::Sigmoid,
+            LayerSpec::MaxPool { k } => Layer::MaxPool(k),
+            LayerSpec::Upsample { f } => Layer::Upsample(f),
+            LayerSpec::Linear { din, dout } => Layer::Linear(linear(din, dout, LinearConfig::default(), vb)?),
+            LayerSpec::Flatten => Layer::Flatten,
+            LayerSpec::Unflatten { c, h, w } => Layer::Unflatten(c, h, w),
+        })
+    }
+}
+
+impl Module for Layer {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        match self {
+            Layer::Conv2d(m) => m.forward(xs),
+            Layer::ConvT2d(m) => m.forward(xs),
+            Layer::ResBlock(m) => m.forward(xs),
+            Layer::Attention(m) => m.forward(xs),
+            Layer::GroupNorm(m) => m.forward(xs),
+            Layer::SiLU => ops::silu(xs),
+            Layer::ReLU => ops::relu(xs),
+            Layer::Sigmoid => ops::sigmoid(xs),
+            Layer::MaxPool(k) => ops::max_pool2d(xs, *k, *k),
+            Layer::Upsample(f) => ops::upsample_nearest2d(xs, *f, *f),
+            Layer::Linear(m) => m.forward(xs),
+            Layer::Flatten => xs.flatten_from(1),
+            Layer::Unflatten(c, h, w) => xs.reshape((xs.dim(0)?, *c, *h, *w)),
+        }
+    }
+}
+
+/// Layers applied in turn, built from a checked list.
+#[derive(Clone, Debug)]
+pub struct Sequential {
+    layers: Vec<Layer>,
+    output: FeatShape,
+}
+
+impl Sequential {
+    /// Parses `items`, checks them against `input`, builds layer `i` under
+    /// `vb.pp(i)` (PyTorch's `nn.Sequential` names).
+    pub fn new(list: &str, items: &[String], input: FeatShape, vb: VarBuilder) -> Result<Self> {
+        let parsed = parse_list(list, items)?;
+        let shapes = parsed.infer_shapes(input)?;
+        let layers = parsed
+            .specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Layer::new(*s, vb.pp(i.to_string())))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            layers,
+            output: *shapes.last().expect("a parsed list is not empty"),
+        })
+    }
+
+    /// The shape of one output (without the batch axis).
+    pub fn output_shape(&self) -> FeatShape {
+        self.output
+    }
+
+    pub fn len(&self) -> usize {
+        self.layers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+}
+
+impl Module for Sequential {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.layers.iter().try_fold(xs.clone(), |x, l| l.forward(&x))
+    }
+}
