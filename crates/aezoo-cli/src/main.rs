@@ -48,6 +48,15 @@ enum Cmd {
     Compare(CompareArgs),
     /// Node embeddings of a graph entry (GAE, VGAE) into a safetensors file.
     EncodeGraph(EncodeGraphArgs),
+    /// Encode image files or folders into one latents.safetensors (file names kept).
+    Encode(EncodeArgs),
+    /// Decode a latents.safetensors back into images.
+    Decode(DecodeArgs),
+    /// Find, by measuring, the largest training batch that fits a memory budget.
+    MaxBatch(MaxBatchArgs),
+    /// (internal) one training step at a batch size, for `max-batch`; prints peak memory.
+    #[command(hide = true)]
+    ProbeBatch(ProbeArgs),
     /// List the zoo's entries and model families.
     List,
 }
@@ -203,7 +212,8 @@ struct SampleArgs {
 struct ReconstructArgs {
     /// Entry name (used to find default weights).
     entry: String,
-    /// Image files (PNG, JPEG, GIF); resized to the model's input.
+    /// Image files (PNG, JPEG, GIF) or folders of them; brought to the model's
+    /// input size as its training data was (centre crop for folder-trained entries).
     #[arg(required = true)]
     images: Vec<PathBuf>,
     /// Output folder (default: beside each image, as <name>.recon.png).
@@ -216,6 +226,57 @@ struct ReconstructArgs {
     weights: WeightsArgs,
     #[arg(long, default_value = "cpu")]
     device: String,
+}
+
+#[derive(Args)]
+struct EncodeArgs {
+    /// Entry name (used to find default weights).
+    entry: String,
+    /// Image files or folders of them (PNG, JPEG).
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    /// The latents file: tensor `latents` (n, …latent shape), the file names in its metadata.
+    #[arg(short = 'o', long, default_value = "latents.safetensors")]
+    out: PathBuf,
+    #[command(flatten)]
+    weights: WeightsArgs,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+#[derive(Args)]
+struct DecodeArgs {
+    /// Entry name (used to find default weights).
+    entry: String,
+    /// A latents file written by `aezoo encode`.
+    latents: PathBuf,
+    /// Output folder: one `<name>.png` per latent, named after its source file.
+    #[arg(short = 'o', long, default_value = "decoded")]
+    out: PathBuf,
+    #[command(flatten)]
+    weights: WeightsArgs,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+#[derive(Args)]
+struct MaxBatchArgs {
+    /// Entry name or config .json.
+    entry: String,
+    /// The memory budget, e.g. `4GiB`, `512MiB` (default: 80 % of the machine's available memory).
+    #[arg(long)]
+    budget: Option<String>,
+    /// The largest batch to try.
+    #[arg(long, default_value_t = 4096)]
+    limit: usize,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+#[derive(Args)]
+struct ProbeArgs {
+    entry: String,
+    batch: usize,
 }
 
 #[derive(Args)]
@@ -328,6 +389,10 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Interpolate(a) => cmd_interpolate(a),
         Cmd::Export(a) => cmd_export(a),
         Cmd::EncodeGraph(a) => cmd_encode_graph(a),
+        Cmd::Encode(a) => cmd_encode(a),
+        Cmd::Decode(a) => cmd_decode(a),
+        Cmd::MaxBatch(a) => cmd_max_batch(a),
+        Cmd::ProbeBatch(a) => cmd_probe_batch(a),
         Cmd::List => {
             println!("entries:");
             for name in registry::entry_names() {
@@ -750,8 +815,50 @@ fn create_parent(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// How an inference command reads image files for this entry: as its
+/// training folder was read (centre crop), or stretched for IDX-trained entries.
+fn image_options(cfg: &EntryConfig, invert: bool) -> aezoo_data::image_file::ImageOptions {
+    aezoo_data::image_file::ImageOptions {
+        invert,
+        fit: cfg
+            .data
+            .folder
+            .as_ref()
+            .map(|f| f.fit)
+            .unwrap_or(aezoo_data::folder::Fit::Stretch),
+    }
+}
+
+/// Files named on the command line, folders expanded (sorted; earlier
+/// `*.recon.png` outputs left out).
+fn expand_images(args: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in args {
+        if p.is_dir() {
+            let files = aezoo_data::folder::image_files(p)?;
+            out.extend(
+                files
+                    .into_iter()
+                    .filter(|f| !f.to_string_lossy().ends_with(".recon.png")),
+            );
+        } else {
+            out.push(p.clone());
+        }
+    }
+    if out.is_empty() {
+        bail!(
+            "no PNG or JPEG files in {}",
+            args.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(out)
+}
+
 fn cmd_reconstruct(a: ReconstructArgs) -> Result<()> {
-    use aezoo_data::image_file::{load_image, ImageOptions};
+    use aezoo_data::image_file::load_image;
     use aezoo_metrics::{psnr, ssim, SsimConfig};
     let dev = device(&a.device)?;
     let loaded = load_weights(&a.entry, &a.weights, &dev)?;
@@ -759,15 +866,22 @@ fn cmd_reconstruct(a: ReconstructArgs) -> Result<()> {
     if let Some(dir) = &a.out {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    for img in &a.images {
-        let x = load_image(img, shape, ImageOptions { invert: a.invert }, &dev)?;
+    let opts = image_options(&loaded.config, a.invert);
+    let with_ssim = shape[1] >= 11 && shape[2] >= 11;
+    let (mut sum_p, mut sum_s, mut n) = (0f64, 0f64, 0usize);
+    for img in expand_images(&a.images)? {
+        let x = load_image(&img, shape, opts, &dev)?;
         let y = loaded.model.reconstruct(&x)?;
         let p = psnr(&y, &x, 1.0)?.to_vec1::<f32>()?[0];
-        let s = if shape[1] >= 11 && shape[2] >= 11 {
-            format!("{:.4}", ssim(&y, &x, SsimConfig::default())?.to_vec1::<f32>()?[0])
+        let s = if with_ssim {
+            let v = ssim(&y, &x, SsimConfig::default())?.to_vec1::<f32>()?[0];
+            sum_s += v as f64;
+            format!("{v:.4}")
         } else {
             "—".into()
         };
+        sum_p += p as f64;
+        n += 1;
         let stem = img
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -779,11 +893,228 @@ fn cmd_reconstruct(a: ReconstructArgs) -> Result<()> {
         aezoo_train::plot::save_rows(&[Tensor::cat(&[&x, &y], 3)?], 4, &out)?;
         println!("{}: PSNR {p:.2} dB  SSIM {s}  → {}", img.display(), out.display());
     }
+    if n > 1 {
+        let s = if with_ssim {
+            format!("{:.4}", sum_s / n as f64)
+        } else {
+            "—".into()
+        };
+        println!("mean over {n} images: PSNR {:.2} dB  SSIM {s}", sum_p / n as f64);
+    }
+    Ok(())
+}
+
+fn cmd_encode(a: EncodeArgs) -> Result<()> {
+    use aezoo_data::image_file::load_image;
+    let dev = device(&a.device)?;
+    let loaded = load_weights(&a.entry, &a.weights, &dev)?;
+    let shape = registry::family(&loaded.config.family, &a.entry)?.check(&loaded.config.model, &a.entry)?;
+    let opts = image_options(&loaded.config, false);
+    let files = expand_images(&a.images)?;
+    let mut codes = Vec::with_capacity(files.len());
+    for chunk in files.chunks(32) {
+        let xs = chunk
+            .iter()
+            .map(|f| load_image(f, shape, opts, &dev))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        codes.push(loaded.model.encode(&Tensor::cat(&xs, 0)?)?);
+    }
+    let z = Tensor::cat(&codes, 0)?;
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    aezoo_train::infer::save_tensor(
+        "latents",
+        &z,
+        &[
+            ("entry", loaded.config.entry.clone()),
+            ("files", serde_json::to_string(&names)?),
+            ("image_shape", serde_json::to_string(&shape)?),
+        ],
+        &a.out,
+    )?;
+    println!(
+        "{}: {} images → latents {:?} in {}",
+        loaded.config.entry,
+        files.len(),
+        z.dims(),
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn cmd_decode(a: DecodeArgs) -> Result<()> {
+    let dev = device(&a.device)?;
+    let loaded = load_weights(&a.entry, &a.weights, &dev)?;
+    let path = a.latents.display().to_string();
+    let (z, meta) = aezoo_train::infer::load_tensor("latents", &a.latents)?;
+    let want = loaded.model.latent_shape();
+    if z.rank() != want.len() + 1 || z.dims()[1..] != want[..] {
+        bail!(
+            "{path}: latents of shape {:?} do not fit {} (one latent is {want:?})",
+            z.dims(),
+            loaded.config.entry
+        );
+    }
+    let n = z.dim(0)?;
+    let z = z.to_device(&dev)?;
+    let names: Vec<String> = meta
+        .get("files")
+        .and_then(|f| serde_json::from_str(f).ok())
+        .filter(|v: &Vec<String>| v.len() == n)
+        .unwrap_or_else(|| (0..n).map(|i| format!("latent{i:05}")).collect());
+    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    for (i, name) in names.iter().enumerate() {
+        let img = loaded.model.decode(&z.narrow(0, i, 1)?)?;
+        let stem = Path::new(name)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| format!("latent{i:05}"));
+        aezoo_train::plot::save_image(&img, &a.out.join(format!("{stem}.png")))?;
+    }
+    println!("{}: {n} latents → {}/", loaded.config.entry, a.out.display());
+    Ok(())
+}
+
+/// Bytes from `4GiB`, `512MiB`, `1.5G`, `800M` or a plain number.
+fn parse_bytes(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num
+        .parse()
+        .with_context(|| format!("--budget `{s}`: expected a size like 4GiB or 512MiB"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" | "kib" => 1024.0,
+        "m" | "mb" | "mib" => 1024.0 * 1024.0,
+        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        other => bail!("--budget `{s}`: unknown unit `{other}` (use KiB, MiB or GiB)"),
+    };
+    Ok((v * mult) as u64)
+}
+
+/// `field` of /proc/self/status or /proc/meminfo, in bytes.
+fn proc_kib(file: &str, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let line = text.lines().find(|l| l.starts_with(field))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// One probe: a fresh process trains two steps at `batch` and reports its peak RSS.
+fn probe(entry: &str, batch: usize) -> Result<Option<u64>> {
+    let exe = std::env::current_exe().context("cannot find the aezoo binary")?;
+    let o = std::process::Command::new(exe)
+        .args(["probe-batch", entry, &batch.to_string()])
+        .env("RUST_LOG", "error")
+        .output()
+        .context("cannot start a probe")?;
+    if !o.status.success() {
+        return Ok(None);
+    }
+    let text = String::from_utf8_lossy(&o.stdout);
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix("peak_rss_bytes "))
+        .and_then(|v| v.trim().parse().ok()))
+}
+
+fn cmd_probe_batch(a: ProbeArgs) -> Result<()> {
+    let (mut cfg, _) = registry::resolve_entry(&a.entry)?;
+    cfg.train.batch_size = a.batch;
+    let built = aezoo_train::trainer::build_fresh(&cfg, &Device::Cpu)?;
+    let [c, h, w] = registry::family(&cfg.family, &cfg.entry)?.check(&cfg.model, &cfg.entry)?;
+    let mut adam = aezoo_train::optim::Adam::new(built.params.vars(), cfg.train.lr, cfg.train.optimizer.clone())?;
+    let mut rng = Rng::new(0);
+    for _ in 0..2 {
+        let xs = rng.rand_uniform((a.batch, c, h, w), 0.0, 1.0, candle_core::DType::F32, &Device::Cpu)?;
+        let out = built.model.step(
+            &aezoo_nn::Batch::autoencode(xs),
+            &mut aezoo_nn::StepCtx {
+                train: true,
+                rng: &mut rng,
+            },
+        )?;
+        adam.step(&out.loss.backward()?)?;
+    }
+    let peak = proc_kib("/proc/self/status", "VmHWM:").context("no /proc/self/status VmHWM (Linux only)")?;
+    println!("peak_rss_bytes {peak}");
+    Ok(())
+}
+
+fn cmd_max_batch(a: MaxBatchArgs) -> Result<()> {
+    if a.device != "cpu" {
+        bail!("max-batch measures host memory (peak RSS) and runs on the CPU; GPU memory probing is not built yet");
+    }
+    let budget = match &a.budget {
+        Some(s) => parse_bytes(s)?,
+        None => proc_kib("/proc/meminfo", "MemAvailable:")
+            .map(|b| b / 10 * 8)
+            .context("no /proc/meminfo: pass --budget")?,
+    };
+    let (cfg, _) = registry::resolve_entry(&a.entry)?;
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    println!(
+        "{}: each probe is a fresh `aezoo probe-batch` process that builds the model, runs two training steps \
+         (forward, backward, Adam) on a batch of that size and reports its peak resident memory (VmHWM); budget {:.2} GiB",
+        cfg.entry,
+        gib(budget)
+    );
+    let fits = |b: usize| -> Result<Option<u64>> {
+        let peak = probe(&a.entry, b)?;
+        match peak {
+            Some(p) => println!(
+                "  batch {b:>5}: peak {:.3} GiB {}",
+                gib(p),
+                if p <= budget { "fits" } else { "over" }
+            ),
+            None => println!("  batch {b:>5}: failed (out of memory or error)"),
+        }
+        Ok(peak.filter(|&p| p <= budget))
+    };
+    // Doubling, then bisection between the last batch that fits and the first that does not.
+    let (mut lo, mut hi) = (0usize, None);
+    let mut b = 1usize;
+    while b <= a.limit {
+        if fits(b)?.is_some() {
+            lo = b;
+            b *= 2;
+        } else {
+            hi = Some(b);
+            break;
+        }
+    }
+    if let Some(mut hi) = hi {
+        while hi - lo > 1 && lo > 0 {
+            let mid = lo + (hi - lo) / 2;
+            if fits(mid)?.is_some() {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+    }
+    if lo == 0 {
+        bail!(
+            "{}: even a batch of 1 does not train within {:.2} GiB",
+            cfg.entry,
+            gib(budget)
+        );
+    }
+    println!(
+        "{}: largest batch within {:.2} GiB: {lo}{}",
+        cfg.entry,
+        gib(budget),
+        if hi.is_none() {
+            " (the --limit; larger not tried)".to_string()
+        } else {
+            String::new()
+        }
+    );
     Ok(())
 }
 
 fn cmd_interpolate(a: InterpolateArgs) -> Result<()> {
-    use aezoo_data::image_file::{load_image, ImageOptions};
+    use aezoo_data::image_file::load_image;
     let dev = device(&a.data.device)?;
     let loaded = load_weights(&a.entry, &a.weights, &dev)?;
     if a.steps < 2 {
@@ -801,7 +1132,7 @@ fn cmd_interpolate(a: InterpolateArgs) -> Result<()> {
         }
         [fa, fb] => {
             let shape = registry::family(&loaded.config.family, &a.entry)?.check(&loaded.config.model, &a.entry)?;
-            let o = ImageOptions { invert: a.invert };
+            let o = image_options(&loaded.config, a.invert);
             (load_image(fa, shape, o, &dev)?, load_image(fb, shape, o, &dev)?)
         }
         _ => bail!("interpolate takes two image files, or none (test images --from and --to)"),

@@ -444,7 +444,12 @@ fn reconstruct_and_interpolate_image_files() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let text = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(text.matches("PSNR").count(), 2, "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.contains("PSNR") && l.contains('→')).count(),
+        2,
+        "one line per image: {text}"
+    );
+    assert!(text.contains("mean over 2 images: PSNR"), "{text}");
     assert!(out.join("digit0.recon.png").is_file());
     let strip = d.path().join("interp.png");
     let o = aezoo(
@@ -684,4 +689,84 @@ fn a_layer_list_vae_trains_on_an_image_folder() {
     // No folder given: a one-line error saying how to give one.
     let o = aezoo(d.path(), &["train", "--config", cfg.to_str().unwrap()]);
     assert_one_line_error(&o, &["--data DIR"]);
+
+    // The modes: a folder reconstructed beside its files, encoded, decoded.
+    let w = run.to_str().unwrap();
+    let o = aezoo(
+        d.path(),
+        &["reconstruct", "flex-tiny", photos.to_str().unwrap(), "--weights", w],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("mean over 12 images: PSNR"), "{out}");
+    assert!(photos.join("p3.recon.png").is_file());
+    let lat = d.path().join("lat.safetensors");
+    let o = aezoo(
+        d.path(),
+        &[
+            "encode",
+            "flex-tiny",
+            photos.to_str().unwrap(),
+            "--weights",
+            w,
+            "-o",
+            lat.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("12 images → latents [12, 2, 8, 8]"),
+        "earlier .recon.png outputs are not inputs"
+    );
+    let dec = d.path().join("dec");
+    let o = aezoo(
+        d.path(),
+        &[
+            "decode",
+            "flex-tiny",
+            lat.to_str().unwrap(),
+            "--weights",
+            w,
+            "-o",
+            dec.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        image::open(dec.join("p7.png")).unwrap().width(),
+        16,
+        "decoded images keep their source names"
+    );
+    // Latents of another shape, or a file that is not latents: one-line errors.
+    let o = aezoo(
+        d.path(),
+        &[
+            "decode",
+            "flex-tiny",
+            run.join("model.safetensors").to_str().unwrap(),
+            "--weights",
+            w,
+        ],
+    );
+    assert_one_line_error(&o, &["model.safetensors", "no tensor `latents`"]);
+    std::fs::write(d.path().join("junk.safetensors"), b"\x10\x00\x00").unwrap();
+    let o = aezoo(d.path(), &["decode", "flex-tiny", "junk.safetensors", "--weights", w]);
+    assert_one_line_error(&o, &["junk.safetensors", "not a safetensors file"]);
+
+    // max-batch measures in child processes and reports the largest fit.
+    let o = aezoo(
+        d.path(),
+        &["max-batch", cfg.to_str().unwrap(), "--budget", "4GiB", "--limit", "4"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("peak resident memory") && out.contains("largest batch within 4.00 GiB: 4"),
+        "{out}"
+    );
+    let o = aezoo(
+        d.path(),
+        &["max-batch", cfg.to_str().unwrap(), "--budget", "1KiB", "--limit", "4"],
+    );
+    assert_one_line_error(&o, &["even a batch of 1"]);
 }

@@ -1,12 +1,16 @@
 //! In-memory image data sets: u8 pixels in `(n, c, h, w)` order with labels,
 //! and the train/test pair a source yields.
 
+use std::sync::Arc;
+
+use aezoo_nn::Rng;
 use candle_core::{Device, Tensor};
 
 use crate::error::{DataError, Result};
 use crate::source::Source;
 
-/// `len` images of `channels × height × width` u8 pixels, with labels.
+/// `len` images of `channels × height × width` u8 pixels, with labels; and,
+/// for random-crop training, each image's larger source picture.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImageSet {
     pixels: Vec<u8>,
@@ -15,6 +19,16 @@ pub struct ImageSet {
     channels: usize,
     height: usize,
     width: usize,
+    crops: Option<Arc<Vec<Picture>>>,
+}
+
+/// A picture larger than the model's input (`c × h × w` bytes, channel-major)
+/// that training batches cut random windows from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Picture {
+    pub pixels: Vec<u8>,
+    pub height: usize,
+    pub width: usize,
 }
 
 impl ImageSet {
@@ -39,7 +53,66 @@ impl ImageSet {
             channels,
             height,
             width,
+            crops: None,
         })
+    }
+
+    /// Attaches one source picture per image, each at least the image size:
+    /// training then batches random crops of them ([`ImageSet::random_crops`]),
+    /// evaluation the fixed images.
+    pub fn with_crops(mut self, pictures: Vec<Picture>) -> Result<Self> {
+        if pictures.len() != self.len {
+            return Err(DataError::Invalid(format!(
+                "{} pictures for {} images",
+                pictures.len(),
+                self.len
+            )));
+        }
+        for p in &pictures {
+            if p.height < self.height || p.width < self.width || p.pixels.len() != self.channels * p.height * p.width {
+                return Err(DataError::Invalid(format!(
+                    "a {}x{} picture cannot give {}x{} crops",
+                    p.height, p.width, self.height, self.width
+                )));
+            }
+        }
+        self.crops = Some(Arc::new(pictures));
+        Ok(self)
+    }
+
+    /// Whether training batches are random crops.
+    pub fn has_crops(&self) -> bool {
+        self.crops.is_some()
+    }
+
+    /// Random `h × w` windows (one per index, positions drawn from `rng`) of
+    /// the source pictures, as a `(b, c, h, w)` f32 tensor in `[0, 1]`;
+    /// without source pictures, [`ImageSet::batch`].
+    pub fn random_crops(&self, indices: &[usize], rng: &mut Rng, dev: &Device) -> Result<Tensor> {
+        let Some(pics) = &self.crops else {
+            return self.batch(indices, dev);
+        };
+        let (c, h, w) = (self.channels, self.height, self.width);
+        let mut v = Vec::with_capacity(indices.len() * c * h * w);
+        for &i in indices {
+            let p = pics
+                .get(i)
+                .ok_or_else(|| DataError::Invalid(format!("image index {i} out of range for a set of {}", self.len)))?;
+            let y0 = rng.below((p.height - h + 1) as u64) as usize;
+            let x0 = rng.below((p.width - w + 1) as u64) as usize;
+            for ch in 0..c {
+                let plane = &p.pixels[ch * p.height * p.width..(ch + 1) * p.height * p.width];
+                for y in y0..y0 + h {
+                    v.extend(
+                        plane[y * p.width + x0..y * p.width + x0 + w]
+                            .iter()
+                            .map(|&q| q as f32 * (1.0 / 255.0)),
+                    );
+                }
+            }
+        }
+        let t = Tensor::from_vec(v, (indices.len(), c, h, w), &Device::Cpu)?;
+        Ok(t.to_device(dev)?)
     }
 
     pub fn len(&self) -> usize {
@@ -80,6 +153,7 @@ impl ImageSet {
                 self.labels[..n].to_vec()
             },
             len: n,
+            crops: self.crops.as_ref().map(|p| Arc::new(p[..n].to_vec())),
             ..*self
         }
     }

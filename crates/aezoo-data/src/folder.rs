@@ -1,8 +1,8 @@
 //! A folder of image files as a data set: every PNG and JPEG under it (sorted
 //! by path, sub-folders included), converted to the model's channels (grey or
 //! RGB), brought to its size by a centre crop after scaling the short side
-//! (or by stretching), and split into train and validation by a seeded
-//! shuffle. A file that cannot be decoded is skipped with a warning or stops
+//! (or by stretching, or as random crops drawn anew for every training
+//! batch), and split into train and validation by a seeded shuffle. A file that cannot be decoded is skipped with a warning or stops
 //! the run, as the config says.
 
 use std::path::{Path, PathBuf};
@@ -12,7 +12,7 @@ use image::imageops::FilterType;
 use image::DynamicImage;
 use serde::{Deserialize, Serialize};
 
-use crate::dataset::{ImageSet, Splits};
+use crate::dataset::{ImageSet, Picture, Splits};
 use crate::error::{DataError, Result};
 use crate::source::Source;
 
@@ -25,6 +25,10 @@ pub enum Fit {
     CenterCrop,
     /// Scale both sides to fit exactly (distorts when the aspect ratio differs).
     Stretch,
+    /// Training: a new random window each time an image is drawn, cut from
+    /// the picture scaled so its short side is `data.folder.crop_from`;
+    /// validation and inference: that picture's centre window.
+    RandomCrop,
 }
 
 /// What to do with a file that cannot be decoded.
@@ -56,6 +60,10 @@ pub struct FolderConfig {
     pub val_fraction: f64,
     #[serde(default)]
     pub on_error: OnError,
+    /// With `random-crop`: the short side, in pixels, pictures are scaled to
+    /// before crops are cut (default: twice the model's larger side).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crop_from: Option<usize>,
 }
 
 impl Default for FolderConfig {
@@ -65,6 +73,7 @@ impl Default for FolderConfig {
             fit: Fit::CenterCrop,
             val_fraction: default_val(),
             on_error: OnError::Skip,
+            crop_from: None,
         }
     }
 }
@@ -104,7 +113,7 @@ pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
 pub fn fit_image(img: &DynamicImage, w: u32, h: u32, fit: Fit) -> DynamicImage {
     match fit {
         Fit::Stretch => img.resize_exact(w, h, FilterType::Triangle),
-        Fit::CenterCrop => {
+        Fit::CenterCrop | Fit::RandomCrop => {
             let (iw, ih) = (img.width().max(1), img.height().max(1));
             let s = (w as f64 / iw as f64).max(h as f64 / ih as f64);
             let (sw, sh) = (
@@ -162,15 +171,39 @@ pub fn load_folder(dir: &Path, [c, h, w]: [usize; 3], cfg: &FolderConfig, seed: 
             missing: "the folder itself".into(),
         });
     }
+    let crop_from = cfg.crop_from.unwrap_or(2 * h.max(w));
+    if cfg.fit == Fit::RandomCrop && crop_from < h.max(w) {
+        return Err(DataError::Invalid(format!(
+            "data.folder.crop_from: {crop_from} is smaller than the model's {h}x{w} input"
+        )));
+    }
     let files = image_files(dir)?;
     let mut kept = Vec::with_capacity(files.len());
     let mut pixels = Vec::with_capacity(files.len() * c * h * w);
+    let mut pictures = Vec::new();
     let mut skipped = Vec::new();
     for f in files {
         match image::open(&f) {
             Ok(img) => {
-                let img = fit_image(&img, w as u32, h as u32, cfg.fit);
-                pixels.extend(to_chw(&img, c).expect("c is 1 or 3"));
+                if cfg.fit == Fit::RandomCrop {
+                    // The whole picture at short side `crop_from`; its centre window is the fixed image.
+                    let s = crop_from as f64 / img.width().min(img.height()).max(1) as f64;
+                    let (pw, ph) = (
+                        ((img.width() as f64 * s).round() as u32).max(w as u32),
+                        ((img.height() as f64 * s).round() as u32).max(h as u32),
+                    );
+                    let pic = img.resize_exact(pw, ph, FilterType::Triangle);
+                    let centre = pic.crop_imm((pw - w as u32) / 2, (ph - h as u32) / 2, w as u32, h as u32);
+                    pixels.extend(to_chw(&centre, c).expect("c is 1 or 3"));
+                    pictures.push(Picture {
+                        pixels: to_chw(&pic, c).expect("c is 1 or 3"),
+                        height: ph as usize,
+                        width: pw as usize,
+                    });
+                } else {
+                    let img = fit_image(&img, w as u32, h as u32, cfg.fit);
+                    pixels.extend(to_chw(&img, c).expect("c is 1 or 3"));
+                }
                 kept.push(f);
             }
             Err(e) => {
@@ -195,7 +228,7 @@ pub fn load_folder(dir: &Path, [c, h, w]: [usize; 3], cfg: &FolderConfig, seed: 
     let mut rng = Rng::derived(seed, 0xf01d);
     let perm = rng.permutation(n);
     let (val_idx, train_idx) = perm.split_at(n_val);
-    let pick = |idx: &[usize]| -> Result<(ImageSet, Vec<PathBuf>)> {
+    let pick = |idx: &[usize]| -> Result<(ImageSet, Vec<PathBuf>, Vec<usize>)> {
         let mut idx = idx.to_vec();
         idx.sort_unstable();
         let sz = c * h * w;
@@ -204,10 +237,15 @@ pub fn load_folder(dir: &Path, [c, h, w]: [usize; 3], cfg: &FolderConfig, seed: 
             .flat_map(|&i| pixels[i * sz..(i + 1) * sz].iter().copied())
             .collect();
         let files = idx.iter().map(|&i| kept[i].clone()).collect();
-        Ok((ImageSet::new(px, vec![0; idx.len()], idx.len(), [c, h, w])?, files))
+        Ok((ImageSet::new(px, vec![0; idx.len()], idx.len(), [c, h, w])?, files, idx))
     };
-    let (train, train_files) = pick(train_idx)?;
-    let (test, val_files) = if n_val == 0 { pick(train_idx)? } else { pick(val_idx)? };
+    let (train, train_files, train_sorted) = pick(train_idx)?;
+    let train = if pictures.is_empty() {
+        train
+    } else {
+        train.with_crops(train_sorted.iter().map(|&i| pictures[i].clone()).collect())?
+    };
+    let (test, val_files, _) = if n_val == 0 { pick(train_idx)? } else { pick(val_idx)? };
     Ok(FolderSet {
         splits: Splits {
             name: format!("folder {}", dir.display()),

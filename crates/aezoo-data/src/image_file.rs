@@ -5,9 +5,9 @@
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use image::imageops::FilterType;
 
 use crate::error::{DataError, Result};
+use crate::folder::{fit_image, to_chw, Fit};
 
 /// Options of [`load_image`].
 #[derive(Clone, Copy, Debug, Default)]
@@ -15,6 +15,9 @@ pub struct ImageOptions {
     /// `1 − x`: for dark-on-light pictures given to a model of light-on-dark
     /// images (MNIST, Fashion-MNIST).
     pub invert: bool,
+    /// How the picture is brought to the model's size (a folder-trained
+    /// model reads files as its training data was read).
+    pub fit: Fit,
 }
 
 /// Reads `path` as a `(1, c, h, w)` f32 tensor in [0, 1] for a model whose
@@ -25,25 +28,16 @@ pub fn load_image(path: &Path, [c, h, w]: [usize; 3], opts: ImageOptions, dev: &
         what: format!("cannot decode the image ({e})"),
     })?;
     let img = if (img.width() as usize, img.height() as usize) != (w, h) {
-        img.resize_exact(w as u32, h as u32, FilterType::Triangle)
+        fit_image(&img, w as u32, h as u32, opts.fit)
     } else {
         img
     };
-    let px: Vec<u8> = match c {
-        1 => img.to_luma8().into_raw(),
-        3 => {
-            // HWC → CHW
-            let rgb = img.to_rgb8();
-            let raw = rgb.as_raw();
-            (0..3).flat_map(|ch| (0..h * w).map(move |p| raw[p * 3 + ch])).collect()
-        }
-        _ => {
-            return Err(DataError::Invalid(format!(
-                "{}: the model takes {c}-channel images; only 1 (grey) and 3 (RGB) can be read from files",
-                path.display()
-            )))
-        }
-    };
+    let px = to_chw(&img, c).ok_or_else(|| {
+        DataError::Invalid(format!(
+            "{}: the model takes {c}-channel images; only 1 (grey) and 3 (RGB) can be read from files",
+            path.display()
+        ))
+    })?;
     let v: Vec<f32> = px
         .iter()
         .map(|&p| {

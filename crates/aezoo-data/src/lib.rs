@@ -14,7 +14,7 @@ pub mod image_file;
 pub mod loader;
 pub mod source;
 
-pub use dataset::{ImageSet, Splits};
+pub use dataset::{ImageSet, Picture, Splits};
 pub use error::{DataError, Result};
 pub use folder::{FolderConfig, FolderSet};
 pub use loader::{EpochPlan, GaussianNoise};

@@ -422,9 +422,59 @@ mod folders {
     }
 
     #[test]
+    fn random_crops_are_seeded_windows_of_the_larger_picture() {
+        let d = folder(6);
+        let cfg = FolderConfig {
+            fit: Fit::RandomCrop,
+            crop_from: Some(20),
+            val_fraction: 0.2,
+            ..Default::default()
+        };
+        let set = load_folder(d.path(), [3, 8, 8], &cfg, 0).unwrap();
+        let train = &set.splits.train;
+        assert!(
+            train.has_crops() && !set.splits.test.has_crops(),
+            "validation stays fixed"
+        );
+        let dev = candle_core::Device::Cpu;
+        let crop = |seed| {
+            train
+                .random_crops(&[0, 1, 2], &mut aezoo_nn::Rng::new(seed), &dev)
+                .unwrap()
+        };
+        let a = crop(1);
+        assert_eq!(a.dims(), &[3, 3, 8, 8]);
+        let same = (a.clone() - crop(1))
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let other = (a - crop(2))
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(same, 0.0, "same generator state, same windows");
+        assert!(other > 0.0, "another state, other windows");
+        // A crop source smaller than the model's input is refused.
+        let bad = FolderConfig {
+            crop_from: Some(4),
+            ..cfg
+        };
+        let e = load_folder(d.path(), [3, 8, 8], &bad, 0).unwrap_err().to_string();
+        assert!(e.contains("crop_from: 4"), "{e}");
+    }
+
+    #[test]
     fn centre_crop_keeps_the_aspect_and_stretch_does_not() {
         let img = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(40, 20, |x, _| {
-            image::Rgb([if x < 10 || x >= 30 { 255 } else { 0 }, 0, 0])
+            image::Rgb([if (10..30).contains(&x) { 0 } else { 255 }, 0, 0])
         }));
         // The centre 20×20 of a 40×20 picture is the black middle band.
         let c = fit_image(&img, 10, 10, Fit::CenterCrop).to_rgb8();

@@ -377,17 +377,7 @@ pub fn load(dir: &Path, locator: &Locator, dev: &Device) -> Result<GraphRun> {
 /// Writes node embeddings (`embeddings`: `(n, latent)` f32) to a safetensors
 /// file with the entry, graph and adjacency in its metadata.
 pub fn save_embeddings(z: &Tensor, meta: &[(&str, String)], path: &Path) -> Result<()> {
-    let (n, d) = z.dims2()?;
-    let data: Vec<f32> = z.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-    let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![n, d], &bytes)
-        .map_err(|e| TrainError::Other(format!("{}: {e}", path.display())))?;
-    let meta: std::collections::HashMap<String, String> =
-        meta.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
-    let out = safetensors::tensor::serialize([("embeddings", view)], Some(meta))
-        .map_err(|e| TrainError::Other(format!("{}: {e}", path.display())))?;
-    write_atomic(path, &out)?;
-    Ok(())
+    crate::infer::save_tensor("embeddings", z, meta, path)
 }
 
 // ---------------------------------------------------------------- compare --graphs

@@ -64,6 +64,14 @@ fn tiles(images: &Tensor) -> Result<(usize, usize, usize, Vec<Vec<[u8; 3]>>)> {
     Ok((n, h, w, out))
 }
 
+/// The first image of `(n, c, h, w)` in [0, 1] as a plain `w × h` PNG (no
+/// gutter, no scaling): what `aezoo decode` writes.
+pub fn save_image(images: &Tensor, path: &Path) -> Result<()> {
+    let (_, h, w, tiles) = tiles(&images.narrow(0, 0, 1)?)?;
+    let img: RgbImage = ImageBuffer::from_fn(w as u32, h as u32, |x, y| Rgb(tiles[0][y as usize * w + x as usize]));
+    write_png(&img, path)
+}
+
 /// Lays out rows of tiles (each row a list of tile indices, `None` = blank)
 /// with a 2-pixel gutter, each pixel drawn as `scale × scale`.
 fn compose(rows: &[Vec<Option<usize>>], tiles: &[Vec<[u8; 3]>], h: usize, w: usize, scale: usize) -> RgbImage {

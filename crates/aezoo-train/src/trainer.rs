@@ -29,6 +29,9 @@ use crate::optim::Adam;
 use crate::registry;
 use crate::runlog::{EpochRecord, RunLog, StepRecord};
 
+/// The RNG stream random crops are drawn from (apart from sampling's).
+const CROP_STREAM: u64 = 0xc0_0000_0000_0000;
+
 /// How many test images the reconstruction strip shows (the same first
 /// images of the test split for every entry).
 pub const STRIP_IMAGES: usize = 8;
@@ -300,7 +303,14 @@ pub fn train(cfg: &EntryConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
         for bi in start_batch..nb {
             let t0 = Instant::now();
             let idx = plan.batch(bi);
-            let clean = splits.train.batch(idx, dev)?;
+            // Random-crop folders: windows drawn from a stream fixed by (seed, epoch, batch),
+            // so a resumed run cuts the same crops.
+            let clean = if splits.train.has_crops() {
+                let mut crop_rng = Rng::derived(t.seed, CROP_STREAM ^ ((epoch as u64) << 32 | bi as u64));
+                splits.train.random_crops(idx, &mut crop_rng, dev)?
+            } else {
+                splits.train.batch(idx, dev)?
+            };
             let batch = match &cfg.data.noise {
                 Some(noise) => Batch {
                     input: noise.apply(&clean, &mut rng)?,
