@@ -17,6 +17,24 @@ fn bench_cfg() -> ConvVaeConfig {
     }
 }
 
+/// Finite-difference check of a whole training step's loss with respect to
+/// the input images (the sampling noise re-drawn from one seed each call).
+fn assert_whole_model_gradient(what: &str, m: &dyn Autoencoder, x: Tensor) {
+    let f = |a: &[Tensor]| {
+        let out = m.step(
+            &Batch::autoencode(a[0].clone()),
+            &mut StepCtx {
+                train: true,
+                rng: &mut Rng::new(0),
+            },
+        )?;
+        Ok(out.loss)
+    };
+    if let Err(e) = GradCheck::default().check(f, &[x]) {
+        panic!("{what}: {e}");
+    }
+}
+
 fn build(c: &ConvVaeConfig, dtype: DType) -> (ConvVae, ParamStore) {
     let store = ParamStore::init(5);
     let m = ConvVae::new(c, store.var_builder(dtype, &Device::Cpu)).unwrap();
@@ -104,19 +122,7 @@ fn whole_model_gradient_check() {
     };
     let (m, _) = build(&c, DType::F64);
     let x = uniform_input(&[2, 1, 8, 8], 0.05, 0.95, 2).unwrap();
-    let f = |a: &[Tensor]| {
-        let out = m.step(
-            &Batch::autoencode(a[0].clone()),
-            &mut StepCtx {
-                train: true,
-                rng: &mut Rng::new(0),
-            },
-        )?;
-        Ok(out.loss)
-    };
-    if let Err(e) = GradCheck::default().check(f, &[x]) {
-        panic!("vae-conv: {e}");
-    }
+    assert_whole_model_gradient("vae-conv", &m, x);
 }
 
 #[test]
@@ -271,19 +277,7 @@ mod flex {
         let want = 0.7 * t[0].1 + 0.01 * t[1].1 + 0.3 * t[2].1 + 0.05 * t[3].1;
         assert!((out.loss.to_scalar::<f64>().unwrap() - want).abs() < 1e-12);
         assert_eq!(m.latent_shape(), vec![2, 6, 6]);
-        let f = |a: &[Tensor]| {
-            let out = m.step(
-                &Batch::autoencode(a[0].clone()),
-                &mut StepCtx {
-                    train: true,
-                    rng: &mut Rng::new(0),
-                },
-            )?;
-            Ok(out.loss)
-        };
-        if let Err(e) = GradCheck::default().check(f, &[x]) {
-            panic!("vae-flex: {e}");
-        }
+        assert_whole_model_gradient("vae-flex", &m, x);
         let s = m.sample(3, &mut Rng::new(2)).unwrap();
         assert_eq!(s.dims(), &[3, 1, 12, 12]);
         let (lo, hi) = (
