@@ -14,6 +14,7 @@
 //! cargo xtask encode-graph <entry> -o EMB            node embeddings of a graph entry (safetensors)
 //! cargo xtask list                                  the zoo's entries
 //! cargo xtask quality [--seeds N] [--torch-ref PY]  vae-conv under the PyTorch bench protocol
+//! cargo xtask bench [--steps N] [--entries a,b]     aezoo beside its PyTorch twins → BENCH.md
 //! cargo xtask aezoo <anything>                      any aezoo subcommand
 //! ```
 
@@ -69,6 +70,10 @@ fn usage() -> &'static str {
      \n                          vae-conv, 1 epoch of full Fashion-MNIST, batch 128, Adam 1e-3:\
      \n                          test MSE per seed, beside PyTorch's when PATH (shared/bench/pytorch_ref.py)\
      \n                          is given (run through scripts/torch_ref_seeded.py with the same seeds)\
+     \n  bench [--steps N] [--entries a,b] [--out BENCH.md] [--python python3]\
+     \n                          each image entry timed by aezoo and by its PyTorch twin\
+     \n                          (scripts/bench/torch_twins.py), one after the other: train and\
+     \n                          inference img/s, peak RSS, ratios, FLOPs and share of the CPU's peak\
      \n  aezoo <args>            any aezoo subcommand"
 }
 
@@ -161,6 +166,217 @@ fn quality(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The image entries with a PyTorch twin, in table order.
+const BENCH_ENTRIES: &[&str] = &[
+    "ae-linear",
+    "ae-mlp",
+    "ae-sparse",
+    "ae-conv",
+    "ae-denoise",
+    "vae-mlp",
+    "vae-conv",
+    "vae-beta",
+];
+
+/// The CPU: its name, the cores this process may use, and a peak f32 FLOP
+/// rate from its clock and vector width (2 FMA units per core assumed).
+fn cpu_peak() -> (String, usize, f64, String) {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |k: &str| {
+        info.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|v| v.trim().to_string())
+    };
+    let name = field("model name").unwrap_or_else(|| "unknown CPU".into());
+    let mhz: f64 = field("cpu MHz").and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
+    let flags = field("flags").unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let (per_cycle, isa) = if flags.split_whitespace().any(|f| f == "avx512f") {
+        (64.0, "AVX-512: 2 FMA × 16 f32 × 2 flops")
+    } else if flags.split_whitespace().any(|f| f == "fma") {
+        (32.0, "AVX2: 2 FMA × 8 f32 × 2 flops")
+    } else {
+        (8.0, "SSE: 2 × 4 f32")
+    };
+    let peak = cores as f64 * mhz * 1e6 * per_cycle;
+    (
+        name,
+        cores,
+        peak,
+        format!(
+            "{cores} cores × {:.2} GHz × {per_cycle} flops/cycle ({isa}) = {:.0} GFLOP/s",
+            mhz / 1e3,
+            peak / 1e9
+        ),
+    )
+}
+
+fn json_line(out: &[u8]) -> Option<serde_json::Value> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<serde_json::Value>(l.trim()).ok())
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    let mut steps = 0usize;
+    let mut entries: Vec<String> = BENCH_ENTRIES.iter().map(|s| s.to_string()).collect();
+    let mut out = root().join("BENCH.md");
+    let mut python = "python3".to_string();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--steps" => steps = it.next().context("--steps N")?.parse().context("--steps N")?,
+            "--entries" => {
+                entries = it
+                    .next()
+                    .context("--entries a,b")?
+                    .split(',')
+                    .map(String::from)
+                    .collect()
+            }
+            "--out" => out = PathBuf::from(it.next().context("--out PATH")?),
+            "--python" => python = it.next().context("--python PATH")?.clone(),
+            other => bail!("bench: unknown option {other}\n{}", usage()),
+        }
+    }
+    let status = Command::new(cargo())
+        .current_dir(root())
+        .args(["build", "--quiet", "--release", "-p", "aezoo-cli"])
+        .status()
+        .context("cannot run cargo")?;
+    if !status.success() {
+        bail!("cannot build aezoo");
+    }
+    let exe = root().join("target/release/aezoo");
+    let twin = root().join("scripts/bench/torch_twins.py");
+    let (cpu, cores, peak, peak_text) = cpu_peak();
+    let mut torch_note: Option<String> = None;
+    let mut rows = Vec::new();
+    for e in &entries {
+        eprintln!("bench: {e} (aezoo)");
+        let o = Command::new(&exe)
+            .current_dir(root())
+            .args(["bench", e, "--steps", &steps.to_string()])
+            .env("RUST_LOG", "error")
+            .output()
+            .context("cannot run aezoo")?;
+        let ours = json_line(&o.stdout)
+            .with_context(|| format!("aezoo bench {e} failed: {}", String::from_utf8_lossy(&o.stderr).trim()))?;
+        let theirs = if torch_note.is_none() {
+            eprintln!("bench: {e} (PyTorch)");
+            let o = Command::new(&python)
+                .current_dir(root())
+                .arg(&twin)
+                .args([
+                    e.as_str(),
+                    "--steps",
+                    &steps.to_string(),
+                    "--threads",
+                    &cores.to_string(),
+                ])
+                .output();
+            match o {
+                Ok(o) if o.status.success() => json_line(&o.stdout).filter(|v| v.get("error").is_none()),
+                Ok(o) => {
+                    let why = String::from_utf8_lossy(&o.stderr)
+                        .lines()
+                        .last()
+                        .unwrap_or("")
+                        .to_string();
+                    torch_note = Some(format!("the PyTorch twin did not run ({why}); ratios left out"));
+                    None
+                }
+                Err(err) => {
+                    torch_note = Some(format!("`{python}` cannot be started ({err}); ratios left out"));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        rows.push((e.clone(), ours, theirs));
+    }
+    let f = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_f64()).unwrap_or(f64::NAN);
+    let ratio = |a: f64, b: f64| {
+        if a.is_finite() && b.is_finite() && b > 0.0 {
+            format!("{:.2}×", a / b)
+        } else {
+            "—".into()
+        }
+    };
+    let num = |v: f64, d: usize| {
+        if v.is_finite() {
+            format!("{v:.d$}")
+        } else {
+            "—".into()
+        }
+    };
+    let cmd = if steps > 0 {
+        format!("cargo xtask bench --steps {steps}")
+    } else {
+        "cargo xtask bench".to_string()
+    };
+    let mut md = format!("# Speed: aezoo beside PyTorch\n\nWritten by `{cmd}`");
+    md += &format!(
+        ". Each entry is run by aezoo (`aezoo bench`) and then by its PyTorch twin (`scripts/bench/torch_twins.py`, built from the same `configs/<entry>.json`: same layers, parameter count, batch, Adam, data), one after the other, each in its own process on {cores} threads: the protocol of `shared/bench/pytorch_ref.py` — Fashion-MNIST, {} training steps timed (forward, backward, optimiser; batching and noise not timed), inference over the 10,000 test images in batches of 1000, test MSE per pixel of clean inputs, peak resident memory of the process.\n\nMachine: {cpu}. Peak: {peak_text}. Training FLOPs per image are taken as 3 × the forward FLOPs PyTorch's `FlopCounterMode` counts (forward + two backward products); the last columns are the share of the peak each framework reaches while training.\n\n",
+        if steps == 0 { "one epoch of".to_string() } else { steps.to_string() },
+    );
+    if let Some(n) = &torch_note {
+        md += &format!("**PyTorch:** {n}.\n\n");
+    }
+    md += "| entry | params | train img/s aezoo | PyTorch | ratio | infer img/s aezoo | PyTorch | ratio | peak RSS MB aezoo | PyTorch | ratio | test MSE aezoo | PyTorch | fwd MFLOP/img | % peak aezoo | PyTorch |\n";
+    md += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    let null = serde_json::Value::Null;
+    for (e, a, t) in &rows {
+        let t = t.as_ref().unwrap_or(&null);
+        let flops = f(t, "forward_flops_per_image");
+        let pct = |img_s: f64| {
+            if flops.is_finite() && peak.is_finite() {
+                format!("{:.1}", 100.0 * img_s * 3.0 * flops / peak)
+            } else {
+                "—".into()
+            }
+        };
+        md += &format!(
+            "| `{e}` | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            num(f(a, "params"), 0),
+            num(f(a, "train_img_s"), 0),
+            num(f(t, "train_img_s"), 0),
+            ratio(f(a, "train_img_s"), f(t, "train_img_s")),
+            num(f(a, "infer_img_s"), 0),
+            num(f(t, "infer_img_s"), 0),
+            ratio(f(a, "infer_img_s"), f(t, "infer_img_s")),
+            num(f(a, "peak_rss_mb"), 0),
+            num(f(t, "peak_rss_mb"), 0),
+            ratio(f(a, "peak_rss_mb"), f(t, "peak_rss_mb")),
+            num(f(a, "test_mse"), 4),
+            num(f(t, "test_mse"), 4),
+            num(flops / 1e6, 2),
+            pct(f(a, "train_img_s")),
+            pct(f(t, "train_img_s")),
+        );
+    }
+    let data = rows
+        .first()
+        .and_then(|r| r.1.get("data"))
+        .and_then(|d| d.as_str())
+        .unwrap_or("");
+    let fw = rows
+        .iter()
+        .find_map(|r| r.2.as_ref())
+        .and_then(|t| t.get("framework"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("PyTorch not run");
+    md += &format!(
+        "\nTargets (issue 8): train and inference ratios ≥ 1.25×, peak memory ratio ≤ 1.00×, test MSE equal within noise. aezoo's data: {data}. PyTorch: {fw}. Ratios are aezoo / PyTorch from this one run; absolute figures move between runs on shared machines.\n"
+    );
+    std::fs::write(&out, md).with_context(|| format!("cannot write {}", out.display()))?;
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
 struct Metrics {
     mse: f64,
     img_s: f64,
@@ -190,6 +406,7 @@ fn run() -> Result<()> {
         | "encode-graph" => aezoo(&args),
         "aezoo" => aezoo(rest),
         "quality" => quality(rest),
+        "bench" => bench(rest),
         "-h" | "--help" | "help" => {
             println!("{}", usage());
             Ok(())

@@ -54,6 +54,8 @@ enum Cmd {
     Decode(DecodeArgs),
     /// Find, by measuring, the largest training batch that fits a memory budget.
     MaxBatch(MaxBatchArgs),
+    /// Time training and inference of an image entry under the PyTorch bench protocol (one JSON line).
+    Bench(BenchArgs),
     /// (internal) one training step at a batch size, for `max-batch`; prints peak memory.
     #[command(hide = true)]
     ProbeBatch(ProbeArgs),
@@ -274,6 +276,17 @@ struct MaxBatchArgs {
 }
 
 #[derive(Args)]
+struct BenchArgs {
+    /// Entry name or config .json.
+    entry: String,
+    /// Training steps to time (0: one epoch of Fashion-MNIST).
+    #[arg(long, default_value_t = 0)]
+    steps: usize,
+    #[command(flatten)]
+    data: DataArgs,
+}
+
+#[derive(Args)]
 struct ProbeArgs {
     entry: String,
     batch: usize,
@@ -392,6 +405,13 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Encode(a) => cmd_encode(a),
         Cmd::Decode(a) => cmd_decode(a),
         Cmd::MaxBatch(a) => cmd_max_batch(a),
+        Cmd::Bench(a) => {
+            let (cfg, _) = registry::resolve_entry(&a.entry)?;
+            let locator = Locator::from_env(a.data.data.clone(), a.data.download);
+            let r = aezoo_train::bench::run(&cfg, &locator, a.steps)?;
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
         Cmd::ProbeBatch(a) => cmd_probe_batch(a),
         Cmd::List => {
             println!("entries:");

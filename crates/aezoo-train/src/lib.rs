@@ -3,6 +3,7 @@
 //! and pictures. It knows no model family by name except in the registry's
 //! one-line-per-family table.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod compare;
 pub mod config;

@@ -805,3 +805,19 @@ fn graph_protocol_rows_merge_overrides_and_summaries_are_sample_statistics() {
     let (m, s) = graph::mean_std(&[90.0, 91.0, 92.0]);
     assert!((m - 91.0).abs() < 1e-12 && (s - 1.0).abs() < 1e-12);
 }
+
+#[test]
+fn bench_times_an_entry_under_the_reference_protocol() {
+    let (cfg, _) = registry::resolve_entry("ae-linear").unwrap();
+    let r = aezoo_train::bench::run(&cfg, &Locator::bundled_only(), 2).unwrap();
+    assert_eq!((r.params, r.steps, r.batch), (50_992, 2, 128));
+    assert!(
+        r.data.starts_with("fashion-mnist"),
+        "the bench protocol's data set: {}",
+        r.data
+    );
+    assert!(r.train_img_s > 0.0 && r.infer_img_s > 0.0 && r.peak_rss_mb > 0.0);
+    assert!(r.test_mse > 0.0 && r.test_mse < 0.5, "{}", r.test_mse);
+    let (g, _) = registry::resolve_entry("gae-cora").unwrap();
+    assert!(aezoo_train::bench::run(&g, &Locator::bundled_only(), 1).is_err());
+}

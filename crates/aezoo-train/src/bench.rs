@@ -1,0 +1,128 @@
+//! `aezoo bench`: the speed protocol of `shared/bench/pytorch_ref.py` for any
+//! image entry, so `cargo xtask bench` can set aezoo beside its PyTorch twin
+//! (`scripts/bench/torch_twins.py`) in one invocation.
+//!
+//! Fashion-MNIST (through the data chain), the entry's batch size and Adam
+//! settings, `steps` training steps timed (forward, backward, optimiser; data
+//! batching and noise not timed, as in the reference), then inference over
+//! the test images in batches of 1000 (timed) with the test MSE per pixel of
+//! clean inputs, and the process's peak resident memory.
+
+use std::time::Instant;
+
+use aezoo_data::{EpochPlan, Locator};
+use aezoo_nn::{Batch, Rng, StepCtx};
+use candle_core::{DType, Device};
+use serde::{Deserialize, Serialize};
+
+use crate::config::EntryConfig;
+use crate::error::{Result, TrainError};
+use crate::optim::Adam;
+use crate::trainer::{build_fresh, load_data};
+
+/// One entry's measurements.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BenchResult {
+    pub entry: String,
+    pub framework: String,
+    pub threads: usize,
+    pub params: usize,
+    pub batch: usize,
+    pub steps: usize,
+    pub train_img_s: f64,
+    pub infer_img_s: f64,
+    pub test_mse: f64,
+    pub peak_rss_mb: f64,
+    /// Where the data came from.
+    pub data: String,
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`), in MiB.
+pub fn peak_rss_mb() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: f64 = text
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Runs the protocol on `cfg` (its data set replaced by Fashion-MNIST);
+/// `steps == 0` means one epoch.
+pub fn run(cfg: &EntryConfig, locator: &Locator, steps: usize) -> Result<BenchResult> {
+    if cfg.is_graph() {
+        return Err(TrainError::Other(format!("{}: bench covers image entries", cfg.entry)));
+    }
+    let mut cfg = cfg.clone();
+    cfg.data.dataset = "fashion-mnist".into();
+    cfg.data.folder = None;
+    let dev = Device::Cpu;
+    let splits = load_data(&cfg, locator)?;
+    let built = build_fresh(&cfg, &dev)?;
+    let t = &cfg.train;
+    let mut adam = Adam::new(built.params.vars(), t.lr, t.optimizer.clone())?;
+    let mut rng = Rng::new(t.seed);
+    let n = splits.train.len();
+    let per_epoch = n.div_ceil(t.batch_size);
+    let steps = if steps == 0 { per_epoch } else { steps };
+    let (mut step_s, mut images) = (0f64, 0usize);
+    for s in 0..steps {
+        let plan = EpochPlan::new(n, t.batch_size, t.seed, (s / per_epoch) as u64, true);
+        let idx = plan.batch(s % per_epoch);
+        let clean = splits.train.batch(idx, &dev)?;
+        let input = match &cfg.data.noise {
+            Some(noise) => noise.apply(&clean, &mut rng)?,
+            None => clean.clone(),
+        };
+        let batch = Batch { input, target: clean };
+        let t0 = Instant::now();
+        let out = built.model.step(
+            &batch,
+            &mut StepCtx {
+                train: true,
+                rng: &mut rng,
+            },
+        )?;
+        let grads = out.loss.backward()?;
+        adam.step(&grads)?;
+        step_s += t0.elapsed().as_secs_f64();
+        images += idx.len();
+    }
+    // Inference: batches of 1000 after one warm-up batch, as the reference.
+    let test = &splits.test;
+    let nb = test.len() / 1000;
+    if nb == 0 {
+        return Err(TrainError::Other(format!(
+            "bench: {} has fewer than 1000 test images",
+            splits.describe()
+        )));
+    }
+    built
+        .model
+        .reconstruct(&test.batch(&(0..1000).collect::<Vec<_>>(), &dev)?)?;
+    let (mut inf_s, mut sse) = (0f64, 0f64);
+    for b in 0..nb {
+        let x = test.batch(&(b * 1000..(b + 1) * 1000).collect::<Vec<_>>(), &dev)?;
+        let t0 = Instant::now();
+        let y = built.model.reconstruct(&x)?;
+        inf_s += t0.elapsed().as_secs_f64();
+        sse += (y - &x)?.sqr()?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+    }
+    let [c, h, w] = test.image_shape();
+    Ok(BenchResult {
+        entry: cfg.entry.clone(),
+        framework: format!("aezoo {} (candle 0.11)", env!("CARGO_PKG_VERSION")),
+        threads: rayon::current_num_threads(),
+        params: built.params.num_params(),
+        batch: t.batch_size,
+        steps,
+        train_img_s: images as f64 / step_s,
+        infer_img_s: (nb * 1000) as f64 / inf_s,
+        test_mse: sse / (nb * 1000 * c * h * w) as f64,
+        peak_rss_mb: peak_rss_mb().unwrap_or(f64::NAN),
+        data: splits.describe(),
+    })
+}
