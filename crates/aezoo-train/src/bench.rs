@@ -69,8 +69,11 @@ pub fn run(cfg: &EntryConfig, locator: &Locator, steps: usize) -> Result<BenchRe
     let per_epoch = n.div_ceil(t.batch_size);
     let steps = if steps == 0 { per_epoch } else { steps };
     let (mut step_s, mut images) = (0f64, 0usize);
+    let mut plan = EpochPlan::new(n, t.batch_size, t.seed, 0, true);
     for s in 0..steps {
-        let plan = EpochPlan::new(n, t.batch_size, t.seed, (s / per_epoch) as u64, true);
+        if s > 0 && s % per_epoch == 0 {
+            plan = EpochPlan::new(n, t.batch_size, t.seed, (s / per_epoch) as u64, true);
+        }
         let idx = plan.batch(s % per_epoch);
         let clean = splits.train.batch(idx, &dev)?;
         let input = match &cfg.data.noise {
