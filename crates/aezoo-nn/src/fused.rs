@@ -106,6 +106,9 @@ impl Float for f64 {
     }
 }
 
+/// Element-wise passes at least this long run on all threads.
+const PAR_ELEMS: usize = 1 << 15;
+
 fn threads() -> usize {
     rayon::current_num_threads().max(1)
 }
@@ -325,18 +328,21 @@ fn act_grad_kernel<T: Float>(
         contiguous::<T>(dy, ld, "act-grad")?,
     );
     let one = T::ONE;
-    let out: Vec<T> = match act {
-        Act::None => dy.to_vec(),
-        Act::Relu => y
-            .iter()
-            .zip(dy)
-            .map(|(&y, &d)| if y > T::default() { d } else { T::default() })
-            .collect(),
-        Act::Sigmoid => y
-            .iter()
-            .zip(dy)
-            .map(|(&y, &d)| T::from_f64(d.to_f64() * y.to_f64() * (one.to_f64() - y.to_f64())))
-            .collect(),
+    let f = |(&y, &d): (&T, &T)| match act {
+        Act::None => d,
+        Act::Relu => {
+            if y > T::default() {
+                d
+            } else {
+                T::default()
+            }
+        }
+        Act::Sigmoid => T::from_f64(d.to_f64() * y.to_f64() * (one.to_f64() - y.to_f64())),
+    };
+    let out: Vec<T> = if y.len() >= PAR_ELEMS {
+        y.par_iter().zip(dy.par_iter()).map(f).collect()
+    } else {
+        y.iter().zip(dy).map(f).collect()
     };
     Ok((T::storage(out), ly.shape().clone()))
 }
@@ -852,10 +858,11 @@ fn lin_fwd<T: Float>(
     let mut y = vec![T::default(); n * o];
     // y (n×o) = x (n×i) · Wᵀ (i×o)
     gemm(n, o, i, &mut y, (o, 1), false, x, (i, 1), w, (1, i), lin_par());
-    for row in y.chunks_mut(o) {
+    let act = op.act;
+    let epilogue = |row: &mut [T]| {
         for (v, &b) in row.iter_mut().zip(bias) {
             let z = *v + b;
-            *v = match op.act {
+            *v = match act {
                 Act::None => z,
                 Act::Relu => {
                     if z > T::default() {
@@ -867,6 +874,13 @@ fn lin_fwd<T: Float>(
                 Act::Sigmoid => z.sigmoid(),
             };
         }
+    };
+    // Bias and activation over rows in parallel once there is enough work
+    // (a sigmoid over 1000 × 784 outputs on one thread cost more than the GEMM).
+    if n * o >= PAR_ELEMS {
+        y.par_chunks_mut(o).for_each(epilogue);
+    } else {
+        y.chunks_mut(o).for_each(epilogue);
     }
     Ok((T::storage(y), Shape::from((n, o))))
 }

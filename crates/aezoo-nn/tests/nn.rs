@@ -767,6 +767,29 @@ fn fused_linear_matches_composite_and_finite_differences() {
 }
 
 #[test]
+fn fused_linear_parallel_epilogue_matches_the_composite_on_large_batches() {
+    // n·o = 256·160 ≥ 2^15: the bias/activation pass and its backward run on all threads.
+    for act in [Act::None, Act::Relu, Act::Sigmoid] {
+        let (x, wt, bias) = (u(&[256, 24], 330), u(&[160, 24], 331), u(&[160], 332));
+        let vars: Vec<candle_core::Var> = [&x, &wt, &bias]
+            .iter()
+            .map(|t| candle_core::Var::from_tensor(t).unwrap())
+            .collect();
+        let (xv, wv, bv) = (vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor());
+        let r = u(&[256, 160], 333);
+        let fused = fused::linear(xv, wv, bv, act).unwrap();
+        let plain = apply_act(xv.matmul(&wv.t().unwrap()).unwrap().broadcast_add(bv).unwrap(), act).unwrap();
+        assert!(max_abs_diff(&fused, &plain) < 1e-12, "{act:?}: forward differs");
+        let gf = (&fused * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let gp = (&plain * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [xv, wv, bv] {
+            let d = max_abs_diff(gf.get(v).unwrap(), gp.get(v).unwrap());
+            assert!(d < 1e-10, "{act:?}: gradient differs by {d}");
+        }
+    }
+}
+
+#[test]
 fn fused_layers_accumulate_with_other_gradients_and_run_in_f32() {
     // The input also feeds a second branch; and the f32 kernels agree with f64.
     let f = |a: &[Tensor]| {
