@@ -1012,14 +1012,6 @@ fn parse_bytes(s: &str) -> Result<u64> {
     Ok((v * mult) as u64)
 }
 
-/// `field` of /proc/self/status or /proc/meminfo, in bytes.
-fn proc_kib(file: &str, field: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(file).ok()?;
-    let line = text.lines().find(|l| l.starts_with(field))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
 /// One probe: a fresh process trains two steps at `batch` and reports its peak RSS.
 fn probe(entry: &str, batch: usize) -> Result<Option<u64>> {
     let exe = std::env::current_exe().context("cannot find the aezoo binary")?;
@@ -1039,24 +1031,8 @@ fn probe(entry: &str, batch: usize) -> Result<Option<u64>> {
 }
 
 fn cmd_probe_batch(a: ProbeArgs) -> Result<()> {
-    let (mut cfg, _) = registry::resolve_entry(&a.entry)?;
-    cfg.train.batch_size = a.batch;
-    let built = aezoo_train::trainer::build_fresh(&cfg, &Device::Cpu)?;
-    let [c, h, w] = registry::family(&cfg.family, &cfg.entry)?.check(&cfg.model, &cfg.entry)?;
-    let mut adam = aezoo_train::optim::Adam::new(built.params.vars(), cfg.train.lr, cfg.train.optimizer.clone())?;
-    let mut rng = Rng::new(0);
-    for _ in 0..2 {
-        let xs = rng.rand_uniform((a.batch, c, h, w), 0.0, 1.0, candle_core::DType::F32, &Device::Cpu)?;
-        let out = built.model.step(
-            &aezoo_nn::Batch::autoencode(xs),
-            &mut aezoo_nn::StepCtx {
-                train: true,
-                rng: &mut rng,
-            },
-        )?;
-        adam.step(&out.loss.backward()?)?;
-    }
-    let peak = proc_kib("/proc/self/status", "VmHWM:").context("no /proc/self/status VmHWM (Linux only)")?;
+    let (cfg, _) = registry::resolve_entry(&a.entry)?;
+    let peak = aezoo_train::bench::probe_batch(&cfg, a.batch)?;
     println!("peak_rss_bytes {peak}");
     Ok(())
 }
@@ -1067,7 +1043,7 @@ fn cmd_max_batch(a: MaxBatchArgs) -> Result<()> {
     }
     let budget = match &a.budget {
         Some(s) => parse_bytes(s)?,
-        None => proc_kib("/proc/meminfo", "MemAvailable:")
+        None => aezoo_train::bench::proc_bytes("/proc/meminfo", "MemAvailable:")
             .map(|b| b / 10 * 8)
             .context("no /proc/meminfo: pass --budget")?,
     };

@@ -45,6 +45,18 @@ fn assert_close(got: &[f64], want: &[f64], tol: f64) {
     }
 }
 
+/// max |a − b| over all elements (f32 tensors).
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 fn parse_err_edges(text: &str) -> String {
     parse_edges(text, "g.edges.txt").unwrap_err().to_string()
 }
@@ -262,14 +274,7 @@ fn fused_recon_loss_gradient_checks_and_agrees_with_the_composite_on_a_real_grap
     let ga = fused.backward().unwrap().remove(z.as_tensor()).unwrap();
     let gb = comp.backward().unwrap().remove(z.as_tensor()).unwrap();
     let scale = gb.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-    let diff = (ga - gb)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_abs_diff(&ga, &gb);
     assert!(diff < 1e-4 * scale, "{diff} vs {scale}");
 }
 

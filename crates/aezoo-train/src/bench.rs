@@ -37,17 +37,49 @@ pub struct BenchResult {
     pub data: String,
 }
 
-/// Peak resident memory of this process (Linux `VmHWM`), in MiB.
-pub fn peak_rss_mb() -> Option<f64> {
-    let text = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib: f64 = text
+/// A `/proc` field given in kB (`VmHWM:` of `/proc/self/status`,
+/// `MemAvailable:` of `/proc/meminfo`), in bytes; Linux only.
+pub fn proc_bytes(file: &str, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let kib: u64 = text
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
+        .find(|l| l.starts_with(field))?
         .split_whitespace()
         .nth(1)?
         .parse()
         .ok()?;
-    Some(kib / 1024.0)
+    Some(kib * 1024)
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`), in MiB.
+pub fn peak_rss_mb() -> Option<f64> {
+    proc_bytes("/proc/self/status", "VmHWM:").map(|b| b as f64 / (1024.0 * 1024.0))
+}
+
+/// Two full training steps (forward, backward, Adam) of `cfg` at `batch`
+/// images of noise-free random pixels; returns this process's peak RSS in
+/// bytes. `aezoo max-batch` runs it in a fresh process per batch size.
+pub fn probe_batch(cfg: &EntryConfig, batch: usize) -> Result<u64> {
+    let mut cfg = cfg.clone();
+    cfg.train.batch_size = batch;
+    let dev = Device::Cpu;
+    let built = build_fresh(&cfg, &dev)?;
+    let [c, h, w] = crate::registry::family(&cfg.family, &cfg.entry)?.check(&cfg.model, &cfg.entry)?;
+    let mut adam = Adam::new(built.params.vars(), cfg.train.lr, cfg.train.optimizer.clone())?;
+    let mut rng = Rng::new(0);
+    for _ in 0..2 {
+        let xs = rng.rand_uniform((batch, c, h, w), 0.0, 1.0, DType::F32, &dev)?;
+        let out = built.model.step(
+            &Batch::autoencode(xs),
+            &mut StepCtx {
+                train: true,
+                rng: &mut rng,
+            },
+        )?;
+        adam.step(&out.loss.backward()?)?;
+    }
+    proc_bytes("/proc/self/status", "VmHWM:")
+        .ok_or_else(|| TrainError::Other("no VmHWM in /proc/self/status (peak memory is read on Linux only)".into()))
 }
 
 /// Runs the protocol on `cfg` (its data set replaced by Fashion-MNIST);
