@@ -15,6 +15,7 @@ use candle_core::{Module, Result, Tensor};
 
 use candle_nn::{Init, VarBuilder};
 
+use crate::conv3d::Conv3dOpts;
 use crate::fused::{self, Act};
 
 pub use candle_nn::{Conv2dConfig, ConvTranspose2dConfig};
@@ -213,6 +214,67 @@ impl Module for ConvTranspose2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         // xs: (b, in, h, w) -> (b, out, (h-1)s - 2p + k + op, ...)
         self.forward_act(xs, Act::None)
+    }
+}
+
+/// A 3-D convolution (`weight`: `(out, in, kt, kh, kw)`), PyTorch's
+/// `nn.Conv3d` init; padding is explicit (use [`crate::same_pad`] for
+/// TensorFlow's SAME).
+#[derive(Clone, Debug)]
+pub struct Conv3d {
+    weight: Tensor,
+    bias: Tensor,
+    opts: Conv3dOpts,
+}
+
+pub fn conv3d(in_c: usize, out_c: usize, k: [usize; 3], opts: Conv3dOpts, vb: VarBuilder) -> Result<Conv3d> {
+    let fan_in = in_c * k.iter().product::<usize>();
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    let weight = vb.get_with_hints((out_c, in_c, k[0], k[1], k[2]), "weight", uniform(bound))?;
+    let bias = vb.get_with_hints(out_c, "bias", uniform(bound))?;
+    Ok(Conv3d { weight, bias, opts })
+}
+
+impl Conv3d {
+    /// The kernel size `(kt, kh, kw)`.
+    pub fn kernel(&self) -> [usize; 3] {
+        let d = self.weight.dims();
+        [d[2], d[3], d[4]]
+    }
+
+    pub fn opts(&self) -> Conv3dOpts {
+        self.opts
+    }
+}
+
+impl Module for Conv3d {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        // xs: (b, in, t, h, w) -> (b, out, ot, oh, ow)
+        crate::ops::conv3d(xs, &self.weight, Some(&self.bias), self.opts)
+    }
+}
+
+/// A 3-D transposed convolution (`weight`: `(in, out, kt, kh, kw)`), PyTorch's
+/// `nn.ConvTranspose3d` init (fan-in from the output channels).
+#[derive(Clone, Debug)]
+pub struct ConvTranspose3d {
+    weight: Tensor,
+    bias: Tensor,
+    opts: Conv3dOpts,
+}
+
+pub fn conv_transpose3d(in_c: usize, out_c: usize, k: [usize; 3], opts: Conv3dOpts, vb: VarBuilder) -> Result<ConvTranspose3d> {
+    let fan_in = out_c * k.iter().product::<usize>();
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    let weight = vb.get_with_hints((in_c, out_c, k[0], k[1], k[2]), "weight", uniform(bound))?;
+    let bias = vb.get_with_hints(out_c, "bias", uniform(bound))?;
+    Ok(ConvTranspose3d { weight, bias, opts })
+}
+
+impl Module for ConvTranspose3d {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        // xs: (b, in, t, h, w) -> (b, out, (t-1)s - 2p + k + op, ...)
+        crate::ops::conv_transpose3d(xs, &self.weight, Some(&self.bias), self.opts)
     }
 }
 

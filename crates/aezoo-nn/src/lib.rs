@@ -4,6 +4,7 @@
 //! and the [`model::Autoencoder`] / [`model::Family`] traits.
 
 pub mod conv;
+pub mod conv3d;
 pub mod fused;
 pub mod gradcheck;
 pub mod layers;

@@ -111,6 +111,60 @@ pub fn conv_transpose2d(
     add_channel_bias(ys, bias)
 }
 
+/// 3-D convolution of `(b, c, t, h, w)` by `(o, c, kt, kh, kw)` plus an
+/// optional bias (candle has none): vol2col + GEMM on the CPU, the sum of 2-D
+/// convolutions over temporal taps elsewhere or with `AEZOO_NO_FUSED=1`
+/// ([`crate::conv3d`]).
+pub fn conv3d(xs: &Tensor, kernel: &Tensor, bias: Option<&Tensor>, opts: crate::conv3d::Conv3dOpts) -> Result<Tensor> {
+    if xs.device().is_cpu() && crate::fused::enabled() {
+        return crate::conv3d::conv3d_gemm(xs, kernel, bias, opts);
+    }
+    crate::conv3d::conv3d_taps(xs, kernel, bias, opts)
+}
+
+/// 3-D transposed convolution of `(b, ci, t, h, w)` by `(ci, o, kt, kh, kw)`
+/// plus an optional bias; GEMM + col2vol on the CPU, temporal taps of 2-D
+/// transposed convolutions elsewhere or with `AEZOO_NO_FUSED=1`.
+pub fn conv_transpose3d(
+    xs: &Tensor,
+    kernel: &Tensor,
+    bias: Option<&Tensor>,
+    opts: crate::conv3d::Conv3dOpts,
+) -> Result<Tensor> {
+    if xs.device().is_cpu() && crate::fused::enabled() {
+        return crate::conv3d::conv_transpose3d_gemm(xs, kernel, bias, opts);
+    }
+    crate::conv3d::conv_transpose3d_taps(xs, kernel, bias, opts)
+}
+
+/// Scalar quantisation of every value of `xs` to its nearest entry of
+/// `levels` (`(k,)`), with a straight-through gradient (van den Oord et al.
+/// 2017, in one dimension).
+///
+/// Returns `(q, idx)`: `q` has the value of the chosen level itself (not a
+/// distance), carries the incoming gradient unchanged to `xs` and, summed
+/// over the positions that chose it, to each level; `idx` (u32, shape of
+/// `xs`) is the level index of each value. Ties go to the lower index.
+pub fn scalar_quantize(xs: &Tensor, levels: &Tensor) -> Result<(Tensor, Tensor)> {
+    let k = levels.dims1()?;
+    if k == 0 {
+        candle_core::bail!("scalar_quantize: the codebook is empty");
+    }
+    let shape = xs.shape().clone();
+    let flat = xs.flatten_all()?;
+    // distances: (n, k); idx: (n,)
+    let d = flat
+        .detach()
+        .unsqueeze(1)?
+        .broadcast_sub(&levels.detach().unsqueeze(0)?)?
+        .abs()?;
+    let idx = d.argmin(1)?;
+    let chosen = levels.index_select(&idx, 0)?;
+    // value: the level; gradient: straight through to xs, and to the level.
+    let q = (chosen + (&flat - flat.detach())?)?;
+    Ok((q.reshape(shape.clone())?, idx.reshape(shape)?))
+}
+
 /// Rectified linear unit.
 pub fn relu(xs: &Tensor) -> Result<Tensor> {
     xs.relu()

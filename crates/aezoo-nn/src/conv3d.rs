@@ -1,0 +1,446 @@
+//! 3-D convolutions (candle 0.11 has none): a plain path built from 2-D
+//! convolutions, one per temporal kernel tap, that runs on every device, and a
+//! fast CPU path as vol2col + one GEMM (the 3-D form of Chellapilla et al.
+//! 2006, as [`crate::conv`] does in 2-D).
+//!
+//! ```text
+//! plain  conv3d:           y[:, :, t] = Σ_dt conv2d(x[:, :, t·st + dt − pt], w[:, :, dt])
+//!        conv_transpose3d: y[:, :, t·st + dt − pt] += conv_transpose2d(x[:, :, t], w[:, :, dt])
+//! fast   conv3d:           cols = vol2col(x)   (C·kt·kh·kw [+1], B·OT·OH·OW);  y = [W | b] · cols
+//!        conv_transpose3d: cols = Wᵀ · x       (O·kt·kh·kw, B·T·H·W);          y = col2vol(cols) + b
+//! ```
+//! `vol2col` and `col2vol` are custom ops that are each other's backward; the
+//! GEMMs are candle's matmul with its own backward. Both paths are
+//! gradient-checked and pinned to PyTorch's `conv3d` / `conv_transpose3d`
+//! (`crates/aezoo-nn/tests/nn.rs`). Layout is PyTorch's: `(b, c, t, h, w)`,
+//! kernels `(o, c, kt, kh, kw)` and, transposed, `(c, o, kt, kh, kw)`.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Stride, zero padding and (for transposed convs) output padding per axis
+/// `(t, h, w)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv3dOpts {
+    pub stride: [usize; 3],
+    pub padding: [usize; 3],
+    pub output_padding: [usize; 3],
+}
+
+impl Default for Conv3dOpts {
+    fn default() -> Self {
+        Self {
+            stride: [1; 3],
+            padding: [0; 3],
+            output_padding: [0; 3],
+        }
+    }
+}
+
+/// A `c × t × h × w` volume read by a `kt × kh × kw` window, giving a grid of
+/// `ot × oh × ow` window positions (dilation 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry3 {
+    pub c: usize,
+    /// Volume size `(t, h, w)`.
+    pub size: [usize; 3],
+    pub kernel: [usize; 3],
+    pub stride: [usize; 3],
+    pub padding: [usize; 3],
+    /// Grid size `(ot, oh, ow)`.
+    pub out: [usize; 3],
+}
+
+impl Geometry3 {
+    /// The geometry of a convolution over a `t × h × w` volume (grid derived).
+    pub fn for_conv(c: usize, size: [usize; 3], kernel: [usize; 3], stride: [usize; 3], padding: [usize; 3]) -> Result<Self> {
+        let mut out = [0; 3];
+        for i in 0..3 {
+            if kernel[i] == 0 || stride[i] == 0 {
+                candle_core::bail!("conv3d: kernel {kernel:?} and stride {stride:?} must be >= 1");
+            }
+            if size[i] + 2 * padding[i] < kernel[i] {
+                candle_core::bail!("conv3d: input {size:?} with padding {padding:?} is smaller than the {kernel:?} kernel");
+            }
+            out[i] = (size[i] + 2 * padding[i] - kernel[i]) / stride[i] + 1;
+        }
+        Ok(Self {
+            c,
+            size,
+            kernel,
+            stride,
+            padding,
+            out,
+        })
+    }
+
+    fn k(&self) -> usize {
+        self.c * self.kernel.iter().product::<usize>()
+    }
+
+    fn l(&self) -> usize {
+        self.out.iter().product()
+    }
+
+    fn vol(&self) -> usize {
+        self.size.iter().product()
+    }
+
+    /// Source index along `axis` of grid position `o` and kernel tap `k`.
+    #[inline]
+    fn src(&self, axis: usize, o: usize, k: usize) -> Option<usize> {
+        let v = (o * self.stride[axis] + k) as isize - self.padding[axis] as isize;
+        (v >= 0 && (v as usize) < self.size[axis]).then_some(v as usize)
+    }
+
+    /// `(c, dt, dy, dx)` of a `cols` row.
+    #[inline]
+    fn row(&self, r: usize) -> (usize, usize, usize, usize) {
+        let [kt, kh, kw] = self.kernel;
+        (r / (kt * kh * kw), (r / (kh * kw)) % kt, (r / kw) % kh, r % kw)
+    }
+}
+
+fn vol2col_kernel<T: Copy + Default + Send + Sync>(src: &[T], b: usize, g: &Geometry3, ones_row: bool, one: T) -> Vec<T> {
+    let (k, l, vol) = (g.k(), g.l(), g.vol());
+    let [_, h, w] = g.size;
+    let [ot, oh, ow] = g.out;
+    let cols_n = b * l;
+    let rows = k + usize::from(ones_row);
+    let mut out = vec![T::default(); rows * cols_n];
+    out.par_chunks_mut(cols_n).enumerate().for_each(|(r, row)| {
+        if r == k {
+            row.iter_mut().for_each(|v| *v = one);
+            return;
+        }
+        let (c, dt, dy, dx) = g.row(r);
+        for bi in 0..b {
+            let volume = &src[(bi * g.c + c) * vol..(bi * g.c + c + 1) * vol];
+            for t in 0..ot {
+                let Some(st) = g.src(0, t, dt) else { continue }; // stays zero
+                let frame = &volume[st * h * w..(st + 1) * h * w];
+                let dst = &mut row[bi * l + t * oh * ow..bi * l + (t + 1) * oh * ow];
+                for oy in 0..oh {
+                    let Some(y) = g.src(1, oy, dy) else { continue };
+                    let srow = &frame[y * w..(y + 1) * w];
+                    let drow = &mut dst[oy * ow..(oy + 1) * ow];
+                    for (ox, d) in drow.iter_mut().enumerate() {
+                        if let Some(x) = g.src(2, ox, dx) {
+                            *d = srow[x];
+                        }
+                    }
+                }
+            }
+        }
+    });
+    out
+}
+
+fn col2vol_kernel<T>(cols: &[T], b: usize, g: &Geometry3) -> Vec<T>
+where
+    T: Copy + Default + Send + Sync + std::ops::AddAssign,
+{
+    let (l, vol) = (g.l(), g.vol());
+    let [_, h, w] = g.size;
+    let [ot, oh, ow] = g.out;
+    let [kt, kh, kw] = g.kernel;
+    let cols_n = b * l;
+    let mut out = vec![T::default(); b * g.c * vol];
+    out.par_chunks_mut(vol).enumerate().for_each(|(bc, volume)| {
+        let (bi, c) = (bc / g.c, bc % g.c);
+        for dt in 0..kt {
+            for dy in 0..kh {
+                for dx in 0..kw {
+                    let r = ((c * kt + dt) * kh + dy) * kw + dx;
+                    let src = &cols[r * cols_n + bi * l..r * cols_n + (bi + 1) * l];
+                    for t in 0..ot {
+                        let Some(st) = g.src(0, t, dt) else { continue };
+                        let frame = &mut volume[st * h * w..(st + 1) * h * w];
+                        for oy in 0..oh {
+                            let Some(y) = g.src(1, oy, dy) else { continue };
+                            let irow = &mut frame[y * w..(y + 1) * w];
+                            let srow = &src[(t * oh + oy) * ow..(t * oh + oy + 1) * ow];
+                            for (ox, &v) in srow.iter().enumerate() {
+                                if let Some(x) = g.src(2, ox, dx) {
+                                    irow[x] += v;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+    out
+}
+
+/// `(b, c, t, h, w)` → `(c·kt·kh·kw [+1], b·ot·oh·ow)`.
+#[derive(Clone, Copy, Debug)]
+struct Vol2Col {
+    g: Geometry3,
+    ones_row: bool,
+}
+
+/// `(c·kt·kh·kw [+1], b·ot·oh·ow)` → `(b, c, t, h, w)`, summing overlaps.
+#[derive(Clone, Copy, Debug)]
+struct Col2Vol {
+    g: Geometry3,
+    b: usize,
+    has_ones_row: bool,
+}
+
+fn contiguous_slice<'a, T>(v: &'a [T], l: &Layout) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("aezoo conv3d: input must be contiguous"),
+    }
+}
+
+impl CustomOp1 for Vol2Col {
+    fn name(&self) -> &'static str {
+        "aezoo-vol2col"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, c, t, h, w) = l.shape().dims5()?;
+        let g = &self.g;
+        if (c, [t, h, w]) != (g.c, g.size) {
+            candle_core::bail!("aezoo-vol2col: input {:?} does not match {g:?}", l.dims());
+        }
+        let shape = Shape::from((g.k() + usize::from(self.ones_row), b * g.l()));
+        let o = self.ones_row;
+        let out = match s {
+            CpuStorage::F32(v) => CpuStorage::F32(vol2col_kernel(contiguous_slice(v, l)?, b, g, o, 1f32)),
+            CpuStorage::F64(v) => CpuStorage::F64(vol2col_kernel(contiguous_slice(v, l)?, b, g, o, 1f64)),
+            other => candle_core::bail!("aezoo-vol2col: unsupported dtype {:?}", other.dtype()),
+        };
+        Ok((out, shape))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let op = Col2Vol {
+            g: self.g,
+            b: arg.dim(0)?,
+            has_ones_row: self.ones_row,
+        };
+        Ok(Some(grad.contiguous()?.apply_op1(op)?))
+    }
+}
+
+impl CustomOp1 for Col2Vol {
+    fn name(&self) -> &'static str {
+        "aezoo-col2vol"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (rows, n) = l.shape().dims2()?;
+        let g = &self.g;
+        if rows != g.k() + usize::from(self.has_ones_row) || n != self.b * g.l() {
+            candle_core::bail!("aezoo-col2vol: input {:?} does not match {g:?} with batch {}", l.dims(), self.b);
+        }
+        let [t, h, w] = g.size;
+        let shape = Shape::from((self.b, g.c, t, h, w));
+        let out = match s {
+            CpuStorage::F32(v) => CpuStorage::F32(col2vol_kernel(contiguous_slice(v, l)?, self.b, g)),
+            CpuStorage::F64(v) => CpuStorage::F64(col2vol_kernel(contiguous_slice(v, l)?, self.b, g)),
+            other => candle_core::bail!("aezoo-col2vol: unsupported dtype {:?}", other.dtype()),
+        };
+        Ok((out, shape))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let g = grad.contiguous()?.apply_op1(Vol2Col {
+            g: self.g,
+            ones_row: false,
+        })?;
+        let g = if self.has_ones_row {
+            let n = g.dim(1)?;
+            Tensor::cat(&[&g, &Tensor::zeros((1, n), g.dtype(), g.device())?], 0)?
+        } else {
+            g
+        };
+        Ok(Some(g))
+    }
+}
+
+/// `vol2col` as a differentiable op (CPU).
+pub fn vol2col(xs: &Tensor, g: Geometry3, ones_row: bool) -> Result<Tensor> {
+    xs.contiguous()?.apply_op1(Vol2Col { g, ones_row })
+}
+
+/// `col2vol` as a differentiable op (CPU).
+pub fn col2vol(cols: &Tensor, g: Geometry3, b: usize) -> Result<Tensor> {
+    cols.contiguous()?.apply_op1(Col2Vol {
+        g,
+        b,
+        has_ones_row: false,
+    })
+}
+
+fn dims5(t: &Tensor, what: &str) -> Result<(usize, usize, usize, usize, usize)> {
+    t.dims5()
+        .map_err(|_| candle_core::Error::Msg(format!("{what}: expected a 5-D tensor, got shape {:?}", t.dims())))
+}
+
+fn add_bias5(ys: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    match bias {
+        Some(b) => ys.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1, 1))?),
+        None => Ok(ys),
+    }
+}
+
+/// Output length of a transposed conv along one axis.
+fn convt_len(n: usize, k: usize, s: usize, p: usize, op: usize) -> Result<usize> {
+    if op >= s {
+        candle_core::bail!("conv_transpose3d: output_padding {op} must be smaller than the stride {s}");
+    }
+    let full = (n - 1) * s + k + op;
+    if full <= 2 * p {
+        candle_core::bail!("conv_transpose3d: padding {p} leaves no output");
+    }
+    Ok(full - 2 * p)
+}
+
+/// Conv3d of `(b, c, t, h, w)` by `(o, c, kt, kh, kw)` as vol2col + one GEMM (CPU).
+pub fn conv3d_gemm(xs: &Tensor, kernel: &Tensor, bias: Option<&Tensor>, opts: Conv3dOpts) -> Result<Tensor> {
+    // xs: (b, c, t, h, w); kernel: (o, c, kt, kh, kw) -> (b, o, ot, oh, ow)
+    let (b, c, t, h, w) = dims5(xs, "conv3d input")?;
+    let (o, kc, kt, kh, kw) = dims5(kernel, "conv3d kernel")?;
+    if kc != c {
+        candle_core::bail!("conv3d: input has {c} channels, the kernel expects {kc}");
+    }
+    let g = Geometry3::for_conv(c, [t, h, w], [kt, kh, kw], opts.stride, opts.padding)?;
+    let cols = vol2col(xs, g, bias.is_some())?;
+    let w2 = kernel.reshape((o, g.k()))?;
+    let w2 = match bias {
+        Some(bias) => Tensor::cat(&[&w2, &bias.reshape((o, 1))?], 1)?,
+        None => w2,
+    };
+    let [ot, oh, ow] = g.out;
+    // (o, b·l) -> (b, o, ot, oh, ow)
+    w2.matmul(&cols)?
+        .reshape((o, b, ot, oh, ow))?
+        .transpose(0, 1)?
+        .contiguous()
+}
+
+/// Transposed conv3d of `(b, ci, t, h, w)` by `(ci, o, kt, kh, kw)` as one
+/// GEMM + col2vol (CPU).
+pub fn conv_transpose3d_gemm(xs: &Tensor, kernel: &Tensor, bias: Option<&Tensor>, opts: Conv3dOpts) -> Result<Tensor> {
+    // xs: (b, ci, t, h, w); kernel: (ci, o, kt, kh, kw) -> (b, o, ot, oh, ow)
+    let (b, ci, t, h, w) = dims5(xs, "conv_transpose3d input")?;
+    let (kci, o, kt, kh, kw) = dims5(kernel, "conv_transpose3d kernel")?;
+    if kci != ci {
+        candle_core::bail!("conv_transpose3d: input has {ci} channels, the kernel expects {kci}");
+    }
+    let (k, s, p, op) = ([kt, kh, kw], opts.stride, opts.padding, opts.output_padding);
+    let size = [
+        convt_len(t, kt, s[0], p[0], op[0])?,
+        convt_len(h, kh, s[1], p[1], op[1])?,
+        convt_len(w, kw, s[2], p[2], op[2])?,
+    ];
+    let g = Geometry3 {
+        c: o,
+        size,
+        kernel: k,
+        stride: s,
+        padding: p,
+        out: [t, h, w],
+    };
+    // x2: (ci, b·t·h·w); w2ᵀ: (o·kt·kh·kw, ci)
+    let x2 = xs.transpose(0, 1)?.contiguous()?.reshape((ci, b * t * h * w))?;
+    let w2t = kernel.reshape((ci, o * kt * kh * kw))?.t()?;
+    add_bias5(col2vol(&w2t.matmul(&x2)?, g, b)?, bias)
+}
+
+/// Frames `x[:, :, dt + st·j]`, `j < n`, of a time-padded `(b, c, T, h, w)`.
+fn time_taps(xs: &Tensor, dt: usize, st: usize, n: usize) -> Result<Tensor> {
+    if st == 1 {
+        return xs.narrow(2, dt, n);
+    }
+    let idx: Vec<u32> = (0..n).map(|j| (dt + st * j) as u32).collect();
+    xs.index_select(&Tensor::new(idx, xs.device())?, 2)
+}
+
+/// Conv3d as a sum of 2-D convolutions, one per temporal kernel tap (any
+/// device; the spatial stride and padding must be equal in h and w).
+pub fn conv3d_taps(xs: &Tensor, kernel: &Tensor, bias: Option<&Tensor>, opts: Conv3dOpts) -> Result<Tensor> {
+    let (b, c, t, _h, _w) = dims5(xs, "conv3d input")?;
+    let (o, kc, kt, kh, kw) = dims5(kernel, "conv3d kernel")?;
+    if kc != c {
+        candle_core::bail!("conv3d: input has {c} channels, the kernel expects {kc}");
+    }
+    let ([st, sh, sw], [pt, ph, pw]) = (opts.stride, opts.padding);
+    if sh != sw || ph != pw {
+        candle_core::bail!("conv3d (plain path): spatial stride and padding must be equal in h and w, got {:?} / {:?}", opts.stride, opts.padding);
+    }
+    if t + 2 * pt < kt {
+        candle_core::bail!("conv3d: {t} frames with padding {pt} are fewer than the kernel's {kt}");
+    }
+    let ot = (t + 2 * pt - kt) / st + 1;
+    let xs = if pt > 0 { xs.pad_with_zeros(2, pt, pt)? } else { xs.clone() };
+    let mut acc: Option<Tensor> = None;
+    for dt in 0..kt {
+        // frames: (b, ot, c, h, w) -> (b·ot, c, h, w)
+        let frames = time_taps(&xs, dt, st, ot)?.transpose(1, 2)?.contiguous()?;
+        let (_, _, _, h, w) = frames.dims5()?;
+        let frames = frames.reshape((b * ot, c, h, w))?;
+        let w2 = kernel.narrow(2, dt, 1)?.reshape((o, c, kh, kw))?;
+        let ys = crate::ops::conv2d(&frames, &w2, None, ph, sh, 1, 1)?;
+        acc = Some(match acc {
+            Some(a) => (a + ys)?,
+            None => ys,
+        });
+    }
+    let ys = acc.expect("kt >= 1");
+    let (_, _, oh, ow) = ys.dims4()?;
+    // (b·ot, o, oh, ow) -> (b, o, ot, oh, ow)
+    let ys = ys.reshape((b, ot, o, oh, ow))?.transpose(1, 2)?.contiguous()?;
+    add_bias5(ys, bias)
+}
+
+/// Transposed conv3d as a sum of 2-D transposed convolutions placed at their
+/// output frames (any device; spatial stride, padding and output padding equal
+/// in h and w).
+pub fn conv_transpose3d_taps(xs: &Tensor, kernel: &Tensor, bias: Option<&Tensor>, opts: Conv3dOpts) -> Result<Tensor> {
+    let (b, ci, t, h, w) = dims5(xs, "conv_transpose3d input")?;
+    let (kci, o, kt, kh, kw) = dims5(kernel, "conv_transpose3d kernel")?;
+    if kci != ci {
+        candle_core::bail!("conv_transpose3d: input has {ci} channels, the kernel expects {kci}");
+    }
+    let ([st, sh, sw], [pt, ph, pw], [opt, oph, opw]) = (opts.stride, opts.padding, opts.output_padding);
+    if sh != sw || ph != pw || oph != opw {
+        candle_core::bail!(
+            "conv_transpose3d (plain path): spatial stride, padding and output padding must be equal in h and w, got {opts:?}"
+        );
+    }
+    let out_t = convt_len(t, kt, st, pt, opt)?;
+    // Full (uncropped) time axis: frame j of tap dt lands at dt + st·j.
+    let span = (t - 1) * st + 1;
+    let full = ((t - 1) * st + kt).max(pt + out_t);
+    let frames = xs.transpose(1, 2)?.contiguous()?.reshape((b * t, ci, h, w))?;
+    let mut acc: Option<Tensor> = None;
+    for dt in 0..kt {
+        let w2 = kernel.narrow(2, dt, 1)?.reshape((ci, o, kh, kw))?;
+        let ys = crate::ops::conv_transpose2d(&frames, &w2, None, ph, oph, sh, 1)?;
+        let (_, _, oh, ow) = ys.dims4()?;
+        let ys = ys.reshape((b, t, o, oh, ow))?;
+        // Interleave st − 1 empty frames after each frame: (b, span, o, oh, ow).
+        let ys = if st > 1 {
+            let z = ys.zeros_like()?;
+            let mut parts = vec![ys];
+            parts.extend(std::iter::repeat_n(z, st - 1));
+            Tensor::stack(&parts, 2)?.reshape((b, t * st, o, oh, ow))?.narrow(1, 0, span)?
+        } else {
+            ys
+        };
+        let ys = ys.pad_with_zeros(1, dt, full - dt - span)?;
+        acc = Some(match acc {
+            Some(a) => (a + ys)?,
+            None => ys,
+        });
+    }
+    let ys = acc.expect("kt >= 1").narrow(1, pt, out_t)?;
+    add_bias5(ys.transpose(1, 2)?.contiguous()?, bias)
+}
