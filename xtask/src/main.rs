@@ -12,6 +12,8 @@
 //! cargo xtask compare [--protocol P] [--quick]      every entry under one protocol → RESULTS.md
 //! cargo xtask compare --graphs                       GAE / VGAE on Cora and Citeseer, 10 seeds, vs the paper
 //! cargo xtask encode-graph <entry> -o EMB            node embeddings of a graph entry (safetensors)
+//! cargo xtask show-video <entry> [-o DIR]            GIFs: test clips beside reconstructions, per-epoch progression
+//! cargo xtask rd-video <entry> [--levels 2,4,…]      codebook-size sweep of a video entry → rate vs PSNR/SSIM
 //! cargo xtask list                                  the zoo's entries
 //! cargo xtask quality [--seeds N] [--torch-ref PY]  vae-conv under the PyTorch bench protocol
 //! cargo xtask bench [--steps N] [--entries a,b]     aezoo beside its PyTorch twins → BENCH.md
@@ -52,7 +54,7 @@ fn aezoo(args: &[String]) -> Result<()> {
 }
 
 fn usage() -> &'static str {
-    "usage: cargo xtask <train|eval|sample|reconstruct|interpolate|export|encode-graph|list|compare|quality|aezoo> [args]\n\
+    "usage: cargo xtask <train|eval|sample|reconstruct|interpolate|export|encode-graph|show-video|rd-video|list|compare|quality|bench|aezoo> [args]\n\
      \n  train <entry> [opts]    train a zoo entry on its default data (see `aezoo train --help`)\
      \n  eval <entry> [opts]     test-split metrics of its weights (see `aezoo eval --help`)\
      \n  sample <entry> [opts]   a PNG grid of prior samples (see `aezoo sample --help`)\
@@ -66,6 +68,10 @@ fn usage() -> &'static str {
      \n                          mean ± std of test AUC / AP beside Kipf & Welling (2016)\
      \n  encode-graph <entry> [-o EMB] [--full-graph]\
      \n                          node embeddings of a graph entry into a safetensors file\
+     \n  show-video <entry> [-o DIR]  animated GIFs: test clips beside their reconstructions,\
+     \n                          the per-epoch progression, the loss curve\
+     \n  rd-video <entry> [--levels 2,4,8,16,32,64,128] [--epochs N]\
+     \n                          one model per codebook size K: rate against PSNR/SSIM (CSV, table, plots)\
      \n  quality [--seeds N] [--torch-ref PATH]\
      \n                          vae-conv, 1 epoch of full Fashion-MNIST, batch 128, Adam 1e-3:\
      \n                          test MSE per seed, beside PyTorch's when PATH (shared/bench/pytorch_ref.py)\
@@ -403,7 +409,7 @@ fn run() -> Result<()> {
     let rest = &args[1..];
     match cmd.as_str() {
         "train" | "eval" | "sample" | "list" | "compare" | "reconstruct" | "interpolate" | "export"
-        | "encode-graph" => aezoo(&args),
+        | "encode-graph" | "show-video" | "rd-video" => aezoo(&args),
         "aezoo" => aezoo(rest),
         "quality" => quality(rest),
         "bench" => bench(rest),

@@ -54,6 +54,10 @@ enum Cmd {
     Decode(DecodeArgs),
     /// Find, by measuring, the largest training batch that fits a memory budget.
     MaxBatch(MaxBatchArgs),
+    /// Animated GIFs of a video entry: test clips beside their reconstructions, the per-epoch progression, the loss curve.
+    ShowVideo(ShowVideoArgs),
+    /// Rate-distortion sweep of a video entry over codebook sizes K: table, CSV and plot.
+    RdVideo(RdVideoArgs),
     /// Time training and inference of an image entry under the PyTorch bench protocol (one JSON line).
     Bench(BenchArgs),
     /// (internal) one training step at a batch size, for `max-batch`; prints peak memory.
@@ -61,6 +65,57 @@ enum Cmd {
     ProbeBatch(ProbeArgs),
     /// List the zoo's entries and model families.
     List,
+}
+
+#[derive(Args)]
+struct ShowVideoArgs {
+    /// Video entry name (`video-ae-small`, …), used to find default weights.
+    entry: String,
+    /// Test clips to show, one per row (original left, reconstruction right).
+    #[arg(long, default_value_t = 4)]
+    clips: usize,
+    /// Output folder for clips.gif, progress.gif and loss.png.
+    #[arg(short = 'o', long, default_value = "show-video")]
+    out: PathBuf,
+    /// Frames per second of the GIFs.
+    #[arg(long, default_value_t = 6)]
+    fps: u32,
+    /// Pixel scale of the GIFs.
+    #[arg(long, default_value_t = 2)]
+    scale: usize,
+    /// The run folder whose progress.safetensors and metrics.jsonl to animate (default: the weights folder).
+    #[arg(long, value_name = "DIR")]
+    run: Option<PathBuf>,
+    #[command(flatten)]
+    weights: WeightsArgs,
+    #[command(flatten)]
+    data: DataArgs,
+}
+
+#[derive(Args)]
+struct RdVideoArgs {
+    /// Video entry name or config .json; one model per codebook size is trained from it.
+    entry: String,
+    /// Codebook sizes K to sweep.
+    #[arg(long, value_delimiter = ',', default_value = "2,4,8,16,32,64,128")]
+    levels: Vec<usize>,
+    /// Training epochs per K (default: the entry's).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Output folder: one run folder per K, rd.csv, rd.md, rd.png.
+    #[arg(short = 'o', long, default_value = "results/rd-video")]
+    out: PathBuf,
+    /// Re-use finished run folders in the output folder instead of training again.
+    #[arg(long)]
+    reuse: bool,
+    /// Fine-tune each K from these trained weights (a weights folder of the entry) instead of training from scratch.
+    #[arg(long, value_name = "DIR")]
+    init: Option<PathBuf>,
+    /// Generated training clips per K (data.moving_mnist.train_clips; default: the entry's).
+    #[arg(long, value_name = "N")]
+    train_clips: Option<usize>,
+    #[command(flatten)]
+    data: DataArgs,
 }
 
 #[derive(Args)]
@@ -164,6 +219,9 @@ struct TrainArgs {
     /// Also write TensorBoard event files (scalars, reconstructions) into <run>/tensorboard/.
     #[arg(long)]
     tensorboard: bool,
+    /// Start from trained weights (a weights folder or .safetensors): tensors with matching names and shapes are copied, the rest keep their fresh init.
+    #[arg(long, value_name = "WEIGHTS")]
+    init: Option<PathBuf>,
     #[command(flatten)]
     data: DataArgs,
 }
@@ -405,6 +463,8 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Encode(a) => cmd_encode(a),
         Cmd::Decode(a) => cmd_decode(a),
         Cmd::MaxBatch(a) => cmd_max_batch(a),
+        Cmd::ShowVideo(a) => cmd_show_video(a),
+        Cmd::RdVideo(a) => cmd_rd_video(a),
         Cmd::Bench(a) => {
             let (cfg, _) = registry::resolve_entry(&a.entry)?;
             let locator = Locator::from_env(a.data.data.clone(), a.data.download);
@@ -545,6 +605,9 @@ fn cmd_train(mut a: TrainArgs) -> Result<()> {
     cfg.validate("command line")?;
     let dev = device(&a.data.device)?;
     if cfg.is_graph() {
+        if a.init.is_some() {
+            bail!("--init: graph entries train from their seeded init only");
+        }
         return train_graph(&cfg, &run_dir, resume, &a, &dev);
     }
 
@@ -555,6 +618,12 @@ fn cmd_train(mut a: TrainArgs) -> Result<()> {
     opts.stop = Some(stop.clone());
     opts.plots = !a.no_plots;
     opts.tensorboard = a.tensorboard;
+    if let Some(init) = &a.init {
+        if resume {
+            bail!("--init starts a fresh run from weights; it cannot be combined with --resume");
+        }
+        opts.init_from = Some(if init.is_dir() { init.join("model.safetensors") } else { init.clone() });
+    }
     let result = aezoo_train::train(&cfg, &opts);
     // Record the run as the entry's newest once it has something to resume
     // or evaluate (a run that failed before its first checkpoint has not).
@@ -1106,6 +1175,128 @@ fn cmd_max_batch(a: MaxBatchArgs) -> Result<()> {
             String::new()
         }
     );
+    Ok(())
+}
+
+fn cmd_show_video(a: ShowVideoArgs) -> Result<()> {
+    use aezoo_metrics::{psnr, ssim, SsimConfig};
+    let dev = device(&a.data.device)?;
+    let loaded = load_weights(&a.entry, &a.weights, &dev)?;
+    let cfg = &loaded.config;
+    let shape = registry::family(&cfg.family, &a.entry)?.check(&cfg.model, &a.entry)?;
+    if shape[0] == 1 || shape[0] == 3 {
+        bail!(
+            "`{}` ({}) works on {}-channel images, not clips; show-video needs a video entry such as video-ae-small",
+            cfg.entry,
+            cfg.family,
+            shape[0]
+        );
+    }
+    if a.clips == 0 || a.fps == 0 {
+        bail!("--clips and --fps must be at least 1");
+    }
+    let locator = Locator::from_env(a.data.data.clone(), a.data.download);
+    let splits = aezoo_train::trainer::load_data(cfg, &locator)?;
+    let n = a.clips.min(splits.test.len());
+    let idx: Vec<usize> = (0..n).collect();
+    let x = splits.test.batch(&idx, &dev)?;
+    let y = loaded.model.reconstruct(&x)?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    let p = psnr(&y, &x, 1.0)?.to_vec1::<f32>()?;
+    let s = ssim(&y, &x, SsimConfig::default())?.to_vec1::<f32>()?;
+    for i in 0..n {
+        println!("test clip {i}: PSNR {:.2} dB  SSIM {:.4}", p[i], s[i]);
+    }
+    let delay = 1000 / a.fps;
+    let frames = shape[0];
+    let (x, y) = (x.to_device(&Device::Cpu)?, y.to_device(&Device::Cpu)?);
+    let gif: Vec<_> = (0..frames)
+        .map(|t| aezoo_train::plot::clip_frame(&[x.clone(), y.clone()], t, a.scale))
+        .collect::<std::result::Result<_, _>>()?;
+    let clips_gif = a.out.join("clips.gif");
+    aezoo_train::plot::save_gif(&gif, delay, &clips_gif)?;
+    println!("{n} test clips, original | reconstruction, {frames} frames → {}", clips_gif.display());
+
+    let run = a.run.clone().unwrap_or_else(|| loaded.dir.clone());
+    let progress = run.join(aezoo_train::trainer::PROGRESS_FILE);
+    if progress.is_file() {
+        let (t, meta) = aezoo_train::infer::load_tensor("progress", &progress)?;
+        let epochs: Vec<String> = meta
+            .get("epochs")
+            .map(|e| e.split(',').map(str::to_string).collect())
+            .unwrap_or_default();
+        if t.dim(0)? != epochs.len() + 1 || t.dims()[2..] != shape[..] {
+            bail!("{}: `progress` has shape {:?}, which does not match its {} epochs of {shape:?} clips", progress.display(), t.dims(), epochs.len());
+        }
+        let orig = t.get(0)?;
+        let mut gif = Vec::new();
+        for (e, _) in epochs.iter().enumerate() {
+            let rec = t.get(e + 1)?;
+            for f in 0..frames {
+                let img = aezoo_train::plot::clip_frame(&[orig.clone(), rec.clone()], f, a.scale * 2)?;
+                gif.push(aezoo_train::plot::with_progress_bar(&img, (e + 1) as f64 / epochs.len() as f64));
+            }
+        }
+        let out = a.out.join("progress.gif");
+        aezoo_train::plot::save_gif(&gif, delay, &out)?;
+        println!(
+            "test clip 0 after each of epochs {} (bar: training progress) → {}",
+            epochs.join(", "),
+            out.display()
+        );
+    } else {
+        println!("no {} in {}: train with plots on for the per-epoch progression (or pass --run DIR)", aezoo_train::trainer::PROGRESS_FILE, run.display());
+    }
+    if run.join("metrics.jsonl").is_file() {
+        let (steps, epochs) = aezoo_train::runlog::RunLog::read_series(&run)?;
+        let out = a.out.join("loss.png");
+        aezoo_train::trainer::draw_loss_series(&cfg.entry, &steps, &epochs, &out)?;
+        println!("loss curve → {}", out.display());
+    }
+    Ok(())
+}
+
+fn cmd_rd_video(a: RdVideoArgs) -> Result<()> {
+    let (mut base, origin) = registry::resolve_entry(&a.entry)?;
+    tracing::info!("config: {origin}");
+    if let Some(n) = a.train_clips {
+        let mm = base.data.moving_mnist.get_or_insert_with(Default::default);
+        mm.train_clips = n;
+    }
+    if a.levels.is_empty() {
+        bail!("--levels: give at least one codebook size");
+    }
+    let dev = device(&a.data.device)?;
+    let locator = Locator::from_env(a.data.data.clone(), a.data.download);
+    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    let rows = aezoo_train::rd_video::sweep(&base, &a.levels, a.epochs, &a.out, &locator, &dev, a.reuse, a.init.as_deref())?;
+    let mut command = format!(
+        "aezoo rd-video {} --levels {}",
+        a.entry,
+        a.levels.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(",")
+    );
+    if let Some(e) = a.epochs {
+        command.push_str(&format!(" --epochs {e}"));
+    }
+    if let Some(n) = a.train_clips {
+        command.push_str(&format!(" --train-clips {n}"));
+    }
+    if let Some(d) = &a.init {
+        command.push_str(&format!(" --init {}", d.display()));
+    }
+    aezoo_train::rd_video::write_outputs(&base.entry, &rows, &a.out, &command)?;
+    println!("{:>4} {:>12} {:>14} {:>10} {:>8}", "K", "kbit/clip", "entropy kbit", "PSNR dB", "SSIM");
+    for r in &rows {
+        println!(
+            "{:>4} {:>12.2} {:>14.2} {:>10.2} {:>8.4}",
+            r.levels,
+            r.bits_per_clip / 1000.0,
+            r.entropy_bits_per_clip / 1000.0,
+            r.test.psnr,
+            r.test.ssim
+        );
+    }
+    println!("→ {}/rd.csv, rd.md, rd.png, rd_ssim.png", a.out.display());
     Ok(())
 }
 

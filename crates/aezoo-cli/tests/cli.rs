@@ -770,3 +770,95 @@ fn a_layer_list_vae_trains_on_an_image_folder() {
     );
     assert_one_line_error(&o, &["even a batch of 1"]);
 }
+
+// ---------------------------------------------------------------- video entries
+
+fn video_config(dir: &Path) -> String {
+    let text = r#"{
+  "entry": "tiny-video", "family": "video-ae",
+  "model": {"clip": [4, 32, 32], "channels": [2, 3], "latent_channels": 2, "kernel": 3,
+            "residual": "a", "codebook": {"levels": 4}},
+  "data": {"dataset": "moving-mnist",
+           "moving_mnist": {"frames": 4, "size": 32, "train_clips": 8, "test_clips": 3}},
+  "train": {"epochs": 2, "batch_size": 4, "lr": 0.002, "seed": 0, "eval_batch_size": 3}
+}"#;
+    let p = dir.join("tiny-video.json");
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn video_train_show_and_rate_sweep() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = video_config(d.path());
+    let run = d.path().join("run");
+    let o = aezoo(d.path(), &["train", &cfg, "--out", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for f in ["model.safetensors", "progress.safetensors", "reconstructions.png", "loss.png"] {
+        assert!(run.join(f).is_file(), "{f} missing");
+    }
+    let out = d.path().join("show");
+    let o = aezoo(
+        d.path(),
+        &["show-video", "tiny-video", "--weights", run.to_str().unwrap(), "-o", out.to_str().unwrap(), "--clips", "2"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("test clip 1: PSNR") && text.contains("epochs 1, 2"), "{text}");
+    for f in ["clips.gif", "progress.gif", "loss.png"] {
+        let bytes = std::fs::read(out.join(f)).unwrap();
+        assert!(bytes.starts_with(if f.ends_with("gif") { b"GIF89a" } else { b"\x89PNG" }), "{f}");
+    }
+    // The GIF: 4 frames (one per clip frame) of 2 rows × (original | reconstruction).
+    let gif = image::codecs::gif::GifDecoder::new(std::io::Cursor::new(std::fs::read(out.join("clips.gif")).unwrap())).unwrap();
+    let frames = image::AnimationDecoder::into_frames(gif).collect_frames().unwrap();
+    assert_eq!(frames.len(), 4);
+
+    // Sweep K = 2, 4 by fine-tuning from the run: rate = latent values × log2 K.
+    let sweep = d.path().join("rd");
+    let o = aezoo(
+        d.path(),
+        &["rd-video", &cfg, "--levels", "2,4", "--epochs", "1", "--init", run.to_str().unwrap(), "-o", sweep.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let csv = std::fs::read_to_string(sweep.join("rd.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 2);
+    // latent 2 × 4 frames × 4 × 4 = 128 values.
+    assert_eq!((rows[0][0], rows[0][1], rows[0][2]), ("2", "128", "128"));
+    assert_eq!((rows[1][0], rows[1][2]), ("4", "256"));
+    for f in ["rd.md", "rd.png", "rd_ssim.png"] {
+        assert!(sweep.join(f).is_file(), "{f} missing");
+    }
+    // A non-video entry is refused by show-video in one line.
+    let mlp = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../weights/ae-mlp");
+    let o = aezoo(d.path(), &["show-video", "ae-mlp", "--weights", mlp.to_str().unwrap()]);
+    assert_one_line_error(&o, &["not clips"]);
+}
+
+#[test]
+fn bad_moving_mnist_files_are_one_line_errors() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = video_config(d.path());
+    let npy = d.path().join("mnist_test_seq.npy");
+    // A float array: refused, naming the file and the dtype.
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (4, 2, 32, 32), }";
+    let padded = format!("{header:<117}\n");
+    bytes.extend((padded.len() as u16).to_le_bytes());
+    bytes.extend(padded.as_bytes());
+    bytes.extend(vec![0u8; 4 * 2 * 32 * 32 * 4]);
+    std::fs::write(&npy, &bytes).unwrap();
+    let o = aezoo(d.path(), &["train", &cfg, "--data", npy.to_str().unwrap()]);
+    assert_one_line_error(&o, &["mnist_test_seq.npy", "<f4"]);
+    // Truncated uint8 data.
+    let header = "{'descr': '|u1', 'fortran_order': False, 'shape': (4, 2, 32, 32), }";
+    let padded = format!("{header:<117}\n");
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((padded.len() as u16).to_le_bytes());
+    bytes.extend(padded.as_bytes());
+    bytes.extend(vec![0u8; 1000]);
+    std::fs::write(&npy, &bytes).unwrap();
+    let o = aezoo(d.path(), &["train", &cfg, "--data", d.path().to_str().unwrap()]);
+    assert_one_line_error(&o, &["mnist_test_seq.npy", "truncated", "8192"]);
+}

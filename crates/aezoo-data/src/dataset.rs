@@ -144,16 +144,23 @@ impl ImageSet {
 
     /// The first `n` images (all of them if `n >= len`).
     pub fn take(&self, n: usize) -> Self {
-        let n = n.min(self.len);
+        self.slice(0, n)
+    }
+
+    /// Up to `n` images from index `start` on.
+    pub fn slice(&self, start: usize, n: usize) -> Self {
+        let start = start.min(self.len);
+        let end = start + n.min(self.len - start);
+        let il = self.image_len();
         Self {
-            pixels: self.pixels[..n * self.image_len()].to_vec(),
+            pixels: self.pixels[start * il..end * il].to_vec(),
             labels: if self.labels.is_empty() {
                 vec![]
             } else {
-                self.labels[..n].to_vec()
+                self.labels[start..end].to_vec()
             },
-            len: n,
-            crops: self.crops.as_ref().map(|p| Arc::new(p[..n].to_vec())),
+            len: end - start,
+            crops: self.crops.as_ref().map(|p| Arc::new(p[start..end].to_vec())),
             ..*self
         }
     }

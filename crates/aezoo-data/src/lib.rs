@@ -12,10 +12,12 @@ pub mod hub;
 pub mod idx;
 pub mod image_file;
 pub mod loader;
+pub mod moving_mnist;
 pub mod source;
 
 pub use dataset::{ImageSet, Picture, Splits};
 pub use error::{DataError, Result};
 pub use folder::{FolderConfig, FolderSet};
 pub use loader::{EpochPlan, GaussianNoise};
+pub use moving_mnist::MovingMnistConfig;
 pub use source::{DatasetId, Locator, Source};

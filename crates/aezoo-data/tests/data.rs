@@ -516,3 +516,139 @@ mod folders {
         assert!(e.contains("0 readable PNG/JPEG images"), "{e}");
     }
 }
+
+// ---------------------------------------------------------------- Moving MNIST
+
+mod moving_mnist {
+    use super::*;
+    use aezoo_data::moving_mnist::{generate, load, load_npy, parse_npy, MovingMnistConfig, NPY_FILE};
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    }
+
+    fn cfg(train: usize, test: usize) -> MovingMnistConfig {
+        MovingMnistConfig {
+            train_clips: train,
+            test_clips: test,
+            ..Default::default()
+        }
+    }
+
+    fn digits() -> aezoo_data::ImageSet {
+        bundled::load(DatasetId::Mnist).unwrap().test.take(50)
+    }
+
+    #[test]
+    fn generated_clips_are_seeded_bouncing_digits() {
+        let c = cfg(6, 0);
+        let a = generate(&digits(), 6, &c, &mut Rng::new(3)).unwrap();
+        let b = generate(&digits(), 6, &c, &mut Rng::new(3)).unwrap();
+        let other = generate(&digits(), 6, &c, &mut Rng::new(4)).unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, other);
+        assert_eq!(a.image_shape(), [20, 64, 64]);
+        let plane = 64 * 64;
+        for i in 0..a.len() {
+            let clip = a.image(i);
+            // Two digits in every frame: at least one full digit's ink.
+            for f in 0..20 {
+                let ink = clip[f * plane..(f + 1) * plane].iter().filter(|&&p| p > 127).count();
+                assert!(ink >= 40, "clip {i} frame {f}: {ink} bright pixels");
+            }
+            // They move: the first and last frames differ.
+            assert_ne!(&clip[..plane], &clip[19 * plane..]);
+        }
+        // Consecutive frames move by at most step_length · (64 − 28) ≈ 3.6 px
+        // per axis: the ink's centre of mass shifts little.
+        let com = |f: &[u8]| {
+            let (mut s, mut x) = (0f64, 0f64);
+            for (p, &v) in f.iter().enumerate() {
+                s += v as f64;
+                x += v as f64 * (p % 64) as f64;
+            }
+            x / s
+        };
+        let clip = a.image(0);
+        for f in 1..20 {
+            let d = (com(&clip[f * plane..(f + 1) * plane]) - com(&clip[(f - 1) * plane..f * plane])).abs();
+            assert!(d <= 4.0, "frame {f}: centre moved {d} px");
+        }
+    }
+
+    #[test]
+    fn test_clips_do_not_depend_on_the_number_of_training_clips() {
+        let loc = Locator::bundled_only();
+        let a = load(&loc, &cfg(3, 4), 0).unwrap();
+        let b = load(&loc, &cfg(7, 4), 0).unwrap();
+        assert_eq!(a.test, b.test);
+        assert_eq!(a.train.image(2), b.train.image(2));
+        assert_eq!((a.train.len(), b.train.len(), a.test.len()), (3, 7, 4));
+        assert!(a.source.is_bundled());
+    }
+
+    #[test]
+    fn npy_in_the_published_layout_loads_clip_major() {
+        // python3 scripts/pins/npy_fixture.py: arange(120) as (frames 3, clips 2, 4, 5)
+        let set = load_npy(&fixture("moving_tiny.npy")).unwrap();
+        assert_eq!((set.len(), set.image_shape()), (2, [3, 4, 5]));
+        for c in 0..2 {
+            for f in 0..3 {
+                for p in 0..20 {
+                    assert_eq!(set.image(c)[f * 20 + p] as usize, ((f * 2 + c) * 20 + p) % 256);
+                }
+            }
+        }
+        // Through the chain: --data FILE or a folder holding mnist_test_seq.npy;
+        // the last test_clips clips are held out.
+        let d = tmp();
+        std::fs::copy(fixture("moving_tiny.npy"), d.path().join(NPY_FILE)).unwrap();
+        let loc = Locator {
+            explicit: Some(d.path().to_path_buf()),
+            ..Default::default()
+        };
+        let s = load(&loc, &cfg(0, 1), 0).unwrap();
+        assert_eq!((s.train.len(), s.test.len()), (1, 1));
+        assert_eq!(s.test.image(0), set.image(1));
+        assert!(matches!(s.source, Source::Explicit(_)));
+    }
+
+    #[test]
+    fn other_npy_layouts_are_clear_errors() {
+        let err = |e: DataError| e.to_string();
+        let e = err(load_npy(&fixture("moving_float.npy")).unwrap_err());
+        assert!(e.contains("moving_float.npy") && e.contains("<f4") && e.contains("uint8"), "{e}");
+        let e = err(load_npy(&fixture("moving_fortran.npy")).unwrap_err());
+        assert!(e.contains("fortran_order True"), "{e}");
+        let good = std::fs::read(fixture("moving_tiny.npy")).unwrap();
+        let p = Path::new("clips.npy");
+        let e = err(parse_npy(&good[..good.len() - 7], p).unwrap_err());
+        assert!(e.contains("clips.npy") && e.contains("truncated") && e.contains("120"), "{e}");
+        let e = err(parse_npy(b"PK\x03\x04 not numpy", p).unwrap_err());
+        assert!(e.contains("not a .npy file"), "{e}");
+        let at = good.windows(12).position(|w| w == b"(3, 2, 4, 5)").unwrap();
+        let mut three_d = good.clone();
+        three_d[at..at + 12].copy_from_slice(b"(6, 4, 5)   ");
+        let e = err(parse_npy(&three_d, p).unwrap_err());
+        assert!(e.contains("expected 4 axes (frames, clips, height, width)"), "{e}");
+        let e = err(parse_npy(&good[..40], p).unwrap_err());
+        assert!(e.contains("truncated .npy header"), "{e}");
+        // An explicit path without the file names it.
+        let d = tmp();
+        let loc = Locator {
+            explicit: Some(d.path().to_path_buf()),
+            ..Default::default()
+        };
+        let e = err(load(&loc, &cfg(1, 1), 0).unwrap_err());
+        assert!(e.contains(NPY_FILE) && e.contains(&d.path().display().to_string()), "{e}");
+        // Every mutation of the header or a cut anywhere: an error or a set, never a panic.
+        for cut in 0..good.len() {
+            let _ = parse_npy(&good[..cut], p);
+        }
+        for i in 0..128 {
+            let mut m = good.clone();
+            m[i] ^= 0x5a;
+            let _ = parse_npy(&m, p);
+        }
+    }
+}

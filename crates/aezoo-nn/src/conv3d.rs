@@ -87,13 +87,6 @@ impl Geometry3 {
         self.size.iter().product()
     }
 
-    /// Source index along `axis` of grid position `o` and kernel tap `k`.
-    #[inline]
-    fn src(&self, axis: usize, o: usize, k: usize) -> Option<usize> {
-        let v = (o * self.stride[axis] + k) as isize - self.padding[axis] as isize;
-        (v >= 0 && (v as usize) < self.size[axis]).then_some(v as usize)
-    }
-
     /// `(c, dt, dy, dx)` of a `cols` row.
     #[inline]
     fn row(&self, r: usize) -> (usize, usize, usize, usize) {
@@ -102,10 +95,21 @@ impl Geometry3 {
     }
 }
 
+/// The grid positions `lo..hi` along one axis whose tap `k` reads inside the
+/// volume: `0 <= o·s + k − p < n`.
+#[inline]
+fn valid(out: usize, s: usize, k: usize, p: usize, n: usize) -> (usize, usize) {
+    let lo = if p > k { (p - k).div_ceil(s) } else { 0 };
+    let hi = if n + p > k { out.min((n + p - k).div_ceil(s)) } else { 0 };
+    (lo.min(hi), hi)
+}
+
 fn vol2col_kernel<T: Copy + Default + Send + Sync>(src: &[T], b: usize, g: &Geometry3, ones_row: bool, one: T) -> Vec<T> {
     let (k, l, vol) = (g.k(), g.l(), g.vol());
-    let [_, h, w] = g.size;
+    let [t_n, h, w] = g.size;
     let [ot, oh, ow] = g.out;
+    let [st, sh, sw] = g.stride;
+    let [pt, ph, pw] = g.padding;
     let cols_n = b * l;
     let rows = k + usize::from(ones_row);
     let mut out = vec![T::default(); rows * cols_n];
@@ -115,19 +119,28 @@ fn vol2col_kernel<T: Copy + Default + Send + Sync>(src: &[T], b: usize, g: &Geom
             return;
         }
         let (c, dt, dy, dx) = g.row(r);
+        let (t_lo, t_hi) = valid(ot, st, dt, pt, t_n);
+        let (y_lo, y_hi) = valid(oh, sh, dy, ph, h);
+        let (x_lo, x_hi) = valid(ow, sw, dx, pw, w);
+        if x_lo >= x_hi {
+            return;
+        }
+        let x0 = x_lo * sw + dx - pw;
         for bi in 0..b {
             let volume = &src[(bi * g.c + c) * vol..(bi * g.c + c + 1) * vol];
-            for t in 0..ot {
-                let Some(st) = g.src(0, t, dt) else { continue }; // stays zero
-                let frame = &volume[st * h * w..(st + 1) * h * w];
+            for t in t_lo..t_hi {
+                let ti = t * st + dt - pt;
+                let frame = &volume[ti * h * w..(ti + 1) * h * w];
                 let dst = &mut row[bi * l + t * oh * ow..bi * l + (t + 1) * oh * ow];
-                for oy in 0..oh {
-                    let Some(y) = g.src(1, oy, dy) else { continue };
+                for oy in y_lo..y_hi {
+                    let y = oy * sh + dy - ph;
                     let srow = &frame[y * w..(y + 1) * w];
-                    let drow = &mut dst[oy * ow..(oy + 1) * ow];
-                    for (ox, d) in drow.iter_mut().enumerate() {
-                        if let Some(x) = g.src(2, ox, dx) {
-                            *d = srow[x];
+                    let drow = &mut dst[oy * ow + x_lo..oy * ow + x_hi];
+                    if sw == 1 {
+                        drow.copy_from_slice(&srow[x0..x0 + drow.len()]);
+                    } else {
+                        for (d, &v) in drow.iter_mut().zip(srow[x0..].iter().step_by(sw)) {
+                            *d = v;
                         }
                     }
                 }
@@ -142,28 +155,41 @@ where
     T: Copy + Default + Send + Sync + std::ops::AddAssign,
 {
     let (l, vol) = (g.l(), g.vol());
-    let [_, h, w] = g.size;
+    let [t_n, h, w] = g.size;
     let [ot, oh, ow] = g.out;
     let [kt, kh, kw] = g.kernel;
+    let [st, sh, sw] = g.stride;
+    let [pt, ph, pw] = g.padding;
     let cols_n = b * l;
     let mut out = vec![T::default(); b * g.c * vol];
     out.par_chunks_mut(vol).enumerate().for_each(|(bc, volume)| {
         let (bi, c) = (bc / g.c, bc % g.c);
         for dt in 0..kt {
+            let (t_lo, t_hi) = valid(ot, st, dt, pt, t_n);
             for dy in 0..kh {
+                let (y_lo, y_hi) = valid(oh, sh, dy, ph, h);
                 for dx in 0..kw {
+                    let (x_lo, x_hi) = valid(ow, sw, dx, pw, w);
+                    if x_lo >= x_hi {
+                        continue;
+                    }
+                    let x0 = x_lo * sw + dx - pw;
                     let r = ((c * kt + dt) * kh + dy) * kw + dx;
                     let src = &cols[r * cols_n + bi * l..r * cols_n + (bi + 1) * l];
-                    for t in 0..ot {
-                        let Some(st) = g.src(0, t, dt) else { continue };
-                        let frame = &mut volume[st * h * w..(st + 1) * h * w];
-                        for oy in 0..oh {
-                            let Some(y) = g.src(1, oy, dy) else { continue };
+                    for t in t_lo..t_hi {
+                        let ti = t * st + dt - pt;
+                        let frame = &mut volume[ti * h * w..(ti + 1) * h * w];
+                        for oy in y_lo..y_hi {
+                            let y = oy * sh + dy - ph;
                             let irow = &mut frame[y * w..(y + 1) * w];
-                            let srow = &src[(t * oh + oy) * ow..(t * oh + oy + 1) * ow];
-                            for (ox, &v) in srow.iter().enumerate() {
-                                if let Some(x) = g.src(2, ox, dx) {
-                                    irow[x] += v;
+                            let srow = &src[(t * oh + oy) * ow + x_lo..(t * oh + oy) * ow + x_hi];
+                            if sw == 1 {
+                                for (d, &v) in irow[x0..x0 + srow.len()].iter_mut().zip(srow) {
+                                    *d += v;
+                                }
+                            } else {
+                                for (d, &v) in irow[x0..].iter_mut().step_by(sw).zip(srow) {
+                                    *d += v;
                                 }
                             }
                         }

@@ -36,12 +36,17 @@ pub struct EntryConfig {
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
     /// `mnist`, `fashion-mnist`, `folder` (PNG/JPEG files: `data.folder`,
-    /// the folder from `--data DIR` or `data.folder.path`), or for graph
+    /// the folder from `--data DIR` or `data.folder.path`), `moving-mnist`
+    /// (clips: `data.moving_mnist`; generated, or `mnist_test_seq.npy`
+    /// from `--data`), or for graph
     /// entries a graph name.
     pub dataset: String,
     /// How an image folder is read (with `"dataset": "folder"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub folder: Option<aezoo_data::FolderConfig>,
+    /// How Moving MNIST clips are generated or held out (with `"dataset": "moving-mnist"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moving_mnist: Option<aezoo_data::MovingMnistConfig>,
     /// Use only the first N training images.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_limit: Option<usize>,
@@ -64,6 +69,8 @@ fn default_checkpoint_every() -> usize {
 }
 /// The `data.dataset` value of an image-folder entry.
 pub const FOLDER: &str = "folder";
+/// The `data.dataset` value of a Moving MNIST entry.
+pub const MOVING_MNIST: &str = "moving-mnist";
 
 fn is_zero(v: &usize) -> bool {
     *v == 0
@@ -185,7 +192,17 @@ impl EntryConfig {
                     self.data.dataset
                 )));
             }
-            aezoo_data::DatasetId::parse(&self.data.dataset).map_err(|e| bad(format!("data.dataset: {e}")))?;
+            if self.data.dataset != MOVING_MNIST {
+                aezoo_data::DatasetId::parse(&self.data.dataset).map_err(|e| {
+                    bad(format!("data.dataset: {e}, {FOLDER} (an image folder) or {MOVING_MNIST}"))
+                })?;
+            }
+        }
+        if self.data.moving_mnist.is_some() && self.data.dataset != MOVING_MNIST {
+            return Err(bad(format!(
+                "data.moving_mnist: only with \"dataset\": \"{MOVING_MNIST}\", not `{}`",
+                self.data.dataset
+            )));
         }
         if let Some(n) = &self.data.noise {
             if !(n.std.is_finite() && n.std >= 0.0) {

@@ -13,6 +13,7 @@ pub mod graph;
 pub mod infer;
 pub mod optim;
 pub mod plot;
+pub mod rd_video;
 pub mod registry;
 pub mod runlog;
 pub mod tensorboard;

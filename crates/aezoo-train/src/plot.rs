@@ -37,9 +37,26 @@ fn write_png(img: &RgbImage, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `(n, c, h, w)` in [0, 1] → n RGB tiles of `h × w` u8 pixels.
+/// At most this many frames of a clip are drawn side by side in a tile.
+pub const CLIP_FRAMES_SHOWN: usize = 10;
+
+/// `(n, c, h, w)` in [0, 1] → n RGB tiles of `h × w` u8 pixels. A clip
+/// (`c` frames, neither 1 nor 3 channels) becomes one wide tile: up to
+/// [`CLIP_FRAMES_SHOWN`] evenly spaced frames side by side.
 fn tiles(images: &Tensor) -> Result<(usize, usize, usize, Vec<Vec<[u8; 3]>>)> {
     let (n, c, h, w) = images.dims4()?;
+    if c != 1 && c != 3 {
+        let shown: Vec<usize> = if c <= CLIP_FRAMES_SHOWN {
+            (0..c).collect()
+        } else {
+            (0..CLIP_FRAMES_SHOWN).map(|k| k * c / CLIP_FRAMES_SHOWN).collect()
+        };
+        let frames = images.index_select(&Tensor::new(shown.iter().map(|&f| f as u32).collect::<Vec<_>>(), images.device())?, 1)?;
+        let f = shown.len();
+        // (n, f, h, w) -> (n, 1, h, f·w)
+        let strip = frames.permute((0, 2, 1, 3))?.reshape((n, 1, h, f * w))?;
+        return tiles(&strip);
+    }
     let px: Vec<f32> = images
         .to_device(&Device::Cpu)?
         .to_dtype(DType::F32)?
@@ -118,9 +135,15 @@ pub fn rows_png(rows: &[Tensor], scale: usize) -> Result<(Vec<u8>, u32, u32)> {
     let all = Tensor::cat(rows, 0)?;
     let (total, h, w, t) = tiles(&all)?;
     let n = total / rows.len().max(1);
-    let layout: Vec<Vec<Option<usize>>> = (0..rows.len())
-        .map(|r| (r * n..(r + 1) * n).map(Some).collect())
-        .collect();
+    let layout: Vec<Vec<Option<usize>>> = if w > 3 * h {
+        // Wide tiles (clips): item by item, its rows stacked.
+        (0..n).flat_map(|j| (0..rows.len()).map(move |r| vec![Some(r * n + j)])).collect()
+    } else {
+        (0..rows.len())
+            .map(|r| (r * n..(r + 1) * n).map(Some).collect())
+            .collect()
+    };
+    let scale = if w > 256 { 1 } else { scale };
     let img = compose(&layout, &t, h, w, scale);
     let mut bytes = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
@@ -163,6 +186,11 @@ fn y_decimals(lo: f64, hi: f64) -> usize {
 
 /// Loss curves against optimiser steps.
 pub fn save_loss_plot(title: &str, series: &[Series], path: &Path) -> Result<()> {
+    save_line_plot(title, "step", "loss", series, path)
+}
+
+/// Line series against a linear x axis, with axis names.
+pub fn save_line_plot(title: &str, x_desc: &str, y_desc: &str, series: &[Series], path: &Path) -> Result<()> {
     register_font();
     let (w, h) = (900u32, 540u32);
     let mut buf = vec![255u8; (w * h * 3) as usize];
@@ -205,8 +233,8 @@ pub fn save_loss_plot(title: &str, series: &[Series], path: &Path) -> Result<()>
             .light_line_style(RGBColor(238, 238, 242))
             .x_label_formatter(&|x| format!("{x:.0}"))
             .y_label_formatter(&|y| format!("{y:.prec$}", prec = y_decimals(y0, y1)))
-            .x_desc("step")
-            .y_desc("loss")
+            .x_desc(x_desc)
+            .y_desc(y_desc)
             .label_style(("sans-serif", 14))
             .draw()
             .map_err(|e| other(path, e))?;
@@ -250,4 +278,54 @@ pub fn save_loss_plot(title: &str, series: &[Series], path: &Path) -> Result<()>
     }
     let img = RgbImage::from_raw(w, h, buf).ok_or_else(|| other(path, "bitmap size mismatch"))?;
     write_png(&img, path)
+}
+
+/// Frame `t` of clips as one picture: row `j`, column `i` is frame `t` of
+/// clip `j` of `columns[i]` (each `(n, frames, h, w)` in [0, 1], the same `n`),
+/// e.g. originals beside reconstructions.
+pub fn clip_frame(columns: &[Tensor], t: usize, scale: usize) -> Result<RgbImage> {
+    let picked: Vec<Tensor> = columns
+        .iter()
+        .map(|c| c.narrow(1, t, 1))
+        .collect::<candle_core::Result<_>>()?;
+    let all = Tensor::cat(&picked, 0)?;
+    let (total, h, w, tiles) = tiles(&all)?;
+    let n = total / columns.len().max(1);
+    let layout: Vec<Vec<Option<usize>>> = (0..n)
+        .map(|j| (0..columns.len()).map(|i| Some(i * n + j)).collect())
+        .collect();
+    Ok(compose(&layout, &tiles, h, w, scale.max(1)))
+}
+
+/// `img` with a bar under it filled to `fraction` (e.g. epoch / epochs).
+pub fn with_progress_bar(img: &RgbImage, fraction: f64) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let bar = 6;
+    let mut out: RgbImage = ImageBuffer::from_pixel(w, h + bar, Rgb([40, 40, 48]));
+    image::imageops::replace(&mut out, img, 0, 0);
+    let filled = ((w as f64) * fraction.clamp(0.0, 1.0)).round() as u32;
+    for y in h + 1..h + bar - 1 {
+        for x in 0..filled {
+            out.put_pixel(x, y, Rgb([66, 133, 244]));
+        }
+    }
+    out
+}
+
+/// An animated GIF (looping) of `frames`, each shown `delay_ms`.
+pub fn save_gif(frames: &[RgbImage], delay_ms: u32, path: &Path) -> Result<()> {
+    use image::codecs::gif::{GifEncoder, Repeat};
+    use image::{Delay, DynamicImage, Frame};
+    let mut bytes = Vec::new();
+    {
+        let mut enc = GifEncoder::new_with_speed(&mut bytes, 10);
+        enc.set_repeat(Repeat::Infinite).map_err(|e| other(path, e))?;
+        for f in frames {
+            let rgba = DynamicImage::ImageRgb8(f.clone()).to_rgba8();
+            let frame = Frame::from_parts(rgba, 0, 0, Delay::from_numer_denom_ms(delay_ms, 1));
+            enc.encode_frame(frame).map_err(|e| other(path, e))?;
+        }
+    }
+    write_atomic(path, &bytes)?;
+    Ok(())
 }

@@ -57,6 +57,7 @@ pub static FAMILIES: &[&dyn DynFamily] = &[
     &Registered::<aezoo_vae::MlpVae>(PhantomData),
     &Registered::<aezoo_vae::ConvVae>(PhantomData),
     &Registered::<aezoo_vae::FlexVae>(PhantomData),
+    &Registered::<aezoo_video::VideoAe>(PhantomData),
 ];
 
 /// A graph family with its config type erased.

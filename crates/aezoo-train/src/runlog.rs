@@ -126,6 +126,21 @@ impl RunLog {
         }))
     }
 
+    /// The loss series of a finished run's `metrics.jsonl`, read only.
+    pub fn read_series(run_dir: &Path) -> Result<(Vec<(f64, f64)>, Vec<(f64, f64)>)> {
+        let path = run_dir.join("metrics.jsonl");
+        let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+        let (mut steps, mut epochs) = (vec![], vec![]);
+        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let v: Value = serde_json::from_str(line).map_err(|e| TrainError::Checkpoint {
+                path: path.clone(),
+                msg: format!("line {}: not JSON ({e})", i + 1),
+            })?;
+            record_point(&v, &mut steps, &mut epochs);
+        }
+        Ok((steps, epochs))
+    }
+
     /// `(step, batch loss)` and `(step, test loss)` points for the loss plot.
     pub fn loss_series(&self) -> (Vec<(f64, f64)>, Vec<(f64, f64)>) {
         (self.steps.clone(), self.epochs.clone())

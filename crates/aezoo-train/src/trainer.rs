@@ -17,7 +17,7 @@ use std::time::Instant;
 use aezoo_data::{DatasetId, EpochPlan, Locator, Splits};
 use aezoo_nn::params::write_atomic;
 use aezoo_nn::{Autoencoder, Batch, ParamStore, Rng, StepCtx};
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use tracing_indicatif::span_ext::IndicatifSpanExt;
 
@@ -55,6 +55,10 @@ pub struct TrainOptions {
     pub plots: bool,
     /// Write TensorBoard event files into `<run>/tensorboard/`.
     pub tensorboard: bool,
+    /// Start a fresh run from these weights (a `model.safetensors`): every
+    /// parameter found there with the same shape is copied, the rest keep
+    /// their seeded init (fine-tuning, e.g. a new codebook size).
+    pub init_from: Option<PathBuf>,
 }
 
 impl TrainOptions {
@@ -68,6 +72,7 @@ impl TrainOptions {
             stop: None,
             plots: true,
             tensorboard: false,
+            init_from: None,
         }
     }
 }
@@ -108,6 +113,9 @@ pub fn build_fresh(cfg: &EntryConfig, dev: &Device) -> Result<Built> {
 pub fn load_data(cfg: &EntryConfig, locator: &Locator) -> Result<Splits> {
     let mut splits = if cfg.data.dataset == crate::config::FOLDER {
         load_folder(cfg, locator)?.splits
+    } else if cfg.data.dataset == crate::config::MOVING_MNIST {
+        let mm = cfg.data.moving_mnist.clone().unwrap_or_default();
+        aezoo_data::moving_mnist::load(locator, &mm, cfg.train.seed)?
     } else {
         locator.load(DatasetId::parse(&cfg.data.dataset)?)?
     };
@@ -155,8 +163,39 @@ pub fn load_folder(cfg: &EntryConfig, locator: &Locator) -> Result<aezoo_data::F
     Ok(aezoo_data::folder::load_folder(&dir, shape, &fcfg, cfg.train.seed)?)
 }
 
-fn scalar(t: &candle_core::Tensor) -> Result<f32> {
+fn scalar(t: &Tensor) -> Result<f32> {
     Ok(t.to_dtype(DType::F32)?.to_scalar::<f32>()?)
+}
+
+/// Copies every tensor of `path` whose name and shape match a parameter of
+/// `params` into it; logs what was kept fresh and what was not used.
+pub fn init_from(params: &ParamStore, path: &Path) -> Result<()> {
+    let src = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        msg: format!("not a readable safetensors file ({e})"),
+    })?;
+    let (mut copied, mut fresh) = (0usize, Vec::new());
+    for (name, var) in params.vars() {
+        match src.get(&name) {
+            Some(t) if t.dims() == var.dims() => {
+                var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
+                copied += 1;
+            }
+            _ => fresh.push(name),
+        }
+    }
+    if copied == 0 {
+        return Err(TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            msg: "no parameter of this model has a tensor of the same name and shape there".into(),
+        });
+    }
+    tracing::info!(
+        "init: {copied} tensors from {}; kept their fresh init: {}",
+        path.display(),
+        if fresh.is_empty() { "none".to_string() } else { fresh.join(", ") }
+    );
+    Ok(())
 }
 
 /// Trains `cfg` (from scratch, or from the run folder's checkpoint when
@@ -169,13 +208,16 @@ pub fn train(cfg: &EntryConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
     let splits = load_data(cfg, &opts.locator)?;
     let data_desc = splits.describe();
     if splits.source.is_bundled() {
-        let id = DatasetId::parse(&cfg.data.dataset)?;
+        let id = DatasetId::parse(&cfg.data.dataset).unwrap_or(DatasetId::Mnist);
         tracing::warn!("data: {data_desc}; a small real subset. For {}", id.how_to_get_full());
     } else {
         tracing::info!("data: {data_desc}");
     }
 
     let Built { model, params } = build_fresh(cfg, dev)?;
+    if let (Some(path), false) = (&opts.init_from, opts.resume) {
+        init_from(&params, path)?;
+    }
     // The run folder exists only once data and model are ready.
     std::fs::create_dir_all(run_dir).map_err(io_err(run_dir))?;
     let mut adam = Adam::new(params.vars(), t.lr, t.optimizer.clone())?;
@@ -468,6 +510,7 @@ pub fn train(cfg: &EntryConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
             if opts.plots {
                 write_atomic(&run_dir.join("reconstructions.png"), &png)?;
                 draw_loss(run_dir, cfg, &log)?;
+                record_progress(run_dir, epoch, model.as_ref(), &splits, dev)?;
             }
             if let Some(tb) = &mut tb {
                 let image = crate::tensorboard::Summary::Image {
@@ -522,24 +565,70 @@ pub fn train(cfg: &EntryConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
 
 fn draw_loss(run_dir: &Path, cfg: &EntryConfig, log: &RunLog) -> Result<()> {
     let (steps, epochs) = log.loss_series();
+    draw_loss_series(&cfg.entry, &steps, &epochs, &run_dir.join("loss.png"))
+}
+
+/// The loss curve of a run: training batches (smoothed) and test epochs.
+pub fn draw_loss_series(entry: &str, steps: &[(f64, f64)], epochs: &[(f64, f64)], path: &Path) -> Result<()> {
     crate::plot::save_loss_plot(
-        &format!("{} — loss", cfg.entry),
+        &format!("{entry} — loss"),
         &[
             crate::plot::Series {
                 label: "train (batch, smoothed)",
-                points: &steps,
+                points: steps,
                 color: plotters::style::RGBColor(66, 133, 244),
                 smooth: true,
             },
             crate::plot::Series {
                 label: "test (epoch)",
-                points: &epochs,
+                points: epochs,
                 color: plotters::style::RGBColor(219, 68, 55),
                 smooth: false,
             },
         ],
-        &run_dir.join("loss.png"),
+        path,
     )
+}
+
+/// The file of per-epoch reconstructions in a run folder.
+pub const PROGRESS_FILE: &str = "progress.safetensors";
+
+/// Appends this epoch's reconstruction of the first test item to the run's
+/// `progress.safetensors`: tensor `progress`, `(1 + epochs, 1, c, h, w)` —
+/// the original first, then one reconstruction per epoch (metadata `epochs`
+/// lists them). A resumed run drops the epochs it re-makes.
+pub fn record_progress(
+    run_dir: &Path,
+    epoch: usize,
+    model: &dyn Autoencoder,
+    splits: &Splits,
+    dev: &Device,
+) -> Result<()> {
+    let path = run_dir.join(PROGRESS_FILE);
+    let x = splits.test.batch(&[0], dev)?;
+    let y = model.reconstruct(&x)?.to_device(&Device::Cpu)?;
+    let (mut frames, mut epochs) = (vec![x.to_device(&Device::Cpu)?], Vec::new());
+    if path.is_file() {
+        if let Ok((t, meta)) = crate::infer::load_tensor("progress", &path) {
+            let old: Vec<usize> = meta
+                .get("epochs")
+                .map(|s| s.split(',').filter_map(|e| e.parse().ok()).collect())
+                .unwrap_or_default();
+            if t.dim(0)? == old.len() + 1 && t.dims()[1..] == x.dims()[..] {
+                for (i, &e) in old.iter().enumerate() {
+                    if e < epoch {
+                        frames.push(t.get(i + 1)?);
+                        epochs.push(e);
+                    }
+                }
+            }
+        }
+    }
+    frames.push(y);
+    epochs.push(epoch);
+    let all = Tensor::stack(&frames, 0)?;
+    let list = epochs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(",");
+    crate::infer::save_tensor("progress", &all, &[("epochs", list)], &path)
 }
 
 /// The first test images above their reconstructions (with the noised inputs
