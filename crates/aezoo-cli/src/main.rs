@@ -622,7 +622,11 @@ fn cmd_train(mut a: TrainArgs) -> Result<()> {
         if resume {
             bail!("--init starts a fresh run from weights; it cannot be combined with --resume");
         }
-        opts.init_from = Some(if init.is_dir() { init.join("model.safetensors") } else { init.clone() });
+        opts.init_from = Some(if init.is_dir() {
+            init.join("model.safetensors")
+        } else {
+            init.clone()
+        });
     }
     let result = aezoo_train::train(&cfg, &opts);
     // Record the run as the entry's newest once it has something to resume
@@ -1215,7 +1219,10 @@ fn cmd_show_video(a: ShowVideoArgs) -> Result<()> {
         .collect::<std::result::Result<_, _>>()?;
     let clips_gif = a.out.join("clips.gif");
     aezoo_train::plot::save_gif(&gif, delay, &clips_gif)?;
-    println!("{n} test clips, original | reconstruction, {frames} frames → {}", clips_gif.display());
+    println!(
+        "{n} test clips, original | reconstruction, {frames} frames → {}",
+        clips_gif.display()
+    );
 
     let run = a.run.clone().unwrap_or_else(|| loaded.dir.clone());
     let progress = run.join(aezoo_train::trainer::PROGRESS_FILE);
@@ -1226,7 +1233,12 @@ fn cmd_show_video(a: ShowVideoArgs) -> Result<()> {
             .map(|e| e.split(',').map(str::to_string).collect())
             .unwrap_or_default();
         if t.dim(0)? != epochs.len() + 1 || t.dims()[2..] != shape[..] {
-            bail!("{}: `progress` has shape {:?}, which does not match its {} epochs of {shape:?} clips", progress.display(), t.dims(), epochs.len());
+            bail!(
+                "{}: `progress` has shape {:?}, which does not match its {} epochs of {shape:?} clips",
+                progress.display(),
+                t.dims(),
+                epochs.len()
+            );
         }
         let orig = t.get(0)?;
         let mut gif = Vec::new();
@@ -1234,7 +1246,10 @@ fn cmd_show_video(a: ShowVideoArgs) -> Result<()> {
             let rec = t.get(e + 1)?;
             for f in 0..frames {
                 let img = aezoo_train::plot::clip_frame(&[orig.clone(), rec.clone()], f, a.scale * 2)?;
-                gif.push(aezoo_train::plot::with_progress_bar(&img, (e + 1) as f64 / epochs.len() as f64));
+                gif.push(aezoo_train::plot::with_progress_bar(
+                    &img,
+                    (e + 1) as f64 / epochs.len() as f64,
+                ));
             }
         }
         let out = a.out.join("progress.gif");
@@ -1245,7 +1260,11 @@ fn cmd_show_video(a: ShowVideoArgs) -> Result<()> {
             out.display()
         );
     } else {
-        println!("no {} in {}: train with plots on for the per-epoch progression (or pass --run DIR)", aezoo_train::trainer::PROGRESS_FILE, run.display());
+        println!(
+            "no {} in {}: train with plots on for the per-epoch progression (or pass --run DIR)",
+            aezoo_train::trainer::PROGRESS_FILE,
+            run.display()
+        );
     }
     if run.join("metrics.jsonl").is_file() {
         let (steps, epochs) = aezoo_train::runlog::RunLog::read_series(&run)?;
@@ -1269,7 +1288,16 @@ fn cmd_rd_video(a: RdVideoArgs) -> Result<()> {
     let dev = device(&a.data.device)?;
     let locator = Locator::from_env(a.data.data.clone(), a.data.download);
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
-    let rows = aezoo_train::rd_video::sweep(&base, &a.levels, a.epochs, &a.out, &locator, &dev, a.reuse, a.init.as_deref())?;
+    let rows = aezoo_train::rd_video::sweep(
+        &base,
+        &a.levels,
+        a.epochs,
+        &a.out,
+        &locator,
+        &dev,
+        a.reuse,
+        a.init.as_deref(),
+    )?;
     let mut command = format!(
         "aezoo rd-video {} --levels {}",
         a.entry,
@@ -1285,7 +1313,10 @@ fn cmd_rd_video(a: RdVideoArgs) -> Result<()> {
         command.push_str(&format!(" --init {}", d.display()));
     }
     aezoo_train::rd_video::write_outputs(&base.entry, &rows, &a.out, &command)?;
-    println!("{:>4} {:>12} {:>14} {:>10} {:>8}", "K", "kbit/clip", "entropy kbit", "PSNR dB", "SSIM");
+    println!(
+        "{:>4} {:>12} {:>14} {:>10} {:>8}",
+        "K", "kbit/clip", "entropy kbit", "PSNR dB", "SSIM"
+    );
     for r in &rows {
         println!(
             "{:>4} {:>12.2} {:>14.2} {:>10.2} {:>8.4}",

@@ -794,23 +794,44 @@ fn video_train_show_and_rate_sweep() {
     let run = d.path().join("run");
     let o = aezoo(d.path(), &["train", &cfg, "--out", run.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
-    for f in ["model.safetensors", "progress.safetensors", "reconstructions.png", "loss.png"] {
+    for f in [
+        "model.safetensors",
+        "progress.safetensors",
+        "reconstructions.png",
+        "loss.png",
+    ] {
         assert!(run.join(f).is_file(), "{f} missing");
     }
     let out = d.path().join("show");
     let o = aezoo(
         d.path(),
-        &["show-video", "tiny-video", "--weights", run.to_str().unwrap(), "-o", out.to_str().unwrap(), "--clips", "2"],
+        &[
+            "show-video",
+            "tiny-video",
+            "--weights",
+            run.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--clips",
+            "2",
+        ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(text.contains("test clip 1: PSNR") && text.contains("epochs 1, 2"), "{text}");
+    assert!(
+        text.contains("test clip 1: PSNR") && text.contains("epochs 1, 2"),
+        "{text}"
+    );
     for f in ["clips.gif", "progress.gif", "loss.png"] {
         let bytes = std::fs::read(out.join(f)).unwrap();
-        assert!(bytes.starts_with(if f.ends_with("gif") { b"GIF89a" } else { b"\x89PNG" }), "{f}");
+        assert!(
+            bytes.starts_with(if f.ends_with("gif") { b"GIF89a" } else { b"\x89PNG" }),
+            "{f}"
+        );
     }
     // The GIF: 4 frames (one per clip frame) of 2 rows × (original | reconstruction).
-    let gif = image::codecs::gif::GifDecoder::new(std::io::Cursor::new(std::fs::read(out.join("clips.gif")).unwrap())).unwrap();
+    let gif = image::codecs::gif::GifDecoder::new(std::io::Cursor::new(std::fs::read(out.join("clips.gif")).unwrap()))
+        .unwrap();
     let frames = image::AnimationDecoder::into_frames(gif).collect_frames().unwrap();
     assert_eq!(frames.len(), 4);
 
@@ -818,7 +839,18 @@ fn video_train_show_and_rate_sweep() {
     let sweep = d.path().join("rd");
     let o = aezoo(
         d.path(),
-        &["rd-video", &cfg, "--levels", "2,4", "--epochs", "1", "--init", run.to_str().unwrap(), "-o", sweep.to_str().unwrap()],
+        &[
+            "rd-video",
+            &cfg,
+            "--levels",
+            "2,4",
+            "--epochs",
+            "1",
+            "--init",
+            run.to_str().unwrap(),
+            "-o",
+            sweep.to_str().unwrap(),
+        ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let csv = std::fs::read_to_string(sweep.join("rd.csv")).unwrap();

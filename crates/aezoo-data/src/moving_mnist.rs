@@ -191,16 +191,27 @@ pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<ImageSet> {
             if bytes.len() < 12 {
                 return Err(npy_err(path, "truncated .npy header"));
             }
-            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+            (
+                u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+                12,
+            )
         }
-        _ => return Err(npy_err(path, format!(".npy format version {major}.{minor} is not supported"))),
+        _ => {
+            return Err(npy_err(
+                path,
+                format!(".npy format version {major}.{minor} is not supported"),
+            ))
+        }
     };
     let header = bytes
         .get(hstart..hstart + hlen)
         .ok_or_else(|| npy_err(path, format!("truncated .npy header: {hlen} bytes announced")))?;
     let header = std::str::from_utf8(header).map_err(|_| npy_err(path, ".npy header is not text"))?;
     let descr = header_value(header, "descr").ok_or_else(|| npy_err(path, ".npy header has no 'descr'"))?;
-    if !matches!(descr.trim_matches(|c| c == '\'' || c == '"'), "|u1" | "<u1" | ">u1" | "u1" | "|b1") {
+    if !matches!(
+        descr.trim_matches(|c| c == '\'' || c == '"'),
+        "|u1" | "<u1" | ">u1" | "u1" | "|b1"
+    ) {
         return Err(npy_err(
             path,
             format!("dtype {descr}: Moving MNIST is uint8 (|u1); convert with arr.astype(np.uint8)"),
@@ -278,7 +289,11 @@ fn find_npy(locator: &Locator) -> Result<Option<(PathBuf, Source)>> {
     for (dir, env) in candidates.into_iter().flatten() {
         for f in [dir.join(NPY_FILE), dir.join("moving-mnist").join(NPY_FILE)] {
             if f.is_file() {
-                let src = if env { Source::Env(f.clone()) } else { Source::UserCache(f.clone()) };
+                let src = if env {
+                    Source::Env(f.clone())
+                } else {
+                    Source::UserCache(f.clone())
+                };
                 return Ok(Some((f, src)));
             }
         }
@@ -301,7 +316,11 @@ pub fn load(locator: &Locator, cfg: &MovingMnistConfig, seed: u64) -> Result<Spl
                 n - 1
             )));
         }
-        let train_n = (n - cfg.test_clips).min(if cfg.train_clips == 0 { usize::MAX } else { cfg.train_clips });
+        let train_n = (n - cfg.test_clips).min(if cfg.train_clips == 0 {
+            usize::MAX
+        } else {
+            cfg.train_clips
+        });
         return Ok(Splits {
             name: "moving-mnist".into(),
             train: all.slice(0, train_n),
@@ -314,10 +333,18 @@ pub fn load(locator: &Locator, cfg: &MovingMnistConfig, seed: u64) -> Result<Spl
         ..locator.clone()
     }
     .load(DatasetId::Mnist)?;
-    let train = generate(&digits.train, cfg.train_clips, cfg, &mut Rng::derived(seed, TRAIN_STREAM))?;
+    let train = generate(
+        &digits.train,
+        cfg.train_clips,
+        cfg,
+        &mut Rng::derived(seed, TRAIN_STREAM),
+    )?;
     let test = generate(&digits.test, cfg.test_clips, cfg, &mut Rng::derived(seed, TEST_STREAM))?;
     Ok(Splits {
-        name: format!("moving-mnist (generated from {} MNIST digits)", digits.train.len() + digits.test.len()),
+        name: format!(
+            "moving-mnist (generated from {} MNIST digits)",
+            digits.train.len() + digits.test.len()
+        ),
         train,
         test,
         source: digits.source,

@@ -617,13 +617,19 @@ mod moving_mnist {
     fn other_npy_layouts_are_clear_errors() {
         let err = |e: DataError| e.to_string();
         let e = err(load_npy(&fixture("moving_float.npy")).unwrap_err());
-        assert!(e.contains("moving_float.npy") && e.contains("<f4") && e.contains("uint8"), "{e}");
+        assert!(
+            e.contains("moving_float.npy") && e.contains("<f4") && e.contains("uint8"),
+            "{e}"
+        );
         let e = err(load_npy(&fixture("moving_fortran.npy")).unwrap_err());
         assert!(e.contains("fortran_order True"), "{e}");
         let good = std::fs::read(fixture("moving_tiny.npy")).unwrap();
         let p = Path::new("clips.npy");
         let e = err(parse_npy(&good[..good.len() - 7], p).unwrap_err());
-        assert!(e.contains("clips.npy") && e.contains("truncated") && e.contains("120"), "{e}");
+        assert!(
+            e.contains("clips.npy") && e.contains("truncated") && e.contains("120"),
+            "{e}"
+        );
         let e = err(parse_npy(b"PK\x03\x04 not numpy", p).unwrap_err());
         assert!(e.contains("not a .npy file"), "{e}");
         let at = good.windows(12).position(|w| w == b"(3, 2, 4, 5)").unwrap();
@@ -640,7 +646,10 @@ mod moving_mnist {
             ..Default::default()
         };
         let e = err(load(&loc, &cfg(1, 1), 0).unwrap_err());
-        assert!(e.contains(NPY_FILE) && e.contains(&d.path().display().to_string()), "{e}");
+        assert!(
+            e.contains(NPY_FILE) && e.contains(&d.path().display().to_string()),
+            "{e}"
+        );
         // Every mutation of the header or a cut anywhere: an error or a set, never a panic.
         for cut in 0..good.len() {
             let _ = parse_npy(&good[..cut], p);

@@ -52,14 +52,38 @@ fn main() -> Result<()> {
     // (name, transposed, input, kernel, out channels, opts)
     let layers: [(&str, bool, [usize; 5], [usize; 5], usize, Conv3dOpts); 6] = [
         ("enc conv1 1→16", false, [b, 1, 20, 64, 64], [16, 1, 3, 3, 3], 16, down),
-        ("enc conv2 16→32", false, [b, 16, 20, 32, 32], [32, 16, 3, 3, 3], 32, down),
-        ("res conv 32→32", false, [b, 32, 20, 16, 16], [32, 32, 3, 3, 3], 32, same),
+        (
+            "enc conv2 16→32",
+            false,
+            [b, 16, 20, 32, 32],
+            [32, 16, 3, 3, 3],
+            32,
+            down,
+        ),
+        (
+            "res conv 32→32",
+            false,
+            [b, 32, 20, 16, 16],
+            [32, 32, 3, 3, 3],
+            32,
+            same,
+        ),
         ("dec deconv1 8→32", true, [b, 8, 20, 8, 8], [8, 32, 3, 3, 3], 32, up),
-        ("dec deconv2 32→16", true, [b, 32, 20, 16, 16], [32, 16, 3, 3, 3], 16, up),
+        (
+            "dec deconv2 32→16",
+            true,
+            [b, 32, 20, 16, 16],
+            [32, 16, 3, 3, 3],
+            16,
+            up,
+        ),
         ("dec deconv3 16→1", true, [b, 16, 20, 32, 32], [16, 1, 3, 3, 3], 1, up),
     ];
     println!("batch {b} clips; best of 3; GFLOP/s counts 2·MACs, backward = 2× forward");
-    println!("{:<20} {:>26} {:>26}", "layer", "plain fwd / bwd (ms)", "fast fwd / bwd (ms)");
+    println!(
+        "{:<20} {:>26} {:>26}",
+        "layer", "plain fwd / bwd (ms)", "fast fwd / bwd (ms)"
+    );
     for (name, transposed, x, k, oc, o) in layers {
         let (plain, fast): (Conv, Conv) = if transposed {
             (conv_transpose3d_taps, conv_transpose3d_gemm)

@@ -54,14 +54,22 @@ pub struct Geometry3 {
 
 impl Geometry3 {
     /// The geometry of a convolution over a `t × h × w` volume (grid derived).
-    pub fn for_conv(c: usize, size: [usize; 3], kernel: [usize; 3], stride: [usize; 3], padding: [usize; 3]) -> Result<Self> {
+    pub fn for_conv(
+        c: usize,
+        size: [usize; 3],
+        kernel: [usize; 3],
+        stride: [usize; 3],
+        padding: [usize; 3],
+    ) -> Result<Self> {
         let mut out = [0; 3];
         for i in 0..3 {
             if kernel[i] == 0 || stride[i] == 0 {
                 candle_core::bail!("conv3d: kernel {kernel:?} and stride {stride:?} must be >= 1");
             }
             if size[i] + 2 * padding[i] < kernel[i] {
-                candle_core::bail!("conv3d: input {size:?} with padding {padding:?} is smaller than the {kernel:?} kernel");
+                candle_core::bail!(
+                    "conv3d: input {size:?} with padding {padding:?} is smaller than the {kernel:?} kernel"
+                );
             }
             out[i] = (size[i] + 2 * padding[i] - kernel[i]) / stride[i] + 1;
         }
@@ -104,7 +112,13 @@ fn valid(out: usize, s: usize, k: usize, p: usize, n: usize) -> (usize, usize) {
     (lo.min(hi), hi)
 }
 
-fn vol2col_kernel<T: Copy + Default + Send + Sync>(src: &[T], b: usize, g: &Geometry3, ones_row: bool, one: T) -> Vec<T> {
+fn vol2col_kernel<T: Copy + Default + Send + Sync>(
+    src: &[T],
+    b: usize,
+    g: &Geometry3,
+    ones_row: bool,
+    one: T,
+) -> Vec<T> {
     let (k, l, vol) = (g.k(), g.l(), g.vol());
     let [t_n, h, w] = g.size;
     let [ot, oh, ow] = g.out;
@@ -263,7 +277,11 @@ impl CustomOp1 for Col2Vol {
         let (rows, n) = l.shape().dims2()?;
         let g = &self.g;
         if rows != g.k() + usize::from(self.has_ones_row) || n != self.b * g.l() {
-            candle_core::bail!("aezoo-col2vol: input {:?} does not match {g:?} with batch {}", l.dims(), self.b);
+            candle_core::bail!(
+                "aezoo-col2vol: input {:?} does not match {g:?} with batch {}",
+                l.dims(),
+                self.b
+            );
         }
         let [t, h, w] = g.size;
         let shape = Shape::from((self.b, g.c, t, h, w));
@@ -399,13 +417,21 @@ pub fn conv3d_taps(xs: &Tensor, kernel: &Tensor, bias: Option<&Tensor>, opts: Co
     }
     let ([st, sh, sw], [pt, ph, pw]) = (opts.stride, opts.padding);
     if sh != sw || ph != pw {
-        candle_core::bail!("conv3d (plain path): spatial stride and padding must be equal in h and w, got {:?} / {:?}", opts.stride, opts.padding);
+        candle_core::bail!(
+            "conv3d (plain path): spatial stride and padding must be equal in h and w, got {:?} / {:?}",
+            opts.stride,
+            opts.padding
+        );
     }
     if t + 2 * pt < kt {
         candle_core::bail!("conv3d: {t} frames with padding {pt} are fewer than the kernel's {kt}");
     }
     let ot = (t + 2 * pt - kt) / st + 1;
-    let xs = if pt > 0 { xs.pad_with_zeros(2, pt, pt)? } else { xs.clone() };
+    let xs = if pt > 0 {
+        xs.pad_with_zeros(2, pt, pt)?
+    } else {
+        xs.clone()
+    };
     let mut acc: Option<Tensor> = None;
     for dt in 0..kt {
         // frames: (b, ot, c, h, w) -> (b·ot, c, h, w)
@@ -457,7 +483,9 @@ pub fn conv_transpose3d_taps(xs: &Tensor, kernel: &Tensor, bias: Option<&Tensor>
             let z = ys.zeros_like()?;
             let mut parts = vec![ys];
             parts.extend(std::iter::repeat_n(z, st - 1));
-            Tensor::stack(&parts, 2)?.reshape((b, t * st, o, oh, ow))?.narrow(1, 0, span)?
+            Tensor::stack(&parts, 2)?
+                .reshape((b, t * st, o, oh, ow))?
+                .narrow(1, 0, span)?
         } else {
             ys
         };

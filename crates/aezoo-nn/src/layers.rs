@@ -263,7 +263,13 @@ pub struct ConvTranspose3d {
     opts: Conv3dOpts,
 }
 
-pub fn conv_transpose3d(in_c: usize, out_c: usize, k: [usize; 3], opts: Conv3dOpts, vb: VarBuilder) -> Result<ConvTranspose3d> {
+pub fn conv_transpose3d(
+    in_c: usize,
+    out_c: usize,
+    k: [usize; 3],
+    opts: Conv3dOpts,
+    vb: VarBuilder,
+) -> Result<ConvTranspose3d> {
     let fan_in = out_c * k.iter().product::<usize>();
     let bound = 1.0 / (fan_in as f64).sqrt();
     let weight = vb.get_with_hints((in_c, out_c, k[0], k[1], k[2]), "weight", uniform(bound))?;

@@ -194,7 +194,9 @@ impl EntryConfig {
             }
             if self.data.dataset != MOVING_MNIST {
                 aezoo_data::DatasetId::parse(&self.data.dataset).map_err(|e| {
-                    bad(format!("data.dataset: {e}, {FOLDER} (an image folder) or {MOVING_MNIST}"))
+                    bad(format!(
+                        "data.dataset: {e}, {FOLDER} (an image folder) or {MOVING_MNIST}"
+                    ))
                 })?;
             }
         }

@@ -51,7 +51,10 @@ fn tiles(images: &Tensor) -> Result<(usize, usize, usize, Vec<Vec<[u8; 3]>>)> {
         } else {
             (0..CLIP_FRAMES_SHOWN).map(|k| k * c / CLIP_FRAMES_SHOWN).collect()
         };
-        let frames = images.index_select(&Tensor::new(shown.iter().map(|&f| f as u32).collect::<Vec<_>>(), images.device())?, 1)?;
+        let frames = images.index_select(
+            &Tensor::new(shown.iter().map(|&f| f as u32).collect::<Vec<_>>(), images.device())?,
+            1,
+        )?;
         let f = shown.len();
         // (n, f, h, w) -> (n, 1, h, f·w)
         let strip = frames.permute((0, 2, 1, 3))?.reshape((n, 1, h, f * w))?;
@@ -137,7 +140,9 @@ pub fn rows_png(rows: &[Tensor], scale: usize) -> Result<(Vec<u8>, u32, u32)> {
     let n = total / rows.len().max(1);
     let layout: Vec<Vec<Option<usize>>> = if w > 3 * h {
         // Wide tiles (clips): item by item, its rows stacked.
-        (0..n).flat_map(|j| (0..rows.len()).map(move |r| vec![Some(r * n + j)])).collect()
+        (0..n)
+            .flat_map(|j| (0..rows.len()).map(move |r| vec![Some(r * n + j)]))
+            .collect()
     } else {
         (0..rows.len())
             .map(|r| (r * n..(r + 1) * n).map(Some).collect())

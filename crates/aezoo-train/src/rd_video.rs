@@ -146,7 +146,14 @@ pub fn sweep(
         let loaded = crate::weights::load(&run_dir, dev)?;
         let splits = load_data(&loaded.config, locator)?;
         let t = &loaded.config.train;
-        let test = evaluate(loaded.model.as_ref(), &splits.test, t.eval_batch_size, None, t.seed, dev)?;
+        let test = evaluate(
+            loaded.model.as_ref(),
+            &splits.test,
+            t.eval_batch_size,
+            None,
+            t.seed,
+            dev,
+        )?;
         let latent_values: usize = loaded.model.latent_shape().iter().product();
         let pixels: usize = splits.test.image_shape().iter().product();
         let (h, used) = latent_entropy(loaded.model.as_ref(), &splits.test, t.eval_batch_size, dev)?;
@@ -216,7 +223,10 @@ pub fn write_outputs(entry: &str, rows: &[RdRow], out: &Path, command: &str) -> 
         .map(|r| (r.entropy_bits_per_clip / 1000.0, r.test.psnr))
         .collect();
     crate::plot::save_line_plot(
-        &format!("{entry} — PSNR against rate (K = {})", rows.iter().map(|r| r.levels.to_string()).collect::<Vec<_>>().join(", ")),
+        &format!(
+            "{entry} — PSNR against rate (K = {})",
+            rows.iter().map(|r| r.levels.to_string()).collect::<Vec<_>>().join(", ")
+        ),
         "kbit per clip",
         "test PSNR (dB)",
         &[

@@ -193,7 +193,11 @@ pub fn init_from(params: &ParamStore, path: &Path) -> Result<()> {
     tracing::info!(
         "init: {copied} tensors from {}; kept their fresh init: {}",
         path.display(),
-        if fresh.is_empty() { "none".to_string() } else { fresh.join(", ") }
+        if fresh.is_empty() {
+            "none".to_string()
+        } else {
+            fresh.join(", ")
+        }
     );
     Ok(())
 }

@@ -24,11 +24,11 @@
 //! values, and the commitment term; each is logged. Rate: every latent value
 //! is one of K levels, so a clip costs `L·T·(H/8)·(W/8)·log₂K` bits.
 
+use aezoo_metrics::{mse, Reduction};
 use aezoo_nn::conv3d::Conv3dOpts;
 use aezoo_nn::layers::{conv3d, conv_transpose3d, Conv3d, ConvTranspose3d};
 use aezoo_nn::same_pad::same_pad;
 use aezoo_nn::{ops, Autoencoder, Batch, Family, StepCtx, StepOutput};
-use aezoo_metrics::{mse, Reduction};
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
@@ -194,17 +194,26 @@ impl Family for VideoAe {
         let [c1, c2] = cfg.channels;
         let (l, k) = (cfg.latent_channels, cfg.kernel);
         if t == 0 || h == 0 || w == 0 || h % 8 != 0 || w % 8 != 0 {
-            candle_core::bail!("video-ae: model.clip {:?} needs frames > 0 and height, width divisible by 8", cfg.clip);
+            candle_core::bail!(
+                "video-ae: model.clip {:?} needs frames > 0 and height, width divisible by 8",
+                cfg.clip
+            );
         }
         if c1 == 0 || c2 == 0 || l == 0 {
-            candle_core::bail!("video-ae: model.channels {:?} and model.latent_channels {l} must be > 0", cfg.channels);
+            candle_core::bail!(
+                "video-ae: model.channels {:?} and model.latent_channels {l} must be > 0",
+                cfg.channels
+            );
         }
         if k == 0 || k % 2 == 0 {
             candle_core::bail!("video-ae: model.kernel {k} must be odd (the decoder mirrors it with padding (k-1)/2)");
         }
         if let Some(cb) = &cfg.codebook {
             if !(2..=128).contains(&cb.levels) {
-                candle_core::bail!("video-ae: model.codebook.levels {} must be between 2 and 128", cb.levels);
+                candle_core::bail!(
+                    "video-ae: model.codebook.levels {} must be between 2 and 128",
+                    cb.levels
+                );
             }
             let [lo, hi] = cb.init_range;
             if !(lo < hi) || !lo.is_finite() || !hi.is_finite() || !(cb.commitment >= 0.0) {

@@ -8,7 +8,13 @@ use aezoo_nn::{Autoencoder, Batch, Family, ParamStore, Rng, StepCtx};
 use aezoo_video::{CodebookConfig, ResStack, VideoAe, VideoAeConfig};
 use candle_core::{DType, Device, Tensor};
 
-fn cfg(clip: [usize; 3], channels: [usize; 2], latent: usize, residual: ResStack, levels: Option<usize>) -> VideoAeConfig {
+fn cfg(
+    clip: [usize; 3],
+    channels: [usize; 2],
+    latent: usize,
+    residual: ResStack,
+    levels: Option<usize>,
+) -> VideoAeConfig {
     VideoAeConfig {
         clip,
         channels,
@@ -46,7 +52,10 @@ fn shapes_time_kept_space_divided_by_eight_and_the_seed_stacks() {
     // at small widths here (the shapes do not depend on them).
     let c = cfg([20, 64, 64], [4, 6], 5, ResStack::C, Some(8));
     let (m, store) = build(&c, DType::F32).unwrap();
-    let x = uniform_input(&[2, 20, 64, 64], 0.0, 1.0, 1).unwrap().to_dtype(DType::F32).unwrap();
+    let x = uniform_input(&[2, 20, 64, 64], 0.0, 1.0, 1)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
     let z = m.encode(&x).unwrap();
     assert_eq!(z.dims(), &[2, 5, 20, 8, 8]);
     assert_eq!(m.latent_shape(), vec![5, 20, 8, 8]);
@@ -54,7 +63,10 @@ fn shapes_time_kept_space_divided_by_eight_and_the_seed_stacks() {
     // resblock_c = 5 × resblock_b (3 × resblock_a each) + 1 × resblock_a, on
     // each side: 16 resblock_a = 32 convs per side.
     let names: Vec<String> = store.vars().into_iter().map(|(n, _)| n).collect();
-    let res_convs = names.iter().filter(|n| n.contains(".res.") && n.ends_with(".weight")).count();
+    let res_convs = names
+        .iter()
+        .filter(|n| n.contains(".res.") && n.ends_with(".weight"))
+        .count();
     assert_eq!(res_convs, 2 * 32);
     for n in [
         "encoder.conv1.weight",
@@ -79,10 +91,20 @@ fn the_codebook_returns_codewords_and_rate_is_log2_k_per_value() {
     let (m, _) = build(&c, DType::F32).unwrap();
     let levels: Vec<f32> = m.levels().unwrap().to_vec1().unwrap();
     assert_eq!(levels, vec![-1.0, -0.5, 0.0, 0.5, 1.0]);
-    let x = uniform_input(&[3, 4, 16, 16], 0.0, 1.0, 2).unwrap().to_dtype(DType::F32).unwrap();
+    let x = uniform_input(&[3, 4, 16, 16], 0.0, 1.0, 2)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
     let z = m.encode(&x).unwrap();
     let zc = m.encode_continuous(&x).unwrap();
-    for (q, v) in z.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().zip(zc.flatten_all().unwrap().to_vec1::<f32>().unwrap()) {
+    for (q, v) in z
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .zip(zc.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+    {
         // The quantised value is the nearest level itself.
         assert!(levels.contains(q), "{q} is not a level");
         let best = levels.iter().map(|l| (l - v).abs()).fold(f32::MAX, f32::min);
@@ -103,7 +125,13 @@ fn the_codebook_returns_codewords_and_rate_is_log2_k_per_value() {
             .vars()
             .into_iter()
             .filter(|(n, _)| n == "codebook.levels" || n == "encoder.conv1.weight")
-            .map(|(n, v)| (n, g.get(&v).map(|t| t.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap())))
+            .map(|(n, v)| {
+                (
+                    n,
+                    g.get(&v)
+                        .map(|t| t.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()),
+                )
+            })
             .collect::<Vec<_>>()
     };
     for (n, g) in store_vars {
@@ -116,7 +144,10 @@ fn loaded_levels_are_kept() {
     let c = cfg([2, 8, 8], [2, 2], 1, ResStack::None, Some(3));
     let (_, store) = build(&c, DType::F32).unwrap();
     let mut tensors: std::collections::BTreeMap<String, Tensor> = store.tensors().into_iter().collect();
-    tensors.insert("codebook.levels".into(), Tensor::new(&[-0.3f32, 0.1, 0.7], &Device::Cpu).unwrap());
+    tensors.insert(
+        "codebook.levels".into(),
+        Tensor::new(&[-0.3f32, 0.1, 0.7], &Device::Cpu).unwrap(),
+    );
     let d = tempfile::tempdir().unwrap();
     let path = d.path().join("m.safetensors");
     candle_core::safetensors::save(&tensors.into_iter().collect(), &path).unwrap();
@@ -150,8 +181,9 @@ fn bad_configs_are_refused() {
     let mut c = cfg([20, 64, 64], [2, 2], 1, ResStack::None, None);
     c.kernel = 4;
     assert!(err(c).contains("must be odd"));
-    let e = serde_json::from_str::<VideoAeConfig>(r#"{"clip":[20,64,64],"channels":[2,2],"latent_channels":1,"depth":3}"#)
-        .unwrap_err()
-        .to_string();
+    let e =
+        serde_json::from_str::<VideoAeConfig>(r#"{"clip":[20,64,64],"channels":[2,2],"latent_channels":1,"depth":3}"#)
+            .unwrap_err()
+            .to_string();
     assert!(e.contains("unknown field `depth`"), "{e}");
 }
