@@ -190,7 +190,7 @@ struct Col2Im {
     has_ones_row: bool,
 }
 
-fn contiguous_slice<'a, T>(v: &'a [T], l: &Layout) -> Result<&'a [T]> {
+pub(crate) fn contiguous_slice<'a, T>(v: &'a [T], l: &Layout) -> Result<&'a [T]> {
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&v[a..b]),
         None => candle_core::bail!("aezoo conv: input must be contiguous"),
@@ -264,14 +264,14 @@ impl CustomOp1 for Col2Im {
             ones_row: false,
         })?;
         // The ones row (if any) has no gradient of its own.
-        let g = if self.has_ones_row {
-            let n = g.dim(1)?;
-            Tensor::cat(&[&g, &Tensor::zeros((1, n), g.dtype(), g.device())?], 0)?
-        } else {
-            g
-        };
-        Ok(Some(g))
+        Ok(Some(if self.has_ones_row { with_zero_row(g)? } else { g }))
     }
+}
+
+/// `cols` with a row of zeros appended: the gradient of a bias's row of ones.
+pub(crate) fn with_zero_row(cols: Tensor) -> Result<Tensor> {
+    let n = cols.dim(1)?;
+    Tensor::cat(&[&cols, &Tensor::zeros((1, n), cols.dtype(), cols.device())?], 0)
 }
 
 /// `im2col` as a differentiable op: `(b, c, h, w)` → `(c·kh·kw [+1], b·oh·ow)`.

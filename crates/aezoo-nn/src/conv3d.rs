@@ -19,6 +19,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::conv::{contiguous_slice, with_zero_row};
+
 /// Stride, zero padding and (for transposed convs) output padding per axis
 /// `(t, h, w)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -230,13 +232,6 @@ struct Col2Vol {
     has_ones_row: bool,
 }
 
-fn contiguous_slice<'a, T>(v: &'a [T], l: &Layout) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("aezoo conv3d: input must be contiguous"),
-    }
-}
-
 impl CustomOp1 for Vol2Col {
     fn name(&self) -> &'static str {
         "aezoo-vol2col"
@@ -298,13 +293,7 @@ impl CustomOp1 for Col2Vol {
             g: self.g,
             ones_row: false,
         })?;
-        let g = if self.has_ones_row {
-            let n = g.dim(1)?;
-            Tensor::cat(&[&g, &Tensor::zeros((1, n), g.dtype(), g.device())?], 0)?
-        } else {
-            g
-        };
-        Ok(Some(g))
+        Ok(Some(if self.has_ones_row { with_zero_row(g)? } else { g }))
     }
 }
 
