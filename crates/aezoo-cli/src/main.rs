@@ -114,6 +114,9 @@ struct RdVideoArgs {
     /// Generated training clips per K (data.moving_mnist.train_clips; default: the entry's).
     #[arg(long, value_name = "N")]
     train_clips: Option<usize>,
+    /// Adam's learning rate per K (default: the entry's; lower it when fine-tuning with --init).
+    #[arg(long)]
+    lr: Option<f64>,
     #[command(flatten)]
     data: DataArgs,
 }
@@ -1245,7 +1248,7 @@ fn cmd_show_video(a: ShowVideoArgs) -> Result<()> {
         for (e, _) in epochs.iter().enumerate() {
             let rec = t.get(e + 1)?;
             for f in 0..frames {
-                let img = aezoo_train::plot::clip_frame(&[orig.clone(), rec.clone()], f, a.scale * 2)?;
+                let img = aezoo_train::plot::clip_frame(&[orig.clone(), rec.clone()], f, a.scale)?;
                 gif.push(aezoo_train::plot::with_progress_bar(
                     &img,
                     (e + 1) as f64 / epochs.len() as f64,
@@ -1282,6 +1285,9 @@ fn cmd_rd_video(a: RdVideoArgs) -> Result<()> {
         let mm = base.data.moving_mnist.get_or_insert_with(Default::default);
         mm.train_clips = n;
     }
+    if let Some(lr) = a.lr {
+        base.train.lr = lr;
+    }
     if a.levels.is_empty() {
         bail!("--levels: give at least one codebook size");
     }
@@ -1308,6 +1314,9 @@ fn cmd_rd_video(a: RdVideoArgs) -> Result<()> {
     }
     if let Some(n) = a.train_clips {
         command.push_str(&format!(" --train-clips {n}"));
+    }
+    if let Some(lr) = a.lr {
+        command.push_str(&format!(" --lr {lr}"));
     }
     if let Some(d) = &a.init {
         command.push_str(&format!(" --init {}", d.display()));

@@ -226,6 +226,18 @@ pub fn save_line_plot(title: &str, x_desc: &str, y_desc: &str, series: &[Series]
             let pad = ((y1 - y0) * 0.05).max(1e-12);
             (y0 - pad, y1 + pad)
         };
+        // The legend goes in the right-hand corner the curves leave free:
+        // below a curve that ends high (a rate-distortion curve), above one
+        // that ends low (a loss curve).
+        let ends_high = series
+            .first()
+            .and_then(|s| s.points.iter().rev().find(|(x, y)| x.is_finite() && y.is_finite()))
+            .is_some_and(|&(_, y)| y > (y0 + y1) / 2.0);
+        let legend_at = if ends_high {
+            SeriesLabelPosition::LowerRight
+        } else {
+            SeriesLabelPosition::UpperRight
+        };
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 22))
             .margin(16)
@@ -276,7 +288,7 @@ pub fn save_line_plot(title: &str, x_desc: &str, y_desc: &str, series: &[Series]
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .label_font(("sans-serif", 14))
-            .position(SeriesLabelPosition::UpperRight)
+            .position(legend_at)
             .draw()
             .map_err(|e| other(path, e))?;
         root.present().map_err(|e| other(path, e))?;
