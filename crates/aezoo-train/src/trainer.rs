@@ -175,7 +175,9 @@ pub fn init_from(params: &ParamStore, path: &Path) -> Result<()> {
         msg: format!("not a readable safetensors file ({e})"),
     })?;
     let (mut copied, mut fresh) = (0usize, Vec::new());
-    for (name, var) in params.vars() {
+    let vars = params.vars();
+    let unused = src.keys().filter(|k| !vars.iter().any(|(n, _)| n == *k)).count();
+    for (name, var) in vars {
         match src.get(&name) {
             Some(t) if t.dims() == var.dims() => {
                 var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
@@ -191,7 +193,7 @@ pub fn init_from(params: &ParamStore, path: &Path) -> Result<()> {
         });
     }
     tracing::info!(
-        "init: {copied} tensors from {}; kept their fresh init: {}",
+        "init: {copied} tensors from {} ({unused} there not used); kept their fresh init: {}",
         path.display(),
         if fresh.is_empty() {
             "none".to_string()
@@ -212,6 +214,8 @@ pub fn train(cfg: &EntryConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
     let splits = load_data(cfg, &opts.locator)?;
     let data_desc = splits.describe();
     if splits.source.is_bundled() {
+        // A bundled source that is not an IDX set by name is Moving MNIST
+        // generated from the bundled MNIST digits: the hint is MNIST's.
         let id = DatasetId::parse(&cfg.data.dataset).unwrap_or(DatasetId::Mnist);
         tracing::warn!("data: {data_desc}; a small real subset. For {}", id.how_to_get_full());
     } else {
