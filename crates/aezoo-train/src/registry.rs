@@ -58,6 +58,7 @@ pub static FAMILIES: &[&dyn DynFamily] = &[
     &Registered::<aezoo_vae::ConvVae>(PhantomData),
     &Registered::<aezoo_vae::FlexVae>(PhantomData),
     &Registered::<aezoo_video::VideoAe>(PhantomData),
+    &Registered::<aezoo_compress::Codec>(PhantomData),
 ];
 
 /// A graph family with its config type erased.

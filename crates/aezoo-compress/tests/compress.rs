@@ -1,0 +1,233 @@
+//! aezoo-compress's tests: the entropy model's interval masses against SciPy
+//! (also in single precision, where a naive 1 − F cancels), masses summing to
+//! one, finite-difference checks of the rate and of the whole codec, the
+//! integer latent, the loss, refused configs.
+
+use aezoo_compress::{Codec, CodecConfig, EntropyModel, Quantization};
+use aezoo_nn::gradcheck::{uniform_input, GradCheck};
+use aezoo_nn::{Autoencoder, Batch, Family, ParamStore, Rng, StepCtx};
+use candle_core::{DType, Device, Tensor, Var};
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// An entropy model of 3 channels with the pinned (loc, scale).
+fn pinned_model(dtype: DType) -> (EntropyModel, ParamStore) {
+    let store = ParamStore::init(0);
+    let m = EntropyModel::new(3, store.var_builder(dtype, &Device::Cpu)).unwrap();
+    let vars: std::collections::BTreeMap<String, Var> = store.vars().into_iter().collect();
+    vars["loc"]
+        .set(
+            &Tensor::new(&[0.0f64, 0.3, -1.2], &Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap(),
+        )
+        .unwrap();
+    let log_s: Vec<f64> = [1.0f64, 0.5, 3.0].iter().map(|s| s.ln()).collect();
+    vars["log_scale"]
+        .set(&Tensor::new(log_s, &Device::Cpu).unwrap().to_dtype(dtype).unwrap())
+        .unwrap();
+    (m, store)
+}
+
+#[test]
+fn interval_masses_match_scipy_even_in_the_far_tail() {
+    // python3 scripts/pins/codec_ref.py (scipy): −log₂ P per value.
+    let values = [[0.0, 1.0, -2.0, 15.0], [0.0, 2.0, -1.0, 7.0], [-1.0, 5.0, -30.0, 0.0]];
+    let want = [
+        [
+            1.3456768717052028,
+            2.383075878073449,
+            3.8257709189624127,
+            22.58080645051894,
+        ],
+        [
+            0.8265099409942905,
+            4.672255372679431,
+            3.518099339968261,
+            19.099205781569065,
+        ],
+        [
+            2.7213109581275012,
+            5.559859281691638,
+            16.42816192305516,
+            3.1553675468766995,
+        ],
+    ];
+    for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 2e-5)] {
+        let (m, _) = pinned_model(dtype);
+        // (b, C, n) = (1, 3, 4)
+        let y = Tensor::new(&values, &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        let p = m
+            .likelihood(&y)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
+        let got: Vec<Vec<f64>> = p.to_vec2().unwrap();
+        for c in 0..3 {
+            for i in 0..4 {
+                let bits = -got[c][i].log2();
+                assert!(
+                    (bits - want[c][i]).abs() <= tol * want[c][i],
+                    "{dtype:?} channel {c} value {}: {bits} bits, SciPy {}",
+                    values[c][i],
+                    want[c][i]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn masses_over_the_integers_sum_to_one() {
+    let (m, _) = pinned_model(DType::F64);
+    let ys: Vec<f64> = (-200..=200).map(|v| v as f64).collect();
+    let n = ys.len();
+    let y = Tensor::new(ys, &Device::Cpu).unwrap().reshape((1, 1, n)).unwrap();
+    let y = y.broadcast_as((1, 3, n)).unwrap().contiguous().unwrap();
+    let sums: Vec<f64> = m
+        .likelihood(&y)
+        .unwrap()
+        .sum(2)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    // The floor (MIN_LIKELIHOOD per far-out value) adds at most n · 1e-9.
+    for s in sums {
+        assert!(
+            s >= 1.0 - 1e-12 && s - 1.0 <= n as f64 * aezoo_compress::MIN_LIKELIHOOD,
+            "{s}"
+        );
+    }
+}
+
+#[test]
+fn rate_gradient_checks() {
+    let (m, store) = pinned_model(DType::F64);
+    // With respect to the latent values (off the interval kinks)…
+    let y = uniform_input(&[2, 3, 5], -4.0, 4.0, 3).unwrap();
+    GradCheck::default()
+        .check(|a| m.bits(&a[0]), &[y.clone()])
+        .unwrap_or_else(|e| panic!("bits(ŷ): {e}"));
+    // …and to the model's parameters.
+    let vars: Vec<Var> = store.vars().into_iter().map(|(_, v)| v).collect();
+    let grads = m.bits(&y).unwrap().backward().unwrap();
+    let eps = 1e-6;
+    for v in &vars {
+        let g: Vec<f64> = grads.get(v).unwrap().to_vec1().unwrap();
+        let base: Vec<f64> = v.to_vec1().unwrap();
+        for i in 0..base.len() {
+            let mut plus = base.clone();
+            plus[i] += eps;
+            v.set(&Tensor::new(plus, &Device::Cpu).unwrap()).unwrap();
+            let fp = m.bits(&y).unwrap().to_scalar::<f64>().unwrap();
+            let mut minus = base.clone();
+            minus[i] -= eps;
+            v.set(&Tensor::new(minus, &Device::Cpu).unwrap()).unwrap();
+            let fm = m.bits(&y).unwrap().to_scalar::<f64>().unwrap();
+            v.set(&Tensor::new(base.clone(), &Device::Cpu).unwrap()).unwrap();
+            let fd = (fp - fm) / (2.0 * eps);
+            assert!(
+                (fd - g[i]).abs() < 1e-5 * fd.abs().max(1.0),
+                "param {i}: {} vs {fd}",
+                g[i]
+            );
+        }
+    }
+}
+
+fn tiny(quantization: Quantization) -> CodecConfig {
+    CodecConfig {
+        image: [1, 12, 12],
+        encoder: strings(&["C2d_1_3_3_2_1", "ReLU", "C2d_3_2_3_2_1"]),
+        decoder: strings(&["CT2d_2_3_3_2_1_1", "ReLU", "CT2d_3_1_3_2_1_1", "Sigm"]),
+        alpha: 0.75,
+        lambda: 0.05,
+        quantization,
+    }
+}
+
+fn build(c: &CodecConfig, dtype: DType) -> candle_core::Result<Codec> {
+    let store = ParamStore::init(2);
+    Codec::new(c, store.var_builder(dtype, &Device::Cpu))
+}
+
+fn step(m: &Codec, x: &Tensor, train: bool) -> aezoo_nn::StepOutput {
+    m.step(
+        &Batch::autoencode(x.clone()),
+        &mut StepCtx {
+            train,
+            rng: &mut Rng::new(0),
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn latents_are_integers_and_the_loss_is_the_configured_sum() {
+    let m = build(&tiny(Quantization::Noise), DType::F64).unwrap();
+    let x = uniform_input(&[3, 1, 12, 12], 0.0, 1.0, 5).unwrap();
+    let z = m.encode(&x).unwrap();
+    assert_eq!(z.dims(), &[3, 2, 3, 3]);
+    for v in z.flatten_all().unwrap().to_vec1::<f64>().unwrap() {
+        assert_eq!(v, v.round());
+    }
+    assert_eq!(m.reconstruct(&x).unwrap().dims(), &[3, 1, 12, 12]);
+    for train in [true, false] {
+        let out = step(&m, &x, train);
+        let names: Vec<&str> = out.terms.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["one_minus_ssim", "l1", "bpp"]);
+        let t: Vec<f64> = out.terms.iter().map(|(_, v)| v.to_scalar::<f64>().unwrap()).collect();
+        let loss = out.loss.to_scalar::<f64>().unwrap();
+        assert!((loss - (0.75 * t[0] + 0.25 * t[1] + 0.05 * t[2])).abs() < 1e-12);
+        assert!(t[2] > 0.0);
+    }
+    // Evaluation (train = false) decodes the rounded latent: what a file holds.
+    let eval = step(&m, &x, false).recon;
+    let diff = (eval - m.decode(&z).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap();
+    assert_eq!(diff.to_scalar::<f64>().unwrap(), 0.0);
+}
+
+#[test]
+fn whole_codec_gradient_check() {
+    // Noise quantisation with the same seeded noise each call: differentiable.
+    let m = build(&tiny(Quantization::Noise), DType::F64).unwrap();
+    let x = uniform_input(&[2, 1, 12, 12], 0.05, 0.95, 6).unwrap();
+    GradCheck::default()
+        .check(|a| Ok(step(&m, &a[0], true).loss), &[x])
+        .unwrap_or_else(|e| panic!("codec: {e}"));
+}
+
+#[test]
+fn bad_configs_are_refused() {
+    let err = |c: CodecConfig| build(&c, DType::F32).err().expect("refused").to_string();
+    let mut c = tiny(Quantization::Ste);
+    c.lambda = 0.0;
+    assert!(err(c).contains("lambda must be a number > 0"));
+    let mut c = tiny(Quantization::Ste);
+    c.alpha = 1.5;
+    assert!(err(c).contains("alpha must be in [0, 1]"));
+    let mut c = tiny(Quantization::Ste);
+    c.decoder = strings(&["CT2d_2_1_3_2_1_1"]);
+    let e = err(c);
+    assert!(
+        e.contains("decoder: gives (1, 6, 6)") && e.contains("(1, 12, 12)"),
+        "{e}"
+    );
+}
