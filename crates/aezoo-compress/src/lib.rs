@@ -22,6 +22,8 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
+pub mod aez;
+
 /// How latents are quantised while training.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -105,6 +107,11 @@ impl EntropyModel {
         self.likelihood(y_hat)?.log()?.sum_all()? * (-1.0 / std::f64::consts::LN_2)
     }
 
+    /// The dtype and device of the model's parameters.
+    pub fn dtype_device(&self) -> (DType, candle_core::Device) {
+        (self.loc.dtype(), self.loc.device().clone())
+    }
+
     /// `(loc, scale)` per channel.
     pub fn params(&self) -> Result<(Vec<f64>, Vec<f64>)> {
         let f = |t: &Tensor| t.to_dtype(DType::F64)?.to_vec1::<f64>();
@@ -112,20 +119,83 @@ impl EntropyModel {
     }
 }
 
-/// `encoder`, `decoder` (layer lists) and `entropy.{loc, log_scale}`.
-pub struct Codec {
-    encoder: Sequential,
+/// The decoding half of a codec: `decoder` and `entropy.{loc, log_scale}`,
+/// built without the encoder's weights (the latent shape comes from the
+/// encoder list's shape inference alone) — what a decoder-only program loads.
+pub struct Synthesis {
     decoder: Sequential,
     entropy: EntropyModel,
     latent: FeatShape,
-    alpha: f64,
-    lambda: f64,
-    quantization: Quantization,
-    pixels: usize,
+    image: [usize; 3],
 }
 
 fn bad(msg: String) -> candle_core::Error {
     candle_core::Error::Msg(msg)
+}
+
+/// The latent shape the encoder list gives for `image`.
+fn latent_of(cfg: &CodecConfig) -> Result<FeatShape> {
+    let [c, h, w] = cfg.image;
+    let shapes = aezoo_nn::spec::parse_list("encoder", &cfg.encoder)
+        .and_then(|l| l.infer_shapes(FeatShape::Map { c, h, w }))
+        .map_err(|e| bad(e.to_string()))?;
+    shapes
+        .last()
+        .copied()
+        .ok_or_else(|| bad("encoder: the list is empty".into()))
+}
+
+impl Synthesis {
+    pub fn new(cfg: &CodecConfig, vb: VarBuilder) -> Result<Self> {
+        let [c, h, w] = cfg.image;
+        let latent = latent_of(cfg)?;
+        let channels = match latent {
+            FeatShape::Map { c, .. } => c,
+            FeatShape::Flat { d } => d,
+        };
+        let decoder = Sequential::new("decoder", &cfg.decoder, latent, vb.pp("decoder"))?;
+        if decoder.output_shape() != (FeatShape::Map { c, h, w }) {
+            return Err(bad(format!(
+                "decoder: gives {} from the latent {latent} but the images are ({c}, {h}, {w})",
+                decoder.output_shape()
+            )));
+        }
+        Ok(Self {
+            decoder,
+            entropy: EntropyModel::new(channels, vb.pp("entropy"))?,
+            latent,
+            image: cfg.image,
+        })
+    }
+
+    /// Images in `[0, 1]` from (integer) latents.
+    pub fn decode(&self, y_hat: &Tensor) -> Result<Tensor> {
+        self.decoder.forward(y_hat)?.clamp(0.0, 1.0)
+    }
+
+    pub fn entropy(&self) -> &EntropyModel {
+        &self.entropy
+    }
+
+    /// The latent's shape without the batch axis.
+    pub fn latent(&self) -> FeatShape {
+        self.latent
+    }
+
+    /// `[channels, height, width]` of the tiles the codec works on.
+    pub fn image(&self) -> [usize; 3] {
+        self.image
+    }
+}
+
+/// `encoder` (layer list) and the [`Synthesis`] half.
+pub struct Codec {
+    encoder: Sequential,
+    synthesis: Synthesis,
+    alpha: f64,
+    lambda: f64,
+    quantization: Quantization,
+    pixels: usize,
 }
 
 impl Family for Codec {
@@ -149,23 +219,9 @@ impl Family for Codec {
             return Err(bad(format!("image {h}x{w}: the SSIM term needs at least 11x11")));
         }
         let encoder = Sequential::new("encoder", &cfg.encoder, FeatShape::Map { c, h, w }, vb.pp("encoder"))?;
-        let latent = encoder.output_shape();
-        let channels = match latent {
-            FeatShape::Map { c, .. } => c,
-            FeatShape::Flat { d } => d,
-        };
-        let decoder = Sequential::new("decoder", &cfg.decoder, latent, vb.pp("decoder"))?;
-        if decoder.output_shape() != (FeatShape::Map { c, h, w }) {
-            return Err(bad(format!(
-                "decoder: gives {} from the latent {latent} but the images are ({c}, {h}, {w})",
-                decoder.output_shape()
-            )));
-        }
         Ok(Self {
             encoder,
-            decoder,
-            entropy: EntropyModel::new(channels, vb.pp("entropy"))?,
-            latent,
+            synthesis: Synthesis::new(cfg, vb)?,
             alpha: cfg.alpha,
             lambda: cfg.lambda,
             quantization: cfg.quantization,
@@ -184,14 +240,19 @@ impl Codec {
         self.encoder.forward(xs)
     }
 
+    /// The decoding half.
+    pub fn synthesis(&self) -> &Synthesis {
+        &self.synthesis
+    }
+
     /// The entropy model (for the coder and for rate estimates).
     pub fn entropy(&self) -> &EntropyModel {
-        &self.entropy
+        &self.synthesis.entropy
     }
 
     /// The latent's shape without the batch axis.
     pub fn latent(&self) -> FeatShape {
-        self.latent
+        self.synthesis.latent
     }
 
     /// `α·(1 − SSIM) + (1 − α)·L1` per batch, with its two parts.
@@ -210,7 +271,7 @@ impl Autoencoder for Codec {
     }
 
     fn decode(&self, z: &Tensor) -> Result<Tensor> {
-        self.decoder.forward(z)?.clamp(0.0, 1.0)
+        self.synthesis.decode(z)
     }
 
     fn step(&self, batch: &Batch, ctx: &mut StepCtx) -> Result<StepOutput> {
@@ -228,7 +289,7 @@ impl Autoencoder for Codec {
         let recon = self.decode(&y_hat)?;
         let (d, one_minus_ssim, l1) = self.distortion(&recon, &batch.target)?;
         let b = y.dim(0)?;
-        let bpp = (self.entropy.bits(&y_hat)? / (b * self.pixels) as f64)?;
+        let bpp = (self.entropy().bits(&y_hat)? / (b * self.pixels) as f64)?;
         let loss = (&d + (&bpp * self.lambda)?)?;
         Ok(StepOutput {
             loss,
@@ -238,7 +299,7 @@ impl Autoencoder for Codec {
     }
 
     fn latent_shape(&self) -> Vec<usize> {
-        match self.latent {
+        match self.latent() {
             FeatShape::Map { c, h, w } => vec![c, h, w],
             FeatShape::Flat { d } => vec![d],
         }

@@ -231,3 +231,153 @@ fn bad_configs_are_refused() {
         "{e}"
     );
 }
+
+// ---------------------------------------------------------------- .aez files
+
+mod aez_files {
+    use super::*;
+    use aezoo_compress::aez::{compress, decompress, fingerprint, read, AezError, MAGIC};
+
+    fn tiny_codec() -> (Codec, u64) {
+        let store = ParamStore::init(9);
+        let m = Codec::new(&tiny(Quantization::Noise), store.var_builder(DType::F32, &Device::Cpu)).unwrap();
+        let synth: Vec<(String, Tensor)> = store
+            .tensors()
+            .into_iter()
+            .filter(|(n, _)| !n.starts_with("encoder."))
+            .collect();
+        (m, fingerprint(&synth).unwrap())
+    }
+
+    fn picture(h: usize, w: usize) -> Tensor {
+        let v: Vec<f32> = (0..h * w)
+            .map(|i| (((i % w) as f32 * 0.3).sin() * ((i / w) as f32 * 0.2).cos() * 0.5 + 0.5))
+            .collect();
+        Tensor::from_vec(v, (1, 1, h, w), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn any_size_round_trips_deterministically_and_the_header_says_what_it_is() {
+        let (m, fp) = tiny_codec();
+        for (h, w) in [(12, 12), (30, 17), (1, 40), (5, 3)] {
+            let img = picture(h, w);
+            let (bytes, decoded) = compress(&m, "tiny", fp, &img).unwrap();
+            let (again, _) = compress(&m, "tiny", fp, &img).unwrap();
+            assert_eq!(bytes, again, "{h}x{w}: not deterministic");
+            assert_eq!(&bytes[..4], &MAGIC);
+            let (hd, _) = read(&bytes).unwrap();
+            assert_eq!(
+                (
+                    hd.model.as_str(),
+                    hd.fingerprint,
+                    hd.channels,
+                    hd.height,
+                    hd.width,
+                    hd.tile
+                ),
+                ("tiny", fp, 1, h as u32, w as u32, [12, 12])
+            );
+            let out = decompress(m.synthesis(), "tiny", fp, &bytes).unwrap();
+            assert_eq!(out.dims(), &[1, 1, h, w]);
+            let diff = (out - &decoded)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(diff, 0.0, "{h}x{w}: decompress differs from what compress decoded");
+        }
+    }
+
+    #[test]
+    fn the_rate_model_predicts_the_file_size() {
+        // The coded bits equal −Σ log₂ P(ŷ) under the entropy model, up to the
+        // coder's fixed-point rounding and its last words.
+        let (m, fp) = tiny_codec();
+        let img = picture(48, 48);
+        let (bytes, _) = compress(&m, "tiny", fp, &img).unwrap();
+        let tiles = img
+            .reshape((1, 1, 4, 12, 4, 12))
+            .unwrap()
+            .permute((2, 4, 0, 1, 3, 5))
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .reshape((16, 1, 12, 12))
+            .unwrap();
+        let y_hat = m.encode(&tiles).unwrap();
+        let est = m.entropy().bits(&y_hat).unwrap().to_scalar::<f32>().unwrap() as f64;
+        let (_, words) = read(&bytes).unwrap();
+        let coded = 32.0 * words.len() as f64;
+        assert!(
+            coded >= est - 1.0 && coded <= est * 1.01 + 64.0,
+            "coded {coded} bits, model {est}"
+        );
+    }
+
+    #[test]
+    fn damaged_or_foreign_files_are_errors_never_panics() {
+        let (m, fp) = tiny_codec();
+        let (bytes, _) = compress(&m, "tiny", fp, &picture(30, 17)).unwrap();
+        let s = m.synthesis();
+        for cut in 0..bytes.len() {
+            let e = decompress(s, "tiny", fp, &bytes[..cut]).unwrap_err();
+            assert!(
+                matches!(e, AezError::Truncated(_) | AezError::Magic | AezError::Checksum { .. }),
+                "cut at {cut}: {e}"
+            );
+        }
+        let mut flipped = bytes.clone();
+        flipped[bytes.len() / 2] ^= 1;
+        assert!(matches!(
+            decompress(s, "tiny", fp, &flipped),
+            Err(AezError::Checksum { .. })
+        ));
+        let e = decompress(s, "other", fp, &bytes).unwrap_err().to_string();
+        assert!(
+            e.contains("made by model `tiny`") && e.contains("not by `other`"),
+            "{e}"
+        );
+        assert!(matches!(
+            decompress(s, "tiny", fp ^ 1, &bytes),
+            Err(AezError::Model { .. })
+        ));
+        let mut v2 = bytes.clone();
+        v2[4] = 2;
+        assert!(matches!(read(&v2), Err(AezError::Version(2))));
+        assert!(matches!(read(b"PNG\x0d\x0a\x1a\x0a........"), Err(AezError::Magic)));
+        // Mutations with a valid checksum reach the header checks and the
+        // entropy decoder: errors or images, never a panic.
+        let mut rng = Rng::new(1);
+        for _ in 0..3000 {
+            let mut m2 = bytes.clone();
+            for _ in 0..1 + rng.below(4) {
+                let i = rng.below((bytes.len() - 4) as u64) as usize;
+                m2[i] ^= 1 << rng.below(8);
+            }
+            let n = m2.len() - 4;
+            let crc = crc32(&m2[..n]);
+            m2[n..].copy_from_slice(&crc.to_le_bytes());
+            if let Ok((hd, _)) = read(&m2) {
+                if hd.height as u64 * hd.width as u64 > 4096 {
+                    continue; // a valid but large image: decoding it is slow, not wrong
+                }
+            }
+            let _ = decompress(s, "tiny", fp, &m2);
+        }
+    }
+
+    /// CRC-32 (IEEE), bitwise: the test's own, independent of the crate's.
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut c = !0u32;
+        for &b in bytes {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 { (c >> 1) ^ 0xedb8_8320 } else { c >> 1 };
+            }
+        }
+        !c
+    }
+}

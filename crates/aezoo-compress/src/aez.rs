@@ -1,0 +1,376 @@
+//! The `.aez` file: an image coded by a learned codec into a real bitstream.
+//!
+//! The image is cut into tiles of the codec's size (edge-replicated padding
+//! on the right and bottom, removed after decoding); every tile's integer
+//! latent is range-coded (constriction's `DefaultRangeEncoder`, 24-bit
+//! fixed-point probabilities) under the learned per-channel Laplace of the
+//! entropy model, quantised to the integers by `DefaultLeakyQuantizer` so
+//! every symbol of the support keeps a non-zero probability.
+//!
+//! ```text
+//! offset  size  field
+//! 0       4     magic "AEZ\x1a"
+//! 4       1     format version (1)
+//! 5       1     n = length of the model id
+//! 6       n     model id (UTF-8: the entry name)
+//! 6+n     8     model fingerprint (FNV-1a 64 of the decoder and entropy tensors), LE
+//! 14+n    1     image channels
+//! 15+n    4     image height, LE
+//! 19+n    4     image width, LE
+//! 23+n    2+2   tile height, tile width, LE
+//! 27+n    4     m = number of 32-bit code words, LE
+//! 31+n    4m    the range coder's words, LE
+//! end−4   4     CRC-32 (IEEE) of every byte before it, LE
+//! ```
+//! Decoding checks, in order: length, magic, version, checksum, model id and
+//! fingerprint, sizes (against the model and a pixel budget), the word count;
+//! every failure is an [`AezError`] naming what is wrong — never a panic, and
+//! never an allocation larger than the image the header announces, itself
+//! capped at [`MAX_PIXELS`].
+
+use candle_core::{DType, Device, Tensor};
+use constriction::stream::model::DefaultLeakyQuantizer;
+use constriction::stream::queue::{DefaultRangeDecoder, DefaultRangeEncoder};
+use constriction::stream::{Decode, Encode};
+
+use crate::{Codec, Synthesis};
+use aezoo_nn::spec::FeatShape;
+
+/// The first four bytes of every `.aez` file.
+pub const MAGIC: [u8; 4] = *b"AEZ\x1a";
+/// The format version this code writes and reads.
+pub const VERSION: u8 = 1;
+/// Latent values are clamped to `±SUPPORT` before coding.
+pub const SUPPORT: i32 = 1 << 12;
+/// The largest image a file may announce (pixels per channel, 32 MP).
+pub const MAX_PIXELS: u64 = 1 << 25;
+/// Tiles go through the encoder and decoder this many at a time, so memory
+/// stays that of the image, whatever its size.
+const TILE_CHUNK: usize = 64;
+
+/// Why a `.aez` file cannot be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum AezError {
+    #[error("not an .aez file (bad magic number)")]
+    Magic,
+    #[error("format version {0}, this aezoo reads version {VERSION}")]
+    Version(u8),
+    #[error("truncated: {0}")]
+    Truncated(String),
+    #[error("corrupted: checksum {stored:08x} stored, {computed:08x} computed")]
+    Checksum { stored: u32, computed: u32 },
+    #[error("made by model `{file_model}` (fingerprint {file_fp:016x}), not by `{model}` ({fp:016x}): decode it with the weights that wrote it")]
+    Model {
+        file_model: String,
+        file_fp: u64,
+        model: String,
+        fp: u64,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("entropy decoding failed: {0}")]
+    Coder(String),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, AezError>;
+
+/// What the header says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub model: String,
+    pub fingerprint: u64,
+    pub channels: u8,
+    pub height: u32,
+    pub width: u32,
+    pub tile: [u16; 2],
+}
+
+/// FNV-1a 64 over the names and f32 little-endian values of `tensors`
+/// (sorted by name): the identity of a decoder.
+pub fn fingerprint(tensors: &[(String, Tensor)]) -> Result<u64> {
+    let mut sorted: Vec<&(String, Tensor)> = tensors.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    for (name, t) in sorted {
+        eat(name.as_bytes());
+        for v in t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()? {
+            eat(&v.to_le_bytes());
+        }
+    }
+    Ok(h)
+}
+
+/// Channel of each latent value of one tile, in row-major order.
+fn channel_of(latent: FeatShape) -> Vec<usize> {
+    match latent {
+        FeatShape::Map { c, h, w } => (0..c * h * w).map(|i| i / (h * w)).collect(),
+        FeatShape::Flat { d } => (0..d).collect(),
+    }
+}
+
+fn latent_len(latent: FeatShape) -> usize {
+    match latent {
+        FeatShape::Map { c, h, w } => c * h * w,
+        FeatShape::Flat { d } => d,
+    }
+}
+
+/// `(1, c, H, W)` → tiles `(ny·nx, c, th, tw)`, padded by edge replication.
+fn to_tiles(img: &Tensor, th: usize, tw: usize) -> Result<(Tensor, usize, usize)> {
+    let (_, c, h, w) = img.dims4()?;
+    let (ny, nx) = (h.div_ceil(th), w.div_ceil(tw));
+    let img = img.pad_with_same(2, 0, ny * th - h)?.pad_with_same(3, 0, nx * tw - w)?;
+    let tiles = img
+        .reshape((c, ny, th, nx, tw))?
+        .permute((1, 3, 0, 2, 4))?
+        .contiguous()?
+        .reshape((ny * nx, c, th, tw))?;
+    Ok((tiles, ny, nx))
+}
+
+/// Tiles `(ny·nx, c, th, tw)` → `(1, c, h, w)`, cropped.
+fn from_tiles(tiles: &Tensor, ny: usize, nx: usize, h: usize, w: usize) -> Result<Tensor> {
+    let (_, c, th, tw) = tiles.dims4()?;
+    Ok(tiles
+        .reshape((ny, nx, c, th, tw))?
+        .permute((2, 0, 3, 1, 4))?
+        .contiguous()?
+        .reshape((1, c, ny * th, nx * tw))?
+        .narrow(2, 0, h)?
+        .narrow(3, 0, w)?)
+}
+
+fn laplaces(s: &Synthesis) -> Result<Vec<probability::distribution::Laplace>> {
+    let (loc, scale) = s.entropy().params()?;
+    Ok(loc
+        .iter()
+        .zip(&scale)
+        .map(|(&m, &b)| probability::distribution::Laplace::new(m, b.max(1e-6)))
+        .collect())
+}
+
+/// Decodes `symbols` (tiles × latent values) into the image they code.
+fn synthesize(s: &Synthesis, symbols: &[i32], ny: usize, nx: usize, h: usize, w: usize) -> Result<Tensor> {
+    let latent = s.latent();
+    let per_tile = latent_len(latent);
+    let (dtype, dev) = s.entropy().dtype_device();
+    let mut parts = Vec::new();
+    for chunk in symbols.chunks(TILE_CHUNK * per_tile) {
+        let n = chunk.len() / per_tile;
+        let mut dims = vec![n];
+        match latent {
+            FeatShape::Map { c, h, w } => dims.extend([c, h, w]),
+            FeatShape::Flat { d } => dims.push(d),
+        }
+        let y = Tensor::from_vec(chunk.iter().map(|&v| v as f32).collect::<Vec<_>>(), dims, &Device::Cpu)?
+            .to_dtype(dtype)?
+            .to_device(&dev)?;
+        parts.push(s.decode(&y)?.to_device(&Device::Cpu)?);
+    }
+    from_tiles(&Tensor::cat(&parts, 0)?, ny, nx, h, w)
+}
+
+/// Codes `img` (`(1, c, H, W)` in [0, 1], any size) into `.aez` bytes; also
+/// returns the image those bytes decode to (what [`decompress`] gives).
+pub fn compress(codec: &Codec, model: &str, fingerprint: u64, img: &Tensor) -> Result<(Vec<u8>, Tensor)> {
+    let (_, c, h, w) = img.dims4()?;
+    let [mc, th, tw] = codec.synthesis().image();
+    if c != mc {
+        return Err(AezError::Invalid(format!(
+            "the image has {c} channels, the codec takes {mc}"
+        )));
+    }
+    if h == 0 || w == 0 || (h as u64) * (w as u64) > MAX_PIXELS || h > u32::MAX as usize || w > u32::MAX as usize {
+        return Err(AezError::Invalid(format!(
+            "image {h}x{w}: sizes from 1 to {MAX_PIXELS} pixels"
+        )));
+    }
+    if model.len() > 255 {
+        return Err(AezError::Invalid("model id longer than 255 bytes".into()));
+    }
+    let (tiles, ny, nx) = to_tiles(img, th, tw)?;
+    let mut symbols: Vec<i32> = Vec::new();
+    for start in (0..ny * nx).step_by(TILE_CHUNK) {
+        let n = TILE_CHUNK.min(ny * nx - start);
+        let y_hat =
+            crate::Autoencoder::encode(codec, &tiles.narrow(0, start, n)?)?.clamp(-(SUPPORT as f64), SUPPORT as f64)?;
+        symbols.extend(
+            y_hat
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?
+                .into_iter()
+                .map(|v| v as i32),
+        );
+    }
+    let channels = channel_of(codec.latent());
+    let dists = laplaces(codec.synthesis())?;
+    let quantizer = DefaultLeakyQuantizer::new(-SUPPORT..=SUPPORT);
+    let mut enc = DefaultRangeEncoder::new();
+    for (i, &s) in symbols.iter().enumerate() {
+        let d = dists[channels[i % channels.len()]];
+        enc.encode_symbol(s, quantizer.quantize(d))
+            .map_err(|e| AezError::Coder(format!("{e:?}")))?;
+    }
+    let words = enc.into_compressed().map_err(|e| AezError::Coder(format!("{e:?}")))?;
+    let mut out = Vec::with_capacity(35 + model.len() + 4 * words.len());
+    out.extend(MAGIC);
+    out.push(VERSION);
+    out.push(model.len() as u8);
+    out.extend(model.as_bytes());
+    out.extend(fingerprint.to_le_bytes());
+    out.push(c as u8);
+    out.extend((h as u32).to_le_bytes());
+    out.extend((w as u32).to_le_bytes());
+    out.extend((th as u16).to_le_bytes());
+    out.extend((tw as u16).to_le_bytes());
+    out.extend((words.len() as u32).to_le_bytes());
+    for wd in &words {
+        out.extend(wd.to_le_bytes());
+    }
+    let crc = crc32fast::hash(&out);
+    out.extend(crc.to_le_bytes());
+    let decoded = synthesize(codec.synthesis(), &symbols, ny, nx, h, w)?;
+    Ok((out, decoded))
+}
+
+/// A little-endian reader over the header that reports truncation.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
+        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len());
+        let Some(end) = end else {
+            return Err(AezError::Truncated(format!("the file ends inside the {what}")));
+        };
+        let s = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+    fn u8(&mut self, what: &str) -> Result<u8> {
+        Ok(self.take(1, what)?[0])
+    }
+    fn u16(&mut self, what: &str) -> Result<u16> {
+        Ok(u16::from_le_bytes(self.take(2, what)?.try_into().expect("2 bytes")))
+    }
+    fn u32(&mut self, what: &str) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().expect("4 bytes")))
+    }
+    fn u64(&mut self, what: &str) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.take(8, what)?.try_into().expect("8 bytes")))
+    }
+}
+
+/// Reads and checks the header (magic, version, checksum), returning it
+/// with the code words.
+pub fn read(bytes: &[u8]) -> Result<(Header, Vec<u32>)> {
+    if bytes.len() < 4 {
+        return Err(AezError::Truncated(format!(
+            "{} bytes, shorter than the magic number",
+            bytes.len()
+        )));
+    }
+    if bytes[..4] != MAGIC {
+        return Err(AezError::Magic);
+    }
+    if bytes.len() < 9 {
+        return Err(AezError::Truncated(format!(
+            "{} bytes, shorter than the smallest header",
+            bytes.len()
+        )));
+    }
+    if bytes[4] != VERSION {
+        return Err(AezError::Version(bytes[4]));
+    }
+    let (body, tail) = bytes.split_at(bytes.len() - 4);
+    let stored = u32::from_le_bytes(tail.try_into().expect("4 bytes"));
+    let computed = crc32fast::hash(body);
+    if stored != computed {
+        return Err(AezError::Checksum { stored, computed });
+    }
+    let mut r = Reader { bytes: body, at: 5 };
+    let n = r.u8("model id length")? as usize;
+    let model = String::from_utf8(r.take(n, "model id")?.to_vec())
+        .map_err(|_| AezError::Invalid("the model id is not UTF-8".into()))?;
+    let fingerprint = r.u64("model fingerprint")?;
+    let channels = r.u8("channel count")?;
+    let height = r.u32("image height")?;
+    let width = r.u32("image width")?;
+    let tile = [r.u16("tile height")?, r.u16("tile width")?];
+    let m = r.u32("word count")? as usize;
+    let rest = body.len() - r.at;
+    if rest != 4 * m {
+        return Err(AezError::Truncated(format!(
+            "{m} code words announced, {rest} bytes of them present"
+        )));
+    }
+    let words = r
+        .take(4 * m, "code words")?
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect();
+    Ok((
+        Header {
+            model,
+            fingerprint,
+            channels,
+            height,
+            width,
+            tile,
+        },
+        words,
+    ))
+}
+
+/// Decodes `.aez` bytes with the decoding half of the codec that wrote them
+/// (`model` and `fingerprint` must match the file's) into `(1, c, H, W)`.
+pub fn decompress(s: &Synthesis, model: &str, fingerprint: u64, bytes: &[u8]) -> Result<Tensor> {
+    let (hd, words) = read(bytes)?;
+    if hd.model != model || hd.fingerprint != fingerprint {
+        return Err(AezError::Model {
+            file_model: hd.model,
+            file_fp: hd.fingerprint,
+            model: model.to_string(),
+            fp: fingerprint,
+        });
+    }
+    let [c, th, tw] = s.image();
+    if hd.channels as usize != c || hd.tile != [th as u16, tw as u16] {
+        return Err(AezError::Invalid(format!(
+            "the header says {} channels in {}x{} tiles, the model codes {c} in {th}x{tw}",
+            hd.channels, hd.tile[0], hd.tile[1]
+        )));
+    }
+    let (h, w) = (hd.height as usize, hd.width as usize);
+    if h == 0 || w == 0 || (h as u64) * (w as u64) > MAX_PIXELS {
+        return Err(AezError::Invalid(format!(
+            "image size {h}x{w} out of range (1 to {MAX_PIXELS} pixels)"
+        )));
+    }
+    let (ny, nx) = (h.div_ceil(th), w.div_ceil(tw));
+    let count = ny * nx * latent_len(s.latent());
+    let channels = channel_of(s.latent());
+    let dists = laplaces(s)?;
+    let quantizer = DefaultLeakyQuantizer::new(-SUPPORT..=SUPPORT);
+    let mut dec = DefaultRangeDecoder::from_compressed(words).map_err(|e| AezError::Coder(format!("{e:?}")))?;
+    let mut symbols = Vec::with_capacity(count);
+    for i in 0..count {
+        let d = dists[channels[i % channels.len()]];
+        let v = dec
+            .decode_symbol(quantizer.quantize(d))
+            .map_err(|e| AezError::Coder(format!("{e:?}")))?;
+        symbols.push(v);
+    }
+    synthesize(s, &symbols, ny, nx, h, w)
+}
