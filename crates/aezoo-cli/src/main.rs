@@ -54,6 +54,14 @@ enum Cmd {
     Decode(DecodeArgs),
     /// Find, by measuring, the largest training batch that fits a memory budget.
     MaxBatch(MaxBatchArgs),
+    /// Compress images into .aez files with a learned codec (bits per pixel measured from the file).
+    Compress(CompressArgs),
+    /// Decompress .aez files into PNG images (needs only the codec's decoder half).
+    Decompress(DecompressArgs),
+    /// Write a codec's weights folder with encoder.safetensors and decoder.safetensors beside the full model.
+    ExportCodec(ExportArgs),
+    /// Mean PSNR, SSIM and MAE of an entry's reconstructions over a folder of images (running means over all of them).
+    Validate(ValidateArgs),
     /// Animated GIFs of a video entry: test clips beside their reconstructions, the per-epoch progression, the loss curve.
     ShowVideo(ShowVideoArgs),
     /// Rate-distortion sweep of a video entry over codebook sizes K: table, CSV and plot.
@@ -65,6 +73,53 @@ enum Cmd {
     ProbeBatch(ProbeArgs),
     /// List the zoo's entries and model families.
     List,
+}
+
+#[derive(Args)]
+struct CompressArgs {
+    /// Image files or folders (PNG, JPEG), any size.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    /// The output: FILE.aez for one image, else a folder (default: <name>.aez beside each image).
+    #[arg(short = 'o', long)]
+    out: Option<PathBuf>,
+    /// The codec entry.
+    #[arg(long, default_value = "codec-mnist")]
+    entry: String,
+    #[command(flatten)]
+    weights: WeightsArgs,
+    /// Compute device: cpu, cuda[:N] or metal[:N].
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+#[derive(Args)]
+struct DecompressArgs {
+    /// .aez files.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// The output: IMG.png for one file, else a folder (default: <name>.png beside each file).
+    #[arg(short = 'o', long)]
+    out: Option<PathBuf>,
+    /// A weights folder holding the codec (decoder.safetensors, or model.safetensors); default: weights/<model id in the file>.
+    #[arg(long, value_name = "DIR")]
+    weights: Option<PathBuf>,
+    /// Compute device: cpu, cuda[:N] or metal[:N].
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+#[derive(Args)]
+struct ValidateArgs {
+    /// Entry name (used to find default weights).
+    entry: String,
+    #[command(flatten)]
+    weights: WeightsArgs,
+    /// Invert the image files first (dark drawings on white paper for MNIST-style models).
+    #[arg(long)]
+    invert: bool,
+    #[command(flatten)]
+    data: DataArgs,
 }
 
 #[derive(Args)]
@@ -380,7 +435,7 @@ struct InterpolateArgs {
     data: DataArgs,
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct ExportArgs {
     /// Entry name (used to find default weights).
     entry: String,
@@ -467,6 +522,10 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Decode(a) => cmd_decode(a),
         Cmd::MaxBatch(a) => cmd_max_batch(a),
         Cmd::ShowVideo(a) => cmd_show_video(a),
+        Cmd::Compress(a) => cmd_compress(a),
+        Cmd::Decompress(a) => cmd_decompress(a),
+        Cmd::ExportCodec(a) => cmd_export_codec(a),
+        Cmd::Validate(a) => cmd_validate(a),
         Cmd::RdVideo(a) => cmd_rd_video(a),
         Cmd::Bench(a) => {
             let (cfg, _) = registry::resolve_entry(&a.entry)?;
@@ -1181,6 +1240,157 @@ fn cmd_max_batch(a: MaxBatchArgs) -> Result<()> {
         } else {
             String::new()
         }
+    );
+    Ok(())
+}
+
+/// `(in, out)` pairs: `out` is the file itself for one input with an `ext`
+/// name, else `<dir or beside>/<stem>.<ext>`.
+fn outputs(inputs: &[PathBuf], out: &Option<PathBuf>, ext: &str) -> Result<Vec<(PathBuf, PathBuf)>> {
+    let single = inputs.len() == 1 && out.as_ref().is_some_and(|o| o.extension().is_some_and(|e| e == ext));
+    if let Some(dir) = out.as_ref().filter(|_| !single) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    Ok(inputs
+        .iter()
+        .map(|p| {
+            let stem = p
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "image".into());
+            let o = match out {
+                Some(o) if single => o.clone(),
+                Some(dir) => dir.join(format!("{stem}.{ext}")),
+                None => p.with_file_name(format!("{stem}.{ext}")),
+            };
+            (p.clone(), o)
+        })
+        .collect())
+}
+
+/// PSNR (dB) between two images after both are rounded to 8 bits, as their
+/// PNG files hold them.
+fn psnr_u8(a: &Tensor, b: &Tensor) -> Result<f64> {
+    let q = |t: &Tensor| -> Result<Vec<f64>> {
+        Ok(t.to_dtype(candle_core::DType::F32)?
+            .clamp(0f32, 1f32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .into_iter()
+            .map(|v| (v * 255.0).round() as f64)
+            .collect())
+    };
+    let (x, y) = (q(a)?, q(b)?);
+    let mse = x.iter().zip(&y).map(|(p, r)| ((p - r) / 255.0).powi(2)).sum::<f64>() / x.len() as f64;
+    Ok(if mse == 0.0 { f64::INFINITY } else { -10.0 * mse.log10() })
+}
+
+fn cmd_compress(a: CompressArgs) -> Result<()> {
+    let dev = device(&a.device)?;
+    let dir = weights_dir(&a.entry, &a.weights)?;
+    let lc = aezoo_train::codec::load_codec(&dir, &dev)?;
+    let [c, _, _] = lc.codec.synthesis().image();
+    let files = expand_images(&a.images)?;
+    for (img, out) in outputs(&files, &a.out, "aez")? {
+        let x = aezoo_data::image_file::load_image_native(&img, c, &dev)?;
+        let (_, _, h, w) = x.dims4()?;
+        let t0 = std::time::Instant::now();
+        let (bytes, decoded) = aezoo_compress::aez::compress(&lc.codec, &lc.config.entry, lc.fingerprint, &x)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", img.display()))?;
+        let secs = t0.elapsed().as_secs_f64();
+        aezoo_nn::params::write_atomic(&out, &bytes)?;
+        let bpp = 8.0 * std::fs::metadata(&out)?.len() as f64 / (h * w) as f64;
+        println!(
+            "{}: {w}x{h} → {} ({} bytes, {bpp:.4} bpp; PSNR {:.2} dB of the decoded 8-bit image; {:.0} ms)",
+            img.display(),
+            out.display(),
+            bytes.len(),
+            psnr_u8(&decoded, &x)?,
+            secs * 1e3
+        );
+    }
+    Ok(())
+}
+
+fn cmd_decompress(a: DecompressArgs) -> Result<()> {
+    let dev = device(&a.device)?;
+    for (file, out) in outputs(&a.files, &a.out, "png")? {
+        let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        let (header, _) = aezoo_compress::aez::read(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        let dir = match &a.weights {
+            Some(d) => d.clone(),
+            None => weights::default_dir(&header.model)?,
+        };
+        let (cfg, synth, fp) = aezoo_train::codec::load_synthesis(&dir, &dev)?;
+        let y = aezoo_compress::aez::decompress(&synth, &cfg.entry, fp, &bytes)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        aezoo_train::plot::save_image(&y, &out)?;
+        println!(
+            "{} → {} ({}x{}, decoded with {})",
+            file.display(),
+            out.display(),
+            header.width,
+            header.height,
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn cmd_export_codec(a: ExportArgs) -> Result<()> {
+    let dev = device(&a.data.device)?;
+    let src = weights_dir(&a.entry, &a.weights)?;
+    let lc = aezoo_train::codec::load_codec(&src, &dev)?;
+    cmd_export(a.clone())?;
+    aezoo_train::codec::write_halves(&lc.params, &a.dir)?;
+    println!(
+        "{} → {}/{{{}, {}}} (decoder fingerprint {:016x})",
+        lc.config.entry,
+        a.dir.display(),
+        aezoo_train::codec::ENCODER_FILE,
+        aezoo_train::codec::DECODER_FILE,
+        lc.fingerprint
+    );
+    Ok(())
+}
+
+fn cmd_validate(a: ValidateArgs) -> Result<()> {
+    use aezoo_data::image_file::load_image;
+    use aezoo_metrics::{mae, psnr, ssim, Reduction, SsimConfig};
+    let dev = device(&a.data.device)?;
+    let loaded = load_weights(&a.entry, &a.weights, &dev)?;
+    let shape = registry::family(&loaded.config.family, &a.entry)?.check(&loaded.config.model, &a.entry)?;
+    let Some(folder) = &a.data.data else {
+        bail!("--data DIR: the folder of images to validate on");
+    };
+    let opts = image_options(&loaded.config, a.invert);
+    let with_ssim = shape[1] >= 11 && shape[2] >= 11;
+    // Running means over every image, not the last batch's.
+    let (mut sp, mut ss, mut sm, mut n) = (0f64, 0f64, 0f64, 0usize);
+    for img in expand_images(std::slice::from_ref(folder))? {
+        let x = load_image(&img, shape, opts, &dev)?;
+        let y = loaded.model.reconstruct(&x)?;
+        sp += psnr(&y, &x, 1.0)?.to_vec1::<f32>()?[0] as f64;
+        if with_ssim {
+            ss += ssim(&y, &x, SsimConfig::default())?.to_vec1::<f32>()?[0] as f64;
+        }
+        sm += mae(&y, &x, Reduction::Mean)?
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
+        n += 1;
+    }
+    let k = n as f64;
+    let ssim_s = if with_ssim {
+        format!("{:.4}", ss / k)
+    } else {
+        "—".into()
+    };
+    println!(
+        "{}: {n} images of {}: mean PSNR {:.2} dB  SSIM {ssim_s}  MAE {:.5}",
+        loaded.config.entry,
+        folder.display(),
+        sp / k,
+        sm / k
     );
     Ok(())
 }

@@ -894,3 +894,144 @@ fn bad_moving_mnist_files_are_one_line_errors() {
     let o = aezoo(d.path(), &["train", &cfg, "--data", d.path().to_str().unwrap()]);
     assert_one_line_error(&o, &["mnist_test_seq.npy", "truncated", "8192"]);
 }
+
+// ---------------------------------------------------------------- the learned codec
+
+#[test]
+fn compress_decompress_with_the_decoder_half_only() {
+    let d = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let w = d.path().join("w");
+    // export-codec writes both halves beside the full model.
+    let o = aezoo(
+        &root,
+        &[
+            "export-codec",
+            "codec-mnist",
+            w.to_str().unwrap(),
+            "--weights",
+            "weights/codec-mnist",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    for f in [
+        "encoder.safetensors",
+        "decoder.safetensors",
+        "model.safetensors",
+        "config.json",
+    ] {
+        assert!(w.join(f).is_file(), "{f}");
+    }
+    // A 45 × 70 picture: not a multiple of the 28 × 28 tiles.
+    let img = d.path().join("pic.png");
+    let px: Vec<u8> = (0..45 * 70)
+        .map(|i| {
+            if (i % 70) / 7 % 3 == 0 && (i / 70) % 9 < 6 {
+                230
+            } else {
+                10
+            }
+        })
+        .collect();
+    image::GrayImage::from_raw(70, 45, px).unwrap().save(&img).unwrap();
+    let aez = d.path().join("pic.aez");
+    let o = aezoo(
+        d.path(),
+        &[
+            "compress",
+            img.to_str().unwrap(),
+            "-o",
+            aez.to_str().unwrap(),
+            "--weights",
+            w.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let line = String::from_utf8_lossy(&o.stdout).into_owned();
+    let size = std::fs::metadata(&aez).unwrap().len();
+    assert!(
+        line.contains(&format!("({size} bytes, {:.4} bpp", 8.0 * size as f64 / (45.0 * 70.0))),
+        "{line}"
+    );
+    let printed: f64 = line
+        .split("PSNR ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let first = std::fs::read(&aez).unwrap();
+    // Decoder only: no encoder weights in the folder.
+    std::fs::remove_file(w.join("encoder.safetensors")).unwrap();
+    std::fs::remove_file(w.join("model.safetensors")).unwrap();
+    let png = d.path().join("out.png");
+    for _ in 0..2 {
+        let o = aezoo(
+            d.path(),
+            &[
+                "decompress",
+                aez.to_str().unwrap(),
+                "-o",
+                png.to_str().unwrap(),
+                "--weights",
+                w.to_str().unwrap(),
+            ],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let a = image::open(&img).unwrap().to_luma8();
+    let b = image::open(&png).unwrap().to_luma8();
+    assert_eq!(b.dimensions(), (70, 45));
+    let mse = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(&x, &y)| ((x as f64 - y as f64) / 255.0).powi(2))
+        .sum::<f64>()
+        / (45.0 * 70.0);
+    assert!(
+        (-10.0 * mse.log10() - printed).abs() < 0.005,
+        "decoded PNG PSNR {} vs printed {printed}",
+        -10.0 * mse.log10()
+    );
+    // Compressing again makes the same bytes.
+    std::fs::copy(
+        root.join("weights/codec-mnist/model.safetensors"),
+        w.join("model.safetensors"),
+    )
+    .unwrap();
+    let again = d.path().join("again.aez");
+    let o = aezoo(
+        d.path(),
+        &[
+            "compress",
+            img.to_str().unwrap(),
+            "-o",
+            again.to_str().unwrap(),
+            "--weights",
+            w.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&again).unwrap(), first);
+    // A damaged file: one line naming it.
+    let mut bad = first.clone();
+    bad[20] ^= 0x10;
+    std::fs::write(&aez, &bad).unwrap();
+    let o = aezoo(
+        d.path(),
+        &["decompress", aez.to_str().unwrap(), "--weights", w.to_str().unwrap()],
+    );
+    assert_one_line_error(&o, &["pic.aez", "checksum"]);
+    std::fs::write(&aez, &first[..first.len() / 2]).unwrap();
+    let o = aezoo(
+        d.path(),
+        &["decompress", aez.to_str().unwrap(), "--weights", w.to_str().unwrap()],
+    );
+    assert_one_line_error(&o, &["pic.aez"]);
+    // A non-codec entry cannot compress.
+    let o = aezoo(&root, &["compress", img.to_str().unwrap(), "--entry", "ae-conv"]);
+    assert_one_line_error(&o, &["compressing needs a `codec` entry"]);
+}

@@ -51,3 +51,21 @@ pub fn load_image(path: &Path, [c, h, w]: [usize; 3], opts: ImageOptions, dev: &
         .collect();
     Ok(Tensor::from_vec(v, (1, c, h, w), &Device::Cpu)?.to_device(dev)?)
 }
+
+/// An image file at its own size as `(1, c, h, w)` in `[0, 1]` (grey for
+/// `c = 1`, RGB for `c = 3`): what a codec compresses.
+pub fn load_image_native(path: &Path, c: usize, dev: &Device) -> Result<Tensor> {
+    let img = image::open(path).map_err(|e| DataError::Format {
+        path: path.to_path_buf(),
+        what: format!("cannot decode the image ({e})"),
+    })?;
+    let (h, w) = (img.height() as usize, img.width() as usize);
+    let px = to_chw(&img, c).ok_or_else(|| {
+        DataError::Invalid(format!(
+            "{}: the model takes {c}-channel images; only 1 (grey) and 3 (RGB) can be read from files",
+            path.display()
+        ))
+    })?;
+    let v: Vec<f32> = px.iter().map(|&p| p as f32 / 255.0).collect();
+    Ok(Tensor::from_vec(v, (1, c, h, w), &Device::Cpu)?.to_device(dev)?)
+}

@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod codec;
 pub mod compare;
 pub mod config;
 pub mod error;
