@@ -118,7 +118,7 @@ fn rate_gradient_checks() {
     // With respect to the latent values (off the interval kinks)…
     let y = uniform_input(&[2, 3, 5], -4.0, 4.0, 3).unwrap();
     GradCheck::default()
-        .check(|a| m.bits(&a[0]), &[y.clone()])
+        .check(|a| m.bits(&a[0]), std::slice::from_ref(&y))
         .unwrap_or_else(|e| panic!("bits(ŷ): {e}"));
     // …and to the model's parameters.
     let vars: Vec<Var> = store.vars().into_iter().map(|(_, v)| v).collect();
@@ -251,7 +251,7 @@ mod aez_files {
 
     fn picture(h: usize, w: usize) -> Tensor {
         let v: Vec<f32> = (0..h * w)
-            .map(|i| (((i % w) as f32 * 0.3).sin() * ((i / w) as f32 * 0.2).cos() * 0.5 + 0.5))
+            .map(|i| ((i % w) as f32 * 0.3).sin() * ((i / w) as f32 * 0.2).cos() * 0.5 + 0.5)
             .collect();
         Tensor::from_vec(v, (1, 1, h, w), &Device::Cpu).unwrap()
     }
