@@ -11,11 +11,13 @@
 //!   `structural_similarity(gaussian_weights=True, use_sample_covariance=False)`;
 //! - PSNR per image, L1 sparsity of a code;
 //! - ROC AUC and average precision of scores, exact with ties ([`ranking`],
-//!   pinned to scikit-learn), for link prediction.
+//!   pinned to scikit-learn), for link prediction;
+//! - the Bjøntegaard delta rate of two rate-distortion curves ([`rd`]).
 //!
 //! Image metrics take `(b, c, h, w)` and return one value per image `(b,)`.
 
 pub mod ranking;
+pub mod rd;
 
 use candle_core::{DType, Device, Result, Tensor};
 

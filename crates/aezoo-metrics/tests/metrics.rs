@@ -301,3 +301,33 @@ fn roc_auc_and_average_precision_match_scikit_learn_with_ties() {
     assert_eq!(average_precision(&s, &[false; 4]), None);
     assert_eq!(roc_auc(&[f64::NAN, 1.0], &[true, false]), None);
 }
+
+#[test]
+fn bd_rate_matches_the_vceg_m33_reference() {
+    // python3 scripts/pins/bd_rate_ref.py (numpy polyfit / polyint)
+    use aezoo_metrics::rd::bd_rate;
+    let pts = |r: &[f64], d: &[f64]| r.iter().copied().zip(d.iter().copied()).collect::<Vec<_>>();
+    let jpeg = pts(&[0.25, 0.5, 0.75, 1.0, 1.5], &[26.1, 29.4, 31.3, 32.6, 34.5]);
+    let ours = pts(&[0.2, 0.4, 0.7, 1.1], &[27.0, 30.1, 32.4, 34.0]);
+    let cases = [
+        (jpeg.clone(), ours.clone(), -29.275713189189634),
+        (
+            pts(&[0.3, 0.6, 1.2], &[27.0, 30.0, 33.5]),
+            pts(&[0.25, 0.5, 1.0], &[27.2, 30.4, 33.0]),
+            -21.174789364170543,
+        ),
+        (
+            pts(&[0.5, 1.0], &[30.0, 33.0]),
+            pts(&[0.6, 1.1], &[30.5, 33.5]),
+            3.101348686054206,
+        ),
+    ];
+    for (a, t, want) in cases {
+        let got = bd_rate(&a, &t).unwrap();
+        assert!((got - want).abs() < 1e-9, "{got} vs numpy {want}");
+    }
+    // The same curve: 0 %; no common PSNR range or too few points: none.
+    assert!(bd_rate(&jpeg, &jpeg).unwrap().abs() < 1e-9);
+    assert!(bd_rate(&pts(&[0.1, 0.2], &[20.0, 22.0]), &pts(&[0.1, 0.2], &[30.0, 32.0])).is_none());
+    assert!(bd_rate(&jpeg, &pts(&[0.5], &[30.0])).is_none());
+}
