@@ -9,6 +9,7 @@
 //! - SSIM (Wang et al. 2004): Gaussian window 11, σ 1.5, K1 0.01, K2 0.03,
 //!   valid filtering, data range a parameter — scikit-image's
 //!   `structural_similarity(gaussian_weights=True, use_sample_covariance=False)`;
+//! - MS-SSIM (Wang, Simoncelli & Bovik 2003) as `pytorch_msssim` computes it;
 //! - PSNR per image, L1 sparsity of a code;
 //! - ROC AUC and average precision of scores, exact with ties ([`ranking`],
 //!   pinned to scikit-learn), for link prediction;
@@ -189,6 +190,14 @@ fn gaussian_filter(xs: &Tensor, win: &[f64]) -> Result<Tensor> {
 /// Per-image SSIM `(b,)` of `(b, c, h, w)` images: the mean of the SSIM map
 /// over channels and valid positions. Differentiable in both arguments.
 pub fn ssim(x: &Tensor, y: &Tensor, cfg: SsimConfig) -> Result<Tensor> {
+    let (b, _, _, _) = x.dims4()?;
+    let (s, _) = ssim_cs(x, y, cfg)?;
+    s.reshape((b, ()))?.mean(1)
+}
+
+/// Per-channel means `(b, c)` of the SSIM map and of its contrast-structure
+/// part `cs = (2σxy + C2) / (σx² + σy² + C2)`.
+fn ssim_cs(x: &Tensor, y: &Tensor, cfg: SsimConfig) -> Result<(Tensor, Tensor)> {
     same_shape(x, y, "ssim")?;
     let (b, c, h, w) = x.dims4()?;
     if h < cfg.window || w < cfg.window {
@@ -213,7 +222,54 @@ pub fn ssim(x: &Tensor, y: &Tensor, cfg: SsimConfig) -> Result<Tensor> {
     let s_x = (f.get(2)? - &mu_x2)?;
     let s_y = (f.get(3)? - &mu_y2)?;
     let s_xy = (f.get(4)? - &mu_xy)?;
-    let num = (mu_xy.affine(2.0, c1)? * s_xy.affine(2.0, c2)?)?;
-    let den = ((mu_x2 + mu_y2)?.affine(1.0, c1)? * (s_x + s_y)?.affine(1.0, c2)?)?;
-    (num / den)?.reshape((b, c * oh * ow))?.mean(1)
+    let cs = (s_xy.affine(2.0, c2)? / (s_x + s_y)?.affine(1.0, c2)?)?;
+    let lum = (mu_xy.affine(2.0, c1)? / (mu_x2 + mu_y2)?.affine(1.0, c1)?)?;
+    let map = (&lum * &cs)?;
+    Ok((
+        map.reshape((b, c, oh * ow))?.mean(2)?,
+        cs.reshape((b, c, oh * ow))?.mean(2)?,
+    ))
+}
+
+/// MS-SSIM's scale weights (Wang, Simoncelli & Bovik 2003).
+pub const MS_SSIM_WEIGHTS: [f64; 5] = [0.0448, 0.2856, 0.3001, 0.2363, 0.1333];
+
+/// Per-image multi-scale SSIM `(b,)` (Wang, Simoncelli & Bovik 2003) as
+/// `pytorch_msssim.ms_ssim` computes it: five scales, 2×2 average pooling
+/// between them (zero-padded to even sizes, padding counted), the
+/// contrast-structure terms of the first four and the SSIM of the last, each
+/// clamped at 0 and raised to its weight, per channel, then averaged over
+/// channels. The smaller side must exceed `(window − 1)·2⁴` (160 pixels).
+pub fn ms_ssim(x: &Tensor, y: &Tensor, cfg: SsimConfig) -> Result<Tensor> {
+    same_shape(x, y, "ms_ssim")?;
+    let (_, _, h, w) = x.dims4()?;
+    let need = (cfg.window - 1) * 16;
+    if h.min(w) <= need {
+        candle_core::bail!("ms_ssim: images of {h}x{w}; both sides must exceed {need} for five scales");
+    }
+    let pool = |t: &Tensor| -> Result<Tensor> {
+        let (_, _, h, w) = t.dims4()?;
+        let t = t.pad_with_zeros(2, h % 2, h % 2)?.pad_with_zeros(3, w % 2, w % 2)?;
+        // Drop the row / column no window reads: candle 0.11's avg_pool2d
+        // backward is wrong when the size leaves a remainder (tested).
+        let (ph, pw) = (h + 2 * (h % 2), w + 2 * (w % 2));
+        t.narrow(2, 0, ph / 2 * 2)?.narrow(3, 0, pw / 2 * 2)?.avg_pool2d(2)
+    };
+    let (mut x, mut y) = (x.clone(), y.clone());
+    let mut acc: Option<Tensor> = None;
+    for (i, wt) in MS_SSIM_WEIGHTS.iter().enumerate() {
+        let (s, cs) = ssim_cs(&x, &y, cfg)?;
+        let last = i + 1 == MS_SSIM_WEIGHTS.len();
+        let term = if last { s } else { cs };
+        let term = term.relu()?.powf(*wt)?;
+        acc = Some(match acc {
+            Some(a) => (a * term)?,
+            None => term,
+        });
+        if !last {
+            x = pool(&x)?;
+            y = pool(&y)?;
+        }
+    }
+    acc.expect("five scales").mean(1)
 }

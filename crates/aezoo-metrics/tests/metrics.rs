@@ -331,3 +331,65 @@ fn bd_rate_matches_the_vceg_m33_reference() {
     assert!(bd_rate(&pts(&[0.1, 0.2], &[20.0, 22.0]), &pts(&[0.1, 0.2], &[30.0, 32.0])).is_none());
     assert!(bd_rate(&jpeg, &pts(&[0.5], &[30.0])).is_none());
 }
+
+#[test]
+fn ms_ssim_matches_pytorch_msssim() {
+    // pip install pytorch-msssim; python3 scripts/pins/ms_ssim_ref.py (float64)
+    use aezoo_metrics::{ms_ssim, SsimConfig};
+    let n = 2 * 3 * 177 * 190;
+    let x: Vec<f64> = (0..n)
+        .map(|i| 0.5 + 0.5 * (0.013 * i as f64).cos() * (0.007 * i as f64).sin())
+        .collect();
+    let y: Vec<f64> = x
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (v + 0.08 * (0.31 * i as f64).sin()).clamp(0.0, 1.0))
+        .collect();
+    let dev = candle_core::Device::Cpu;
+    let xt = candle_core::Tensor::from_vec(x, (2, 3, 177, 190), &dev).unwrap();
+    let yt = candle_core::Tensor::from_vec(y, (2, 3, 177, 190), &dev).unwrap();
+    let got: Vec<f64> = ms_ssim(&xt, &yt, SsimConfig::default()).unwrap().to_vec1().unwrap();
+    // pytorch_msssim builds its Gaussian window in float32 before casting it
+    // to the images' float64: to that precision against the stock package,
+    // to 1e-12 with its window built in float64 (as ours is).
+    for (g, w) in got.iter().zip([0.9905073203586942, 0.9905099640169266]) {
+        assert!((g - w).abs() < 1e-7, "{g} vs pytorch_msssim {w}");
+    }
+    for (g, w) in got.iter().zip([0.9905072976824663, 0.9905099411045487]) {
+        assert!((g - w).abs() < 1e-12, "{g} vs pytorch_msssim (float64 window) {w}");
+    }
+    // Too small for five scales: an error naming the sizes.
+    let small = candle_core::Tensor::zeros((1, 1, 150, 300), candle_core::DType::F64, &dev).unwrap();
+    let e = ms_ssim(&small, &small, SsimConfig::default()).unwrap_err().to_string();
+    assert!(e.contains("150x300") && e.contains("160"), "{e}");
+}
+
+#[test]
+fn grad_ms_ssim_both_arguments() {
+    // 161 × 170: the smallest sizes with five scales, odd and even sides;
+    // a seeded sample of elements of each input (GradCheck::max_elems).
+    use aezoo_metrics::{ms_ssim, SsimConfig};
+    let x = uniform_input(&[1, 1, 161, 170], 0.2, 0.8, 8).unwrap();
+    let y = (&x + uniform_input(&[1, 1, 161, 170], -0.1, 0.1, 9).unwrap()).unwrap();
+    let f = |a: &[Tensor]| ms_ssim(&a[0], &a[1], SsimConfig::default());
+    let r = GradCheck {
+        max_elems: 40,
+        ..GradCheck::default()
+    }
+    .check(f, &[x, y])
+    .unwrap_or_else(|e| panic!("ms_ssim: {e}"));
+    assert!(r.checked == 80 && r.max_abs_grad > 0.0, "{r:?}");
+}
+
+#[test]
+fn candle_avg_pool2d_backward_is_wrong_with_a_remainder() {
+    // Exact multiples of the window: right. A row and a column left over
+    // (7 × 9 by 2 × 2): wrong, which is why ms_ssim trims them first.
+    let even = uniform_input(&[1, 1, 6, 8], 0.0, 1.0, 8).unwrap();
+    assert_grad("avg_pool2d 6x8", |a| a[0].avg_pool2d(2)?.sqr()?.sum_all(), &[even]);
+    let odd = uniform_input(&[1, 1, 7, 9], 0.0, 1.0, 8).unwrap();
+    let f = |a: &[Tensor]| a[0].avg_pool2d(2)?.sqr()?.sum_all();
+    assert!(GradCheck::default().check(f, std::slice::from_ref(&odd)).is_err());
+    let trimmed = |a: &[Tensor]| a[0].narrow(2, 0, 6)?.narrow(3, 0, 8)?.avg_pool2d(2)?.sqr()?.sum_all();
+    assert_grad("trimmed avg_pool2d 7x9", trimmed, &[odd]);
+}
