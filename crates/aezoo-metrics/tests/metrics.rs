@@ -345,9 +345,9 @@ fn ms_ssim_matches_pytorch_msssim() {
         .enumerate()
         .map(|(i, v)| (v + 0.08 * (0.31 * i as f64).sin()).clamp(0.0, 1.0))
         .collect();
-    let dev = candle_core::Device::Cpu;
-    let xt = candle_core::Tensor::from_vec(x, (2, 3, 177, 190), &dev).unwrap();
-    let yt = candle_core::Tensor::from_vec(y, (2, 3, 177, 190), &dev).unwrap();
+    let dev = Device::Cpu;
+    let xt = Tensor::from_vec(x, (2, 3, 177, 190), &dev).unwrap();
+    let yt = Tensor::from_vec(y, (2, 3, 177, 190), &dev).unwrap();
     let got: Vec<f64> = ms_ssim(&xt, &yt, SsimConfig::default()).unwrap().to_vec1().unwrap();
     // pytorch_msssim builds its Gaussian window in float32 before casting it
     // to the images' float64: to that precision against the stock package,
@@ -359,7 +359,7 @@ fn ms_ssim_matches_pytorch_msssim() {
         assert!((g - w).abs() < 1e-12, "{g} vs pytorch_msssim (float64 window) {w}");
     }
     // Too small for five scales: an error naming the sizes.
-    let small = candle_core::Tensor::zeros((1, 1, 150, 300), candle_core::DType::F64, &dev).unwrap();
+    let small = Tensor::zeros((1, 1, 150, 300), DType::F64, &dev).unwrap();
     let e = ms_ssim(&small, &small, SsimConfig::default()).unwrap_err().to_string();
     assert!(e.contains("150x300") && e.contains("160"), "{e}");
 }
