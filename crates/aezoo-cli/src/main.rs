@@ -60,6 +60,8 @@ enum Cmd {
     Decompress(DecompressArgs),
     /// Write a codec's weights folder with encoder.safetensors and decoder.safetensors beside the full model.
     ExportCodec(ExportArgs),
+    /// Rate-distortion of learned codecs against JPEG and WebP over a folder of images: CSV, table, BD-rates, plots.
+    Rd(RdArgs),
     /// Mean PSNR, SSIM and MAE of an entry's reconstructions over a folder of images (running means over all of them).
     Validate(ValidateArgs),
     /// Animated GIFs of a video entry: test clips beside their reconstructions, the per-epoch progression, the loss curve.
@@ -107,6 +109,25 @@ struct DecompressArgs {
     /// Compute device: cpu, cuda[:N] or metal[:N].
     #[arg(long, default_value = "cpu")]
     device: String,
+}
+
+#[derive(Args)]
+struct RdArgs {
+    /// The folder of images (PNG, JPEG), coded at their own size.
+    #[arg(long, value_name = "DIR")]
+    images: PathBuf,
+    /// Codec entries (weights/<entry>, else the newest run), one rate point each.
+    #[arg(long, value_delimiter = ',', default_value = "codec-mnist")]
+    entries: Vec<String>,
+    /// JPEG qualities.
+    #[arg(long, value_delimiter = ',', default_value = "5,10,20,30,40,50,60,70,80,90")]
+    jpeg: Vec<u8>,
+    /// WebP qualities (cwebp; skipped where it is not installed).
+    #[arg(long, value_delimiter = ',', default_value = "5,10,20,30,40,50,60,70,80,90")]
+    webp: Vec<u8>,
+    /// Output folder: rd.csv, rd.md, rd.png, rd_msssim.png.
+    #[arg(short = 'o', long, default_value = "results/rd")]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -526,6 +547,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Decompress(a) => cmd_decompress(a),
         Cmd::ExportCodec(a) => cmd_export_codec(a),
         Cmd::Validate(a) => cmd_validate(a),
+        Cmd::Rd(a) => cmd_rd(a),
         Cmd::RdVideo(a) => cmd_rd_video(a),
         Cmd::Bench(a) => {
             let (cfg, _) = registry::resolve_entry(&a.entry)?;
@@ -1351,6 +1373,34 @@ fn cmd_export_codec(a: ExportArgs) -> Result<()> {
         aezoo_train::codec::DECODER_FILE,
         lc.fingerprint
     );
+    Ok(())
+}
+
+fn cmd_rd(a: RdArgs) -> Result<()> {
+    let codecs = a
+        .entries
+        .iter()
+        .map(|e| Ok(aezoo_train::codec::load_codec(&weights::default_dir(e)?, &Device::Cpu)?))
+        .collect::<Result<Vec<_>>>()?;
+    let images = expand_images(std::slice::from_ref(&a.images))?;
+    let tmp = tempfile::tempdir().context("cannot make a temporary folder")?;
+    let points = aezoo_train::rd_image::evaluate(&codecs, &images, &a.jpeg, &a.webp, tmp.path())?;
+    let q = |v: &[u8]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",");
+    let command = format!(
+        "aezoo rd --images {} --entries {} --jpeg {} --webp {}",
+        a.images.display(),
+        a.entries.join(","),
+        q(&a.jpeg),
+        q(&a.webp)
+    );
+    let bd = aezoo_train::rd_image::write_outputs(&points, &a.out, &command)?;
+    for (codec, anchor, r) in bd {
+        match r {
+            Some(v) => println!("BD-rate of {codec} against {anchor}: {v:+.1} % (negative: fewer bits at equal PSNR)"),
+            None => println!("BD-rate of {codec} against {anchor}: no common PSNR range"),
+        }
+    }
+    println!("{} points → {}/rd.csv, rd.md, rd.png", points.len(), a.out.display());
     Ok(())
 }
 

@@ -1035,3 +1035,63 @@ fn compress_decompress_with_the_decoder_half_only() {
     let o = aezoo(&root, &["compress", img.to_str().unwrap(), "--entry", "ae-conv"]);
     assert_one_line_error(&o, &["compressing needs a `codec` entry"]);
 }
+
+#[test]
+fn rate_distortion_against_jpeg_and_webp() {
+    let d = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let imgs = d.path().join("imgs");
+    std::fs::create_dir_all(&imgs).unwrap();
+    for k in 0..2u32 {
+        // 170 × 180: large enough for MS-SSIM's five scales.
+        let px: Vec<u8> = (0..170 * 180u32)
+            .map(|i| {
+                if ((i % 180) / (9 + k) + (i / 180) / 11) % 4 == 0 {
+                    240
+                } else {
+                    5
+                }
+            })
+            .collect();
+        image::GrayImage::from_raw(180, 170, px)
+            .unwrap()
+            .save(imgs.join(format!("p{k}.png")))
+            .unwrap();
+    }
+    let out = d.path().join("rd");
+    let o = aezoo(
+        &root,
+        &[
+            "rd",
+            "--images",
+            imgs.to_str().unwrap(),
+            "--jpeg",
+            "10,50,90",
+            "--webp",
+            "10,50",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let webp = Command::new("cwebp")
+        .arg("-version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let csv = std::fs::read_to_string(out.join("rd.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2 * (1 + 3 + if webp { 2 } else { 0 }), "{csv}");
+    // bpp is the bytes written, over the pixels.
+    for r in &rows {
+        let f: Vec<&str> = r.split(',').collect();
+        let (bytes, bpp): (f64, f64) = (f[5].parse().unwrap(), f[6].parse().unwrap());
+        assert!((bpp - 8.0 * bytes / (170.0 * 180.0)).abs() < 1e-9, "{r}");
+        assert!(!f[8].is_empty(), "MS-SSIM missing: {r}");
+    }
+    let md = std::fs::read_to_string(out.join("rd.md")).unwrap();
+    assert!(
+        md.contains("| aezoo:codec-mnist | jpeg |") && md.contains("anchor's bpp at this PSNR"),
+        "{md}"
+    );
+    assert!(out.join("rd.png").is_file() && out.join("rd_msssim.png").is_file());
+}
