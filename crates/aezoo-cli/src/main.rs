@@ -1317,9 +1317,12 @@ fn cmd_compress(a: CompressArgs) -> Result<()> {
         let x = aezoo_data::image_file::load_image_native(&img, c, &dev)?;
         let (_, _, h, w) = x.dims4()?;
         let t0 = std::time::Instant::now();
-        let (bytes, decoded) = aezoo_compress::aez::compress(&lc.codec, &lc.config.entry, lc.fingerprint, &x)
+        let bytes = aezoo_compress::aez::compress(&lc.codec, &lc.config.entry, lc.fingerprint, &x)
             .map_err(|e| anyhow::anyhow!("{}: {e}", img.display()))?;
         let secs = t0.elapsed().as_secs_f64();
+        // What the file decodes to, as `decompress` will decode it.
+        let decoded = aezoo_compress::aez::decompress(lc.codec.synthesis(), &lc.config.entry, lc.fingerprint, &bytes)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", img.display()))?;
         aezoo_nn::params::write_atomic(&out, &bytes)?;
         let bpp = 8.0 * std::fs::metadata(&out)?.len() as f64 / (h * w) as f64;
         println!(

@@ -178,9 +178,8 @@ fn synthesize(s: &Synthesis, symbols: &[i32], ny: usize, nx: usize, h: usize, w:
     from_tiles(&Tensor::cat(&parts, 0)?, ny, nx, h, w)
 }
 
-/// Codes `img` (`(1, c, H, W)` in [0, 1], any size) into `.aez` bytes; also
-/// returns the image those bytes decode to (what [`decompress`] gives).
-pub fn compress(codec: &Codec, model: &str, fingerprint: u64, img: &Tensor) -> Result<(Vec<u8>, Tensor)> {
+/// Codes `img` (`(1, c, H, W)` in [0, 1], any size) into `.aez` bytes.
+pub fn compress(codec: &Codec, model: &str, fingerprint: u64, img: &Tensor) -> Result<Vec<u8>> {
     let (_, c, h, w) = img.dims4()?;
     let [mc, th, tw] = codec.synthesis().image();
     if c != mc {
@@ -238,8 +237,7 @@ pub fn compress(codec: &Codec, model: &str, fingerprint: u64, img: &Tensor) -> R
     }
     let crc = crc32fast::hash(&out);
     out.extend(crc.to_le_bytes());
-    let decoded = synthesize(codec.synthesis(), &symbols, ny, nx, h, w)?;
-    Ok((out, decoded))
+    Ok(out)
 }
 
 /// A little-endian reader over the header that reports truncation.

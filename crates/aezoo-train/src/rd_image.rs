@@ -131,7 +131,7 @@ fn point(
 pub fn measure_aezoo(lc: &LoadedCodec, name: &str, original: &Tensor) -> Result<RdPoint> {
     let entry = &lc.config.entry;
     let t0 = Instant::now();
-    let (bytes, _) = aezoo_compress::aez::compress(&lc.codec, entry, lc.fingerprint, original).map_err(other)?;
+    let bytes = aezoo_compress::aez::compress(&lc.codec, entry, lc.fingerprint, original).map_err(other)?;
     let t1 = Instant::now();
     let decoded =
         aezoo_compress::aez::decompress(lc.codec.synthesis(), entry, lc.fingerprint, &bytes).map_err(other)?;
