@@ -227,7 +227,6 @@ pub fn mean_curve(points: &[RdPoint], codec: &str) -> Vec<(String, f64, f64, Opt
         .filter(|p| p.codec == codec)
         .map(|p| p.setting.clone())
         .collect();
-    settings.dedup();
     settings.sort();
     settings.dedup();
     let mut out: Vec<(String, f64, f64, Option<f64>)> = settings
@@ -374,36 +373,15 @@ pub fn write_outputs(points: &[RdPoint], out: &Path, command: &str) -> Result<Ve
         plotters::style::RGBColor(244, 160, 0),
         plotters::style::RGBColor(120, 80, 200),
     ];
-    let psnr_pts: Vec<Vec<(f64, f64)>> = curves
-        .iter()
-        .map(|(_, v)| v.iter().map(|p| (p.1, p.2)).collect())
-        .collect();
-    let series: Vec<crate::plot::Series> = curves
-        .iter()
-        .zip(&psnr_pts)
-        .enumerate()
-        .map(|(i, ((name, _), pts))| crate::plot::Series {
-            label: name,
-            points: pts,
-            color: colors[i % colors.len()],
-            smooth: false,
-        })
-        .collect();
-    crate::plot::save_line_plot(
-        "PSNR against rate (mean over images)",
-        "bits per pixel",
-        "PSNR (dB)",
-        &series,
-        &out.join("rd.png"),
-    )?;
-    if curves.iter().all(|(_, v)| v.iter().all(|p| p.3.is_some())) {
-        let ms_pts: Vec<Vec<(f64, f64)>> = curves
+    // One plot per quality measure: a series per codec over its mean curve.
+    let plot = |title: &str, y_desc: &str, y: fn(&(String, f64, f64, Option<f64>)) -> f64, file: &str| {
+        let pts: Vec<Vec<(f64, f64)>> = curves
             .iter()
-            .map(|(_, v)| v.iter().map(|p| (p.1, p.3.unwrap_or(0.0))).collect())
+            .map(|(_, v)| v.iter().map(|p| (p.1, y(p))).collect())
             .collect();
         let series: Vec<crate::plot::Series> = curves
             .iter()
-            .zip(&ms_pts)
+            .zip(&pts)
             .enumerate()
             .map(|(i, ((name, _), pts))| crate::plot::Series {
                 label: name,
@@ -412,12 +390,15 @@ pub fn write_outputs(points: &[RdPoint], out: &Path, command: &str) -> Result<Ve
                 smooth: false,
             })
             .collect();
-        crate::plot::save_line_plot(
+        crate::plot::save_line_plot(title, "bits per pixel", y_desc, &series, &out.join(file))
+    };
+    plot("PSNR against rate (mean over images)", "PSNR (dB)", |p| p.2, "rd.png")?;
+    if curves.iter().all(|(_, v)| v.iter().all(|p| p.3.is_some())) {
+        plot(
             "MS-SSIM against rate (mean over images)",
-            "bits per pixel",
             "MS-SSIM",
-            &series,
-            &out.join("rd_msssim.png"),
+            |p| p.3.unwrap_or(0.0),
+            "rd_msssim.png",
         )?;
     }
     Ok(bd)
