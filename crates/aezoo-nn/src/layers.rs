@@ -318,3 +318,50 @@ impl Module for GroupNorm {
         self.inner.forward(xs)
     }
 }
+
+/// Generalized divisive normalisation (Ballé, Laparra & Simoncelli 2016,
+/// *Density Modeling of Images using a Generalized Normalization
+/// Transformation*), the nonlinearity of learned image codecs:
+/// `yᵢ = xᵢ / √(βᵢ + Σⱼ γᵢⱼ xⱼ²)`, and its inverse (IGDN, in decoders)
+/// `yᵢ = xᵢ · √(βᵢ + Σⱼ γᵢⱼ xⱼ²)`.
+///
+/// β and γ stay non-negative through squares: `β = beta² + 10⁻⁶` and
+/// `γ = (gamma + √0.1·I)²` element-wise, so the stored zeros-ish start is
+/// β = 1, γ ≈ 0.1·I (all of `gamma` starts at 10⁻³: an exact zero off the
+/// diagonal would square to a parameter with no gradient).
+#[derive(Clone, Debug)]
+pub struct Gdn {
+    beta: Tensor,
+    gamma: Tensor,
+    inverse: bool,
+}
+
+/// The floor added to β, so the denominator never reaches zero.
+pub const GDN_BETA_MIN: f64 = 1e-6;
+/// `√γ` starts at this on the diagonal.
+const GDN_GAMMA_DIAG: f64 = 0.316_227_766_016_837_94; // √0.1
+
+/// GDN (`inverse = false`) or IGDN over `channels` channels.
+pub fn gdn(channels: usize, inverse: bool, vb: VarBuilder) -> Result<Gdn> {
+    let beta = vb.get_with_hints(channels, "beta", Init::Const(1.0))?;
+    let gamma = vb.get_with_hints((channels, channels), "gamma", Init::Const(1e-3))?;
+    Ok(Gdn { beta, gamma, inverse })
+}
+
+impl Gdn {
+    /// `(β, γ)` as used by the forward pass.
+    pub fn effective(&self) -> Result<(Tensor, Tensor)> {
+        let c = self.beta.dim(0)?;
+        let beta = (self.beta.sqr()? + GDN_BETA_MIN)?;
+        let eye = Tensor::eye(c, self.gamma.dtype(), self.gamma.device())?;
+        let gamma = (&self.gamma + (eye * GDN_GAMMA_DIAG)?)?.sqr()?;
+        Ok((beta, gamma))
+    }
+}
+
+impl Module for Gdn {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let (beta, gamma) = self.effective()?;
+        crate::ops::gdn(xs, &beta, &gamma, self.inverse)
+    }
+}

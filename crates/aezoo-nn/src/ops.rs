@@ -482,3 +482,24 @@ impl CustomOp1 for UpsampleGrad {
         Ok((out, Shape::from((b, c, oh / fh, ow / fw))))
     }
 }
+
+/// Generalized divisive normalisation with its effective parameters
+/// (`beta` (c,) > 0, `gamma` (c, c) ≥ 0): `xᵢ / √(βᵢ + Σⱼ γᵢⱼ xⱼ²)`, or
+/// `xᵢ · √(…)` when `inverse` (IGDN). Built from matmul, sqrt and division,
+/// whose candle backward passes are checked in the tests.
+pub fn gdn(xs: &Tensor, beta: &Tensor, gamma: &Tensor, inverse: bool) -> Result<Tensor> {
+    // xs: (b, c, h, w)
+    let (b, c, h, w) = xs.dims4()?;
+    // Σⱼ γᵢⱼ xⱼ² as a 1×1 convolution: (c, c) · (b, c, h·w)
+    let sq = xs.sqr()?.reshape((b, c, h * w))?;
+    let norm = gamma
+        .broadcast_matmul(&sq)?
+        .broadcast_add(&beta.reshape((1, c, 1))?)?
+        .sqrt()?
+        .reshape((b, c, h, w))?;
+    if inverse {
+        xs * norm
+    } else {
+        xs / norm
+    }
+}

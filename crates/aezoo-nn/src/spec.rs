@@ -11,6 +11,7 @@
 //! | `VAERB` | residual block: GN → SiLU → Conv3×3 → GN → SiLU → Conv3×3, + skip (1×1 conv when in ≠ out) | `in_out` |
 //! | `VAEA` | GroupNorm + single-head self-attention over H×W, + residual | `channels` |
 //! | `GN` | GroupNorm | `groups_channels` |
+//! | `GDN`, `IGDN` | generalized divisive normalisation and its inverse (Ballé et al. 2016) | `channels` |
 //! | `SiLU`, `ReLU`, `Sigm` | activations | — |
 //! | `MaxP` | max-pool, stride = kernel | `kernel` |
 //! | `UpS` | nearest upsampling | `factor` |
@@ -28,8 +29,8 @@ use candle_core::{Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use crate::layers::{
-    conv2d, conv_transpose2d, group_norm, linear, Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig,
-    GroupNorm, GroupNormConfig, Linear, LinearConfig,
+    conv2d, conv_transpose2d, gdn, group_norm, linear, Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig,
+    Gdn, GroupNorm, GroupNormConfig, Linear, LinearConfig,
 };
 use crate::ops;
 
@@ -64,6 +65,10 @@ pub enum LayerSpec {
     GroupNorm {
         groups: usize,
         c: usize,
+    },
+    Gdn {
+        c: usize,
+        inverse: bool,
     },
     SiLU,
     ReLU,
@@ -116,6 +121,8 @@ pub const GRAMMAR: &[(&str, &str)] = &[
     ("VAERB", "VAERB_in_out"),
     ("VAEA", "VAEA_channels"),
     ("GN", "GN_groups_channels"),
+    ("GDN", "GDN_channels"),
+    ("IGDN", "IGDN_channels"),
     ("SiLU", "SiLU"),
     ("ReLU", "ReLU"),
     ("Sigm", "Sigm"),
@@ -238,6 +245,14 @@ fn parse_one(s: &str) -> std::result::Result<LayerSpec, String> {
             LayerSpec::GroupNorm {
                 groups: nums[0],
                 c: nums[1],
+            }
+        }
+        "GDN" | "IGDN" => {
+            arity(1, 1)?;
+            positive(&["channels"])?;
+            LayerSpec::Gdn {
+                c: nums[0],
+                inverse: token == "IGDN",
             }
         }
         "SiLU" | "ReLU" | "Sigm" | "Flat" => {
@@ -417,7 +432,7 @@ fn infer_shapes(list: &LayerList, input: FeatShape) -> std::result::Result<Vec<F
                 let (_, h, w) = need_map(cur, Some(cin))?;
                 FeatShape::Map { c: cout, h, w }
             }
-            LayerSpec::Attention { c } | LayerSpec::GroupNorm { c, .. } => {
+            LayerSpec::Attention { c } | LayerSpec::GroupNorm { c, .. } | LayerSpec::Gdn { c, .. } => {
                 need_map(cur, Some(c))?;
                 cur
             }
@@ -551,6 +566,7 @@ pub enum Layer {
     ResBlock(ResBlock),
     Attention(AttentionBlock),
     GroupNorm(GroupNorm),
+    Gdn(Gdn),
     SiLU,
     ReLU,
     Sigmoid,
@@ -593,6 +609,7 @@ impl Layer {
             LayerSpec::GroupNorm { groups, c } => {
                 Layer::GroupNorm(group_norm(groups, c, GroupNormConfig::default(), vb)?)
             }
+            LayerSpec::Gdn { c, inverse } => Layer::Gdn(gdn(c, inverse, vb)?),
             LayerSpec::SiLU => Layer::SiLU,
             LayerSpec::ReLU => Layer::ReLU,
             LayerSpec::Sigmoid => Layer::Sigmoid,
@@ -613,6 +630,7 @@ impl Module for Layer {
             Layer::ResBlock(m) => m.forward(xs),
             Layer::Attention(m) => m.forward(xs),
             Layer::GroupNorm(m) => m.forward(xs),
+            Layer::Gdn(m) => m.forward(xs),
             Layer::SiLU => ops::silu(xs),
             Layer::ReLU => ops::relu(xs),
             Layer::Sigmoid => ops::sigmoid(xs),

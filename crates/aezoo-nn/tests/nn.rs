@@ -238,6 +238,60 @@ fn candle_softmax_last_dim_has_no_gradient() {
 }
 
 #[test]
+fn gdn_matches_the_compressai_formula() {
+    // Pins from `python3 scripts/pins/gdn_ref.py` (torch 2.15, f64; CompressAI's
+    // GDN forward: x / sqrt(conv2d(x², γ, β)), or x · sqrt(…) for IGDN).
+    let (b, c, h, w) = (2, 3, 2, 2);
+    let x: Vec<f64> = (0..b * c * h * w).map(|i| ((i * 37) % 23) as f64 / 11.0 - 1.0).collect();
+    let x = Tensor::from_vec(x, (b, c, h, w), &Device::Cpu).unwrap();
+    let beta = Tensor::new(&[1.0f64, 0.5, 2.0], &Device::Cpu).unwrap();
+    let gamma = Tensor::new(&[[0.1f64, 0.02, 0.0], [0.03, 0.2, 0.01], [0.0, 0.05, 0.3]], &Device::Cpu).unwrap();
+    for (inverse, sum, first) in [
+        (false, -0.639561287041997, [-0.953390962262113, 0.269516651028463, -0.536828127095019, 0.707383156722286]),
+        (true, -1.484619417608594, [-1.048887643771342, 0.275976141011789, -0.554219583774461, 0.747721535080830]),
+    ] {
+        let y = ops::gdn(&x, &beta, &gamma, inverse).unwrap();
+        let got_sum = y.sum_all().unwrap().to_scalar::<f64>().unwrap();
+        assert!((got_sum - sum).abs() < 1e-12, "inverse {inverse}: sum {got_sum} vs {sum}");
+        let got: Vec<f64> = y.flatten_all().unwrap().narrow(0, 0, 4).unwrap().to_vec1().unwrap();
+        for (g, e) in got.iter().zip(first) {
+            assert!((g - e).abs() < 1e-12, "inverse {inverse}: {got:?} vs {first:?}");
+        }
+    }
+}
+
+#[test]
+fn grad_gdn_and_igdn() {
+    // The op with x, β and γ as inputs (β, γ kept positive), then the layer
+    // with its squared parametrisation: the gradient reaches beta and gamma.
+    for inverse in [false, true] {
+        let f = move |a: &[Tensor]| ops::gdn(&a[0], &a[1], &a[2], inverse);
+        let beta = (u(&[3], 120).abs().unwrap() + 0.5).unwrap();
+        let gamma = (u(&[3, 3], 121).abs().unwrap() * 0.3).unwrap();
+        assert_grad(&format!("gdn inverse={inverse}"), f, &[u(&[2, 3, 3, 2], 122), beta, gamma]);
+        let store = ParamStore::init(5);
+        let layer = layers::gdn(3, inverse, store.var_builder(DType::F64, &Device::Cpu)).unwrap();
+        assert_grad(
+            &format!("Gdn layer inverse={inverse}"),
+            |a: &[Tensor]| layer.forward(&a[0]),
+            &[u(&[2, 3, 3, 2], 123)],
+        );
+        let loss = layer.forward(&u(&[2, 3, 3, 2], 124)).unwrap().sqr().unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        for (name, var) in store.vars() {
+            let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient"));
+            let m = g.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+            assert!(m > 0.0, "{name}: zero gradient");
+        }
+        // At initialisation: β = 1 + 10⁻⁶, γ ≈ 0.1·I.
+        let (b, g) = layer.effective().unwrap();
+        let b: Vec<f64> = b.to_vec1().unwrap();
+        let g: Vec<Vec<f64>> = g.to_vec2().unwrap();
+        assert!((b[0] - 1.000001).abs() < 1e-12 && (g[1][1] - 0.1).abs() < 1e-3 && g[0][1] < 1e-5, "{b:?} {g:?}");
+    }
+}
+
+#[test]
 fn grad_group_norm() {
     // GroupNorm(2 groups, 4 channels) with affine weight and bias as inputs.
     let f = |a: &[Tensor]| {
@@ -864,6 +918,39 @@ mod grammar {
 
     fn map(c: usize, h: usize, w: usize) -> FeatShape {
         FeatShape::Map { c, h, w }
+    }
+
+    #[test]
+    fn gdn_layers_in_lists() {
+        // A Ballé-style analysis/synthesis pair: GDN keeps the shape, names
+        // its parameters `beta` / `gamma`, and a channel mismatch is an error.
+        let store = ParamStore::init(0);
+        let vb = store.var_builder(DType::F32, &Device::Cpu);
+        let enc = Sequential::new(
+            "encoder",
+            &strings(&["C2d_3_8_5_2_2", "GDN_8", "C2d_8_4_5_2_2"]),
+            map(3, 16, 16),
+            vb.pp("encoder"),
+        )
+        .unwrap();
+        let dec = Sequential::new(
+            "decoder",
+            &strings(&["CT2d_4_8_5_2_2_1", "IGDN_8", "CT2d_8_3_5_2_2_1"]),
+            enc.output_shape(),
+            vb.pp("decoder"),
+        )
+        .unwrap();
+        assert_eq!(dec.output_shape(), map(3, 16, 16));
+        let x = Tensor::rand(0f32, 1f32, (2, 3, 16, 16), &Device::Cpu).unwrap();
+        assert_eq!(dec.forward(&enc.forward(&x).unwrap()).unwrap().dims(), &[2, 3, 16, 16]);
+        let names: Vec<String> = store.vars().into_iter().map(|(n, _)| n).collect();
+        for n in ["encoder.1.beta", "encoder.1.gamma", "decoder.1.beta", "decoder.1.gamma"] {
+            assert!(names.iter().any(|m| m == n), "{n} not in {names:?}");
+        }
+        let e = build_err(&["C2d_3_8_3_1_1", "GDN_4"], map(3, 8, 8));
+        assert!(e.contains("encoder[1]") && e.contains("GDN_4"), "{e}");
+        let e = build_err(&["GDN_0"], map(3, 8, 8));
+        assert!(e.contains("channels must be >= 1"), "{e}");
     }
 
     #[test]
