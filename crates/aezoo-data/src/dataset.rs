@@ -20,6 +20,7 @@ pub struct ImageSet {
     height: usize,
     width: usize,
     crops: Option<Arc<Vec<Picture>>>,
+    crops_per_picture: usize,
 }
 
 /// A picture larger than the model's input (`c × h × w` bytes, channel-major)
@@ -54,6 +55,7 @@ impl ImageSet {
             height,
             width,
             crops: None,
+            crops_per_picture: 1,
         })
     }
 
@@ -80,6 +82,22 @@ impl ImageSet {
         Ok(self)
     }
 
+    /// Draw `n` crops of each picture per epoch ([`ImageSet::epoch_len`]).
+    pub fn with_crops_per_picture(mut self, n: usize) -> Self {
+        self.crops_per_picture = n.max(1);
+        self
+    }
+
+    /// Items in one training epoch: `len`, times the crops per picture when
+    /// batches are random crops (index `i` crops picture `i mod len`).
+    pub fn epoch_len(&self) -> usize {
+        if self.crops.is_some() {
+            self.len * self.crops_per_picture
+        } else {
+            self.len
+        }
+    }
+
     /// Whether training batches are random crops.
     pub fn has_crops(&self) -> bool {
         self.crops.is_some()
@@ -96,7 +114,7 @@ impl ImageSet {
         let mut v = Vec::with_capacity(indices.len() * c * h * w);
         for &i in indices {
             let p = pics
-                .get(i)
+                .get(if pics.is_empty() { i } else { i % pics.len() })
                 .ok_or_else(|| DataError::Invalid(format!("image index {i} out of range for a set of {}", self.len)))?;
             let y0 = rng.below((p.height - h + 1) as u64) as usize;
             let x0 = rng.below((p.width - w + 1) as u64) as usize;

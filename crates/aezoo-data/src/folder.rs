@@ -64,6 +64,11 @@ pub struct FolderConfig {
     /// before crops are cut (default: twice the model's larger side).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crop_from: Option<usize>,
+    /// With `random-crop`: crops drawn from each training picture per epoch
+    /// (default 1), so a folder of a few large photographs makes epochs of
+    /// useful length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crops_per_picture: Option<usize>,
 }
 
 impl Default for FolderConfig {
@@ -74,6 +79,7 @@ impl Default for FolderConfig {
             val_fraction: default_val(),
             on_error: OnError::Skip,
             crop_from: None,
+            crops_per_picture: None,
         }
     }
 }
@@ -177,6 +183,12 @@ pub fn load_folder(dir: &Path, [c, h, w]: [usize; 3], cfg: &FolderConfig, seed: 
             "data.folder.crop_from: {crop_from} is smaller than the model's {h}x{w} input"
         )));
     }
+    let repeat = cfg.crops_per_picture.unwrap_or(1);
+    if repeat == 0 || (repeat > 1 && cfg.fit != Fit::RandomCrop) {
+        return Err(DataError::Invalid(format!(
+            "data.folder.crops_per_picture: {repeat}; must be >= 1, and above 1 only with fit \"random-crop\""
+        )));
+    }
     let files = image_files(dir)?;
     let mut kept = Vec::with_capacity(files.len());
     let mut pixels = Vec::with_capacity(files.len() * c * h * w);
@@ -243,7 +255,9 @@ pub fn load_folder(dir: &Path, [c, h, w]: [usize; 3], cfg: &FolderConfig, seed: 
     let train = if pictures.is_empty() {
         train
     } else {
-        train.with_crops(train_sorted.iter().map(|&i| pictures[i].clone()).collect())?
+        train
+            .with_crops(train_sorted.iter().map(|&i| pictures[i].clone()).collect())?
+            .with_crops_per_picture(repeat)
     };
     let (test, val_files, _) = if n_val == 0 { pick(train_idx)? } else { pick(val_idx)? };
     Ok(FolderSet {

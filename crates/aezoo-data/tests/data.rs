@@ -465,10 +465,34 @@ mod folders {
         // A crop source smaller than the model's input is refused.
         let bad = FolderConfig {
             crop_from: Some(4),
-            ..cfg
+            ..cfg.clone()
         };
         let e = load_folder(d.path(), [3, 8, 8], &bad, 0).unwrap_err().to_string();
         assert!(e.contains("crop_from: 4"), "{e}");
+        // Several crops per picture per epoch: index i cuts picture i mod n.
+        let many = FolderConfig {
+            crops_per_picture: Some(3),
+            ..cfg.clone()
+        };
+        let set3 = load_folder(d.path(), [3, 8, 8], &many, 0).unwrap();
+        let n = set3.splits.train.len();
+        assert_eq!((train.epoch_len(), set3.splits.train.epoch_len()), (n, 3 * n));
+        let last = set3
+            .splits
+            .train
+            .random_crops(&[3 * n - 1], &mut aezoo_nn::Rng::new(1), &dev)
+            .unwrap();
+        assert_eq!(last.dims(), &[1, 3, 8, 8]);
+        assert_eq!(set3.splits.test.epoch_len(), set3.splits.test.len(), "validation: one each");
+        for (fit, k) in [(Fit::CenterCrop, 2), (Fit::RandomCrop, 0)] {
+            let bad = FolderConfig {
+                fit,
+                crops_per_picture: Some(k),
+                ..cfg.clone()
+            };
+            let e = load_folder(d.path(), [3, 8, 8], &bad, 0).unwrap_err().to_string();
+            assert!(e.contains("crops_per_picture"), "{e}");
+        }
     }
 
     #[test]

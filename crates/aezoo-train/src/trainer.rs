@@ -289,7 +289,7 @@ pub fn train(cfg: &EntryConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
         run_dir.display()
     );
 
-    let n = splits.train.len();
+    let n = splits.train.epoch_len();
     let strip_idx: Vec<usize> = (0..STRIP_IMAGES.min(splits.test.len())).collect();
     let mut last_metrics: Option<EvalMetrics> = None;
     let mut images_seen_this_run = 0usize;
