@@ -27,6 +27,9 @@ fn main() {
         alpha: 0.75,
         lambda: 0.01,
         quantization: Quantization::Noise,
+        // Coded in tiles twice the training size: the fully convolutional path.
+        tile: Some([24, 24]),
+        prior_gain: Some(10.0),
     };
     let store = ParamStore::init(seed);
     let codec = Codec::new(&cfg, store.var_builder(DType::F32, &Device::Cpu)).expect("codec");

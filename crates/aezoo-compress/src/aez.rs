@@ -1,6 +1,8 @@
 //! The `.aez` file: an image coded by a learned codec into a real bitstream.
 //!
-//! The image is cut into tiles of the codec's size (edge-replicated padding
+//! The image is cut into tiles of the codec's tile size (`model.tile`, by
+//! default the training size; a fully convolutional codec codes an image
+//! within that size as one tile padded to its stride; edge-replicated padding
 //! on the right and bottom, removed after decoding); every tile's integer
 //! latent is range-coded (constriction's `DefaultRangeEncoder`, 24-bit
 //! fixed-point probabilities) under the learned per-channel Laplace of the
@@ -158,8 +160,7 @@ fn laplaces(s: &Synthesis) -> Result<Vec<probability::distribution::Laplace>> {
 }
 
 /// Decodes `symbols` (tiles × latent values) into the image they code.
-fn synthesize(s: &Synthesis, symbols: &[i32], ny: usize, nx: usize, h: usize, w: usize) -> Result<Tensor> {
-    let latent = s.latent();
+fn synthesize(s: &Synthesis, latent: FeatShape, symbols: &[i32], ny: usize, nx: usize, h: usize, w: usize) -> Result<Tensor> {
     let per_tile = latent_len(latent);
     let (dtype, dev) = s.entropy().dtype_device();
     let mut parts = Vec::new();
@@ -181,7 +182,9 @@ fn synthesize(s: &Synthesis, symbols: &[i32], ny: usize, nx: usize, h: usize, w:
 /// Codes `img` (`(1, c, H, W)` in [0, 1], any size) into `.aez` bytes.
 pub fn compress(codec: &Codec, model: &str, fingerprint: u64, img: &Tensor) -> Result<Vec<u8>> {
     let (_, c, h, w) = img.dims4()?;
-    let [mc, th, tw] = codec.synthesis().image();
+    let [mc, _, _] = codec.synthesis().image();
+    let [th, tw] = codec.synthesis().tile_for(h, w);
+    let latent = codec.synthesis().latent_for([th, tw])?;
     if c != mc {
         return Err(AezError::Invalid(format!(
             "the image has {c} channels, the codec takes {mc}"
@@ -210,7 +213,7 @@ pub fn compress(codec: &Codec, model: &str, fingerprint: u64, img: &Tensor) -> R
                 .map(|v| v as i32),
         );
     }
-    let channels = channel_of(codec.latent());
+    let channels = channel_of(latent);
     let dists = laplaces(codec.synthesis())?;
     let quantizer = DefaultLeakyQuantizer::new(-SUPPORT..=SUPPORT);
     let mut enc = DefaultRangeEncoder::new();
@@ -343,13 +346,17 @@ pub fn decompress(s: &Synthesis, model: &str, fingerprint: u64, bytes: &[u8]) ->
             fp: fingerprint,
         });
     }
-    let [c, th, tw] = s.image();
-    if hd.channels as usize != c || hd.tile != [th as u16, tw as u16] {
+    let [c, _, _] = s.image();
+    if hd.channels as usize != c {
         return Err(AezError::Invalid(format!(
-            "the header says {} channels in {}x{} tiles, the model codes {c} in {th}x{tw}",
-            hd.channels, hd.tile[0], hd.tile[1]
+            "the header says {} channels, the model codes {c}",
+            hd.channels
         )));
     }
+    let [th, tw] = [hd.tile[0] as usize, hd.tile[1] as usize];
+    let latent = s
+        .latent_for([th, tw])
+        .map_err(|e| AezError::Invalid(format!("the header's tile does not fit this codec: {e}")))?;
     let (h, w) = (hd.height as usize, hd.width as usize);
     if h == 0 || w == 0 || (h as u64) * (w as u64) > MAX_PIXELS {
         return Err(AezError::Invalid(format!(
@@ -357,8 +364,8 @@ pub fn decompress(s: &Synthesis, model: &str, fingerprint: u64, bytes: &[u8]) ->
         )));
     }
     let (ny, nx) = (h.div_ceil(th), w.div_ceil(tw));
-    let count = ny * nx * latent_len(s.latent());
-    let channels = channel_of(s.latent());
+    let count = ny * nx * latent_len(latent);
+    let channels = channel_of(latent);
     let dists = laplaces(s)?;
     let quantizer = DefaultLeakyQuantizer::new(-SUPPORT..=SUPPORT);
     let mut dec = DefaultRangeDecoder::from_compressed(words).map_err(|e| AezError::Coder(format!("{e:?}")))?;
@@ -370,5 +377,5 @@ pub fn decompress(s: &Synthesis, model: &str, fingerprint: u64, bytes: &[u8]) ->
             .map_err(|e| AezError::Coder(format!("{e:?}")))?;
         symbols.push(v);
     }
-    synthesize(s, &symbols, ny, nx, h, w)
+    synthesize(s, latent, &symbols, ny, nx, h, w)
 }

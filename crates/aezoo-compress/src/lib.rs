@@ -9,7 +9,7 @@
 //! x → encoder → y (C, h, w) or (d,)           one channel per map channel, or per latent value
 //! training:  ŷ = y + u, u ~ U(−½, ½)          (or round with a straight-through gradient)
 //! inference: ŷ = round(y)
-//! ŷ → decoder → x̂                             sigmoid-free: the decoder list ends as it likes, clamped to [0, 1]
+//! ŷ → decoder → x̂                             sigmoid-free: the decoder list ends as it likes, clamped to [0, 1] (not while training)
 //! rate:      bits = Σ −log₂ P(ŷ),  P(ŷ) = F_c(ŷ + ½) − F_c(ŷ − ½),  F_c the Laplace CDF (μ_c, b_c)
 //! ```
 //! The same interval masses drive the entropy coder, so the rate term is the
@@ -56,13 +56,31 @@ pub struct CodecConfig {
     pub lambda: f64,
     #[serde(default)]
     pub quantization: Quantization,
+    /// `[height, width]` of the largest tile `.aez` files cut images into
+    /// (default: `image`). A fully convolutional codec (no `Lin`, `Flat`,
+    /// `Unflat`) codes an image smaller than this as one tile, padded only to
+    /// its stride; a tile other than the training size needs one, and both
+    /// lists are shape-checked at that size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tile: Option<[usize; 2]>,
+    /// The entropy model's `loc` and `log_scale` are stored divided by this
+    /// (default 1), so Adam — whose steps are about `lr` whatever the
+    /// gradient — moves the prior this many times faster than the
+    /// transforms. Without it a channel the encoder has switched off keeps
+    /// costing bits for thousands of steps while its scale creeps down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prior_gain: Option<f64>,
 }
 
 /// The learned factorized prior: one Laplace `(loc, scale)` per channel.
 #[derive(Clone, Debug)]
 pub struct EntropyModel {
+    /// Per-channel location and log-scale as stored (`entropy.loc`,
+    /// `entropy.log_scale`); the model uses them times `gain` (a forward
+    /// op, so the optimizer's updates of the stored tensors reach it).
     loc: Tensor,
     log_scale: Tensor,
+    gain: f64,
 }
 
 /// The smallest probability an interval is given (the coder's floor too).
@@ -78,21 +96,37 @@ fn laplace_cdf(x: &Tensor) -> Result<Tensor> {
 
 impl EntropyModel {
     pub fn new(channels: usize, vb: VarBuilder) -> Result<Self> {
+        Self::with_gain(channels, 1.0, vb)
+    }
+
+    /// The prior with its parameters stored divided by `gain`
+    /// ([`CodecConfig::prior_gain`]).
+    pub fn with_gain(channels: usize, gain: f64, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             loc: vb.get_with_hints(channels, "loc", Init::Const(0.0))?,
             log_scale: vb.get_with_hints(channels, "log_scale", Init::Const(0.0))?,
+            gain,
         })
+    }
+
+    /// `(loc, log_scale)` as the model uses them.
+    fn effective(&self) -> Result<(Tensor, Tensor)> {
+        if self.gain == 1.0 {
+            return Ok((self.loc.clone(), self.log_scale.clone()));
+        }
+        Ok(((&self.loc * self.gain)?, (&self.log_scale * self.gain)?))
     }
 
     /// The probability mass of each integer interval `[ŷ − ½, ŷ + ½]`, for
     /// `y_hat` of `(b, C, …)`: mirrored to the left tail first, so far-out
     /// values keep their tiny masses instead of cancelling to zero.
     pub fn likelihood(&self, y_hat: &Tensor) -> Result<Tensor> {
-        let c = self.loc.dim(0)?;
+        let (loc, log_scale) = self.effective()?;
+        let c = loc.dim(0)?;
         let mut shape = vec![1, c];
         shape.extend(std::iter::repeat_n(1, y_hat.rank() - 2));
-        let loc = self.loc.reshape(shape.as_slice())?;
-        let scale = self.log_scale.clamp(-10.0, 10.0)?.exp()?.reshape(shape.as_slice())?;
+        let loc = loc.reshape(shape.as_slice())?;
+        let scale = log_scale.clamp(-10.0, 10.0)?.exp()?.reshape(shape.as_slice())?;
         let centred = y_hat.broadcast_sub(&loc)?;
         let upper = (&centred + 0.5)?.broadcast_div(&scale)?;
         let lower = (&centred - 0.5)?.broadcast_div(&scale)?;
@@ -115,7 +149,8 @@ impl EntropyModel {
     /// `(loc, scale)` per channel.
     pub fn params(&self) -> Result<(Vec<f64>, Vec<f64>)> {
         let f = |t: &Tensor| t.to_dtype(DType::F64)?.to_vec1::<f64>();
-        Ok((f(&self.loc)?, f(&self.log_scale.clamp(-10.0, 10.0)?.exp()?)?))
+        let (loc, log_scale) = self.effective()?;
+        Ok((f(&loc)?, f(&log_scale.clamp(-10.0, 10.0)?.exp()?)?))
     }
 }
 
@@ -127,22 +162,92 @@ pub struct Synthesis {
     entropy: EntropyModel,
     latent: FeatShape,
     image: [usize; 3],
+    tile: [usize; 2],
+    tile_latent: FeatShape,
+    /// The encoder and decoder lists, for shape checks at other tile sizes.
+    lists: (Vec<String>, Vec<String>),
+    fully_conv: bool,
 }
+
+/// The largest tile side a file may announce.
+pub const MAX_TILE_SIDE: usize = 4096;
 
 fn bad(msg: String) -> candle_core::Error {
     candle_core::Error::Msg(msg)
 }
 
-/// The latent shape the encoder list gives for `image`.
-fn latent_of(cfg: &CodecConfig) -> Result<FeatShape> {
-    let [c, h, w] = cfg.image;
-    let shapes = aezoo_nn::spec::parse_list("encoder", &cfg.encoder)
-        .and_then(|l| l.infer_shapes(FeatShape::Map { c, h, w }))
+/// The shape the layer list `items` gives for `input`.
+fn output_of(list: &str, items: &[String], input: FeatShape) -> Result<FeatShape> {
+    let shapes = aezoo_nn::spec::parse_list(list, items)
+        .and_then(|l| l.infer_shapes(input))
         .map_err(|e| bad(e.to_string()))?;
     shapes
         .last()
         .copied()
-        .ok_or_else(|| bad("encoder: the list is empty".into()))
+        .ok_or_else(|| bad(format!("{list}: the list is empty")))
+}
+
+/// The latent shape the encoder list gives for `image`.
+fn latent_of(cfg: &CodecConfig) -> Result<FeatShape> {
+    let [c, h, w] = cfg.image;
+    output_of("encoder", &cfg.encoder, FeatShape::Map { c, h, w })
+}
+
+/// `prior_gain`, checked.
+fn prior_gain(cfg: &CodecConfig) -> Result<f64> {
+    match cfg.prior_gain {
+        None => Ok(1.0),
+        Some(g) if g.is_finite() && (0.01..=1000.0).contains(&g) => Ok(g),
+        Some(g) => Err(bad(format!("prior_gain must be in [0.01, 1000], got {g}"))),
+    }
+}
+
+/// Whether neither list has a layer tied to one input size.
+fn fully_convolutional(cfg: &CodecConfig) -> bool {
+    use aezoo_nn::spec::{parse_list, LayerSpec};
+    [("encoder", &cfg.encoder), ("decoder", &cfg.decoder)].iter().all(|(n, items)| {
+        parse_list(n, items).is_ok_and(|l| {
+            !l.specs
+                .iter()
+                .any(|s| matches!(s, LayerSpec::Linear { .. } | LayerSpec::Flatten | LayerSpec::Unflatten { .. }))
+        })
+    })
+}
+
+/// The latent of a `[th, tw]` tile: the encoder must give a feature map and
+/// the decoder must bring it back to `(c, th, tw)`.
+fn latent_at(cfg_lists: (&[String], &[String]), c: usize, [th, tw]: [usize; 2]) -> Result<FeatShape> {
+    if th == 0 || tw == 0 || th > MAX_TILE_SIDE || tw > MAX_TILE_SIDE {
+        return Err(bad(format!("tile {th}x{tw}: sides from 1 to {MAX_TILE_SIDE}")));
+    }
+    let why = |e: candle_core::Error| bad(format!("tile {th}x{tw}: {e}"));
+    let latent = output_of("encoder", cfg_lists.0, FeatShape::Map { c, h: th, w: tw }).map_err(why)?;
+    if !matches!(latent, FeatShape::Map { .. }) {
+        return Err(bad(format!("tile {th}x{tw}: the encoder gives a flat latent {latent}")));
+    }
+    let back = output_of("decoder", cfg_lists.1, latent).map_err(why)?;
+    if back != (FeatShape::Map { c, h: th, w: tw }) {
+        return Err(bad(format!(
+            "tile {th}x{tw}: the decoder gives {back} from the tile's latent {latent}"
+        )));
+    }
+    Ok(latent)
+}
+
+/// The largest coding tile and its latent.
+fn tile_of(cfg: &CodecConfig) -> Result<([usize; 2], FeatShape, bool)> {
+    let [c, h, w] = cfg.image;
+    let fully_conv = fully_convolutional(cfg);
+    let Some(tile) = cfg.tile.filter(|t| *t != [h, w]) else {
+        return Ok(([h, w], latent_of(cfg)?, fully_conv));
+    };
+    if !fully_conv {
+        return Err(bad(format!(
+            "tile {}x{}: a tile other than the image size needs a fully convolutional codec (no Lin, Flat, Unflat)",
+            tile[0], tile[1]
+        )));
+    }
+    Ok((tile, latent_at((&cfg.encoder, &cfg.decoder), c, tile)?, fully_conv))
 }
 
 impl Synthesis {
@@ -160,11 +265,16 @@ impl Synthesis {
                 decoder.output_shape()
             )));
         }
+        let (tile, tile_latent, fully_conv) = tile_of(cfg)?;
         Ok(Self {
             decoder,
-            entropy: EntropyModel::new(channels, vb.pp("entropy"))?,
+            entropy: EntropyModel::with_gain(channels, prior_gain(cfg)?, vb.pp("entropy"))?,
             latent,
             image: cfg.image,
+            tile,
+            tile_latent,
+            lists: (cfg.encoder.clone(), cfg.decoder.clone()),
+            fully_conv,
         })
     }
 
@@ -182,9 +292,62 @@ impl Synthesis {
         self.latent
     }
 
-    /// `[channels, height, width]` of the tiles the codec works on.
+    /// `[channels, height, width]` of the training images.
     pub fn image(&self) -> [usize; 3] {
         self.image
+    }
+
+    /// `[height, width]` of the largest tile `.aez` files are coded in.
+    pub fn tile(&self) -> [usize; 2] {
+        self.tile
+    }
+
+    /// The latent of one largest tile, without the batch axis.
+    pub fn tile_latent(&self) -> FeatShape {
+        self.tile_latent
+    }
+
+    /// The tile an `h × w` image is coded in: the largest tile, or — for a
+    /// fully convolutional codec — the image itself padded to the codec's
+    /// stride when that is smaller (one tile, no seams).
+    pub fn tile_for(&self, h: usize, w: usize) -> [usize; 2] {
+        let [_, ih, iw] = self.image;
+        let FeatShape::Map { h: lh, w: lw, .. } = self.latent else {
+            return self.tile;
+        };
+        if !self.fully_conv || lh == 0 || lw == 0 || ih % lh != 0 || iw % lw != 0 {
+            return self.tile;
+        }
+        let (gh, gw) = (ih / lh, iw / lw);
+        let t = [
+            h.div_ceil(gh).max(1) * gh,
+            w.div_ceil(gw).max(1) * gw,
+        ];
+        let t = [t[0].min(self.tile[0]), t[1].min(self.tile[1])];
+        if self.latent_for(t).is_ok() {
+            t
+        } else {
+            self.tile
+        }
+    }
+
+    /// The latent of a `tile` (a file's): the largest tile, or for a fully
+    /// convolutional codec any tile within it that both lists shape-check.
+    pub fn latent_for(&self, tile: [usize; 2]) -> Result<FeatShape> {
+        if tile == self.tile {
+            return Ok(self.tile_latent);
+        }
+        if !self.fully_conv || tile[0] > self.tile[0] || tile[1] > self.tile[1] {
+            return Err(bad(format!(
+                "tile {}x{}: this codec codes {}x{} tiles{}",
+                tile[0],
+                tile[1],
+                self.tile[0],
+                self.tile[1],
+                if self.fully_conv { " at most" } else { "" }
+            )));
+        }
+        latent_at((&self.lists.0, &self.lists.1), self.image[0], tile)
     }
 }
 
@@ -286,7 +449,13 @@ impl Autoencoder for Codec {
             (true, Quantization::Ste) => (&y + (y.round()? - &y)?.detach())?,
             (false, _) => y.round()?,
         };
-        let recon = self.decode(&y_hat)?;
+        // Training sees the decoder's raw output: a clamp there would give no
+        // gradient to pixels outside [0, 1] (a fresh decoder's output mostly is).
+        let recon = if ctx.train {
+            self.synthesis.decoder.forward(&y_hat)?
+        } else {
+            self.decode(&y_hat)?
+        };
         let (d, one_minus_ssim, l1) = self.distortion(&recon, &batch.target)?;
         let b = y.dim(0)?;
         let bpp = (self.entropy().bits(&y_hat)? / (b * self.pixels) as f64)?;

@@ -155,6 +155,8 @@ fn tiny(quantization: Quantization) -> CodecConfig {
         alpha: 0.75,
         lambda: 0.05,
         quantization,
+        tile: None,
+        prior_gain: None,
     }
 }
 
@@ -215,6 +217,27 @@ fn whole_codec_gradient_check() {
 }
 
 #[test]
+fn a_prior_gain_scales_the_stored_prior_and_keeps_gradients_right() {
+    // Stored (loc, log_scale) = (0.1, −0.2) with gain 10 is the prior (1, −2).
+    let store = ParamStore::init(0);
+    let vb = store.var_builder(DType::F64, &Device::Cpu);
+    let gained = EntropyModel::with_gain(2, 10.0, vb.pp("g")).unwrap();
+    for (name, var) in store.vars() {
+        let v = if name.ends_with("loc") { 0.1 } else { -0.2 };
+        var.set(&Tensor::new(&[v, v], &Device::Cpu).unwrap()).unwrap();
+    }
+    let (loc, scale) = gained.params().unwrap();
+    assert!((loc[0] - 1.0).abs() < 1e-12 && (scale[1] - (-2.0f64).exp()).abs() < 1e-12, "{loc:?} {scale:?}");
+    let mut c = tiny(Quantization::Noise);
+    c.prior_gain = Some(10.0);
+    let m = build(&c, DType::F64).unwrap();
+    let x = uniform_input(&[2, 1, 12, 12], 0.05, 0.95, 6).unwrap();
+    GradCheck::default()
+        .check(|a| Ok(step(&m, &a[0], true).loss), &[x])
+        .unwrap_or_else(|e| panic!("codec with a prior gain: {e}"));
+}
+
+#[test]
 fn bad_configs_are_refused() {
     let err = |c: CodecConfig| build(&c, DType::F32).err().expect("refused").to_string();
     let mut c = tiny(Quantization::Ste);
@@ -223,6 +246,9 @@ fn bad_configs_are_refused() {
     let mut c = tiny(Quantization::Ste);
     c.alpha = 1.5;
     assert!(err(c).contains("alpha must be in [0, 1]"));
+    let mut c = tiny(Quantization::Ste);
+    c.prior_gain = Some(0.0);
+    assert!(err(c).contains("prior_gain must be in [0.01, 1000]"));
     let mut c = tiny(Quantization::Ste);
     c.decoder = strings(&["CT2d_2_1_3_2_1_1"]);
     let e = err(c);
@@ -275,7 +301,15 @@ mod aez_files {
                     hd.width,
                     hd.tile
                 ),
-                ("tiny", fp, 1, h as u32, w as u32, [12, 12])
+                // A fully convolutional codec: one tile padded to the stride (4), at most 12×12.
+                (
+                    "tiny",
+                    fp,
+                    1,
+                    h as u32,
+                    w as u32,
+                    [(h.div_ceil(4) * 4).min(12) as u16, (w.div_ceil(4) * 4).min(12) as u16]
+                )
             );
             let out = decompress(m.synthesis(), "tiny", fp, &bytes).unwrap();
             assert_eq!(out.dims(), &[1, 1, h, w]);
@@ -296,6 +330,40 @@ mod aez_files {
                 assert_eq!(max_diff(&out, &m.reconstruct(&img).unwrap()), 0.0);
             }
         }
+    }
+
+    #[test]
+    fn a_fully_convolutional_codec_codes_in_larger_tiles() {
+        // Trained on 12×12, coded in tiles of at most 24×20: an image within
+        // that is one tile padded to the stride (4); a larger one is cut into
+        // 24×20 tiles; one whole tile decodes to decode(round(encode(x))).
+        let mut cfg = tiny(Quantization::Noise);
+        cfg.tile = Some([24, 20]);
+        let store = ParamStore::init(9);
+        let m = Codec::new(&cfg, store.var_builder(DType::F32, &Device::Cpu)).unwrap();
+        assert_eq!(m.synthesis().tile(), [24, 20]);
+        for ((h, w), tile) in [((24, 20), [24, 20]), ((30, 17), [24, 20]), ((50, 41), [24, 20]), ((13, 9), [16, 12])] {
+            let img = picture(h, w);
+            let bytes = compress(&m, "tiny", 7, &img).unwrap();
+            assert_eq!(read(&bytes).unwrap().0.tile, tile, "{h}x{w}");
+            let out = decompress(m.synthesis(), "tiny", 7, &bytes).unwrap();
+            assert_eq!(out.dims(), &[1, 1, h, w]);
+            if (h, w) == (24, 20) {
+                let d = (out - m.reconstruct(&img).unwrap()).unwrap().abs().unwrap().max_all().unwrap();
+                assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+            }
+        }
+        // The same file under the codec limited to 12×12 tiles is refused, naming the tiles.
+        let (plain, _) = tiny_codec();
+        let bytes = compress(&m, "tiny", 7, &picture(30, 17)).unwrap();
+        let e = decompress(plain.synthesis(), "tiny", 7, &bytes).unwrap_err().to_string();
+        assert!(e.contains("tile 24x20") && e.contains("12x12"), "{e}");
+        // A codec with a Linear layer cannot take another tile size.
+        let mut lin = tiny(Quantization::Noise);
+        lin.encoder = strings(&["C2d_1_3_3_2_1", "Flat", "Lin_108_18", "Unflat_2_3_3"]);
+        lin.tile = Some([24, 24]);
+        let e = build(&lin, DType::F32).err().expect("refused").to_string();
+        assert!(e.contains("tile 24x24") && e.contains("fully convolutional"), "{e}");
     }
 
     #[test]
