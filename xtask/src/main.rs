@@ -15,7 +15,7 @@
 //! cargo xtask compress IMG… [--entry E] [-o F.aez]   a learned codec's real bitstreams (and decompress F.aez… -o IMG.png)
 //! cargo xtask export-codec <entry> DIR              encoder.safetensors and decoder.safetensors beside the full model
 //! cargo xtask validate <entry> --data DIR           mean PSNR / SSIM / MAE over a folder of images
-//! cargo xtask rd --images DIR [--entries a,b]       learned codecs against JPEG and WebP: CSV, BD-rate, plots
+//! cargo xtask rd --images DIR [--entries a,b]       codec-photo (or the entries) against JPEG, libjpeg and WebP: CSV, BD-rate, plots
 //! cargo xtask show-video <entry> [-o DIR]            GIFs: test clips beside reconstructions, per-epoch progression
 //! cargo xtask rd-video <entry> [--levels 2,4,…]      codebook-size sweep of a video entry → rate vs PSNR/SSIM
 //! cargo xtask list                                  the zoo's entries
@@ -75,7 +75,7 @@ fn usage() -> &'static str {
      \n  compress IMG… [--entry codec-mnist] [-o FILE.aez]   images into .aez files; decompress FILE.aez… [-o IMG.png]\
      \n  export-codec <entry> DIR  the full model, encoder.safetensors and decoder.safetensors\
      \n  validate <entry> --data DIR  mean PSNR / SSIM / MAE of the reconstructions over a folder\
-     \n  rd --images DIR [--entries a,b]  learned codecs against JPEG and WebP: rd.csv, rd.md (BD-rates), rd.png\
+     \n  rd --images DIR [--entries a,b]  codec-photo's rate points (or the entries) against JPEG, libjpeg and WebP: rd.csv, rd.md (BD-rates), rd.png\
      \n  show-video <entry> [-o DIR]  animated GIFs: test clips beside their reconstructions,\
      \n                          the per-epoch progression, the loss curve\
      \n  rd-video <entry> [--levels 2,4,8,16,32,64,128] [--epochs N]\

@@ -116,14 +116,18 @@ struct RdArgs {
     /// The folder of images (PNG, JPEG), coded at their own size.
     #[arg(long, value_name = "DIR")]
     images: PathBuf,
-    /// Codec entries (weights/<entry>, else the newest run), one rate point each.
-    #[arg(long, value_delimiter = ',', default_value = "codec-mnist")]
+    /// Codec entries (weights/<entry>, else the newest run), one rate point
+    /// each; a group name stands for its rate points (`codec-photo` →
+    /// `codec-photo-q1`, `-q2`, `-q3`), which make one curve; a weights
+    /// folder (holding model.safetensors) stands for itself.
+    #[arg(long, value_delimiter = ',', default_value = "codec-photo")]
     entries: Vec<String>,
-    /// JPEG qualities.
-    #[arg(long, value_delimiter = ',', default_value = "5,10,20,30,40,50,60,70,80,90")]
+    /// JPEG qualities (the `image` crate's encoder, and libjpeg-turbo's
+    /// `cjpeg` where installed); the low end is where learned codecs work.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,5,10,20,30,50,70,90")]
     jpeg: Vec<u8>,
     /// WebP qualities (cwebp; skipped where it is not installed).
-    #[arg(long, value_delimiter = ',', default_value = "5,10,20,30,40,50,60,70,80,90")]
+    #[arg(long, value_delimiter = ',', default_value = "0,2,5,10,20,30,50,70,90")]
     webp: Vec<u8>,
     /// Output folder: rd.csv, rd.md, rd.png, rd_msssim.png.
     #[arg(short = 'o', long, default_value = "results/rd")]
@@ -1380,10 +1384,19 @@ fn cmd_export_codec(a: ExportArgs) -> Result<()> {
 }
 
 fn cmd_rd(a: RdArgs) -> Result<()> {
-    let codecs = a
-        .entries
+    let entries: Vec<String> = a.entries.iter().flat_map(|e| registry::expand_group(e)).collect();
+    // An entry name (its default weights), or a weights folder itself.
+    let folder = |e: &str| -> Result<PathBuf> {
+        let p = Path::new(e);
+        Ok(if p.join("model.safetensors").is_file() {
+            p.to_path_buf()
+        } else {
+            weights::default_dir(e)?
+        })
+    };
+    let codecs = entries
         .iter()
-        .map(|e| Ok(aezoo_train::codec::load_codec(&weights::default_dir(e)?, &Device::Cpu)?))
+        .map(|e| Ok(aezoo_train::codec::load_codec(&folder(e)?, &Device::Cpu)?))
         .collect::<Result<Vec<_>>>()?;
     let images = expand_images(std::slice::from_ref(&a.images))?;
     let tmp = tempfile::tempdir().context("cannot make a temporary folder")?;
@@ -1400,7 +1413,9 @@ fn cmd_rd(a: RdArgs) -> Result<()> {
     for (codec, anchor, r) in bd {
         match r {
             Some(v) => println!("BD-rate of {codec} against {anchor}: {v:+.1} % (negative: fewer bits at equal PSNR)"),
-            None => println!("BD-rate of {codec} against {anchor}: no common PSNR range"),
+            None => println!(
+                "BD-rate of {codec} against {anchor}: none (fewer than two rate points, or no common PSNR range)"
+            ),
         }
     }
     println!("{} points → {}/rd.csv, rd.md, rd.png", points.len(), a.out.display());

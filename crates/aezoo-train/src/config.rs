@@ -89,6 +89,10 @@ pub struct TrainConfig {
     pub batch_size: usize,
     /// Adam's learning rate.
     pub lr: f64,
+    /// A step decay: from epoch `epoch` (0-based: after that many epochs)
+    /// on, the rate is `lr × factor` (CompressAI's plateau drop, fixed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_decay: Option<LrDecay>,
     /// Seeds init, shuffling and all sampling.
     pub seed: u64,
     /// Adam's other settings (PyTorch's defaults when absent).
@@ -105,6 +109,24 @@ pub struct TrainConfig {
     /// Write a checkpoint every N steps (and at every epoch end); 0 = epoch ends only.
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: usize,
+}
+
+/// `train.lr_decay`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LrDecay {
+    pub epoch: usize,
+    pub factor: f64,
+}
+
+impl TrainConfig {
+    /// The learning rate of epoch `epoch` (0-based).
+    pub fn lr_at(&self, epoch: usize) -> f64 {
+        match self.lr_decay {
+            Some(d) if epoch >= d.epoch => self.lr * d.factor,
+            _ => self.lr,
+        }
+    }
 }
 
 /// Parses JSON text into `T`, with errors that name `origin` and the field path.
@@ -173,6 +195,14 @@ impl EntryConfig {
         }
         if !(t.lr.is_finite() && t.lr > 0.0) {
             return Err(bad(format!("train.lr: must be a positive number, got {}", t.lr)));
+        }
+        if let Some(d) = t.lr_decay {
+            if !(d.factor.is_finite() && d.factor > 0.0 && d.factor <= 1.0) || d.epoch == 0 {
+                return Err(bad(format!(
+                    "train.lr_decay: epoch must be >= 1 and factor in (0, 1], got epoch {} factor {}",
+                    d.epoch, d.factor
+                )));
+            }
         }
         t.optimizer
             .validate()

@@ -85,9 +85,21 @@ fn tiles(images: &Tensor) -> Result<(usize, usize, usize, Vec<Vec<[u8; 3]>>)> {
 }
 
 /// The first image of `(n, c, h, w)` in [0, 1] as a plain `w × h` PNG (no
-/// gutter, no scaling): what `aezoo decode` writes.
+/// gutter, no scaling; grey for one channel, else RGB): what `aezoo decode`
+/// and `aezoo decompress` write.
 pub fn save_image(images: &Tensor, path: &Path) -> Result<()> {
     let (_, h, w, tiles) = tiles(&images.narrow(0, 0, 1)?)?;
+    if images.dim(1)? == 1 {
+        // One channel stays one channel (an 8-bit grey PNG).
+        let img = image::GrayImage::from_fn(w as u32, h as u32, |x, y| {
+            image::Luma([tiles[0][y as usize * w + x as usize][0]])
+        });
+        let mut bytes = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+            .map_err(|e| other(path, e))?;
+        write_atomic(path, &bytes)?;
+        return Ok(());
+    }
     let img: RgbImage = ImageBuffer::from_fn(w as u32, h as u32, |x, y| Rgb(tiles[0][y as usize * w + x as usize]));
     write_png(&img, path)
 }

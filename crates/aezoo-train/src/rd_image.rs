@@ -7,10 +7,16 @@
 //! point against the anchors at matched bpp and at matched PSNR, a CSV, a
 //! table and two plots. WebP's times include starting `cwebp` / `dwebp`.
 //!
-//! JPEG is the `image` crate's baseline encoder (4:2:0, its quality scale);
-//! WebP is libwebp's `cwebp` / `dwebp` (Debian package `webp`), skipped with
-//! a notice where they are not installed. All three see the same pixels: the
-//! image in the codec's channel count (grey or RGB).
+//! Three anchors: `jpeg`, the `image` crate's baseline encoder (4:4:4 — no
+//! chroma subsampling — and the standard Huffman tables); `libjpeg`,
+//! libjpeg-turbo's `cjpeg -optimize` / `djpeg` (4:2:0 and optimised Huffman
+//! tables: the JPEG people use, Debian package `libjpeg-turbo-progs`); and
+//! `webp`, libwebp's `cwebp` / `dwebp` (package `webp`). The two external
+//! ones are skipped with a notice where they are not installed. All see the
+//! same pixels: the image in the codec's channel count (grey or RGB).
+//!
+//! Entries named `<group>-q<N>` are the rate points of one codec: their
+//! points form one curve, `aezoo:<group>`, with one BD-rate.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,7 +34,7 @@ use crate::error::{Result, TrainError};
 /// One image coded at one setting.
 #[derive(Clone, Debug, Serialize)]
 pub struct RdPoint {
-    /// `aezoo:<entry>`, `jpeg` or `webp`.
+    /// `aezoo:<group>` (see [`codec_group`]), `jpeg`, `libjpeg` or `webp`.
     pub codec: String,
     /// The quality setting (JPEG / WebP), or the entry (aezoo).
     pub setting: String,
@@ -138,7 +144,7 @@ pub fn measure_aezoo(lc: &LoadedCodec, name: &str, original: &Tensor) -> Result<
     let t2 = Instant::now();
     let decoded = to_tensor(&to_image(&decoded)?, original.dim(1)?)?;
     point(
-        &format!("aezoo:{entry}"),
+        &format!("aezoo:{}", codec_group(entry)),
         entry.clone(),
         name,
         original,
@@ -148,6 +154,18 @@ pub fn measure_aezoo(lc: &LoadedCodec, name: &str, original: &Tensor) -> Result<
         (t2 - t1).as_secs_f64(),
     )
 }
+
+/// The codec an entry is a rate point of: `codec-photo-q2` → `codec-photo`;
+/// an entry without a `-q<N>` suffix is its own codec.
+pub fn codec_group(entry: &str) -> &str {
+    match entry.rsplit_once("-q") {
+        Some((group, n)) if !group.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => group,
+        _ => entry,
+    }
+}
+
+/// The anchors BD-rates are computed against, in table order.
+pub const ANCHORS: [&str; 3] = ["jpeg", "libjpeg", "webp"];
 
 /// JPEG at `quality` (1–100).
 pub fn measure_jpeg(name: &str, original: &Tensor, quality: u8) -> Result<RdPoint> {
@@ -181,6 +199,103 @@ pub fn webp_available() -> bool {
             .output()
             .is_ok_and(|o| o.status.success())
     })
+}
+
+/// Whether libjpeg-turbo's `cjpeg` and `djpeg` run here.
+pub fn libjpeg_available() -> bool {
+    ["cjpeg", "djpeg"].iter().all(|b| {
+        Command::new(b)
+            .arg("-version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+/// An 8-bit image as binary PNM (P5 grey, P6 RGB): what `cjpeg` reads.
+fn to_pnm(img: &DynamicImage) -> Vec<u8> {
+    let (w, h) = (img.width(), img.height());
+    let (magic, px) = match img {
+        DynamicImage::ImageLuma8(g) => ("P5", g.as_raw().clone()),
+        other => ("P6", other.to_rgb8().into_raw()),
+    };
+    let mut out = format!("{magic}\n{w} {h}\n255\n").into_bytes();
+    out.extend(px);
+    out
+}
+
+/// Parses the binary PNM `djpeg` writes (P5 / P6, maxval 255).
+fn from_pnm(bytes: &[u8], what: &Path) -> Result<DynamicImage> {
+    let bad = || other(format!("{}: not an 8-bit binary PNM", what.display()));
+    let mut fields = Vec::new();
+    let mut at = 0;
+    while fields.len() < 4 {
+        while at < bytes.len() && bytes[at].is_ascii_whitespace() {
+            at += 1;
+        }
+        let start = at;
+        while at < bytes.len() && !bytes[at].is_ascii_whitespace() {
+            at += 1;
+        }
+        if start == at {
+            return Err(bad());
+        }
+        fields.push(std::str::from_utf8(&bytes[start..at]).map_err(|_| bad())?.to_string());
+    }
+    let px = bytes.get(at + 1..).ok_or_else(bad)?;
+    let (w, h): (u32, u32) = (fields[1].parse().map_err(|_| bad())?, fields[2].parse().map_err(|_| bad())?);
+    if fields[3] != "255" {
+        return Err(bad());
+    }
+    match fields[0].as_str() {
+        "P5" => GrayImage::from_raw(w, h, px.get(..(w * h) as usize).ok_or_else(bad)?.to_vec())
+            .map(DynamicImage::ImageLuma8)
+            .ok_or_else(bad),
+        "P6" => RgbImage::from_raw(w, h, px.get(..(3 * w * h) as usize).ok_or_else(bad)?.to_vec())
+            .map(DynamicImage::ImageRgb8)
+            .ok_or_else(bad),
+        _ => Err(bad()),
+    }
+}
+
+/// Runs `cmd`, failing with its stderr.
+fn run_tool(cmd: &mut Command) -> Result<()> {
+    let o = cmd.output().map_err(other)?;
+    if !o.status.success() {
+        return Err(other(format!("{cmd:?}: {}", String::from_utf8_lossy(&o.stderr))));
+    }
+    Ok(())
+}
+
+/// libjpeg-turbo at `quality` (1–100): `cjpeg -quality Q -optimize` (4:2:0
+/// for colour) and `djpeg`, in `tmp`.
+pub fn measure_libjpeg(name: &str, original: &Tensor, quality: u8, tmp: &Path) -> Result<RdPoint> {
+    let pnm = tmp.join("in.pnm");
+    let jpg = tmp.join("out.jpg");
+    let back = tmp.join("back.pnm");
+    std::fs::write(&pnm, to_pnm(&to_image(original)?)).map_err(other)?;
+    let t0 = Instant::now();
+    run_tool(
+        Command::new("cjpeg")
+            .args(["-quality", &quality.to_string(), "-optimize", "-outfile"])
+            .arg(&jpg)
+            .arg(&pnm),
+    )?;
+    let t1 = Instant::now();
+    run_tool(Command::new("djpeg").arg("-outfile").arg(&back).arg(&jpg))?;
+    let t2 = Instant::now();
+    let bytes = std::fs::metadata(&jpg).map_err(other)?.len() as usize;
+    let dec = from_pnm(&std::fs::read(&back).map_err(other)?, &back)?;
+    let decoded = to_tensor(&dec, original.dim(1)?)?;
+    point(
+        "libjpeg",
+        quality.to_string(),
+        name,
+        original,
+        &decoded,
+        bytes,
+        (t1 - t0).as_secs_f64(),
+        (t2 - t1).as_secs_f64(),
+    )
 }
 
 /// WebP (lossy) at `quality` (0–100) through `cwebp` / `dwebp`, in `tmp`.
@@ -301,13 +416,13 @@ pub fn write_outputs(points: &[RdPoint], out: &Path, command: &str) -> Result<Ve
         v.len()
     };
     let mut md = format!(
-        "# Rate-distortion: learned codecs against JPEG and WebP\n\nMade by `{command}` on {images} images. Bits per pixel from the bytes each codec wrote; PSNR and MS-SSIM of the decoded 8-bit image; means over the images per setting.\n\n"
+        "# Rate-distortion: learned codecs against JPEG and WebP\n\nMade by `{command}` on {images} images. Bits per pixel from the bytes each codec wrote; PSNR and MS-SSIM of the decoded 8-bit image; means over the images per setting. `jpeg` is the `image` crate's encoder (4:4:4, standard tables), `libjpeg` libjpeg-turbo's `cjpeg -optimize` (4:2:0), `webp` libwebp's `cwebp`.\n\n"
     );
     let learned: Vec<&String> = codecs.iter().filter(|c| c.starts_with("aezoo:")).collect();
     let mut bd = Vec::new();
     md.push_str("| codec | against | BD-rate (PSNR) |\n|---|---|---:|\n");
     for l in &learned {
-        for anchor in ["jpeg", "webp"] {
+        for anchor in ANCHORS.into_iter().filter(|a| codecs.iter().any(|c| c == a)) {
             let pts = |c: &str| -> Vec<(f64, f64)> {
                 curves
                     .iter()
@@ -332,7 +447,7 @@ pub fn write_outputs(points: &[RdPoint], out: &Path, command: &str) -> Result<Ve
             continue;
         };
         for (_, bpp, psnr, _) in mine {
-            for anchor in ["jpeg", "webp"] {
+            for anchor in ANCHORS {
                 let Some((_, a)) = curves.iter().find(|(n, _)| n == anchor) else {
                     continue;
                 };
@@ -426,6 +541,10 @@ pub fn evaluate(
     if !webp_q.is_empty() && !webp {
         tracing::warn!("cwebp / dwebp not found: WebP skipped (apt-get install webp)");
     }
+    let libjpeg = !jpeg_q.is_empty() && libjpeg_available();
+    if !jpeg_q.is_empty() && !libjpeg {
+        tracing::warn!("cjpeg / djpeg not found: libjpeg-turbo skipped (apt-get install libjpeg-turbo-progs)");
+    }
     let mut points = Vec::new();
     for path in images {
         let name = path
@@ -438,6 +557,9 @@ pub fn evaluate(
         }
         for &q in jpeg_q {
             points.push(measure_jpeg(&name, &original, q)?);
+            if libjpeg {
+                points.push(measure_libjpeg(&name, &original, q, tmp)?);
+            }
         }
         if webp {
             for &q in webp_q {

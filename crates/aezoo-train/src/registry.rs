@@ -191,3 +191,26 @@ pub fn resolve_entry(name_or_path: &str) -> Result<(EntryConfig, ConfigOrigin)> 
     let cfg = EntryConfig::from_str_named(text, &origin.to_string())?;
     Ok((cfg, origin))
 }
+
+/// The entries a name stands for: itself when it is an entry, else its rate
+/// points `<name>-q<N>` in order of N (`codec-photo` → `codec-photo-q1`, …),
+/// else itself (so the caller reports the unknown entry).
+pub fn expand_group(name: &str) -> Vec<String> {
+    if resolve_entry(name).is_ok() {
+        return vec![name.to_string()];
+    }
+    let prefix = format!("{name}-q");
+    let mut points: Vec<(u32, String)> = entry_names()
+        .into_iter()
+        .filter_map(|e| {
+            let n = e.strip_prefix(&prefix)?;
+            Some((n.parse().ok()?, e.to_string()))
+        })
+        .collect();
+    points.sort();
+    if points.is_empty() {
+        vec![name.to_string()]
+    } else {
+        points.into_iter().map(|(_, e)| e).collect()
+    }
+}

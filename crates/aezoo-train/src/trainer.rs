@@ -330,6 +330,7 @@ pub fn train(cfg: &EntryConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
     };
 
     while epoch < t.epochs {
+        adam.set_lr(t.lr_at(epoch));
         let plan = EpochPlan::new(n, t.batch_size, t.seed, epoch as u64, t.shuffle);
         let nb = plan.num_batches();
         let span = tracing::info_span!(

@@ -107,6 +107,19 @@ fn configs_refuse_bad_values() {
     assert!(e.contains("model.latent"), "{e}");
     let e = config_err(r#"{"entry": "t""#);
     assert!(e.starts_with("configs/test.json:") && e.contains("EOF"), "{e}");
+    let e = config_err(&GOOD.replace(r#""lr": 0.001"#, r#""lr": 0.001, "lr_decay": {"epoch": 2, "factor": 2}"#));
+    assert!(e.contains("train.lr_decay"), "{e}");
+    let e = config_err(&GOOD.replace(r#""lr": 0.001"#, r#""lr": 0.001, "lr_decay": {"epoch": 2, "by": 0.1}"#));
+    assert!(e.contains("lr_decay") && e.contains("by"), "{e}");
+}
+
+#[test]
+fn a_step_decay_lowers_the_rate_from_its_epoch_on() {
+    let (cfg, _) = registry::resolve_entry("codec-photo-q2").unwrap();
+    let t = &cfg.train;
+    let d = t.lr_decay.expect("codec-photo-q2 decays");
+    assert_eq!(t.lr_at(d.epoch - 1), t.lr);
+    assert!((t.lr_at(d.epoch) - t.lr * d.factor).abs() < 1e-15);
 }
 
 #[test]
@@ -823,4 +836,20 @@ fn bench_times_an_entry_under_the_reference_protocol() {
     assert!(r.test_mse > 0.0 && r.test_mse < 0.5, "{}", r.test_mse);
     let (g, _) = registry::resolve_entry("gae-cora").unwrap();
     assert!(aezoo_train::bench::run(&g, &Locator::bundled_only(), 1).is_err());
+}
+
+#[test]
+fn rate_points_group_into_one_codec() {
+    // `codec-photo` stands for its rate points, in rate order; an entry is itself.
+    assert_eq!(
+        registry::expand_group("codec-photo"),
+        ["codec-photo-q1", "codec-photo-q2", "codec-photo-q3"]
+    );
+    assert_eq!(registry::expand_group("codec-mnist"), ["codec-mnist"]);
+    assert_eq!(registry::expand_group("no-such"), ["no-such"]);
+    use aezoo_train::rd_image::codec_group;
+    assert_eq!(codec_group("codec-photo-q12"), "codec-photo");
+    assert_eq!(codec_group("codec-mnist"), "codec-mnist");
+    assert_eq!(codec_group("x-qa"), "x-qa");
+    assert_eq!(codec_group("-q1"), "-q1");
 }
