@@ -504,6 +504,13 @@ fn shipped_weights_reproduce_their_metrics() {
             eprintln!("{}: needs {data}; not installed here, not checked", dir.display());
             continue;
         }
+        // Image-folder entries (codec-photo: `python3 scripts/make_photo_set.py data/photos`).
+        if let Some(folder) = data.strip_prefix("folder ").and_then(|d| d.split(':').next()) {
+            if !root.join(folder).is_dir() {
+                eprintln!("{}: needs the folder {folder}; not made here, not checked", dir.display());
+                continue;
+            }
+        }
         let entry = metrics["entry"].as_str().unwrap();
         let o = Command::new(env!("CARGO_BIN_EXE_aezoo"))
             .current_dir(&root)
@@ -1065,6 +1072,8 @@ fn rate_distortion_against_jpeg_and_webp() {
             "rd",
             "--images",
             imgs.to_str().unwrap(),
+            "--entries",
+            "codec-mnist",
             "--jpeg",
             "10,50,90",
             "--webp",
@@ -1078,9 +1087,17 @@ fn rate_distortion_against_jpeg_and_webp() {
         .arg("-version")
         .output()
         .is_ok_and(|o| o.status.success());
+    let libjpeg = Command::new("cjpeg")
+        .arg("-version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     let csv = std::fs::read_to_string(out.join("rd.csv")).unwrap();
     let rows: Vec<&str> = csv.lines().skip(1).collect();
-    assert_eq!(rows.len(), 2 * (1 + 3 + if webp { 2 } else { 0 }), "{csv}");
+    assert_eq!(
+        rows.len(),
+        2 * (1 + 3 + if libjpeg { 3 } else { 0 } + if webp { 2 } else { 0 }),
+        "{csv}"
+    );
     // bpp is the bytes written, over the pixels.
     for r in &rows {
         let f: Vec<&str> = r.split(',').collect();
@@ -1094,4 +1111,29 @@ fn rate_distortion_against_jpeg_and_webp() {
         "{md}"
     );
     assert!(out.join("rd.png").is_file() && out.join("rd_msssim.png").is_file());
+
+    // `codec-photo` (the default) is its three shipped rate points: one curve,
+    // one row per point and image, one BD-rate line per anchor.
+    let rgb = d.path().join("rgb");
+    std::fs::create_dir_all(&rgb).unwrap();
+    image::RgbImage::from_fn(180, 170, |x, y| {
+        image::Rgb([(x + y) as u8, ((x * 7) ^ (y * 3)) as u8, (255.0 * ((x as f32) * 0.05).sin().abs()) as u8])
+    })
+    .save(rgb.join("c.png"))
+    .unwrap();
+    let out = d.path().join("rd-photo");
+    let o = aezoo(
+        &root,
+        &["rd", "--images", rgb.to_str().unwrap(), "--jpeg", "10,50", "--webp", "50", "-o", out.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let csv = std::fs::read_to_string(out.join("rd.csv")).unwrap();
+    let settings: Vec<&str> = csv
+        .lines()
+        .filter(|l| l.starts_with("aezoo:codec-photo,"))
+        .map(|l| l.split(',').nth(1).unwrap())
+        .collect();
+    assert_eq!(settings, ["codec-photo-q1", "codec-photo-q2", "codec-photo-q3"], "{csv}");
+    let md = std::fs::read_to_string(out.join("rd.md")).unwrap();
+    assert!(md.contains("| aezoo:codec-photo | jpeg |"), "{md}");
 }

@@ -260,7 +260,7 @@ pub fn save_line_plot(title: &str, x_desc: &str, y_desc: &str, series: &[Series]
         chart
             .configure_mesh()
             .light_line_style(RGBColor(238, 238, 242))
-            .x_label_formatter(&|x| format!("{x:.0}"))
+            .x_label_formatter(&|x| format!("{x:.prec$}", prec = y_decimals(x0, x1)))
             .y_label_formatter(&|y| format!("{y:.prec$}", prec = y_decimals(y0, y1)))
             .x_desc(x_desc)
             .y_desc(y_desc)
