@@ -507,7 +507,10 @@ fn shipped_weights_reproduce_their_metrics() {
         // Image-folder entries (codec-photo: `python3 scripts/make_photo_set.py data/photos`).
         if let Some(folder) = data.strip_prefix("folder ").and_then(|d| d.split(':').next()) {
             if !root.join(folder).is_dir() {
-                eprintln!("{}: needs the folder {folder}; not made here, not checked", dir.display());
+                eprintln!(
+                    "{}: needs the folder {folder}; not made here, not checked",
+                    dir.display()
+                );
                 continue;
             }
         }
@@ -1117,14 +1120,28 @@ fn rate_distortion_against_jpeg_and_webp() {
     let rgb = d.path().join("rgb");
     std::fs::create_dir_all(&rgb).unwrap();
     image::RgbImage::from_fn(180, 170, |x, y| {
-        image::Rgb([(x + y) as u8, ((x * 7) ^ (y * 3)) as u8, (255.0 * ((x as f32) * 0.05).sin().abs()) as u8])
+        image::Rgb([
+            (x + y) as u8,
+            ((x * 7) ^ (y * 3)) as u8,
+            (255.0 * ((x as f32) * 0.05).sin().abs()) as u8,
+        ])
     })
     .save(rgb.join("c.png"))
     .unwrap();
     let out = d.path().join("rd-photo");
     let o = aezoo(
         &root,
-        &["rd", "--images", rgb.to_str().unwrap(), "--jpeg", "10,50", "--webp", "50", "-o", out.to_str().unwrap()],
+        &[
+            "rd",
+            "--images",
+            rgb.to_str().unwrap(),
+            "--jpeg",
+            "10,50",
+            "--webp",
+            "50",
+            "-o",
+            out.to_str().unwrap(),
+        ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let csv = std::fs::read_to_string(out.join("rd.csv")).unwrap();
@@ -1133,7 +1150,11 @@ fn rate_distortion_against_jpeg_and_webp() {
         .filter(|l| l.starts_with("aezoo:codec-photo,"))
         .map(|l| l.split(',').nth(1).unwrap())
         .collect();
-    assert_eq!(settings, ["codec-photo-q1", "codec-photo-q2", "codec-photo-q3"], "{csv}");
+    assert_eq!(
+        settings,
+        ["codec-photo-q1", "codec-photo-q2", "codec-photo-q3"],
+        "{csv}"
+    );
     let md = std::fs::read_to_string(out.join("rd.md")).unwrap();
     assert!(md.contains("| aezoo:codec-photo | jpeg |"), "{md}");
 }

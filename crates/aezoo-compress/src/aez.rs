@@ -160,7 +160,15 @@ fn laplaces(s: &Synthesis) -> Result<Vec<probability::distribution::Laplace>> {
 }
 
 /// Decodes `symbols` (tiles × latent values) into the image they code.
-fn synthesize(s: &Synthesis, latent: FeatShape, symbols: &[i32], ny: usize, nx: usize, h: usize, w: usize) -> Result<Tensor> {
+fn synthesize(
+    s: &Synthesis,
+    latent: FeatShape,
+    symbols: &[i32],
+    ny: usize,
+    nx: usize,
+    h: usize,
+    w: usize,
+) -> Result<Tensor> {
     let per_tile = latent_len(latent);
     let (dtype, dev) = s.entropy().dtype_device();
     let mut parts = Vec::new();

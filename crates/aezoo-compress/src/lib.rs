@@ -205,13 +205,18 @@ fn prior_gain(cfg: &CodecConfig) -> Result<f64> {
 /// Whether neither list has a layer tied to one input size.
 fn fully_convolutional(cfg: &CodecConfig) -> bool {
     use aezoo_nn::spec::{parse_list, LayerSpec};
-    [("encoder", &cfg.encoder), ("decoder", &cfg.decoder)].iter().all(|(n, items)| {
-        parse_list(n, items).is_ok_and(|l| {
-            !l.specs
-                .iter()
-                .any(|s| matches!(s, LayerSpec::Linear { .. } | LayerSpec::Flatten | LayerSpec::Unflatten { .. }))
+    [("encoder", &cfg.encoder), ("decoder", &cfg.decoder)]
+        .iter()
+        .all(|(n, items)| {
+            parse_list(n, items).is_ok_and(|l| {
+                !l.specs.iter().any(|s| {
+                    matches!(
+                        s,
+                        LayerSpec::Linear { .. } | LayerSpec::Flatten | LayerSpec::Unflatten { .. }
+                    )
+                })
+            })
         })
-    })
 }
 
 /// The latent of a `[th, tw]` tile: the encoder must give a feature map and
@@ -319,10 +324,7 @@ impl Synthesis {
             return self.tile;
         }
         let (gh, gw) = (ih / lh, iw / lw);
-        let t = [
-            h.div_ceil(gh).max(1) * gh,
-            w.div_ceil(gw).max(1) * gw,
-        ];
+        let t = [h.div_ceil(gh).max(1) * gh, w.div_ceil(gw).max(1) * gw];
         let t = [t[0].min(self.tile[0]), t[1].min(self.tile[1])];
         if self.latent_for(t).is_ok() {
             t

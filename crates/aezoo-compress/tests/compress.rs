@@ -227,7 +227,10 @@ fn a_prior_gain_scales_the_stored_prior_and_keeps_gradients_right() {
         var.set(&Tensor::new(&[v, v], &Device::Cpu).unwrap()).unwrap();
     }
     let (loc, scale) = gained.params().unwrap();
-    assert!((loc[0] - 1.0).abs() < 1e-12 && (scale[1] - (-2.0f64).exp()).abs() < 1e-12, "{loc:?} {scale:?}");
+    assert!(
+        (loc[0] - 1.0).abs() < 1e-12 && (scale[1] - (-2.0f64).exp()).abs() < 1e-12,
+        "{loc:?} {scale:?}"
+    );
     let mut c = tiny(Quantization::Noise);
     c.prior_gain = Some(10.0);
     let m = build(&c, DType::F64).unwrap();
@@ -342,21 +345,33 @@ mod aez_files {
         let store = ParamStore::init(9);
         let m = Codec::new(&cfg, store.var_builder(DType::F32, &Device::Cpu)).unwrap();
         assert_eq!(m.synthesis().tile(), [24, 20]);
-        for ((h, w), tile) in [((24, 20), [24, 20]), ((30, 17), [24, 20]), ((50, 41), [24, 20]), ((13, 9), [16, 12])] {
+        for ((h, w), tile) in [
+            ((24, 20), [24, 20]),
+            ((30, 17), [24, 20]),
+            ((50, 41), [24, 20]),
+            ((13, 9), [16, 12]),
+        ] {
             let img = picture(h, w);
             let bytes = compress(&m, "tiny", 7, &img).unwrap();
             assert_eq!(read(&bytes).unwrap().0.tile, tile, "{h}x{w}");
             let out = decompress(m.synthesis(), "tiny", 7, &bytes).unwrap();
             assert_eq!(out.dims(), &[1, 1, h, w]);
             if (h, w) == (24, 20) {
-                let d = (out - m.reconstruct(&img).unwrap()).unwrap().abs().unwrap().max_all().unwrap();
+                let d = (out - m.reconstruct(&img).unwrap())
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap();
                 assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
             }
         }
         // The same file under the codec limited to 12×12 tiles is refused, naming the tiles.
         let (plain, _) = tiny_codec();
         let bytes = compress(&m, "tiny", 7, &picture(30, 17)).unwrap();
-        let e = decompress(plain.synthesis(), "tiny", 7, &bytes).unwrap_err().to_string();
+        let e = decompress(plain.synthesis(), "tiny", 7, &bytes)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("tile 24x20") && e.contains("12x12"), "{e}");
         // A codec with a Linear layer cannot take another tile size.
         let mut lin = tiny(Quantization::Noise);

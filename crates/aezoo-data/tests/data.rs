@@ -483,7 +483,11 @@ mod folders {
             .random_crops(&[3 * n - 1], &mut aezoo_nn::Rng::new(1), &dev)
             .unwrap();
         assert_eq!(last.dims(), &[1, 3, 8, 8]);
-        assert_eq!(set3.splits.test.epoch_len(), set3.splits.test.len(), "validation: one each");
+        assert_eq!(
+            set3.splits.test.epoch_len(),
+            set3.splits.test.len(),
+            "validation: one each"
+        );
         for (fit, k) in [(Fit::CenterCrop, 2), (Fit::RandomCrop, 0)] {
             let bad = FolderConfig {
                 fit,

@@ -242,17 +242,44 @@ fn gdn_matches_the_compressai_formula() {
     // Pins from `python3 scripts/pins/gdn_ref.py` (torch 2.15, f64; CompressAI's
     // GDN forward: x / sqrt(conv2d(x², γ, β)), or x · sqrt(…) for IGDN).
     let (b, c, h, w) = (2, 3, 2, 2);
-    let x: Vec<f64> = (0..b * c * h * w).map(|i| ((i * 37) % 23) as f64 / 11.0 - 1.0).collect();
+    let x: Vec<f64> = (0..b * c * h * w)
+        .map(|i| ((i * 37) % 23) as f64 / 11.0 - 1.0)
+        .collect();
     let x = Tensor::from_vec(x, (b, c, h, w), &Device::Cpu).unwrap();
     let beta = Tensor::new(&[1.0f64, 0.5, 2.0], &Device::Cpu).unwrap();
-    let gamma = Tensor::new(&[[0.1f64, 0.02, 0.0], [0.03, 0.2, 0.01], [0.0, 0.05, 0.3]], &Device::Cpu).unwrap();
+    let gamma = Tensor::new(
+        &[[0.1f64, 0.02, 0.0], [0.03, 0.2, 0.01], [0.0, 0.05, 0.3]],
+        &Device::Cpu,
+    )
+    .unwrap();
     for (inverse, sum, first) in [
-        (false, -0.639561287041997, [-0.953390962262113, 0.269516651028463, -0.536828127095019, 0.707383156722286]),
-        (true, -1.484619417608594, [-1.048887643771342, 0.275976141011789, -0.554219583774461, 0.747721535080830]),
+        (
+            false,
+            -0.639561287041997,
+            [
+                -0.953390962262113,
+                0.269516651028463,
+                -0.536828127095019,
+                0.707383156722286,
+            ],
+        ),
+        (
+            true,
+            -1.484619417608594,
+            [
+                -1.048887643771342,
+                0.275976141011789,
+                -0.554219583774461,
+                0.747721535080830,
+            ],
+        ),
     ] {
         let y = ops::gdn(&x, &beta, &gamma, inverse).unwrap();
         let got_sum = y.sum_all().unwrap().to_scalar::<f64>().unwrap();
-        assert!((got_sum - sum).abs() < 1e-12, "inverse {inverse}: sum {got_sum} vs {sum}");
+        assert!(
+            (got_sum - sum).abs() < 1e-12,
+            "inverse {inverse}: sum {got_sum} vs {sum}"
+        );
         let got: Vec<f64> = y.flatten_all().unwrap().narrow(0, 0, 4).unwrap().to_vec1().unwrap();
         for (g, e) in got.iter().zip(first) {
             assert!((g - e).abs() < 1e-12, "inverse {inverse}: {got:?} vs {first:?}");
@@ -268,7 +295,11 @@ fn grad_gdn_and_igdn() {
         let f = move |a: &[Tensor]| ops::gdn(&a[0], &a[1], &a[2], inverse);
         let beta = (u(&[3], 120).abs().unwrap() + 0.5).unwrap();
         let gamma = (u(&[3, 3], 121).abs().unwrap() * 0.3).unwrap();
-        assert_grad(&format!("gdn inverse={inverse}"), f, &[u(&[2, 3, 3, 2], 122), beta, gamma]);
+        assert_grad(
+            &format!("gdn inverse={inverse}"),
+            f,
+            &[u(&[2, 3, 3, 2], 122), beta, gamma],
+        );
         let store = ParamStore::init(5);
         let layer = layers::gdn(3, inverse, store.var_builder(DType::F64, &Device::Cpu)).unwrap();
         assert_grad(
@@ -276,10 +307,18 @@ fn grad_gdn_and_igdn() {
             |a: &[Tensor]| layer.forward(&a[0]),
             &[u(&[2, 3, 3, 2], 123)],
         );
-        let loss = layer.forward(&u(&[2, 3, 3, 2], 124)).unwrap().sqr().unwrap().sum_all().unwrap();
+        let loss = layer
+            .forward(&u(&[2, 3, 3, 2], 124))
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap();
         let grads = loss.backward().unwrap();
         for (name, var) in store.vars() {
-            let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient"));
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("{name}: no gradient"));
             let m = g.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
             assert!(m > 0.0, "{name}: zero gradient");
         }
@@ -287,7 +326,10 @@ fn grad_gdn_and_igdn() {
         let (b, g) = layer.effective().unwrap();
         let b: Vec<f64> = b.to_vec1().unwrap();
         let g: Vec<Vec<f64>> = g.to_vec2().unwrap();
-        assert!((b[0] - 1.000001).abs() < 1e-12 && (g[1][1] - 0.1).abs() < 1e-3 && g[0][1] < 1e-5, "{b:?} {g:?}");
+        assert!(
+            (b[0] - 1.000001).abs() < 1e-12 && (g[1][1] - 0.1).abs() < 1e-3 && g[0][1] < 1e-5,
+            "{b:?} {g:?}"
+        );
     }
 }
 

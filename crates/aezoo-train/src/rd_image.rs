@@ -191,9 +191,9 @@ pub fn measure_jpeg(name: &str, original: &Tensor, quality: u8) -> Result<RdPoin
     )
 }
 
-/// Whether `cwebp` and `dwebp` run here.
-pub fn webp_available() -> bool {
-    ["cwebp", "dwebp"].iter().all(|b| {
+/// Whether every one of `tools` runs here (`<tool> -version` succeeds).
+fn tools_run(tools: &[&str]) -> bool {
+    tools.iter().all(|b| {
         Command::new(b)
             .arg("-version")
             .output()
@@ -201,14 +201,14 @@ pub fn webp_available() -> bool {
     })
 }
 
+/// Whether `cwebp` and `dwebp` run here.
+pub fn webp_available() -> bool {
+    tools_run(&["cwebp", "dwebp"])
+}
+
 /// Whether libjpeg-turbo's `cjpeg` and `djpeg` run here.
 pub fn libjpeg_available() -> bool {
-    ["cjpeg", "djpeg"].iter().all(|b| {
-        Command::new(b)
-            .arg("-version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
+    tools_run(&["cjpeg", "djpeg"])
 }
 
 /// An 8-bit image as binary PNM (P5 grey, P6 RGB): what `cjpeg` reads.
@@ -242,7 +242,10 @@ fn from_pnm(bytes: &[u8], what: &Path) -> Result<DynamicImage> {
         fields.push(std::str::from_utf8(&bytes[start..at]).map_err(|_| bad())?.to_string());
     }
     let px = bytes.get(at + 1..).ok_or_else(bad)?;
-    let (w, h): (u32, u32) = (fields[1].parse().map_err(|_| bad())?, fields[2].parse().map_err(|_| bad())?);
+    let (w, h): (u32, u32) = (
+        fields[1].parse().map_err(|_| bad())?,
+        fields[2].parse().map_err(|_| bad())?,
+    );
     if fields[3] != "255" {
         return Err(bad());
     }
@@ -304,21 +307,14 @@ pub fn measure_webp(name: &str, original: &Tensor, quality: u8, tmp: &Path) -> R
     let webp = tmp.join("out.webp");
     let back = tmp.join("back.png");
     to_image(original)?.save(&png).map_err(other)?;
-    let run = |cmd: &mut Command| -> Result<()> {
-        let o = cmd.output().map_err(other)?;
-        if !o.status.success() {
-            return Err(other(format!("{cmd:?}: {}", String::from_utf8_lossy(&o.stderr))));
-        }
-        Ok(())
-    };
     let t0 = Instant::now();
-    run(Command::new("cwebp")
+    run_tool(Command::new("cwebp")
         .args(["-quiet", "-q", &quality.to_string()])
         .arg(&png)
         .arg("-o")
         .arg(&webp))?;
     let t1 = Instant::now();
-    run(Command::new("dwebp").arg("-quiet").arg(&webp).arg("-o").arg(&back))?;
+    run_tool(Command::new("dwebp").arg("-quiet").arg(&webp).arg("-o").arg(&back))?;
     let t2 = Instant::now();
     let bytes = std::fs::metadata(&webp).map_err(other)?.len() as usize;
     let dec = image::open(&back).map_err(other)?;

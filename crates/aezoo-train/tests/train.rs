@@ -107,7 +107,10 @@ fn configs_refuse_bad_values() {
     assert!(e.contains("model.latent"), "{e}");
     let e = config_err(r#"{"entry": "t""#);
     assert!(e.starts_with("configs/test.json:") && e.contains("EOF"), "{e}");
-    let e = config_err(&GOOD.replace(r#""lr": 0.001"#, r#""lr": 0.001, "lr_decay": {"epoch": 2, "factor": 2}"#));
+    let e = config_err(&GOOD.replace(
+        r#""lr": 0.001"#,
+        r#""lr": 0.001, "lr_decay": {"epoch": 2, "factor": 2}"#,
+    ));
     assert!(e.contains("train.lr_decay"), "{e}");
     let e = config_err(&GOOD.replace(r#""lr": 0.001"#, r#""lr": 0.001, "lr_decay": {"epoch": 2, "by": 0.1}"#));
     assert!(e.contains("lr_decay") && e.contains("by"), "{e}");
