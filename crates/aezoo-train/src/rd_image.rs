@@ -5,7 +5,8 @@
 //! megapixel; mean curves per codec, the Bjøntegaard delta rate of each
 //! learned codec against JPEG and WebP (two or more rate points), each learned
 //! point against the anchors at matched bpp and at matched PSNR, a CSV, a
-//! table and two plots. WebP's times include starting `cwebp` / `dwebp`.
+//! table and two plots. The times of libjpeg and WebP include starting their
+//! command-line coders.
 //!
 //! Three anchors: `jpeg`, the `image` crate's baseline encoder (4:4:4 — no
 //! chroma subsampling — and the standard Huffman tables); `libjpeg`,
