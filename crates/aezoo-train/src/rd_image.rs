@@ -270,28 +270,27 @@ fn run_tool(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// libjpeg-turbo at `quality` (1–100): `cjpeg -quality Q -optimize` (4:2:0
-/// for colour) and `djpeg`, in `tmp`.
-pub fn measure_libjpeg(name: &str, original: &Tensor, quality: u8, tmp: &Path) -> Result<RdPoint> {
-    let pnm = tmp.join("in.pnm");
-    let jpg = tmp.join("out.jpg");
-    let back = tmp.join("back.pnm");
-    std::fs::write(&pnm, to_pnm(&to_image(original)?)).map_err(other)?;
+/// An external coder on one image whose input file is already written:
+/// times `encode` (writing `coded`) and `decode` (writing `back`), measures
+/// the bytes of `coded` and the quality of `back` read by `read`.
+fn measure_tool(
+    codec: &str,
+    quality: u8,
+    name: &str,
+    original: &Tensor,
+    (encode, coded): (&mut Command, &Path),
+    (decode, back): (&mut Command, &Path),
+    read: impl Fn(&Path) -> Result<DynamicImage>,
+) -> Result<RdPoint> {
     let t0 = Instant::now();
-    run_tool(
-        Command::new("cjpeg")
-            .args(["-quality", &quality.to_string(), "-optimize", "-outfile"])
-            .arg(&jpg)
-            .arg(&pnm),
-    )?;
+    run_tool(encode)?;
     let t1 = Instant::now();
-    run_tool(Command::new("djpeg").arg("-outfile").arg(&back).arg(&jpg))?;
+    run_tool(decode)?;
     let t2 = Instant::now();
-    let bytes = std::fs::metadata(&jpg).map_err(other)?.len() as usize;
-    let dec = from_pnm(&std::fs::read(&back).map_err(other)?, &back)?;
-    let decoded = to_tensor(&dec, original.dim(1)?)?;
+    let bytes = std::fs::metadata(coded).map_err(other)?.len() as usize;
+    let decoded = to_tensor(&read(back)?, original.dim(1)?)?;
     point(
-        "libjpeg",
+        codec,
         quality.to_string(),
         name,
         original,
@@ -302,33 +301,50 @@ pub fn measure_libjpeg(name: &str, original: &Tensor, quality: u8, tmp: &Path) -
     )
 }
 
-/// WebP (lossy) at `quality` (0–100) through `cwebp` / `dwebp`, in `tmp`.
-pub fn measure_webp(name: &str, original: &Tensor, quality: u8, tmp: &Path) -> Result<RdPoint> {
-    let png = tmp.join("in.png");
-    let webp = tmp.join("out.webp");
-    let back = tmp.join("back.png");
-    to_image(original)?.save(&png).map_err(other)?;
-    let t0 = Instant::now();
-    run_tool(Command::new("cwebp")
-        .args(["-quiet", "-q", &quality.to_string()])
-        .arg(&png)
-        .arg("-o")
-        .arg(&webp))?;
-    let t1 = Instant::now();
-    run_tool(Command::new("dwebp").arg("-quiet").arg(&webp).arg("-o").arg(&back))?;
-    let t2 = Instant::now();
-    let bytes = std::fs::metadata(&webp).map_err(other)?.len() as usize;
-    let dec = image::open(&back).map_err(other)?;
-    let decoded = to_tensor(&dec, original.dim(1)?)?;
-    point(
-        "webp",
-        quality.to_string(),
+/// libjpeg-turbo at `quality` (1–100): `cjpeg -quality Q -optimize` (4:2:0
+/// for colour) and `djpeg`, in `tmp`.
+pub fn measure_libjpeg(name: &str, original: &Tensor, quality: u8, tmp: &Path) -> Result<RdPoint> {
+    let (pnm, jpg, back) = (tmp.join("in.pnm"), tmp.join("out.jpg"), tmp.join("back.pnm"));
+    std::fs::write(&pnm, to_pnm(&to_image(original)?)).map_err(other)?;
+    measure_tool(
+        "libjpeg",
+        quality,
         name,
         original,
-        &decoded,
-        bytes,
-        (t1 - t0).as_secs_f64(),
-        (t2 - t1).as_secs_f64(),
+        (
+            Command::new("cjpeg")
+                .args(["-quality", &quality.to_string(), "-optimize", "-outfile"])
+                .arg(&jpg)
+                .arg(&pnm),
+            &jpg,
+        ),
+        (Command::new("djpeg").arg("-outfile").arg(&back).arg(&jpg), &back),
+        |p| from_pnm(&std::fs::read(p).map_err(other)?, p),
+    )
+}
+
+/// WebP (lossy) at `quality` (0–100) through `cwebp` / `dwebp`, in `tmp`.
+pub fn measure_webp(name: &str, original: &Tensor, quality: u8, tmp: &Path) -> Result<RdPoint> {
+    let (png, webp, back) = (tmp.join("in.png"), tmp.join("out.webp"), tmp.join("back.png"));
+    to_image(original)?.save(&png).map_err(other)?;
+    measure_tool(
+        "webp",
+        quality,
+        name,
+        original,
+        (
+            Command::new("cwebp")
+                .args(["-quiet", "-q", &quality.to_string()])
+                .arg(&png)
+                .arg("-o")
+                .arg(&webp),
+            &webp,
+        ),
+        (
+            Command::new("dwebp").arg("-quiet").arg(&webp).arg("-o").arg(&back),
+            &back,
+        ),
+        |p| image::open(p).map_err(other),
     )
 }
 
