@@ -513,6 +513,9 @@ fn tune_allocator() {
 
 fn main() -> ExitCode {
     tune_allocator();
+    // Subnormals cost ~100 cycles per op (Adam's moments reach them): flush
+    // them on every compute thread (ARCHITECTURE.md, fast paths).
+    aezoo_nn::fused::flush_denormals();
     let cli = Cli::parse();
     init_logging();
     match run(cli) {

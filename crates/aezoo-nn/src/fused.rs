@@ -48,6 +48,40 @@ pub fn applies(xs: &Tensor) -> bool {
     enabled() && xs.device().is_cpu() && matches!(xs.dtype(), DType::F32 | DType::F64)
 }
 
+/// Flushes subnormal floats to zero (x86 MXCSR FTZ + DAZ) on the calling
+/// thread and on every thread of rayon's global pool; threads started later
+/// inherit it from their parent (candle's element-wise pool among them).
+/// Returns whether it was set.
+///
+/// Why: Adam's second moment `v` of a weight whose gradient is tiny (a
+/// saturated sigmoid, a dead ReLU) falls below 1.2·10⁻³⁸, and every multiply
+/// on a subnormal takes a microcode assist of ~100 cycles: on `ae-mlp` the
+/// optimiser step went from 0.66 to 2.2 ms (`aezoo bench ae-mlp`). TensorFlow
+/// flushes by default for the same reason; PyTorch offers it as
+/// `torch.set_flush_denormal(True)`. The results differ only for magnitudes
+/// below 1.2·10⁻³⁸ (f32). Off: `AEZOO_KEEP_DENORMALS=1`. A no-op off x86-64.
+pub fn flush_denormals() -> bool {
+    if matches!(std::env::var("AEZOO_KEEP_DENORMALS").as_deref(), Ok(v) if v != "0" && !v.is_empty()) {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[allow(deprecated)]
+        fn set() {
+            // SAFETY: MXCSR bits 15 (FTZ) and 6 (DAZ) change only how
+            // subnormal SSE/AVX results and inputs are treated.
+            unsafe { std::arch::x86_64::_mm_setcsr(std::arch::x86_64::_mm_getcsr() | 0x8040) }
+        }
+        set();
+        rayon::broadcast(|_| set());
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 // ---------------------------------------------------------------- scalar plumbing
 
 /// The float types the fused kernels run on.
@@ -71,7 +105,7 @@ impl Float for f32 {
     }
     const ONE: Self = 1.0;
     fn sigmoid(self) -> Self {
-        1.0 / (1.0 + (-self).exp())
+        1.0 / (1.0 + exp_f32(-self))
     }
     fn storage(v: Vec<Self>) -> CpuStorage {
         CpuStorage::F32(v)
@@ -104,6 +138,30 @@ impl Float for f64 {
             _ => None,
         }
     }
+}
+
+/// `eᵡ` in f32 without a libm call, so that a loop of sigmoids vectorises
+/// (the scalar `expf` was most of a sigmoid layer's time): `x = n·ln2 + r`
+/// with `|r| ≤ ln2/2`, `eʳ` by its degree-7 Taylor polynomial (truncation
+/// below 2·10⁻⁹), `2ⁿ` by the exponent bits; clamped to f32's range. Within
+/// 2 ulp of `f64::exp` over `[-87, 88]` (test `exp_f32_is_within_2_ulp`).
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 = LN2_HI + LN2_LO (Cephes), LN2_HI with 9 significant bits so
+    // that n·LN2_HI is exact for |n| ≤ 127.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding and subtracting 1.5·2²³ rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
 /// Element-wise passes at least this long run on all threads.
@@ -271,6 +329,27 @@ fn col2im_one<T: Float>(cols: &[T], g: &Geometry, img: &mut [T]) {
     }
 }
 
+/// The sum of `xs` in 16 lanes (a single running sum is one dependent add
+/// per element; lanes let the compiler vectorise).
+#[inline]
+fn sum<T: Float>(xs: &[T]) -> T {
+    let mut lanes = [T::default(); 16];
+    let mut chunks = xs.chunks_exact(16);
+    for c in &mut chunks {
+        for (a, &v) in lanes.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    let mut s = T::default();
+    for &v in chunks.remainder() {
+        s += v;
+    }
+    for a in lanes {
+        s += a;
+    }
+    s
+}
+
 /// `y = act(y + b[o])` over `(o, l)` rows.
 fn bias_act<T: Float>(y: &mut [T], bias: &[T], l: usize, act: Act) {
     for (o, row) in y.chunks_mut(l).enumerate() {
@@ -360,18 +439,42 @@ fn act_grad(y: &Tensor, dy: &Tensor, act: Act) -> Result<Tensor> {
     y.contiguous()?.apply_op2_no_bwd(&dy.contiguous()?, &ActGrad(act))
 }
 
-/// Splits a packed `[dx | dw | db]` gradient.
+/// Splits a packed `[dx | dw | db]` gradient (`[dw | db]` when the input
+/// needs none: `need_dx` false).
 fn unpack(
     packed: &Tensor,
     x: &Tensor,
     w: &Tensor,
     b: &Tensor,
+    need_dx: bool,
 ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-    let (nx, nw, nb) = (x.elem_count(), w.elem_count(), b.elem_count());
-    let dx = packed.narrow(0, 0, nx)?.reshape(x.shape())?;
+    let (nw, nb) = (w.elem_count(), b.elem_count());
+    let nx = if need_dx { x.elem_count() } else { 0 };
+    let dx = if need_dx {
+        Some(packed.narrow(0, 0, nx)?.reshape(x.shape())?)
+    } else {
+        None
+    };
     let dw = packed.narrow(0, nx, nw)?.reshape(w.shape())?;
     let db = packed.narrow(0, nx + nw, nb)?.reshape(b.shape())?;
-    Ok((Some(dx), Some(dw), Some(db)))
+    Ok((dx, Some(dw), Some(db)))
+}
+
+/// `dy ⊙ act'(y)`; the identity needs no pass.
+fn dz_of(y: &Tensor, dy: &Tensor, act: Act) -> Result<Tensor> {
+    match act {
+        Act::None => dy.contiguous(),
+        _ => act_grad(y, dy, act),
+    }
+}
+
+/// Per-image slots of `dx` (all `None` when the input needs no gradient).
+fn dx_slots<T>(dx: &mut [T], per: usize, b: usize) -> Vec<Option<&mut [T]>> {
+    if dx.is_empty() {
+        (0..b).map(|_| None).collect()
+    } else {
+        dx.chunks_mut(per).map(Some).collect()
+    }
 }
 
 // ---------------------------------------------------------------- conv2d
@@ -435,8 +538,10 @@ fn conv_fwd<T: Float>(
     Ok((T::storage(out), Shape::from((b, o, g.oh, g.ow))))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn conv_bwd<T: Float>(
     op: &Conv2dFused,
+    need_dx: bool,
     x: &CpuStorage,
     lx: &Layout,
     w: &CpuStorage,
@@ -451,28 +556,26 @@ fn conv_bwd<T: Float>(
         contiguous::<T>(dz, lz, "conv2d-grad")?,
     );
     let (k, l, img) = (g.c * g.kh * g.kw, g.oh * g.ow, g.c * g.h * g.w);
-    let (nx, nw) = (b * img, o * k);
+    let (nx, nw) = (if need_dx { b * img } else { 0 }, o * k);
     let mut packed = vec![T::default(); nx + nw + o];
     let (dx, rest) = packed.split_at_mut(nx);
     let (dw, db) = rest.split_at_mut(nw);
     let (per_image, par) = par_for(b);
     // Per task: (dW, db) partial sums and the two scratch matrices.
-    let work = |(i, dxi): (usize, &mut [T]), acc: &mut (Vec<T>, Vec<T>, Vec<T>, Vec<T>)| {
+    let work = |(i, dxi): (usize, Option<&mut [T]>), acc: &mut (Vec<T>, Vec<T>, Vec<T>, Vec<T>)| {
         let (pw, pb, cols, dcols) = acc;
         let dzi = &dz[i * o * l..(i + 1) * o * l];
         im2col_one(&x[i * img..(i + 1) * img], &g, cols);
         // dW (o×k) += dz_i (o×l) · colsᵀ (l×k)
         gemm(o, k, l, pw, (k, 1), true, dzi, (l, 1), cols, (1, l), par);
         for (oo, row) in dzi.chunks(l).enumerate() {
-            let mut s = T::default();
-            for &v in row {
-                s += v;
-            }
-            pb[oo] += s;
+            pb[oo] += sum(row);
         }
-        // dcols (k×l) = Wᵀ (k×o) · dz_i (o×l)
-        gemm(k, l, o, dcols, (l, 1), false, w, (1, k), dzi, (l, 1), par);
-        col2im_one(dcols, &g, dxi);
+        if let Some(dxi) = dxi {
+            // dcols (k×l) = Wᵀ (k×o) · dz_i (o×l)
+            gemm(k, l, o, dcols, (l, 1), false, w, (1, k), dzi, (l, 1), par);
+            col2im_one(dcols, &g, dxi);
+        }
     };
     let init = || {
         (
@@ -482,8 +585,10 @@ fn conv_bwd<T: Float>(
             vec![T::default(); k * l],
         )
     };
+    let slots = dx_slots(dx, img, b);
     let (pw, pb) = if per_image {
-        dx.par_chunks_mut(img)
+        slots
+            .into_par_iter()
             .enumerate()
             .fold(init, |mut acc, job| {
                 work(job, &mut acc);
@@ -500,7 +605,7 @@ fn conv_bwd<T: Float>(
             )
     } else {
         let mut acc = init();
-        dx.chunks_mut(img).enumerate().for_each(|job| work(job, &mut acc));
+        slots.into_iter().enumerate().for_each(|job| work(job, &mut acc));
         (acc.0, acc.1)
     };
     dw.copy_from_slice(&pw);
@@ -532,15 +637,16 @@ impl CustomOp3 for Conv2dFused {
         y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dz = act_grad(y, dy, self.act)?;
-        let packed = x.apply_op3_no_bwd(w, &dz, &Conv2dGrad(*self))?;
-        unpack(&packed, x, w, b)
+        let dz = dz_of(y, dy, self.act)?;
+        let need_dx = x.track_op();
+        let packed = x.apply_op3_no_bwd(w, &dz, &Conv2dGrad(*self, need_dx))?;
+        unpack(&packed, x, w, b, need_dx)
     }
 }
 
 /// The backward of [`Conv2dFused`]: `(x, W, dz)` → packed `[dx | dW | db]`.
 #[derive(Clone, Copy, Debug)]
-struct Conv2dGrad(Conv2dFused);
+struct Conv2dGrad(Conv2dFused, bool);
 
 impl CustomOp3 for Conv2dGrad {
     fn name(&self) -> &'static str {
@@ -555,7 +661,7 @@ impl CustomOp3 for Conv2dGrad {
         dz: &CpuStorage,
         lz: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        by_dtype!(x, conv_bwd(&self.0, x, lx, w, lw, dz, lz))
+        by_dtype!(x, conv_bwd(&self.0, self.1, x, lx, w, lw, dz, lz))
     }
 }
 
@@ -672,8 +778,10 @@ fn convt_fwd<T: Float>(
     Ok((T::storage(out), Shape::from((b, g.c, g.h, g.w))))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn convt_bwd<T: Float>(
     op: &ConvT2dFused,
+    need_dx: bool,
     x: &CpuStorage,
     lx: &Layout,
     w: &CpuStorage,
@@ -688,26 +796,24 @@ fn convt_bwd<T: Float>(
         contiguous::<T>(dz, lz, "conv_transpose2d-grad")?,
     );
     let (o, okk, hw, out_img) = (g.c, g.c * g.kh * g.kw, g.oh * g.ow, g.c * g.h * g.w);
-    let (nx, nw) = (b * ci * hw, ci * okk);
+    let (nx, nw) = (if need_dx { b * ci * hw } else { 0 }, ci * okk);
     let mut packed = vec![T::default(); nx + nw + o];
     let (dx, rest) = packed.split_at_mut(nx);
     let (dw, db) = rest.split_at_mut(nw);
     let (per_image, par) = par_for(b);
-    let work = |(i, dxi): (usize, &mut [T]), acc: &mut (Vec<T>, Vec<T>, Vec<T>)| {
+    let work = |(i, dxi): (usize, Option<&mut [T]>), acc: &mut (Vec<T>, Vec<T>, Vec<T>)| {
         let (pw, pb, dcols) = acc;
         let dzi = &dz[i * out_img..(i + 1) * out_img];
         let xi = &x[i * ci * hw..(i + 1) * ci * hw];
         im2col_one(dzi, &g, dcols);
-        // dx_i (ci×hw) = W (ci×okk) · dcols (okk×hw)
-        gemm(ci, hw, okk, dxi, (hw, 1), false, w, (okk, 1), dcols, (hw, 1), par);
+        if let Some(dxi) = dxi {
+            // dx_i (ci×hw) = W (ci×okk) · dcols (okk×hw)
+            gemm(ci, hw, okk, dxi, (hw, 1), false, w, (okk, 1), dcols, (hw, 1), par);
+        }
         // dW (ci×okk) += x_i (ci×hw) · dcolsᵀ (hw×okk)
         gemm(ci, okk, hw, pw, (okk, 1), true, xi, (hw, 1), dcols, (1, hw), par);
         for (oo, plane) in dzi.chunks(g.h * g.w).enumerate() {
-            let mut s = T::default();
-            for &v in plane {
-                s += v;
-            }
-            pb[oo] += s;
+            pb[oo] += sum(plane);
         }
     };
     let init = || {
@@ -717,8 +823,10 @@ fn convt_bwd<T: Float>(
             vec![T::default(); okk * hw],
         )
     };
+    let slots = dx_slots(dx, ci * hw, b);
     let (pw, pb) = if per_image {
-        dx.par_chunks_mut(ci * hw)
+        slots
+            .into_par_iter()
             .enumerate()
             .fold(init, |mut acc, job| {
                 work(job, &mut acc);
@@ -735,7 +843,7 @@ fn convt_bwd<T: Float>(
             )
     } else {
         let mut acc = init();
-        dx.chunks_mut(ci * hw).enumerate().for_each(|job| work(job, &mut acc));
+        slots.into_iter().enumerate().for_each(|job| work(job, &mut acc));
         (acc.0, acc.1)
     };
     dw.copy_from_slice(&pw);
@@ -767,14 +875,15 @@ impl CustomOp3 for ConvT2dFused {
         y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dz = act_grad(y, dy, self.act)?;
-        let packed = x.apply_op3_no_bwd(w, &dz, &ConvT2dGrad(*self))?;
-        unpack(&packed, x, w, b)
+        let dz = dz_of(y, dy, self.act)?;
+        let need_dx = x.track_op();
+        let packed = x.apply_op3_no_bwd(w, &dz, &ConvT2dGrad(*self, need_dx))?;
+        unpack(&packed, x, w, b, need_dx)
     }
 }
 
 #[derive(Clone, Copy, Debug)]
-struct ConvT2dGrad(ConvT2dFused);
+struct ConvT2dGrad(ConvT2dFused, bool);
 
 impl CustomOp3 for ConvT2dGrad {
     fn name(&self) -> &'static str {
@@ -789,7 +898,7 @@ impl CustomOp3 for ConvT2dGrad {
         dz: &CpuStorage,
         lz: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        by_dtype!(x, convt_bwd(&self.0, x, lx, w, lw, dz, lz))
+        by_dtype!(x, convt_bwd(&self.0, self.1, x, lx, w, lw, dz, lz))
     }
 }
 
@@ -886,6 +995,7 @@ fn lin_fwd<T: Float>(
 }
 
 fn lin_bwd<T: Float>(
+    need_dx: bool,
     x: &CpuStorage,
     lx: &Layout,
     w: &CpuStorage,
@@ -899,12 +1009,14 @@ fn lin_bwd<T: Float>(
         contiguous::<T>(w, lw, "linear-grad")?,
         contiguous::<T>(dz, lz, "linear-grad")?,
     );
-    let (nx, nw) = (n * i, o * i);
+    let (nx, nw) = (if need_dx { n * i } else { 0 }, o * i);
     let mut packed = vec![T::default(); nx + nw + o];
     let (dx, rest) = packed.split_at_mut(nx);
     let (dw, db) = rest.split_at_mut(nw);
-    // dx (n×i) = dz (n×o) · W (o×i)
-    gemm(n, i, o, dx, (i, 1), false, dz, (o, 1), w, (i, 1), lin_par());
+    if need_dx {
+        // dx (n×i) = dz (n×o) · W (o×i)
+        gemm(n, i, o, dx, (i, 1), false, dz, (o, 1), w, (i, 1), lin_par());
+    }
     // dW (o×i) = dzᵀ (o×n) · x (n×i)
     gemm(o, i, n, dw, (i, 1), false, dz, (1, o), x, (i, 1), lin_par());
     for row in dz.chunks(o) {
@@ -939,14 +1051,15 @@ impl CustomOp3 for LinearFused {
         y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dz = act_grad(y, dy, self.act)?;
-        let packed = x.apply_op3_no_bwd(w, &dz, &LinearGrad)?;
-        unpack(&packed, x, w, b)
+        let dz = dz_of(y, dy, self.act)?;
+        let need_dx = x.track_op();
+        let packed = x.apply_op3_no_bwd(w, &dz, &LinearGrad(need_dx))?;
+        unpack(&packed, x, w, b, need_dx)
     }
 }
 
 #[derive(Clone, Copy, Debug)]
-struct LinearGrad;
+struct LinearGrad(bool);
 
 impl CustomOp3 for LinearGrad {
     fn name(&self) -> &'static str {
@@ -961,7 +1074,7 @@ impl CustomOp3 for LinearGrad {
         dz: &CpuStorage,
         lz: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        by_dtype!(x, lin_bwd(x, lx, w, lw, dz, lz))
+        by_dtype!(x, lin_bwd(self.0, x, lx, w, lw, dz, lz))
     }
 }
 

@@ -23,6 +23,7 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Device, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
 
 /// 2-D convolution of `(b, c_in, h, w)` by `(c_out, c_in/groups, kh, kw)`
 /// plus an optional per-channel bias, with a backward that is right for every
@@ -287,18 +288,110 @@ fn window_argmax<T: Copy + PartialOrd>(plane: &[T], w: usize, k: usize, s: usize
     best
 }
 
-fn pool_fwd<T: Copy + PartialOrd + Send + Sync>(src: &[T], l: &Layout, k: usize, s: usize) -> Result<Vec<T>> {
-    let (planes, h, w, oh, ow, off) = pool_dims(l, k, s)?;
-    let src = &src[off..off + planes * h * w];
-    let mut out = Vec::with_capacity(planes * oh * ow);
-    for p in 0..planes {
-        let plane = &src[p * h * w..(p + 1) * h * w];
-        for oy in 0..oh {
-            for ox in 0..ow {
-                out.push(plane[window_argmax(plane, w, k, s, oy, ox)]);
-            }
+/// Planes per parallel task: enough that a task is ~16k input elements.
+fn pool_min_planes(plane: usize) -> usize {
+    (1 << 14) / plane.max(1) + 1
+}
+
+/// One step of the first-maximum scan: `v` (at `j`) replaces the running
+/// maximum `m` (at `i`) when it is larger, or NaN while `m` is not (so the
+/// first NaN wins, as in PyTorch). Branch-free on plain values.
+#[inline(always)]
+fn first_max<T: Copy + PartialOrd>((m, i): (T, usize), v: T, j: usize) -> (T, usize) {
+    #[allow(clippy::eq_op)]
+    let take = m == m && (v > m || v != v);
+    if take {
+        (v, j)
+    } else {
+        (m, i)
+    }
+}
+
+/// The first maximum of the 2×2 window at column `2·ox` of rows `r0`, `r1`
+/// and its index in row-major `0..4`.
+#[inline(always)]
+fn window2<T: Copy + PartialOrd>(r0: &[T], r1: &[T], ox: usize) -> (T, usize) {
+    let (a, b) = (r0[2 * ox], r0[2 * ox + 1]);
+    let (c, d) = (r1[2 * ox], r1[2 * ox + 1]);
+    first_max(first_max(first_max((a, 0), b, 1), c, 2), d, 3)
+}
+
+/// One plane of the 2×2, stride-2 pool.
+#[inline(never)]
+fn pool2_plane_fwd<T: Copy + PartialOrd>(plane: &[T], w: usize, ow: usize, out: &mut [T]) {
+    for (oy, orow) in out.chunks_mut(ow).enumerate() {
+        let r0 = &plane[2 * oy * w..2 * oy * w + 2 * ow];
+        let r1 = &plane[(2 * oy + 1) * w..(2 * oy + 1) * w + 2 * ow];
+        for (ox, y) in orow.iter_mut().enumerate() {
+            *y = window2(r0, r1, ox).0;
         }
     }
+}
+
+/// One plane of the 2×2, stride-2 pool's backward (windows do not overlap).
+#[inline(never)]
+fn pool2_plane_bwd<T: Copy + PartialOrd + Default>(plane: &[T], w: usize, ow: usize, grad: &[T], out: &mut [T]) {
+    #[allow(clippy::eq_op)]
+    if plane.iter().fold(true, |ok, &v| ok & (v == v)) {
+        pool2_plane_bwd_finite(plane, w, ow, grad, out);
+        return;
+    }
+    for (oy, grow) in grad.chunks(ow).enumerate() {
+        let r0 = &plane[2 * oy * w..2 * oy * w + 2 * ow];
+        let r1 = &plane[(2 * oy + 1) * w..(2 * oy + 1) * w + 2 * ow];
+        let (o0, o1) = out[2 * oy * w..].split_at_mut(w);
+        let (o0, o1) = (&mut o0[..2 * ow], &mut o1[..2 * ow]);
+        for (ox, &g) in grow.iter().enumerate() {
+            // All four written (the gradient or zero): no data-dependent
+            // branch or store.
+            let i = window2(r0, r1, ox).1;
+            let pick = |j: usize| if i == j { g } else { T::default() };
+            o0[2 * ox] = pick(0);
+            o0[2 * ox + 1] = pick(1);
+            o1[2 * ox] = pick(2);
+            o1[2 * ox + 1] = pick(3);
+        }
+    }
+}
+
+/// [`pool2_plane_bwd`] for a plane without NaN: plain `>` comparisons.
+fn pool2_plane_bwd_finite<T: Copy + PartialOrd + Default>(plane: &[T], w: usize, ow: usize, grad: &[T], out: &mut [T]) {
+    let step = |(m, i): (T, usize), v: T, j: usize| if v > m { (v, j) } else { (m, i) };
+    for (oy, grow) in grad.chunks(ow).enumerate() {
+        let r0 = &plane[2 * oy * w..2 * oy * w + 2 * ow];
+        let r1 = &plane[(2 * oy + 1) * w..(2 * oy + 1) * w + 2 * ow];
+        let (o0, o1) = out[2 * oy * w..].split_at_mut(w);
+        let (o0, o1) = (&mut o0[..2 * ow], &mut o1[..2 * ow]);
+        for (ox, &g) in grow.iter().enumerate() {
+            let (a, b, c, d) = (r0[2 * ox], r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1]);
+            let i = step(step(step((a, 0), b, 1), c, 2), d, 3).1;
+            let pick = |j: usize| if i == j { g } else { T::default() };
+            o0[2 * ox] = pick(0);
+            o0[2 * ox + 1] = pick(1);
+            o1[2 * ox] = pick(2);
+            o1[2 * ox + 1] = pick(3);
+        }
+    }
+}
+
+fn pool_fwd<T: Copy + PartialOrd + Send + Sync + Default>(src: &[T], l: &Layout, k: usize, s: usize) -> Result<Vec<T>> {
+    let (planes, h, w, oh, ow, off) = pool_dims(l, k, s)?;
+    let src = &src[off..off + planes * h * w];
+    let mut out = vec![T::default(); planes * oh * ow];
+    out.par_chunks_mut(oh * ow)
+        .zip(src.par_chunks(h * w))
+        .with_min_len(pool_min_planes(h * w))
+        .for_each(|(o, plane)| {
+            if k == 2 && s == 2 {
+                pool2_plane_fwd(plane, w, ow, o);
+            } else {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        o[oy * ow + ox] = plane[window_argmax(plane, w, k, s, oy, ox)];
+                    }
+                }
+            }
+        });
     Ok(out)
 }
 
@@ -347,24 +440,29 @@ struct MaxPool2dGrad {
 
 fn pool_bwd<T>(src: &[T], l: &Layout, grad: &[T], lg: &Layout, k: usize, s: usize) -> Result<Vec<T>>
 where
-    T: Copy + PartialOrd + std::ops::AddAssign + Default,
+    T: Copy + PartialOrd + std::ops::AddAssign + Default + Send + Sync,
 {
     let (planes, h, w, oh, ow, off) = pool_dims(l, k, s)?;
     let src = &src[off..off + planes * h * w];
     let goff = lg.start_offset();
     let grad = &grad[goff..goff + planes * oh * ow];
     let mut out = vec![T::default(); planes * h * w];
-    for p in 0..planes {
-        let plane = &src[p * h * w..(p + 1) * h * w];
-        let gplane = &grad[p * oh * ow..(p + 1) * oh * ow];
-        let oplane = &mut out[p * h * w..(p + 1) * h * w];
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let i = window_argmax(plane, w, k, s, oy, ox);
-                oplane[i] += gplane[oy * ow + ox];
+    out.par_chunks_mut(h * w)
+        .zip(src.par_chunks(h * w))
+        .zip(grad.par_chunks(oh * ow))
+        .with_min_len(pool_min_planes(h * w))
+        .for_each(|((oplane, plane), gplane)| {
+            if k == 2 && s == 2 {
+                pool2_plane_bwd(plane, w, ow, gplane, oplane);
+            } else {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let i = window_argmax(plane, w, k, s, oy, ox);
+                        oplane[i] += gplane[oy * ow + ox];
+                    }
+                }
             }
-        }
-    }
+        });
     Ok(out)
 }
 

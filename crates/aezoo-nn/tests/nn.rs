@@ -156,6 +156,64 @@ fn max_pool2d_gradient_goes_to_first_max_on_ties() {
     assert_eq!(gx, vec![1.0, 0.0, 0.0, 0.0]);
 }
 
+/// The first-maximum rule, written out: expected pooled values and input
+/// gradient of `sum(pool(x) · r)` (NaN wins, the first NaN).
+fn pool_by_hand(x: &[f32], (p, h, w): (usize, usize, usize), k: usize, s: usize, r: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let (oh, ow) = ((h - k) / s + 1, (w - k) / s + 1);
+    let (mut y, mut g) = (vec![0f32; p * oh * ow], vec![0f32; p * h * w]);
+    for pl in 0..p {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut best = pl * h * w + oy * s * w + ox * s;
+                'win: for dy in 0..k {
+                    for dx in 0..k {
+                        let i = pl * h * w + (oy * s + dy) * w + ox * s + dx;
+                        if x[best].is_nan() {
+                            break 'win;
+                        }
+                        if x[i] > x[best] || x[i].is_nan() {
+                            best = i;
+                        }
+                    }
+                }
+                let o = pl * oh * ow + oy * ow + ox;
+                y[o] = x[best];
+                g[best] += r[o];
+            }
+        }
+    }
+    (y, g)
+}
+
+#[test]
+fn max_pool2d_matches_the_first_max_rule_with_ties_and_nan() {
+    // Values in {0, 1, 2} make ties everywhere (as after a ReLU); two NaNs;
+    // big enough that the planes are split across threads; odd sizes leave
+    // a row and a column that no 2×2 window reads.
+    let (b, c, h, w) = (4, 9, 13, 15);
+    let mut rng = aezoo_nn::rng::Rng::new(81);
+    let mut x: Vec<f32> = (0..b * c * h * w)
+        .map(|_| (rng.uniform() * 3.0).floor() as f32)
+        .collect();
+    x[5 * h * w + 2 * w + 3] = f32::NAN;
+    x[17 * h * w + 7 * w + 8] = f32::NAN;
+    for (k, s) in [(2, 2), (3, 2), (2, 1)] {
+        let (oh, ow) = ((h - k) / s + 1, (w - k) / s + 1);
+        let r: Vec<f32> = (0..b * c * oh * ow).map(|_| rng.uniform() as f32 - 0.5).collect();
+        let (want_y, want_g) = pool_by_hand(&x, (b * c, h, w), k, s, &r);
+        let v = candle_core::Var::from_vec(x.clone(), (b, c, h, w), &Device::Cpu).unwrap();
+        let y = ops::max_pool2d(v.as_tensor(), k, s).unwrap();
+        let rt = Tensor::from_vec(r, (b, c, oh, ow), &Device::Cpu).unwrap();
+        let g = (&y * rt).unwrap().sum_all().unwrap().backward().unwrap();
+        let got_y: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+        let got_g: Vec<f32> = g.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(p, q)| p == q || (p.is_nan() && q.is_nan()));
+        assert!(same(&got_y, &want_y), "k{k} s{s}: pooled values differ");
+        assert!(got_y.iter().any(|v| v.is_nan()), "k{k} s{s}: NaN must come through");
+        assert!(same(&got_g, &want_g), "k{k} s{s}: gradient routed elsewhere");
+    }
+}
+
 #[test]
 fn grad_upsample_nearest2d() {
     let f = |a: &[Tensor]| ops::upsample_nearest2d(&a[0], 2, 2);
@@ -772,7 +830,7 @@ fn gemm_convs_match_candle_forward() {
 
 // ---------------------------------------------------------------- fused layers
 
-use aezoo_nn::fused::{self, Act};
+use aezoo_nn::fused::{self, Act, Float};
 use aezoo_nn::layers::apply_act;
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
@@ -1508,4 +1566,23 @@ mod conv3d {
             vec![1.0, 2.0 + 4.0, 3.0 + 5.0, 6.0]
         );
     }
+}
+
+#[test]
+fn exp_f32_is_within_2_ulp() {
+    // Against f64's exp rounded to f32, on a dense grid over f32's range.
+    let ulps = |a: f32, b: f32| (a.to_bits() as i64 - b.to_bits() as i64).abs();
+    let mut worst = (0i64, 0f32);
+    let n = 400_000;
+    for i in 0..=n {
+        let x = -87.0 + 175.0 * i as f32 / n as f32;
+        let d = ulps(fused::exp_f32(x), (x as f64).exp() as f32);
+        if d > worst.0 {
+            worst = (d, x);
+        }
+    }
+    assert!(worst.0 <= 2, "exp_f32 is {} ulp off at {}", worst.0, worst.1);
+    // Clamped outside the range, never NaN or 0 for finite input.
+    assert!(fused::exp_f32(-1000.0) > 0.0 && fused::exp_f32(1000.0).is_finite());
+    assert!((Float::sigmoid(0.0f32) - 0.5).abs() < 1e-7);
 }

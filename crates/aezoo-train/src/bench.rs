@@ -33,8 +33,20 @@ pub struct BenchResult {
     pub infer_img_s: f64,
     pub test_mse: f64,
     pub peak_rss_mb: f64,
+    /// Mean milliseconds per training step in the forward pass (with the
+    /// loss), the backward pass and the optimiser step.
+    #[serde(default)]
+    pub step_ms: StepMs,
     /// Where the data came from.
     pub data: String,
+}
+
+/// Where a training step's time goes (mean ms per step).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StepMs {
+    pub forward: f64,
+    pub backward: f64,
+    pub optimizer: f64,
 }
 
 /// A `/proc` field given in kB (`VmHWM:` of `/proc/self/status`,
@@ -102,6 +114,8 @@ pub fn run(cfg: &EntryConfig, locator: &Locator, steps: usize) -> Result<BenchRe
     let steps = if steps == 0 { per_epoch } else { steps };
     let (mut step_s, mut images) = (0f64, 0usize);
     let mut plan = EpochPlan::new(n, t.batch_size, t.seed, 0, true);
+    // Forward (with the loss), backward, optimiser.
+    let mut phase = [0f64; 3];
     for s in 0..steps {
         if s > 0 && s % per_epoch == 0 {
             plan = EpochPlan::new(n, t.batch_size, t.seed, (s / per_epoch) as u64, true);
@@ -121,9 +135,15 @@ pub fn run(cfg: &EntryConfig, locator: &Locator, steps: usize) -> Result<BenchRe
                 rng: &mut rng,
             },
         )?;
+        let t1 = Instant::now();
         let grads = out.loss.backward()?;
+        let t2 = Instant::now();
         adam.step(&grads)?;
+        let t3 = Instant::now();
         step_s += t0.elapsed().as_secs_f64();
+        phase[0] += (t1 - t0).as_secs_f64();
+        phase[1] += (t2 - t1).as_secs_f64();
+        phase[2] += (t3 - t2).as_secs_f64();
         images += idx.len();
     }
     // Inference: batches of 1000 after one warm-up batch, as the reference.
@@ -158,6 +178,11 @@ pub fn run(cfg: &EntryConfig, locator: &Locator, steps: usize) -> Result<BenchRe
         infer_img_s: (nb * 1000) as f64 / inf_s,
         test_mse: sse / (nb * 1000 * c * h * w) as f64,
         peak_rss_mb: peak_rss_mb().unwrap_or(f64::NAN),
+        step_ms: StepMs {
+            forward: phase[0] * 1e3 / steps as f64,
+            backward: phase[1] * 1e3 / steps as f64,
+            optimizer: phase[2] * 1e3 / steps as f64,
+        },
         data: splits.describe(),
     })
 }

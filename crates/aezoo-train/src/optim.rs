@@ -13,7 +13,8 @@
 use std::collections::BTreeMap;
 
 use candle_core::backprop::GradStore;
-use candle_core::{Result, Tensor, Var};
+use candle_core::{DType, Result, Tensor, Var};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 fn default_betas() -> (f64, f64) {
@@ -79,80 +80,146 @@ struct Coefs {
     lr: f64,
 }
 
-/// The whole update of one parameter in a single pass over its elements, on
-/// the CPU: the tensor-op version costs a dozen full passes and allocations,
-/// which dominates small-batch training. Same arithmetic, same order.
-fn fused_update(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, k: &Coefs) -> Result<Option<(Tensor, Tensor, Tensor)>> {
-    use candle_core::{CpuStorage, Storage};
-    if !p.device().is_cpu() {
-        return Ok(None);
+/// Which part of the update an [`InPlace`] pass writes.
+#[derive(Clone, Copy, Debug)]
+enum Pass {
+    /// `m ← β1·m + (1−β1)·g'` from `(g, p)`.
+    M,
+    /// `v ← β2·v + (1−β2)·g'²` from `(g, p)`.
+    V,
+    /// `p ← decay·p − step·m / (√v·inv + eps)` from `(m, v)`.
+    P,
+}
+
+/// One pass of the update, written into the parameter's or a moment's own
+/// storage (no allocation, no copy back): on the CPU three passes over the
+/// elements replace a dozen tensor ops, their buffers and `Var::set`'s copy,
+/// which dominated small models' steps. Same arithmetic, same order, as the
+/// tensor-op form (`g' = g + l2·p`).
+struct InPlace<'a> {
+    pass: Pass,
+    k: &'a Coefs,
+}
+
+/// Elements per parallel chunk of an update pass.
+const ADAM_CHUNK: usize = 1 << 15;
+
+/// f32 / f64, as the update needs them.
+trait AdamFloat:
+    Copy
+    + Send
+    + Sync
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+{
+    fn of(x: f64) -> Self;
+    fn sqrt(self) -> Self;
+}
+
+impl AdamFloat for f32 {
+    fn of(x: f64) -> Self {
+        x as f32
+    }
+    fn sqrt(self) -> Self {
+        f32::sqrt(self)
+    }
+}
+
+impl AdamFloat for f64 {
+    fn of(x: f64) -> Self {
+        x
+    }
+    fn sqrt(self) -> Self {
+        f64::sqrt(self)
+    }
+}
+
+fn inplace_pass<T: AdamFloat>(pass: Pass, k: &Coefs, dst: &mut [T], a: &[T], b: &[T]) {
+    let c = T::of;
+    let (b1, b2, c1, c2) = (c(k.b1), c(k.b2), c(1.0 - k.b1), c(1.0 - k.b2));
+    let (inv_bc2, eps, step) = (c(1.0 / k.bc2_sqrt), c(k.eps), c(k.step_size));
+    let l2 = c(if k.decoupled { 0.0 } else { k.wd });
+    let decay = c(if k.decoupled { 1.0 - k.lr * k.wd } else { 1.0 });
+    // Branch-free loops so that they vectorise (sqrt and div included).
+    let run = |(d, (a, b)): (&mut [T], (&[T], &[T]))| match pass {
+        Pass::M => {
+            for ((mj, &gj), &pj) in d.iter_mut().zip(a).zip(b) {
+                *mj = *mj * b1 + (gj + pj * l2) * c1;
+            }
+        }
+        Pass::V => {
+            for ((vj, &gj), &pj) in d.iter_mut().zip(a).zip(b) {
+                let gj = gj + pj * l2;
+                *vj = *vj * b2 + gj * gj * c2;
+            }
+        }
+        Pass::P => {
+            for ((pj, &mj), &vj) in d.iter_mut().zip(a).zip(b) {
+                let denom = vj.sqrt() * inv_bc2 + eps;
+                *pj = *pj * decay - (mj / denom) * step;
+            }
+        }
+    };
+    if dst.len() > ADAM_CHUNK {
+        dst.par_chunks_mut(ADAM_CHUNK)
+            .zip(a.par_chunks(ADAM_CHUNK).zip(b.par_chunks(ADAM_CHUNK)))
+            .for_each(run);
+    } else {
+        run((dst, (a, b)));
+    }
+}
+
+impl candle_core::InplaceOp3 for InPlace<'_> {
+    fn name(&self) -> &'static str {
+        "aezoo-adam"
+    }
+    fn cpu_fwd(
+        &self,
+        dst: &mut candle_core::CpuStorage,
+        ld: &candle_core::Layout,
+        a: &candle_core::CpuStorage,
+        la: &candle_core::Layout,
+        b: &candle_core::CpuStorage,
+        lb: &candle_core::Layout,
+    ) -> Result<()> {
+        use candle_core::CpuStorage as S;
+        let span = |l: &candle_core::Layout| {
+            l.contiguous_offsets()
+                .ok_or_else(|| candle_core::Error::Msg("aezoo-adam: tensors must be contiguous".into()))
+        };
+        let (d0, a0, b0) = (span(ld)?, span(la)?, span(lb)?);
+        match (dst, a, b) {
+            (S::F32(d), S::F32(a), S::F32(b)) => {
+                inplace_pass(self.pass, self.k, &mut d[d0.0..d0.1], &a[a0.0..a0.1], &b[b0.0..b0.1])
+            }
+            (S::F64(d), S::F64(a), S::F64(b)) => {
+                inplace_pass(self.pass, self.k, &mut d[d0.0..d0.1], &a[a0.0..a0.1], &b[b0.0..b0.1])
+            }
+            _ => candle_core::bail!("aezoo-adam: tensors must all be f32 or all f64"),
+        }
+        Ok(())
+    }
+}
+
+/// The CPU update in place: `Ok(false)` where it does not apply (another
+/// device, a dtype other than f32/f64, a non-contiguous tensor, or a moment
+/// whose storage another tensor shares), and the caller takes the
+/// tensor-op form.
+fn update_in_place(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, k: &Coefs) -> Result<bool> {
+    let cpu_float = |t: &Tensor| t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64);
+    if !(cpu_float(p) && p.is_contiguous() && m.is_contiguous() && v.is_contiguous()) {
+        return Ok(false);
+    }
+    if p.dtype() != g.dtype() || p.dtype() != m.dtype() || p.dtype() != v.dtype() {
+        return Ok(false);
     }
     let g = g.contiguous()?;
-    let (ps, pl) = p.storage_and_layout();
-    let (gs, gl) = g.storage_and_layout();
-    let (ms, ml) = m.storage_and_layout();
-    let (vs, vl) = v.storage_and_layout();
-    let slices = |l: &candle_core::Layout| l.contiguous_offsets();
-    let (Some(po), Some(go), Some(mo), Some(vo)) = (slices(pl), slices(gl), slices(ml), slices(vl)) else {
-        return Ok(None);
-    };
-    macro_rules! run {
-        ($t:ty, $p:expr, $g:expr, $m:expr, $v:expr) => {{
-            let (p, g, m, v) = (&$p[po.0..po.1], &$g[go.0..go.1], &$m[mo.0..mo.1], &$v[vo.0..vo.1]);
-            let n = p.len();
-            let (mut np, mut nm, mut nv) = (vec![0 as $t; n], vec![0 as $t; n], vec![0 as $t; n]);
-            let (b1, b2) = (k.b1 as $t, k.b2 as $t);
-            let (c1, c2) = ((1.0 - k.b1) as $t, (1.0 - k.b2) as $t);
-            let (inv_bc2, eps, step) = ((1.0 / k.bc2_sqrt) as $t, k.eps as $t, k.step_size as $t);
-            let (l2, decay) = (
-                if k.decoupled { 0.0 } else { k.wd } as $t,
-                if k.decoupled { 1.0 - k.lr * k.wd } else { 1.0 } as $t,
-            );
-            // Branch-free so that it vectorises (sqrt and div included).
-            for (((((np, nm), nv), &pj), &gj), (&mj, &vj)) in np
-                .iter_mut()
-                .zip(nm.iter_mut())
-                .zip(nv.iter_mut())
-                .zip(p)
-                .zip(g)
-                .zip(m.iter().zip(v))
-            {
-                let gj = gj + pj * l2;
-                let mj = mj * b1 + gj * c1;
-                let vj = vj * b2 + gj * gj * c2;
-                let denom = vj.sqrt() * inv_bc2 + eps;
-                *np = pj * decay - (mj / denom) * step;
-                *nm = mj;
-                *nv = vj;
-            }
-            let dev = &candle_core::Device::Cpu;
-            let shape = pl.shape().clone();
-            Ok(Some((
-                Tensor::from_vec(np, shape.clone(), dev)?,
-                Tensor::from_vec(nm, shape.clone(), dev)?,
-                Tensor::from_vec(nv, shape, dev)?,
-            )))
-        }};
-    }
-    match (&*ps, &*gs, &*ms, &*vs) {
-        (
-            Storage::Cpu(CpuStorage::F32(p)),
-            Storage::Cpu(CpuStorage::F32(g)),
-            Storage::Cpu(CpuStorage::F32(m)),
-            Storage::Cpu(CpuStorage::F32(v)),
-        ) => {
-            run!(f32, p, g, m, v)
-        }
-        (
-            Storage::Cpu(CpuStorage::F64(p)),
-            Storage::Cpu(CpuStorage::F64(g)),
-            Storage::Cpu(CpuStorage::F64(m)),
-            Storage::Cpu(CpuStorage::F64(v)),
-        ) => {
-            run!(f64, p, g, m, v)
-        }
-        _ => Ok(None),
-    }
+    m.inplace_op3(&g, p, &InPlace { pass: Pass::M, k })?;
+    v.inplace_op3(&g, p, &InPlace { pass: Pass::V, k })?;
+    p.inplace_op3(m, v, &InPlace { pass: Pass::P, k })?;
+    Ok(true)
 }
 
 /// The optimiser over a fixed list of named variables.
@@ -215,10 +282,7 @@ impl Adam {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
-            if let Some((p, m, v)) = fused_update(var.as_tensor(), g, &self.m[i], &self.v[i], &k)? {
-                var.set(&p)?;
-                self.m[i] = m;
-                self.v[i] = v;
+            if update_in_place(var.as_tensor(), g, &self.m[i], &self.v[i], &k)? {
                 continue;
             }
             let p = var.as_tensor();
