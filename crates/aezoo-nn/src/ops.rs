@@ -328,35 +328,28 @@ fn pool2_plane_fwd<T: Copy + PartialOrd>(plane: &[T], w: usize, ow: usize, out: 
     }
 }
 
-/// One plane of the 2×2, stride-2 pool's backward (windows do not overlap).
+/// One plane of the 2×2, stride-2 pool's backward (windows do not overlap):
+/// plain `>` comparisons where the plane holds no NaN, the NaN-aware scan
+/// otherwise.
 #[inline(never)]
 fn pool2_plane_bwd<T: Copy + PartialOrd + Default>(plane: &[T], w: usize, ow: usize, grad: &[T], out: &mut [T]) {
     #[allow(clippy::eq_op)]
     if plane.iter().fold(true, |ok, &v| ok & (v == v)) {
-        pool2_plane_bwd_finite(plane, w, ow, grad, out);
-        return;
-    }
-    for (oy, grow) in grad.chunks(ow).enumerate() {
-        let r0 = &plane[2 * oy * w..2 * oy * w + 2 * ow];
-        let r1 = &plane[(2 * oy + 1) * w..(2 * oy + 1) * w + 2 * ow];
-        let (o0, o1) = out[2 * oy * w..].split_at_mut(w);
-        let (o0, o1) = (&mut o0[..2 * ow], &mut o1[..2 * ow]);
-        for (ox, &g) in grow.iter().enumerate() {
-            // All four written (the gradient or zero): no data-dependent
-            // branch or store.
-            let i = window2(r0, r1, ox).1;
-            let pick = |j: usize| if i == j { g } else { T::default() };
-            o0[2 * ox] = pick(0);
-            o0[2 * ox + 1] = pick(1);
-            o1[2 * ox] = pick(2);
-            o1[2 * ox + 1] = pick(3);
-        }
+        let greater = |(m, i): (T, usize), v: T, j: usize| if v > m { (v, j) } else { (m, i) };
+        pool2_scatter(plane, w, ow, grad, out, greater);
+    } else {
+        pool2_scatter(plane, w, ow, grad, out, first_max);
     }
 }
 
-/// [`pool2_plane_bwd`] for a plane without NaN: plain `>` comparisons.
-fn pool2_plane_bwd_finite<T: Copy + PartialOrd + Default>(plane: &[T], w: usize, ow: usize, grad: &[T], out: &mut [T]) {
-    let step = |(m, i): (T, usize), v: T, j: usize| if v > m { (v, j) } else { (m, i) };
+/// Writes each window's gradient to the input `step` picks as its first
+/// maximum, and zero to the other three: no data-dependent branch or store.
+#[inline(always)]
+fn pool2_scatter<T, F>(plane: &[T], w: usize, ow: usize, grad: &[T], out: &mut [T], step: F)
+where
+    T: Copy + PartialOrd + Default,
+    F: Fn((T, usize), T, usize) -> (T, usize),
+{
     for (oy, grow) in grad.chunks(ow).enumerate() {
         let r0 = &plane[2 * oy * w..2 * oy * w + 2 * ow];
         let r1 = &plane[(2 * oy + 1) * w..(2 * oy + 1) * w + 2 * ow];
