@@ -308,12 +308,16 @@ fn first_max<T: Copy + PartialOrd>((m, i): (T, usize), v: T, j: usize) -> (T, us
 }
 
 /// The first maximum of the 2×2 window at column `2·ox` of rows `r0`, `r1`
-/// and its index in row-major `0..4`.
+/// and its index in row-major `0..4`, scanning with `step`.
 #[inline(always)]
-fn window2<T: Copy + PartialOrd>(r0: &[T], r1: &[T], ox: usize) -> (T, usize) {
+fn window2<T, F>(r0: &[T], r1: &[T], ox: usize, step: &F) -> (T, usize)
+where
+    T: Copy,
+    F: Fn((T, usize), T, usize) -> (T, usize),
+{
     let (a, b) = (r0[2 * ox], r0[2 * ox + 1]);
     let (c, d) = (r1[2 * ox], r1[2 * ox + 1]);
-    first_max(first_max(first_max((a, 0), b, 1), c, 2), d, 3)
+    step(step(step((a, 0), b, 1), c, 2), d, 3)
 }
 
 /// One plane of the 2×2, stride-2 pool.
@@ -323,7 +327,7 @@ fn pool2_plane_fwd<T: Copy + PartialOrd>(plane: &[T], w: usize, ow: usize, out: 
         let r0 = &plane[2 * oy * w..2 * oy * w + 2 * ow];
         let r1 = &plane[(2 * oy + 1) * w..(2 * oy + 1) * w + 2 * ow];
         for (ox, y) in orow.iter_mut().enumerate() {
-            *y = window2(r0, r1, ox).0;
+            *y = window2(r0, r1, ox, &first_max).0;
         }
     }
 }
@@ -356,8 +360,7 @@ where
         let (o0, o1) = out[2 * oy * w..].split_at_mut(w);
         let (o0, o1) = (&mut o0[..2 * ow], &mut o1[..2 * ow]);
         for (ox, &g) in grow.iter().enumerate() {
-            let (a, b, c, d) = (r0[2 * ox], r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1]);
-            let i = step(step(step((a, 0), b, 1), c, 2), d, 3).1;
+            let i = window2(r0, r1, ox, &step).1;
             let pick = |j: usize| if i == j { g } else { T::default() };
             o0[2 * ox] = pick(0);
             o0[2 * ox + 1] = pick(1);

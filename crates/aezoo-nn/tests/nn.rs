@@ -191,7 +191,7 @@ fn max_pool2d_matches_the_first_max_rule_with_ties_and_nan() {
     // big enough that the planes are split across threads; odd sizes leave
     // a row and a column that no 2×2 window reads.
     let (b, c, h, w) = (4, 9, 13, 15);
-    let mut rng = aezoo_nn::rng::Rng::new(81);
+    let mut rng = Rng::new(81);
     let mut x: Vec<f32> = (0..b * c * h * w)
         .map(|_| (rng.uniform() * 3.0).floor() as f32)
         .collect();
