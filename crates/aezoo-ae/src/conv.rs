@@ -172,8 +172,10 @@ impl Autoencoder for ConvAe {
         self.decode_with(z, Act::Sigmoid)
     }
 
-    fn step(&self, batch: &Batch, _ctx: &mut StepCtx) -> Result<StepOutput> {
-        let recon = self.decode(&self.encode(&batch.input)?)?;
+    fn step(&self, batch: &Batch, ctx: &mut StepCtx) -> Result<StepOutput> {
+        // Mixed precision: the networks in `ctx.compute`, the loss in the target's dtype.
+        let xs = ctx.to_compute(&batch.input)?;
+        let recon = self.decode(&self.encode(&xs)?)?.to_dtype(batch.target.dtype())?;
         let (name, loss) = self.loss.compute(&recon, &batch.target)?;
         Ok(StepOutput {
             loss: loss.clone(),
@@ -184,5 +186,9 @@ impl Autoencoder for ConvAe {
 
     fn latent_shape(&self) -> Vec<usize> {
         self.code.clone()
+    }
+
+    fn mixed_precision(&self) -> bool {
+        true
     }
 }

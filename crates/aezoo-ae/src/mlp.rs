@@ -129,9 +129,12 @@ impl Autoencoder for MlpAe {
         self.decode_with(z, Activation::Sigmoid)
     }
 
-    fn step(&self, batch: &Batch, _ctx: &mut StepCtx) -> Result<StepOutput> {
-        let z = self.encode(&batch.input)?;
-        let recon = self.decode(&z)?;
+    fn step(&self, batch: &Batch, ctx: &mut StepCtx) -> Result<StepOutput> {
+        // Mixed precision: the networks in `ctx.compute`, the loss in the target's dtype.
+        let dt = batch.target.dtype();
+        let z = self.encode(&ctx.to_compute(&batch.input)?)?;
+        let recon = self.decode(&z)?.to_dtype(dt)?;
+        let z = z.to_dtype(dt)?;
         let (name, rec) = self.cfg.loss.compute(&recon, &batch.target)?;
         let mut terms = vec![(name, rec.clone())];
         let loss = if self.cfg.sparsity > 0.0 {
@@ -147,5 +150,9 @@ impl Autoencoder for MlpAe {
 
     fn latent_shape(&self) -> Vec<usize> {
         vec![self.cfg.latent]
+    }
+
+    fn mixed_precision(&self) -> bool {
+        true
     }
 }

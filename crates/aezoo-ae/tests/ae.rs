@@ -36,14 +36,10 @@ fn names(store: &ParamStore) -> Vec<String> {
 }
 
 fn step_loss(m: &dyn Autoencoder, x: &Tensor) -> candle_core::Result<Tensor> {
-    Ok(m.step(
-        &Batch::autoencode(x.clone()),
-        &mut StepCtx {
-            train: true,
-            rng: &mut Rng::new(0),
-        },
-    )?
-    .loss)
+    Ok(
+        m.step(&Batch::autoencode(x.clone()), &mut StepCtx::train(&mut Rng::new(0)))?
+            .loss,
+    )
 }
 
 fn assert_model_grad(what: &str, m: &dyn Autoencoder, shape: &[usize]) {
@@ -87,13 +83,7 @@ fn mlp_loss_is_mse_plus_l1_of_the_code() {
     let (m, _) = build::<MlpAe>(&mlp(vec![], 4, 0.01, ReconLoss::Mse), DType::F64);
     let x = uniform_input(&[2, 1, 6, 5], 0.0, 1.0, 1).unwrap();
     let out = m
-        .step(
-            &Batch::autoencode(x.clone()),
-            &mut StepCtx {
-                train: true,
-                rng: &mut Rng::new(0),
-            },
-        )
+        .step(&Batch::autoencode(x.clone()), &mut StepCtx::train(&mut Rng::new(0)))
         .unwrap();
     let recon = m.reconstruct(&x).unwrap();
     let mse = (recon - &x)

@@ -281,6 +281,9 @@ struct TrainArgs {
     lr: Option<f64>,
     #[arg(long)]
     seed: Option<u64>,
+    /// Mixed precision: auto (bf16 on CUDA where the family supports it, f32 elsewhere), f32, bf16 or f16.
+    #[arg(long, value_name = "P", value_parser = aezoo_train::precision::Precision::parse)]
+    precision: Option<aezoo_train::precision::Precision>,
     /// Use only the first N training images.
     #[arg(long, value_name = "N")]
     train_limit: Option<usize>,
@@ -619,6 +622,9 @@ fn apply_overrides(cfg: &mut EntryConfig, a: &TrainArgs) {
     }
     if let Some(v) = a.seed {
         t.seed = v;
+    }
+    if let Some(v) = a.precision {
+        t.precision = v;
     }
     if let Some(v) = a.train_limit {
         cfg.data.train_limit = Some(v);

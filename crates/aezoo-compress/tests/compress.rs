@@ -171,6 +171,7 @@ fn step(m: &Codec, x: &Tensor, train: bool) -> aezoo_nn::StepOutput {
         &mut StepCtx {
             train,
             rng: &mut Rng::new(0),
+            compute: None,
         },
     )
     .unwrap()

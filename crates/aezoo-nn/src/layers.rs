@@ -10,8 +10,15 @@
 //! distributions as its PyTorch twin. Weights keep PyTorch's layouts
 //! (`(out, in)`, `(out, in/g, kh, kw)`, `(in, out/g, kh, kw)`), so checkpoints
 //! convert by name alone.
+//!
+//! Mixed precision (PyTorch's autocast, done by the layers): a layer computes
+//! in its *input's* dtype, casting its (f32 master) weights to it, so a model
+//! fed bf16/f16 runs its convolutions and matmuls in half precision while the
+//! weights, their gradients and the optimiser stay f32 (the cast's backward
+//! casts the gradient back). Normalisations ([`GroupNorm`], [`Gdn`]) compute in
+//! the parameters' dtype and return the input's.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 
 use candle_nn::{Init, VarBuilder};
 
@@ -22,6 +29,21 @@ pub use candle_nn::{Conv2dConfig, ConvTranspose2dConfig};
 
 fn uniform(bound: f64) -> Init {
     Init::Uniform { lo: -bound, up: bound }
+}
+
+/// A parameter in the dtype `xs` computes in (the same tensor when equal).
+pub fn cast_like(param: &Tensor, xs: &Tensor) -> Result<Tensor> {
+    param.to_dtype(xs.dtype())
+}
+
+fn cast_bias(bias: Option<&Tensor>, xs: &Tensor) -> Result<Option<Tensor>> {
+    bias.map(|b| cast_like(b, xs)).transpose()
+}
+
+/// `f` applied to `xs` in `dtype` (a normalisation's parameter dtype), the
+/// result back in `xs`'s dtype: half-precision inputs are normalised in f32.
+fn computed_in(xs: &Tensor, dtype: DType, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    f(&xs.to_dtype(dtype)?)?.to_dtype(xs.dtype())
 }
 
 /// `y = x Wᵀ + b` over the last dimension.
@@ -68,12 +90,13 @@ impl Linear {
             }
         }
         // xs: (..., in) -> (..., out)
+        let w = cast_like(&self.weight, xs)?;
         let ys = match xs.rank() {
-            2 => xs.matmul(&self.weight.t()?)?,
-            _ => xs.broadcast_matmul(&self.weight.t()?)?,
+            2 => xs.matmul(&w.t()?)?,
+            _ => xs.broadcast_matmul(&w.t()?)?,
         };
-        let ys = match &self.bias {
-            Some(b) => ys.broadcast_add(b)?,
+        let ys = match cast_bias(self.bias.as_ref(), xs)? {
+            Some(b) => ys.broadcast_add(&b)?,
             None => ys,
         };
         apply_act(ys, act)
@@ -138,8 +161,8 @@ impl Conv2d {
         }
         let ys = crate::ops::conv2d(
             xs,
-            &self.weight,
-            self.bias.as_ref(),
+            &cast_like(&self.weight, xs)?,
+            cast_bias(self.bias.as_ref(), xs)?.as_ref(),
             c.padding,
             c.stride,
             c.dilation,
@@ -199,8 +222,8 @@ impl ConvTranspose2d {
         }
         let ys = crate::ops::conv_transpose2d(
             xs,
-            &self.weight,
-            self.bias.as_ref(),
+            &cast_like(&self.weight, xs)?,
+            cast_bias(self.bias.as_ref(), xs)?.as_ref(),
             c.padding,
             c.output_padding,
             c.stride,
@@ -250,7 +273,8 @@ impl Conv3d {
 impl Module for Conv3d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         // xs: (b, in, t, h, w) -> (b, out, ot, oh, ow)
-        crate::ops::conv3d(xs, &self.weight, Some(&self.bias), self.opts)
+        let (w, b) = (cast_like(&self.weight, xs)?, cast_like(&self.bias, xs)?);
+        crate::ops::conv3d(xs, &w, Some(&b), self.opts)
     }
 }
 
@@ -280,7 +304,8 @@ pub fn conv_transpose3d(
 impl Module for ConvTranspose3d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         // xs: (b, in, t, h, w) -> (b, out, (t-1)s - 2p + k + op, ...)
-        crate::ops::conv_transpose3d(xs, &self.weight, Some(&self.bias), self.opts)
+        let (w, b) = (cast_like(&self.weight, xs)?, cast_like(&self.bias, xs)?);
+        crate::ops::conv_transpose3d(xs, &w, Some(&b), self.opts)
     }
 }
 
@@ -289,6 +314,7 @@ impl Module for ConvTranspose3d {
 #[derive(Clone, Debug)]
 pub struct GroupNorm {
     inner: candle_nn::GroupNorm,
+    dtype: DType,
 }
 
 /// Options of [`group_norm`].
@@ -309,13 +335,14 @@ pub fn group_norm(num_groups: usize, num_channels: usize, cfg: GroupNormConfig, 
     }
     let weight = vb.get_with_hints(num_channels, "weight", Init::Const(1.0))?;
     let bias = vb.get_with_hints(num_channels, "bias", Init::Const(0.0))?;
+    let dtype = weight.dtype();
     let inner = candle_nn::GroupNorm::new(weight, bias, num_channels, num_groups, cfg.eps)?;
-    Ok(GroupNorm { inner })
+    Ok(GroupNorm { inner, dtype })
 }
 
 impl Module for GroupNorm {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        self.inner.forward(xs)
+        computed_in(xs, self.dtype, |xs| self.inner.forward(xs))
     }
 }
 
@@ -362,6 +389,6 @@ impl Gdn {
 impl Module for Gdn {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let (beta, gamma) = self.effective()?;
-        crate::ops::gdn(xs, &beta, &gamma, self.inverse)
+        computed_in(xs, beta.dtype(), |xs| crate::ops::gdn(xs, &beta, &gamma, self.inverse))
     }
 }

@@ -6,7 +6,7 @@
 //! inside. A family is an [`Autoencoder`] plus a [`Family`] impl that builds
 //! it from its serde config; the trainer's registry holds one line per family.
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -33,12 +33,56 @@ impl Batch {
     }
 }
 
-/// What a step may need besides the batch: whether it trains, and the seeded
-/// generator for any sampling it does (the VAE's reparameterisation noise).
+/// What a step may need besides the batch: whether it trains, the seeded
+/// generator for any sampling it does (the VAE's reparameterisation noise),
+/// and the dtype its networks compute in.
 #[derive(Debug)]
 pub struct StepCtx<'a> {
     pub train: bool,
     pub rng: &'a mut Rng,
+    /// Mixed precision: the dtype the encoder and decoder networks run in
+    /// (bf16/f16 on a GPU), while parameters, sampling and the loss stay in
+    /// the parameters' dtype; `None`: the parameters' dtype throughout. Only
+    /// families whose [`Autoencoder::mixed_precision`] is true read it.
+    pub compute: Option<DType>,
+}
+
+impl<'a> StepCtx<'a> {
+    /// A training step in the parameters' dtype.
+    pub fn train(rng: &'a mut Rng) -> Self {
+        Self {
+            train: true,
+            rng,
+            compute: None,
+        }
+    }
+
+    /// An evaluation step (no training-only noise) in the parameters' dtype.
+    pub fn eval(rng: &'a mut Rng) -> Self {
+        Self {
+            train: false,
+            rng,
+            compute: None,
+        }
+    }
+
+    /// `xs` in the dtype the networks compute in (`xs` itself without mixed
+    /// precision): a family casts its network input with this, and the
+    /// network's output back to the target's dtype before any loss.
+    pub fn to_compute(&self, xs: &Tensor) -> Result<Tensor> {
+        match self.compute {
+            Some(dt) => xs.to_dtype(dt),
+            None => Ok(xs.clone()),
+        }
+    }
+
+    /// The same step with its networks computing in `dtype`.
+    pub fn computing_in(self, dtype: DType) -> Self {
+        Self {
+            compute: Some(dtype),
+            ..self
+        }
+    }
 }
 
 /// A step's result: the scalar loss to minimise, its named parts (logged
@@ -69,6 +113,12 @@ pub trait Autoencoder: Send + Sync {
 
     /// Shape of one code (without the batch axis).
     fn latent_shape(&self) -> Vec<usize>;
+
+    /// Whether [`Autoencoder::step`] honours [`StepCtx::compute`] (mixed
+    /// precision: networks in half precision, loss and parameters in f32).
+    fn mixed_precision(&self) -> bool {
+        false
+    }
 
     /// Whether [`Autoencoder::sample`] draws from a prior.
     fn is_generative(&self) -> bool {

@@ -81,13 +81,9 @@ pub fn probe_batch(cfg: &EntryConfig, batch: usize) -> Result<u64> {
     let mut rng = Rng::new(0);
     for _ in 0..2 {
         let xs = rng.rand_uniform((batch, c, h, w), 0.0, 1.0, DType::F32, &dev)?;
-        let out = built.model.step(
-            &Batch::autoencode(xs),
-            &mut StepCtx {
-                train: true,
-                rng: &mut rng,
-            },
-        )?;
+        let out = built
+            .model
+            .step(&Batch::autoencode(xs), &mut StepCtx::train(&mut rng))?;
         adam.step(&out.loss.backward()?)?;
     }
     proc_bytes("/proc/self/status", "VmHWM:")
@@ -128,13 +124,7 @@ pub fn run(cfg: &EntryConfig, locator: &Locator, steps: usize) -> Result<BenchRe
         };
         let batch = Batch { input, target: clean };
         let t0 = Instant::now();
-        let out = built.model.step(
-            &batch,
-            &mut StepCtx {
-                train: true,
-                rng: &mut rng,
-            },
-        )?;
+        let out = built.model.step(&batch, &mut StepCtx::train(&mut rng))?;
         let t1 = Instant::now();
         let grads = out.loss.backward()?;
         let t2 = Instant::now();

@@ -56,6 +56,9 @@ pub struct TrainerState {
     pub optimizer: OptimizerState,
     /// Seconds of training so far (evaluation excluded).
     pub train_seconds: f64,
+    /// The f16 loss scale (mixed precision with `"precision": "f16"` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<crate::precision::LossScaleState>,
 }
 
 /// A loaded checkpoint.

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{io_err, Result, TrainError};
 use crate::optim::AdamConfig;
+use crate::precision::Precision;
 
 /// One zoo entry.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -109,6 +110,14 @@ pub struct TrainConfig {
     /// Write a checkpoint every N steps (and at every epoch end); 0 = epoch ends only.
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: usize,
+    /// Mixed precision: `auto` (bf16 on CUDA for families that support it,
+    /// f32 elsewhere), `f32`, `bf16` or `f16` (with dynamic loss scaling).
+    #[serde(default, skip_serializing_if = "is_auto")]
+    pub precision: Precision,
+}
+
+fn is_auto(p: &Precision) -> bool {
+    *p == Precision::Auto
 }
 
 /// `train.lr_decay`.

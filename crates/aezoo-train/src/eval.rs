@@ -62,13 +62,7 @@ pub fn evaluate(
         se += sum_f64(&mse_per_image(&recon, &clean)?)? * pixels;
         ps += sum_f64(&psnr(&recon, &clean, 1.0)?)?;
         ss += sum_f64(&ssim(&recon, &clean, SsimConfig::default())?)?;
-        let out = model.step(
-            &Batch { input, target: clean },
-            &mut StepCtx {
-                train: false,
-                rng: &mut rng,
-            },
-        )?;
+        let out = model.step(&Batch { input, target: clean }, &mut StepCtx::eval(&mut rng))?;
         let b = idx.len() as f64;
         loss += out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()? * b;
         for (name, t) in &out.terms {

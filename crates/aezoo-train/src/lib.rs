@@ -14,6 +14,7 @@ pub mod graph;
 pub mod infer;
 pub mod optim;
 pub mod plot;
+pub mod precision;
 pub mod rd_image;
 pub mod rd_video;
 pub mod registry;

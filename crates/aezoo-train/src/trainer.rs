@@ -26,6 +26,7 @@ use crate::config::EntryConfig;
 use crate::error::{io_err, Result, TrainError};
 use crate::eval::{evaluate, EvalMetrics};
 use crate::optim::Adam;
+use crate::precision::LossScaler;
 use crate::registry;
 use crate::runlog::{EpochRecord, RunLog, StepRecord};
 
@@ -226,9 +227,24 @@ pub fn train(cfg: &EntryConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
     if let (Some(path), false) = (&opts.init_from, opts.resume) {
         init_from(&params, path)?;
     }
+    let compute = t
+        .precision
+        .resolve(dev, model.mixed_precision())
+        .map_err(|m| TrainError::Config {
+            origin: cfg.entry.clone(),
+            msg: format!("train.precision: {m}"),
+        })?;
+    if compute != DType::F32 && !(dev.is_cuda() || dev.is_metal()) {
+        tracing::warn!(
+            "train.precision {}: candle's CPU kernels have no fast half-precision paths, so this trains slower than f32 here (it is meant for GPUs)",
+            t.precision.as_str()
+        );
+    }
     // The run folder exists only once data and model are ready.
     std::fs::create_dir_all(run_dir).map_err(io_err(run_dir))?;
-    let mut adam = Adam::new(params.vars(), t.lr, t.optimizer.clone())?;
+    let vars = params.vars();
+    let mut adam = Adam::new(vars.clone(), t.lr, t.optimizer.clone())?;
+    let mut scaler = (compute == DType::F16).then(LossScaler::new);
     let nparams = params.num_params();
 
     let (mut epoch, mut start_batch, mut step, mut rng, mut train_seconds);
@@ -242,6 +258,9 @@ pub fn train(cfg: &EntryConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
             });
         }
         rng = ck.restore(&params, &mut adam)?;
+        if let (Some(sc), Some(state)) = (&mut scaler, ck.state.loss_scale) {
+            *sc = LossScaler::from_state(state);
+        }
         adam.set_lr(t.lr);
         epoch = ck.state.epoch;
         start_batch = ck.state.batch_in_epoch;
@@ -279,13 +298,17 @@ pub fn train(cfg: &EntryConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
         None
     };
     tracing::info!(
-        "training {} ({}, {nparams} parameters) for {} epochs, batch {}, lr {}, seed {} → {}",
+        "training {} ({}, {nparams} parameters) for {} epochs, batch {}, lr {}, seed {}, {} → {}",
         cfg.entry,
         cfg.family,
         t.epochs,
         t.batch_size,
         t.lr,
         t.seed,
+        match compute {
+            DType::F32 => "f32".to_string(),
+            dt => format!("mixed precision ({dt:?} networks, f32 weights and loss)"),
+        },
         run_dir.display()
     );
 
@@ -313,21 +336,25 @@ pub fn train(cfg: &EntryConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
         params: nparams,
     };
     let stop_requested = || opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
-    let state_at = |epoch: usize, batch: usize, step: u64, rng: &Rng, adam: &Adam, secs: f64| TrainerState {
-        format: STATE_FORMAT,
-        entry: cfg.entry.clone(),
-        epoch,
-        batch_in_epoch: batch,
-        step,
-        rng: rng.state(),
-        optimizer: OptimizerState {
-            kind: "adam".into(),
-            step: adam.step_count(),
-            lr: adam.lr(),
-            moments_file: "optimizer.safetensors".into(),
-        },
-        train_seconds: secs,
-    };
+    let state_at =
+        |epoch: usize, batch: usize, step: u64, rng: &Rng, adam: &Adam, scaler: &Option<LossScaler>, secs: f64| {
+            TrainerState {
+                format: STATE_FORMAT,
+                entry: cfg.entry.clone(),
+                epoch,
+                batch_in_epoch: batch,
+                step,
+                rng: rng.state(),
+                optimizer: OptimizerState {
+                    kind: "adam".into(),
+                    step: adam.step_count(),
+                    lr: adam.lr(),
+                    moments_file: "optimizer.safetensors".into(),
+                },
+                train_seconds: secs,
+                loss_scale: scaler.as_ref().map(LossScaler::state),
+            }
+        };
 
     while epoch < t.epochs {
         adam.set_lr(t.lr_at(epoch));
@@ -369,13 +396,7 @@ pub fn train(cfg: &EntryConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
                 },
                 None => Batch::autoencode(clean),
             };
-            let out = model.step(
-                &batch,
-                &mut StepCtx {
-                    train: true,
-                    rng: &mut rng,
-                },
-            )?;
+            let out = model.step(&batch, &mut StepCtx::train(&mut rng).computing_in(compute))?;
             let loss_v = scalar(&out.loss)?;
             if !loss_v.is_finite() {
                 return Err(TrainError::NonFinite {
@@ -385,8 +406,22 @@ pub fn train(cfg: &EntryConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
                     value: loss_v,
                 });
             }
-            let grads = out.loss.backward()?;
-            adam.step(&grads)?;
+            match &mut scaler {
+                None => adam.step(&out.loss.backward()?)?,
+                Some(sc) => {
+                    let scale = sc.scale();
+                    let mut grads = sc.scale_loss(&out.loss)?.backward()?;
+                    if sc.unscale(&mut grads, &vars)? {
+                        adam.step(&grads)?;
+                    } else {
+                        tracing::warn!(
+                            "step {}: f16 gradients overflowed at loss scale {scale}; step skipped, scale now {}",
+                            step + 1,
+                            sc.scale()
+                        );
+                    }
+                }
+            }
             step += 1;
             let dt = t0.elapsed().as_secs_f64();
             train_seconds += dt;
@@ -434,7 +469,7 @@ pub fn train(cfg: &EntryConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
                     &params,
                     &adam,
                     cfg,
-                    &state_at(epoch, bi + 1, step, &rng, &adam, train_seconds),
+                    &state_at(epoch, bi + 1, step, &rng, &adam, &scaler, train_seconds),
                 )?;
             }
             if stop_now && bi + 1 < nb {
@@ -501,7 +536,7 @@ pub fn train(cfg: &EntryConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
             &params,
             &adam,
             cfg,
-            &state_at(epoch, 0, step, &rng, &adam, train_seconds),
+            &state_at(epoch, 0, step, &rng, &adam, &scaler, train_seconds),
         )?;
         if let Some(tb) = &mut tb {
             let mut v = vec![

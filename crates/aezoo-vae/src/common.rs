@@ -6,7 +6,9 @@ use aezoo_nn::{ops, Rng, StepCtx, StepOutput};
 use candle_core::{Result, Tensor};
 
 /// One training (or evaluation) step of a VAE given the posterior statistics
-/// and a decoder to logits.
+/// and a decoder to logits. Mixed precision: the statistics may come in
+/// `ctx.compute`; sampling and the loss run in the target's dtype, the
+/// decoder in `ctx.compute`.
 pub(crate) fn vae_step(
     mu: &Tensor,
     logvar: &Tensor,
@@ -15,10 +17,12 @@ pub(crate) fn vae_step(
     beta: f64,
     ctx: &mut StepCtx,
 ) -> Result<StepOutput> {
+    let dt = target.dtype();
+    let (mu, logvar) = (&mu.to_dtype(dt)?, &logvar.to_dtype(dt)?);
     // z = μ + σ·ε, ε ~ N(0, I) from the run's seeded generator.
     let eps = ctx.rng.randn(mu.shape().clone(), mu.dtype(), mu.device())?;
     let z = (mu + (logvar.affine(0.5, 0.0)?.exp()? * eps)?)?;
-    let logits = decode_logits(&z)?;
+    let logits = decode_logits(&ctx.to_compute(&z)?)?.to_dtype(dt)?;
     let rec = bce_with_logits(&logits, target, Reduction::BatchMean)?;
     let kl = kld(mu, logvar, Reduction::BatchMean)?;
     let loss = (&rec + (&kl * beta)?)?;

@@ -136,7 +136,7 @@ impl Autoencoder for ConvVae {
     }
 
     fn step(&self, batch: &Batch, ctx: &mut StepCtx) -> Result<StepOutput> {
-        let (mu, logvar) = self.encode_stats(&batch.input)?;
+        let (mu, logvar) = self.encode_stats(&ctx.to_compute(&batch.input)?)?;
         vae_step(&mu, &logvar, |z| self.decode_logits(z), &batch.target, self.beta, ctx)
     }
 
@@ -145,6 +145,10 @@ impl Autoencoder for ConvVae {
     }
 
     fn is_generative(&self) -> bool {
+        true
+    }
+
+    fn mixed_precision(&self) -> bool {
         true
     }
 

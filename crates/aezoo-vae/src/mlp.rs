@@ -110,7 +110,7 @@ impl Autoencoder for MlpVae {
     }
 
     fn step(&self, batch: &Batch, ctx: &mut StepCtx) -> Result<StepOutput> {
-        let (mu, logvar) = self.encode_stats(&batch.input)?;
+        let (mu, logvar) = self.encode_stats(&ctx.to_compute(&batch.input)?)?;
         vae_step(
             &mu,
             &logvar,
@@ -126,6 +126,10 @@ impl Autoencoder for MlpVae {
     }
 
     fn is_generative(&self) -> bool {
+        true
+    }
+
+    fn mixed_precision(&self) -> bool {
         true
     }
 

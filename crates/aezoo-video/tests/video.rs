@@ -36,14 +36,8 @@ fn build(c: &VideoAeConfig, dtype: DType) -> candle_core::Result<(VideoAe, Param
 }
 
 fn step(m: &VideoAe, x: &Tensor) -> aezoo_nn::StepOutput {
-    m.step(
-        &Batch::autoencode(x.clone()),
-        &mut StepCtx {
-            train: true,
-            rng: &mut Rng::new(0),
-        },
-    )
-    .unwrap()
+    m.step(&Batch::autoencode(x.clone()), &mut StepCtx::train(&mut Rng::new(0)))
+        .unwrap()
 }
 
 #[test]
