@@ -155,8 +155,9 @@ fn vol2col_kernel<T: Copy + Default + Send + Sync>(
                     if sw == 1 {
                         drow.copy_from_slice(&srow[x0..x0 + drow.len()]);
                     } else {
-                        for (d, &v) in drow.iter_mut().zip(srow[x0..].iter().step_by(sw)) {
-                            *d = v;
+                        // The head of each stride-wide chunk (faster than `step_by`).
+                        for (d, c) in drow.iter_mut().zip(srow[x0..].chunks(sw)) {
+                            *d = c[0];
                         }
                     }
                 }
@@ -204,8 +205,8 @@ where
                                     *d += v;
                                 }
                             } else {
-                                for (d, &v) in irow[x0..].iter_mut().step_by(sw).zip(srow) {
-                                    *d += v;
+                                for (c, &v) in irow[x0..].chunks_mut(sw).zip(srow) {
+                                    c[0] += v;
                                 }
                             }
                         }

@@ -280,8 +280,11 @@ fn im2col_one<T: Float>(img: &[T], g: &Geometry, cols: &mut [T]) {
                     if g.stride == 1 {
                         dst[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
                     } else {
-                        for (d, &v) in dst[lo..hi].iter_mut().zip(src[start..].iter().step_by(g.stride)) {
-                            *d = v;
+                        // Every stride-th input: the head of each chunk (a
+                        // `step_by` iterator kept its state on the stack, one
+                        // scalar load and store per element at ~5 ns).
+                        for (d, c) in dst[lo..hi].iter_mut().zip(src[start..].chunks(g.stride)) {
+                            *d = c[0];
                         }
                     }
                 }
@@ -291,10 +294,10 @@ fn im2col_one<T: Float>(img: &[T], g: &Geometry, cols: &mut [T]) {
 }
 
 /// One image's col2im: `(c·kh·kw, oh·ow)` → `(c, h, w)`, summing overlaps
-/// (the output is overwritten).
+/// *into* `img`, which both callers pass freshly zeroed (a slice of a new
+/// output buffer), so it is not cleared a second time.
 fn col2im_one<T: Float>(cols: &[T], g: &Geometry, img: &mut [T]) {
     let l = g.oh * g.ow;
-    img.fill(T::default());
     for c in 0..g.c {
         let plane = &mut img[c * g.h * g.w..(c + 1) * g.h * g.w];
         for ky in 0..g.kh {
@@ -319,8 +322,8 @@ fn col2im_one<T: Float>(cols: &[T], g: &Geometry, img: &mut [T]) {
                             *d += v;
                         }
                     } else {
-                        for (d, &v) in dst[start..].iter_mut().step_by(g.stride).zip(src) {
-                            *d += v;
+                        for (c, &v) in dst[start..].chunks_mut(g.stride).zip(src) {
+                            c[0] += v;
                         }
                     }
                 }
