@@ -3,8 +3,8 @@
 usage: python3 scripts/bench/torch_twins.py <entry> [--steps N] [--threads 2] [--data DIR]
 
 Builds the entry's model from the same `configs/<entry>.json` aezoo reads
-(families ae-mlp, ae-conv, vae-mlp, vae-conv; same layers, shapes and
-parameter count), then follows the protocol of shared/bench/pytorch_ref.py:
+(families ae-mlp, ae-conv, vae-mlp, vae-conv, and codec for the layer-list
+codecs of 28x28 images; same layers, shapes and parameter count), then follows the protocol of shared/bench/pytorch_ref.py:
 Adam (lr from the config), the config's batch size, Fashion-MNIST, data
 loading not timed; trains N steps (default: one epoch), times inference in
 batches of 1000 over the 10k test images, and reports the test MSE per pixel
@@ -195,7 +195,77 @@ class ConvVae(MlpVae):  # aezoo-vae conv.rs
         return h
 
 
-FAMILIES = {"ae-mlp": MlpAe, "ae-conv": ConvAe, "vae-mlp": MlpVae, "vae-conv": ConvVae}
+def layer_list(items):  # aezoo-nn spec.rs: the layer grammar's tokens a 28x28 codec uses
+    mods = []
+    for item in items:
+        reps, _, tok = item.rpartition("*")
+        name, *a = tok.split("_")
+        a = [int(v) for v in a]
+        for _ in range(int(reps) if reps else 1):
+            if name == "C2d":  # C2d_in_out_k[_s[_p]]
+                mods.append(nn.Conv2d(a[0], a[1], a[2], *(a[3:5] or [1])))
+            elif name == "CT2d":  # CT2d_in_out_k[_s[_p[_op]]]
+                mods.append(nn.ConvTranspose2d(a[0], a[1], a[2], *(a[3:6] or [1])))
+            elif name in ("ReLU", "Sigm", "SiLU", "Flat"):
+                mods.append({"ReLU": nn.ReLU, "Sigm": nn.Sigmoid, "SiLU": nn.SiLU, "Flat": nn.Flatten}[name]())
+            elif name == "Lin":
+                mods.append(nn.Linear(a[0], a[1]))
+            elif name == "Unflat":
+                mods.append(nn.Unflatten(1, tuple(a)))
+            else:
+                raise ValueError(f"no PyTorch twin for layer `{item}`")
+    return nn.Sequential(*mods)
+
+
+def ssim(x, y, window=11, sigma=1.5, c1=0.01**2, c2=0.03**2):  # aezoo-metrics: valid Gaussian SSIM per image
+    g = torch.exp(-((torch.arange(window, dtype=x.dtype) - window // 2) ** 2) / (2 * sigma**2))
+    g = g / g.sum()
+    c = x.shape[1]
+    kh, kw = g.view(1, 1, window, 1).repeat(5 * c, 1, 1, 1), g.view(1, 1, 1, window).repeat(5 * c, 1, 1, 1)
+    f = torch.cat([x, y, x * x, y * y, x * y], 1)
+    f = F.conv2d(F.conv2d(f, kh, groups=5 * c), kw, groups=5 * c)
+    mx, my, sxx, syy, sxy = f.split(c, 1)
+    sxx, syy, sxy = sxx - mx * mx, syy - my * my, sxy - mx * my
+    m = (2 * mx * my + c1) / (mx * mx + my * my + c1) * (2 * sxy + c2) / (sxx + syy + c2)
+    return m.flatten(1).mean(1)
+
+
+def laplace_cdf(x):
+    return torch.where(x < 0, 0.5 * torch.exp(x.clamp(max=0)), 1 - 0.5 * torch.exp(-x.clamp(min=0)))
+
+
+class Codec(nn.Module):  # aezoo-compress lib.rs: layer-list transforms, factorized Laplace prior
+    def __init__(self, m):
+        super().__init__()
+        self.enc, self.dec = layer_list(m["encoder"]), layer_list(m["decoder"])
+        c, h, w = m["image"]
+        self.pixels = h * w
+        with torch.no_grad():
+            ch = self.enc(torch.zeros(1, c, h, w)).shape[1]
+        self.loc, self.log_scale = nn.Parameter(torch.zeros(ch)), nn.Parameter(torch.zeros(ch))
+        self.alpha, self.lam = m.get("alpha", 0.75), m.get("lambda", 0.01)
+        if m.get("quantization", "noise") != "noise" or m.get("prior_gain", 1.0) != 1.0:
+            raise ValueError("the twin covers noise quantisation with prior_gain 1")
+
+    def recon(self, x):
+        return self.dec(self.enc(x).round()).clamp(0, 1)
+
+    def loss(self, x, target):
+        y = self.enc(x)
+        y_hat = y + torch.empty_like(y).uniform_(-0.5, 0.5)
+        out = self.dec(y_hat)
+        d = self.alpha * (1 - ssim(out, target).mean()) + (1 - self.alpha) * (out - target).abs().mean()
+        shape = (1, -1) + (1,) * (y.dim() - 2)
+        scale = self.log_scale.clamp(-10, 10).exp().view(shape)
+        centred = y_hat - self.loc.view(shape)
+        upper, lower = (centred + 0.5) / scale, (centred - 0.5) / scale
+        s = 1 - 2 * (upper + lower > 0).to(y.dtype)
+        p = (laplace_cdf(s * upper) - laplace_cdf(s * lower)).abs().clamp(min=1e-9)
+        bpp = -p.log().sum() / math.log(2) / (x.shape[0] * self.pixels)
+        return d + self.lam * bpp
+
+
+FAMILIES = {"ae-mlp": MlpAe, "ae-conv": ConvAe, "vae-mlp": MlpVae, "vae-conv": ConvVae, "codec": Codec}
 
 
 def main():
