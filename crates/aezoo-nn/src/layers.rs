@@ -15,8 +15,9 @@
 //! in its *input's* dtype, casting its (f32 master) weights to it, so a model
 //! fed bf16/f16 runs its convolutions and matmuls in half precision while the
 //! weights, their gradients and the optimiser stay f32 (the cast's backward
-//! casts the gradient back). Normalisations ([`GroupNorm`], [`Gdn`]) compute in
-//! the parameters' dtype and return the input's.
+//! casts the gradient back). Normalisations ([`GroupNorm`], [`Gdn`]) and the
+//! attention softmax compute in the parameters' dtype and return the input's
+//! (`computed_in`).
 
 use candle_core::{DType, Module, Result, Tensor};
 
@@ -41,8 +42,9 @@ fn cast_bias(bias: Option<&Tensor>, xs: &Tensor) -> Result<Option<Tensor>> {
 }
 
 /// `f` applied to `xs` in `dtype` (a normalisation's parameter dtype), the
-/// result back in `xs`'s dtype: half-precision inputs are normalised in f32.
-fn computed_in(xs: &Tensor, dtype: DType, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+/// result back in `xs`'s dtype: half-precision inputs are normalised (and
+/// attention's softmax taken) in f32.
+pub(crate) fn computed_in(xs: &Tensor, dtype: DType, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
     f(&xs.to_dtype(dtype)?)?.to_dtype(xs.dtype())
 }
 

@@ -25,12 +25,12 @@
 //! PyTorch's `nn.Sequential` parameter names (`3.conv_1.weight`), so FlexVAE
 //! checkpoints convert by name.
 
-use candle_core::{DType, Module, Result, Tensor, D};
+use candle_core::{Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use crate::layers::{
-    conv2d, conv_transpose2d, gdn, group_norm, linear, Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig,
-    Gdn, GroupNorm, GroupNormConfig, Linear, LinearConfig,
+    computed_in, conv2d, conv_transpose2d, gdn, group_norm, linear, Conv2d, Conv2dConfig, ConvTranspose2d,
+    ConvTranspose2dConfig, Gdn, GroupNorm, GroupNormConfig, Linear, LinearConfig,
 };
 use crate::ops;
 
@@ -550,15 +550,9 @@ impl Module for AttentionBlock {
         let k = qkv.narrow(D::Minus1, c, c)?.contiguous()?;
         let v = qkv.narrow(D::Minus1, 2 * c, c)?.contiguous()?;
         // (b, h·w, h·w), softmax over keys (the composite whose gradient is
-        // correct) in at least f32, as autocast does for half-precision inputs
+        // correct) in the parameters' dtype, as autocast does for half inputs
         let scores = (q.matmul(&k.t()?)? / (self.c as f64).sqrt())?;
-        let wide = match scores.dtype() {
-            DType::F16 | DType::BF16 => DType::F32,
-            dt => dt,
-        };
-        let att = ops::softmax(&scores.to_dtype(wide)?, D::Minus1)?
-            .to_dtype(v.dtype())?
-            .matmul(&v)?;
+        let att = computed_in(&scores, self.in_proj.weight().dtype(), |s| ops::softmax(s, D::Minus1))?.matmul(&v)?;
         // (b, h·w, c) -> (b, c, h, w)
         let ys = self.out_proj.forward(&att)?.transpose(1, 2)?.reshape((b, c, h, w))?;
         ys + xs

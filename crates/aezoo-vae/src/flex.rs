@@ -107,20 +107,18 @@ fn bad(msg: String) -> candle_core::Error {
 }
 
 impl FlexVae {
-    /// `(μ, log σ²)` of `xs`, each `(b, C, h', w')` in the parameters'
-    /// dtype, the encoder run in `compute` (mixed precision).
-    fn stats(&self, xs: &Tensor, compute: DType) -> Result<(Tensor, Tensor)> {
-        let h = self.encoder.forward(&xs.to_dtype(compute)?)?.to_dtype(self.dtype)?;
+    /// `(μ, log σ²)` of `xs`, each `(b, C, h', w')` in the parameters' dtype
+    /// (the encoder runs in `xs`'s: half precision under mixed precision).
+    fn stats(&self, xs: &Tensor) -> Result<(Tensor, Tensor)> {
+        let h = self.encoder.forward(xs)?.to_dtype(self.dtype)?;
         let c = self.latent[0];
         Ok((h.narrow(1, 0, c)?, h.narrow(1, c, c)?.clamp(-30.0, 20.0)?))
     }
 
-    /// The decoder's raw output for a scaled latent, run in `compute`,
-    /// returned in the parameters' dtype.
-    fn decode_raw(&self, z: &Tensor, compute: DType) -> Result<Tensor> {
-        self.decoder
-            .forward(&(z / self.scale)?.to_dtype(compute)?)?
-            .to_dtype(self.dtype)
+    /// The decoder's raw output for a scaled latent, in the parameters'
+    /// dtype (the decoder runs in `z`'s).
+    fn decode_raw(&self, z: &Tensor) -> Result<Tensor> {
+        self.decoder.forward(&(z / self.scale)?)?.to_dtype(self.dtype)
     }
 }
 
@@ -201,21 +199,20 @@ impl Family for FlexVae {
 
 impl Autoencoder for FlexVae {
     fn encode(&self, xs: &Tensor) -> Result<Tensor> {
-        self.stats(xs, self.dtype)?.0 * self.scale
+        self.stats(xs)?.0 * self.scale
     }
 
     fn decode(&self, z: &Tensor) -> Result<Tensor> {
-        self.decode_raw(z, self.dtype)?.clamp(0.0, 1.0)
+        self.decode_raw(z)?.clamp(0.0, 1.0)
     }
 
     fn step(&self, batch: &Batch, ctx: &mut StepCtx) -> Result<StepOutput> {
         // Mixed precision: only the two networks run in `ctx.compute`; the
         // sampling and every loss term stay in the parameters' dtype.
-        let compute = ctx.compute.unwrap_or(self.dtype);
-        let (mu, logvar) = self.stats(&batch.input, compute)?;
+        let (mu, logvar) = self.stats(&ctx.to_compute(&batch.input)?)?;
         let eps = ctx.rng.randn(mu.shape().clone(), mu.dtype(), mu.device())?;
         let z = ((&mu + (logvar.affine(0.5, 0.0)?.exp()? * eps)?)? * self.scale)?;
-        let out = self.decode_raw(&z, compute)?;
+        let out = self.decode_raw(&ctx.to_compute(&z)?)?;
         let l = &self.loss;
         let rec = match l.reconstruction {
             Reconstruction::Mse => mse(&out, &batch.target, Reduction::Mean)?,
