@@ -79,7 +79,20 @@ pub fn bce(p: &Tensor, t: &Tensor, r: Reduction) -> Result<Tensor> {
 /// Binary cross-entropy on logits in the numerically stable form
 /// `max(x, 0) − x·t + log(1 + exp(−|x|))` (PyTorch's
 /// `binary_cross_entropy_with_logits`).
+///
+/// On the CPU (f32/f64) the per-element loss is one fused node
+/// (`aezoo_nn::fused::bce_with_logits`; `AEZOO_NO_FUSED=1` switches back);
+/// [`bce_with_logits_composite`] is the plain form it is tested against.
 pub fn bce_with_logits(logits: &Tensor, t: &Tensor, r: Reduction) -> Result<Tensor> {
+    same_shape(logits, t, "bce_with_logits")?;
+    if aezoo_nn::fused::applies(logits) && logits.dtype() == t.dtype() {
+        return reduce(&aezoo_nn::fused::bce_with_logits(logits, t)?, r);
+    }
+    bce_with_logits_composite(logits, t, r)
+}
+
+/// [`bce_with_logits`] from candle ops (any device and dtype).
+pub fn bce_with_logits_composite(logits: &Tensor, t: &Tensor, r: Reduction) -> Result<Tensor> {
     same_shape(logits, t, "bce_with_logits")?;
     let softplus_neg_abs = logits.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?;
     let l = ((logits.relu()? - (logits * t)?)? + softplus_neg_abs)?;

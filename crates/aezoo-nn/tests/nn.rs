@@ -1586,3 +1586,22 @@ fn exp_f32_is_within_2_ulp() {
     assert!(fused::exp_f32(-1000.0) > 0.0 && fused::exp_f32(1000.0).is_finite());
     assert!((Float::sigmoid(0.0f32) - 0.5).abs() < 1e-7);
 }
+
+#[test]
+fn ln_1p_unit_f32_is_within_3_ulp() {
+    // Against f64's ln_1p rounded to f32, over [0, 1] and down to tiny e.
+    let ulps = |a: f32, b: f32| (a.to_bits() as i64 - b.to_bits() as i64).abs();
+    let n = 200_000;
+    let grid = (0..=n)
+        .map(|i| i as f32 / n as f32)
+        .chain((1..40).map(|k| 2f32.powi(-k)));
+    let mut worst = (0i64, 0f32);
+    for e in grid {
+        let d = ulps(fused::ln_1p_unit_f32(e), (e as f64).ln_1p() as f32);
+        if d > worst.0 {
+            worst = (d, e);
+        }
+    }
+    assert!(worst.0 <= 3, "ln_1p_unit_f32 is {} ulp off at {}", worst.0, worst.1);
+    assert_eq!(fused::ln_1p_unit_f32(0.0), 0.0);
+}
