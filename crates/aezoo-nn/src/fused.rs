@@ -86,7 +86,16 @@ pub fn flush_denormals() -> bool {
 
 /// The float types the fused kernels run on.
 pub trait Float:
-    Copy + Default + Send + Sync + PartialOrd + std::ops::AddAssign + std::ops::Add<Output = Self> + 'static
+    Copy
+    + Default
+    + Send
+    + Sync
+    + PartialOrd
+    + std::ops::AddAssign
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + 'static
 {
     fn from_f64(v: f64) -> Self;
     fn to_f64(self) -> f64;
@@ -1119,31 +1128,21 @@ pub fn linear(xs: &Tensor, weight: &Tensor, bias: &Tensor, act: Act) -> Result<T
 #[derive(Clone, Copy, Debug)]
 struct BceLogits;
 
-/// Runs `f` over `out` with the element offset of each chunk, in parallel
-/// once there is enough work.
-fn elementwise<T: Float>(out: &mut [T], f: impl Fn(usize, &mut [T]) + Sync) {
-    const CHUNK: usize = 4096;
-    if out.len() >= PAR_ELEMS {
-        out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, c)| f(i * CHUNK, c));
+/// `f(i)` for `i` in `0..n`, collected; in parallel once there is enough work.
+fn map_indexed<T: Float>(n: usize, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
+    if n >= PAR_ELEMS {
+        (0..n).into_par_iter().map(f).collect()
     } else {
-        f(0, out);
+        (0..n).map(f).collect()
     }
 }
 
-fn bce_fwd<T: Float + std::ops::Sub<Output = T> + std::ops::Mul<Output = T>>(
-    x: &CpuStorage,
-    lx: &Layout,
-    t: &CpuStorage,
-    lt: &Layout,
-) -> Result<(CpuStorage, Shape)> {
+fn bce_fwd<T: Float>(x: &CpuStorage, lx: &Layout, t: &CpuStorage, lt: &Layout) -> Result<(CpuStorage, Shape)> {
     let (x, t) = (contiguous::<T>(x, lx, "bce")?, contiguous::<T>(t, lt, "bce")?);
-    let mut out = vec![T::default(); x.len()];
-    elementwise(&mut out, |o, chunk| {
-        for (j, l) in chunk.iter_mut().enumerate() {
-            let (x, t) = (x[o + j], t[o + j]);
-            let relu = if x > T::default() { x } else { T::default() };
-            *l = relu - x * t + x.softplus_neg_abs();
-        }
+    let out = map_indexed(x.len(), |i| {
+        let (x, t) = (x[i], t[i]);
+        let relu = if x > T::default() { x } else { T::default() };
+        relu - x * t + x.softplus_neg_abs()
     });
     Ok((T::storage(out), lx.shape().clone()))
 }
@@ -1168,7 +1167,7 @@ impl CustomOp2 for BceLogits {
 #[derive(Clone, Copy, Debug)]
 struct BceLogitsGrad;
 
-fn bce_bwd<T: Float + std::ops::Sub<Output = T> + std::ops::Mul<Output = T>>(
+fn bce_bwd<T: Float>(
     x: &CpuStorage,
     lx: &Layout,
     t: &CpuStorage,
@@ -1181,12 +1180,7 @@ fn bce_bwd<T: Float + std::ops::Sub<Output = T> + std::ops::Mul<Output = T>>(
         contiguous::<T>(t, lt, "bce-grad")?,
         contiguous::<T>(g, lg, "bce-grad")?,
     );
-    let mut out = vec![T::default(); x.len()];
-    elementwise(&mut out, |o, chunk| {
-        for (j, d) in chunk.iter_mut().enumerate() {
-            *d = g[o + j] * (x[o + j].sigmoid() - t[o + j]);
-        }
-    });
+    let out = map_indexed(x.len(), |i| g[i] * (x[i].sigmoid() - t[i]));
     Ok((T::storage(out), lx.shape().clone()))
 }
 
