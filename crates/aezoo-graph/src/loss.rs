@@ -126,13 +126,10 @@ fn for_row(labels: &Csr, i: usize, from: usize, n: usize, mut f: impl FnMut(usiz
 }
 
 /// The element-wise maths of the loss in the input's own precision
-/// (f32 `exp` / `ln_1p` in training; the sums are f64).
-trait LossFloat:
-    Float + std::ops::Mul<Output = Self> + std::ops::Sub<Output = Self> + std::ops::Div<Output = Self>
-{
-    fn exp_(self) -> Self;
-    fn ln_1p_(self) -> Self;
-    fn abs_(self) -> Self;
+/// (`e^−|x|` and `ln(1 + e)` from [`Float`]: polynomial f32 forms that
+/// vectorise, glibc's `log1pf` having been half of a training step; the sums
+/// are f64).
+trait LossFloat: Float + std::ops::Div<Output = Self> {
     fn neg_(self) -> Self;
     fn relu_(self) -> Self;
 }
@@ -140,26 +137,6 @@ trait LossFloat:
 macro_rules! loss_float {
     ($t:ty) => {
         impl LossFloat for $t {
-            #[inline]
-            fn exp_(self) -> Self {
-                self.exp()
-            }
-            /// `ln(1 + x)` to full precision through `ln` (glibc's `log1pf`
-            /// was half of a training step): Goldberg's correction
-            /// `ln(u) · x / (u − 1)`, `u = 1 + x`.
-            #[inline]
-            fn ln_1p_(self) -> Self {
-                let u = 1.0 + self;
-                if u == 1.0 {
-                    self
-                } else {
-                    u.ln() * (self / (u - 1.0))
-                }
-            }
-            #[inline]
-            fn abs_(self) -> Self {
-                self.abs()
-            }
             #[inline]
             fn neg_(self) -> Self {
                 -self
@@ -204,8 +181,8 @@ fn loss_and_grad<T: LossFloat>(z: &[T], n: usize, d: usize, t: &ReconTarget, wan
                 let (one, two) = (T::ONE, T::from_f64(2.0));
                 for_row(&t.labels, b0 + r, b0, n, |j, y| {
                     let x = row[j - b0];
-                    let e = x.abs_().neg_().exp_();
-                    let softplus_pos = x.relu_() + e.ln_1p_(); // softplus(x)
+                    let e = x.exp_neg_abs();
+                    let softplus_pos = x.relu_() + e.ln_1p_unit(); // softplus(x)
                     let sig = if x >= T::default() {
                         one / (one + e)
                     } else {

@@ -101,8 +101,12 @@ pub trait Float:
     fn to_f64(self) -> f64;
     const ONE: Self;
     fn sigmoid(self) -> Self;
-    /// `ln(1 + e^−|x|)`, the stable tail of a softplus.
-    fn softplus_neg_abs(self) -> Self;
+    /// `e^−|x|`: with it, `softplus(x) = max(x, 0) + ln(1 + e^−|x|)` and
+    /// `σ(x)` are stable for every `x` (f32: [`exp_f32`]).
+    fn exp_neg_abs(self) -> Self;
+    /// `ln(1 + e)` for `e` in `[0, 1]` to full relative precision (f32:
+    /// [`ln_1p_unit_f32`]).
+    fn ln_1p_unit(self) -> Self;
     fn storage(v: Vec<Self>) -> CpuStorage;
     fn slice(s: &CpuStorage) -> Option<&[Self]>;
 }
@@ -118,8 +122,11 @@ impl Float for f32 {
     fn sigmoid(self) -> Self {
         1.0 / (1.0 + exp_f32(-self))
     }
-    fn softplus_neg_abs(self) -> Self {
-        ln_1p_unit_f32(exp_f32(-self.abs()))
+    fn exp_neg_abs(self) -> Self {
+        exp_f32(-self.abs())
+    }
+    fn ln_1p_unit(self) -> Self {
+        ln_1p_unit_f32(self)
     }
     fn storage(v: Vec<Self>) -> CpuStorage {
         CpuStorage::F32(v)
@@ -143,8 +150,11 @@ impl Float for f64 {
     fn sigmoid(self) -> Self {
         1.0 / (1.0 + (-self).exp())
     }
-    fn softplus_neg_abs(self) -> Self {
-        (-self.abs()).exp().ln_1p()
+    fn exp_neg_abs(self) -> Self {
+        (-self.abs()).exp()
+    }
+    fn ln_1p_unit(self) -> Self {
+        self.ln_1p()
     }
     fn storage(v: Vec<Self>) -> CpuStorage {
         CpuStorage::F64(v)
@@ -1142,7 +1152,7 @@ fn bce_fwd<T: Float>(x: &CpuStorage, lx: &Layout, t: &CpuStorage, lt: &Layout) -
     let out = map_indexed(x.len(), |i| {
         let (x, t) = (x[i], t[i]);
         let relu = if x > T::default() { x } else { T::default() };
-        relu - x * t + x.softplus_neg_abs()
+        relu - x * t + x.exp_neg_abs().ln_1p_unit()
     });
     Ok((T::storage(out), lx.shape().clone()))
 }
