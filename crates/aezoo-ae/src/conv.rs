@@ -160,10 +160,11 @@ impl Autoencoder for ConvAe {
         // xs: (b, c, h, w) -> (b, C, h/2ⁿ, w/2ⁿ)
         let mut h = xs.clone();
         for conv in &self.convs {
-            h = conv.forward_act(&h, Act::Relu)?;
-            if self.pool {
-                h = ops::max_pool2d(&h, 2, 2)?;
-            }
+            h = if self.pool {
+                conv.forward_act_pool2(&h, Act::Relu)?
+            } else {
+                conv.forward_act(&h, Act::Relu)?
+            };
         }
         Ok(h)
     }

@@ -22,11 +22,14 @@
 //! turns the fused path off (the layers then use the composite ops).
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::conv::Geometry;
+use crate::ops::{first_max, window2};
 
 /// The activation fused into a layer's output.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -438,22 +441,10 @@ macro_rules! by_dtype {
 
 // ---------------------------------------------------------------- dz = dy ⊙ act'(y)
 
-#[derive(Clone, Copy, Debug)]
-struct ActGrad(Act);
-
-fn act_grad_kernel<T: Float>(
-    y: &CpuStorage,
-    ly: &Layout,
-    dy: &CpuStorage,
-    ld: &Layout,
-    act: Act,
-) -> Result<(CpuStorage, Shape)> {
-    let (y, dy) = (
-        contiguous::<T>(y, ly, "act-grad")?,
-        contiguous::<T>(dy, ld, "act-grad")?,
-    );
-    let one = T::ONE;
-    let f = |(&y, &d): (&T, &T)| match act {
+/// `d · act'` at an output whose activated value is `y`.
+#[inline(always)]
+fn act_grad_at<T: Float>(y: T, d: T, act: Act) -> T {
+    match act {
         Act::None => d,
         Act::Relu => {
             if y > T::default() {
@@ -462,27 +453,43 @@ fn act_grad_kernel<T: Float>(
                 T::default()
             }
         }
-        Act::Sigmoid => T::from_f64(d.to_f64() * y.to_f64() * (one.to_f64() - y.to_f64())),
-    };
-    let out: Vec<T> = if y.len() >= PAR_ELEMS {
-        y.par_iter().zip(dy.par_iter()).map(f).collect()
-    } else {
-        y.iter().zip(dy).map(f).collect()
-    };
-    Ok((T::storage(out), ly.shape().clone()))
-}
-
-impl CustomOp2 for ActGrad {
-    fn name(&self) -> &'static str {
-        "aezoo-act-grad"
-    }
-    fn cpu_fwd(&self, y: &CpuStorage, ly: &Layout, dy: &CpuStorage, ld: &Layout) -> Result<(CpuStorage, Shape)> {
-        by_dtype!(y, act_grad_kernel(y, ly, dy, ld, self.0))
+        Act::Sigmoid => T::from_f64(d.to_f64() * y.to_f64() * (1.0 - y.to_f64())),
     }
 }
 
-fn act_grad(y: &Tensor, dy: &Tensor, act: Act) -> Result<Tensor> {
-    y.contiguous()?.apply_op2_no_bwd(&dy.contiguous()?, &ActGrad(act))
+/// `dz = dy ⊙ act'(y)` for one chunk: `dy` itself for the identity, else
+/// written into `scratch`.
+fn dz_chunk<'a, T: Float>(dy: &'a [T], y: Option<&[T]>, act: Act, scratch: &'a mut Vec<T>) -> &'a [T] {
+    match y {
+        Some(y) if act != Act::None => {
+            scratch.resize(dy.len(), T::default());
+            for ((z, &d), &y) in scratch.iter_mut().zip(dy).zip(y) {
+                *z = act_grad_at(y, d, act);
+            }
+            scratch
+        }
+        _ => dy,
+    }
+}
+
+/// The forward output a backward pass reads `act'` from (none for the
+/// identity). The gradient op keeps it itself — candle's custom ops take
+/// three inputs and `(x, W, dy)` fill them — so `dz` is made image by image
+/// inside the backward, in cache, instead of as a full-size pass and tensor
+/// of its own.
+fn saved_output(y: &Tensor, act: Act) -> Option<Tensor> {
+    (act != Act::None).then(|| y.clone())
+}
+
+/// Runs `f` on the contiguous CPU slice of a saved output (`None` when none
+/// is saved).
+fn with_saved<T: Float, R>(y: &Option<Tensor>, what: &str, f: impl FnOnce(Option<&[T]>) -> Result<R>) -> Result<R> {
+    let Some(y) = y else { return f(None) };
+    let (storage, layout) = y.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(s) => f(Some(contiguous::<T>(s, layout, what)?)),
+        _ => candle_core::bail!("aezoo fused {what}: the saved output is not on the CPU"),
+    }
 }
 
 /// Splits a packed `[dx | dw | db]` gradient (`[dw | db]` when the input
@@ -506,14 +513,6 @@ fn unpack(
     Ok((dx, Some(dw), Some(db)))
 }
 
-/// `dy ⊙ act'(y)`; the identity needs no pass.
-fn dz_of(y: &Tensor, dy: &Tensor, act: Act) -> Result<Tensor> {
-    match act {
-        Act::None => dy.contiguous(),
-        _ => act_grad(y, dy, act),
-    }
-}
-
 /// Per-image slots of `dx` (all `None` when the input needs no gradient).
 fn dx_slots<T>(dx: &mut [T], per: usize, b: usize) -> Vec<Option<&mut [T]>> {
     if dx.is_empty() {
@@ -525,28 +524,98 @@ fn dx_slots<T>(dx: &mut [T], per: usize, b: usize) -> Vec<Option<&mut [T]>> {
 
 // ---------------------------------------------------------------- conv2d
 
-/// `act(conv2d(x, W, padding, stride, dilation) + b)`; `(b, c, h, w)` by
-/// `(o, c, kh, kw)` and `(o,)`.
+/// The fixed settings of a fused conv2d.
 #[derive(Clone, Copy, Debug)]
-struct Conv2dFused {
+struct ConvCfg {
     padding: usize,
     stride: usize,
     dilation: usize,
     act: Act,
+    /// A 2×2, stride-2 max pool after the activation.
+    pool: bool,
 }
 
-impl Conv2dFused {
+/// `act(conv2d(x, W, padding, stride, dilation) + b)`, then the optional
+/// 2×2 max pool; `(b, c, h, w)` by `(o, c, kh, kw)` and `(o,)`.
+#[derive(Clone, Debug)]
+struct Conv2dFused {
+    cfg: ConvCfg,
+    /// With the pool: each window's first maximum (`0..4`, row-major), one
+    /// byte per pooled output, written by the forward for the backward.
+    argmax: Arc<Mutex<Vec<u8>>>,
+}
+
+impl ConvCfg {
     fn geometry(&self, lx: &Layout, lw: &Layout) -> Result<(usize, usize, Geometry)> {
         let (b, c, h, w) = lx.shape().dims4()?;
         let (o, kc, kh, kw) = lw.shape().dims4()?;
         if kc != c {
             candle_core::bail!("conv2d: input has {c} channels, the kernel expects {kc}");
         }
-        Ok((
-            b,
-            o,
-            Geometry::for_conv(c, h, w, kh, kw, self.stride, self.padding, self.dilation)?,
-        ))
+        let g = Geometry::for_conv(c, h, w, kh, kw, self.stride, self.padding, self.dilation)?;
+        if self.pool && (g.oh < 2 || g.ow < 2) {
+            candle_core::bail!(
+                "conv2d + max_pool2d: the {}x{} output is smaller than the 2x2 window",
+                g.oh,
+                g.ow
+            );
+        }
+        Ok((b, o, g))
+    }
+
+    /// Outputs per image and channel: `oh·ow`, or `(oh/2)·(ow/2)` pooled.
+    fn out_plane(&self, g: &Geometry) -> usize {
+        if self.pool {
+            (g.oh / 2) * (g.ow / 2)
+        } else {
+            g.oh * g.ow
+        }
+    }
+}
+
+fn lock(m: &Mutex<Vec<u8>>) -> std::sync::MutexGuard<'_, Vec<u8>> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The 2×2, stride-2 max pool of one image's `(o, oh, ow)` activations into
+/// `(o, oh/2, ow/2)` (floor), recording each window's first maximum as
+/// `ops::max_pool2d` picks it (a NaN wins).
+fn pool2_record<T: Float>(y: &[T], oh: usize, ow: usize, out: &mut [T], arg: &mut [u8]) {
+    let (ph, pw) = (oh / 2, ow / 2);
+    let planes = y
+        .chunks(oh * ow)
+        .zip(out.chunks_mut(ph * pw).zip(arg.chunks_mut(ph * pw)));
+    for (plane, (po, pa)) in planes {
+        for py in 0..ph {
+            let r0 = &plane[2 * py * ow..2 * py * ow + 2 * pw];
+            let r1 = &plane[(2 * py + 1) * ow..(2 * py + 1) * ow + 2 * pw];
+            for px in 0..pw {
+                let (m, i) = window2(r0, r1, px, &first_max);
+                po[py * pw + px] = m;
+                pa[py * pw + px] = i as u8;
+            }
+        }
+    }
+}
+
+/// One image's `dz` (`(o, oh, ow)`) under the pool: each window's
+/// `dp · act'(p)` at its recorded maximum, zero elsewhere (the activation's
+/// value there is the pooled value `p`).
+fn unpool2<T: Float>(dp: &[T], p: Option<&[T]>, arg: &[u8], act: Act, (oh, ow): (usize, usize), dz: &mut [T]) {
+    let (ph, pw) = (oh / 2, ow / 2);
+    dz.fill(T::default());
+    for (c, plane) in dz.chunks_mut(oh * ow).enumerate() {
+        for py in 0..ph {
+            for px in 0..pw {
+                let j = (c * ph + py) * pw + px;
+                let g = match p {
+                    Some(p) => act_grad_at(p[j], dp[j], act),
+                    None => dp[j],
+                };
+                let a = arg[j] as usize;
+                plane[(2 * py + a / 2) * ow + 2 * px + a % 2] = g;
+            }
+        }
     }
 }
 
@@ -559,58 +628,109 @@ fn conv_fwd<T: Float>(
     bias: &CpuStorage,
     lb: &Layout,
 ) -> Result<(CpuStorage, Shape)> {
-    let (b, o, g) = op.geometry(lx, lw)?;
+    let cfg = op.cfg;
+    let (b, o, g) = cfg.geometry(lx, lw)?;
     let (x, w, bias) = (
         contiguous::<T>(x, lx, "conv2d")?,
         contiguous::<T>(w, lw, "conv2d")?,
         contiguous::<T>(bias, lb, "conv2d")?,
     );
-    let (k, l, img) = (g.c * g.kh * g.kw, g.oh * g.ow, g.c * g.h * g.w);
-    let mut out = vec![T::default(); b * o * l];
+    let (k, l, img, pl) = (g.c * g.kh * g.kw, g.oh * g.ow, g.c * g.h * g.w, cfg.out_plane(&g));
+    let mut out = vec![T::default(); b * o * pl];
+    let mut argmax = lock(&op.argmax);
+    argmax.clear();
+    if cfg.pool {
+        argmax.resize(b * o * pl, 0);
+    }
     let (per_image, par) = par_for(b);
-    let run = |(i, y): (usize, &mut [T]), cols: &mut Vec<T>| {
+    // Scratch per task: the unfolded image, and the pre-pool activations.
+    let run = |(i, (y, arg)): (usize, (&mut [T], Option<&mut [u8]>)), (cols, pre): &mut (Vec<T>, Vec<T>)| {
         im2col_one(&x[i * img..(i + 1) * img], &g, cols);
-        gemm(o, l, k, y, (l, 1), false, w, (k, 1), cols, (l, 1), par);
-        bias_act(y, bias, l, op.act);
+        let full: &mut [T] = if arg.is_some() { &mut pre[..] } else { &mut *y };
+        gemm(o, l, k, full, (l, 1), false, w, (k, 1), cols, (l, 1), par);
+        bias_act(full, bias, l, cfg.act);
+        if let Some(arg) = arg {
+            pool2_record(pre, g.oh, g.ow, y, arg);
+        }
+    };
+    let args: Vec<Option<&mut [u8]>> = if cfg.pool {
+        argmax.chunks_mut(o * pl).map(Some).collect()
+    } else {
+        (0..b).map(|_| None).collect()
+    };
+    let jobs = out.chunks_mut(o * pl).zip(args);
+    let init = || {
+        (
+            vec![T::default(); k * l],
+            vec![T::default(); if cfg.pool { o * l } else { 0 }],
+        )
     };
     if per_image {
-        out.par_chunks_mut(o * l)
-            .enumerate()
-            .for_each_init(|| vec![T::default(); k * l], |cols, job| run(job, cols));
+        jobs.enumerate()
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .for_each_init(init, |scratch, job| run(job, scratch));
     } else {
-        let mut cols = vec![T::default(); k * l];
-        out.chunks_mut(o * l).enumerate().for_each(|job| run(job, &mut cols));
+        let mut scratch = init();
+        jobs.enumerate().for_each(|job| run(job, &mut scratch));
     }
-    Ok((T::storage(out), Shape::from((b, o, g.oh, g.ow))))
+    let shape = if cfg.pool {
+        Shape::from((b, o, g.oh / 2, g.ow / 2))
+    } else {
+        Shape::from((b, o, g.oh, g.ow))
+    };
+    Ok((T::storage(out), shape))
 }
 
 #[allow(clippy::too_many_arguments)]
 fn conv_bwd<T: Float>(
-    op: &Conv2dFused,
-    need_dx: bool,
+    grad: &Conv2dGrad,
     x: &CpuStorage,
     lx: &Layout,
     w: &CpuStorage,
     lw: &Layout,
-    dz: &CpuStorage,
-    lz: &Layout,
+    dy: &CpuStorage,
+    ly: &Layout,
+    y: Option<&[T]>,
 ) -> Result<(CpuStorage, Shape)> {
-    let (b, o, g) = op.geometry(lx, lw)?;
-    let (x, w, dz) = (
+    let cfg = grad.op.cfg;
+    let (b, o, g) = cfg.geometry(lx, lw)?;
+    let (x, w, dy) = (
         contiguous::<T>(x, lx, "conv2d-grad")?,
         contiguous::<T>(w, lw, "conv2d-grad")?,
-        contiguous::<T>(dz, lz, "conv2d-grad")?,
+        contiguous::<T>(dy, ly, "conv2d-grad")?,
     );
-    let (k, l, img) = (g.c * g.kh * g.kw, g.oh * g.ow, g.c * g.h * g.w);
-    let (nx, nw) = (if need_dx { b * img } else { 0 }, o * k);
+    let (k, l, img, pl) = (g.c * g.kh * g.kw, g.oh * g.ow, g.c * g.h * g.w, cfg.out_plane(&g));
+    let argmax = lock(&grad.op.argmax);
+    if cfg.pool && argmax.len() != b * o * pl {
+        candle_core::bail!("conv2d + max_pool2d: the backward ran without its forward's window maxima");
+    }
+    let (nx, nw) = (if grad.need_dx { b * img } else { 0 }, o * k);
     let mut packed = vec![T::default(); nx + nw + o];
     let (dx, rest) = packed.split_at_mut(nx);
     let (dw, db) = rest.split_at_mut(nw);
     let (per_image, par) = par_for(b);
-    // Per task: (dW, db) partial sums and the two scratch matrices.
-    let work = |(i, dxi): (usize, Option<&mut [T]>), acc: &mut (Vec<T>, Vec<T>, Vec<T>, Vec<T>)| {
-        let (pw, pb, cols, dcols) = acc;
-        let dzi = &dz[i * o * l..(i + 1) * o * l];
+    // Per task: (dW, db) partial sums and the scratch matrices.
+    let work = |(i, dxi): (usize, Option<&mut [T]>), acc: &mut (Vec<T>, Vec<T>, Vec<T>, Vec<T>, Vec<T>)| {
+        let (pw, pb, cols, dcols, dzbuf) = acc;
+        let (dyi, yi) = (
+            &dy[i * o * pl..(i + 1) * o * pl],
+            y.map(|y| &y[i * o * pl..(i + 1) * o * pl]),
+        );
+        let dzi: &[T] = if cfg.pool {
+            dzbuf.resize(o * l, T::default());
+            unpool2(
+                dyi,
+                yi,
+                &argmax[i * o * pl..(i + 1) * o * pl],
+                cfg.act,
+                (g.oh, g.ow),
+                dzbuf,
+            );
+            dzbuf
+        } else {
+            dz_chunk(dyi, yi, cfg.act, dzbuf)
+        };
         im2col_one(&x[i * img..(i + 1) * img], &g, cols);
         // dW (o×k) += dz_i (o×l) · colsᵀ (l×k)
         gemm(o, k, l, pw, (k, 1), true, dzi, (l, 1), cols, (1, l), par);
@@ -629,6 +749,7 @@ fn conv_bwd<T: Float>(
             vec![T::default(); o],
             vec![T::default(); k * l],
             vec![T::default(); k * l],
+            Vec::new(),
         )
     };
     let slots = dx_slots(dx, img, b);
@@ -640,7 +761,7 @@ fn conv_bwd<T: Float>(
                 work(job, &mut acc);
                 acc
             })
-            .map(|(pw, pb, _, _)| (pw, pb))
+            .map(|(pw, pb, ..)| (pw, pb))
             .reduce(
                 || (vec![T::default(); nw], vec![T::default(); o]),
                 |(mut aw, mut ab), (bw, bb)| {
@@ -683,16 +804,37 @@ impl CustomOp3 for Conv2dFused {
         y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dz = dz_of(y, dy, self.act)?;
         let need_dx = x.track_op();
-        let packed = x.apply_op3_no_bwd(w, &dz, &Conv2dGrad(*self, need_dx))?;
+        let grad = Conv2dGrad {
+            op: self.clone(),
+            need_dx,
+            y: saved_output(y, self.cfg.act),
+        };
+        let packed = x.apply_op3_no_bwd(w, &dy.contiguous()?, &grad)?;
         unpack(&packed, x, w, b, need_dx)
     }
 }
 
-/// The backward of [`Conv2dFused`]: `(x, W, dz)` → packed `[dx | dW | db]`.
-#[derive(Clone, Copy, Debug)]
-struct Conv2dGrad(Conv2dFused, bool);
+/// The backward of [`Conv2dFused`]: `(x, W, dy)` → packed `[dx | dW | db]`,
+/// reading `act'` from the saved output `y`.
+#[derive(Clone, Debug)]
+struct Conv2dGrad {
+    op: Conv2dFused,
+    need_dx: bool,
+    y: Option<Tensor>,
+}
+
+fn conv_bwd_saved<T: Float>(
+    grad: &Conv2dGrad,
+    x: &CpuStorage,
+    lx: &Layout,
+    w: &CpuStorage,
+    lw: &Layout,
+    dy: &CpuStorage,
+    ly: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    with_saved::<T, _>(&grad.y, "conv2d-grad", |y| conv_bwd(grad, x, lx, w, lw, dy, ly, y))
+}
 
 impl CustomOp3 for Conv2dGrad {
     fn name(&self) -> &'static str {
@@ -704,11 +846,20 @@ impl CustomOp3 for Conv2dGrad {
         lx: &Layout,
         w: &CpuStorage,
         lw: &Layout,
-        dz: &CpuStorage,
-        lz: &Layout,
+        dy: &CpuStorage,
+        ly: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        by_dtype!(x, conv_bwd(&self.0, self.1, x, lx, w, lw, dz, lz))
+        by_dtype!(x, conv_bwd_saved(self, x, lx, w, lw, dy, ly))
     }
+}
+
+fn conv2d_op(xs: &Tensor, kernel: &Tensor, bias: &Tensor, cfg: ConvCfg) -> Result<Tensor> {
+    let op = Conv2dFused {
+        cfg,
+        argmax: Arc::default(),
+    };
+    xs.contiguous()?
+        .apply_op3(&kernel.contiguous()?, &bias.contiguous()?, op)
 }
 
 /// `act(conv2d(xs, kernel) + bias)` as one node (CPU, f32/f64, groups = 1).
@@ -721,14 +872,37 @@ pub fn conv2d(
     dilation: usize,
     act: Act,
 ) -> Result<Tensor> {
-    let op = Conv2dFused {
+    let cfg = ConvCfg {
         padding,
         stride,
         dilation,
         act,
+        pool: false,
     };
-    xs.contiguous()?
-        .apply_op3(&kernel.contiguous()?, &bias.contiguous()?, op)
+    conv2d_op(xs, kernel, bias, cfg)
+}
+
+/// `max_pool2d(act(conv2d(xs, kernel) + bias), 2, 2)` as one node (CPU,
+/// f32/f64, groups = 1): the full-size activations live only in a per-image
+/// buffer, and the backward routes each window's gradient to its first
+/// maximum as [`crate::ops::max_pool2d`] does.
+pub fn conv2d_pool2(
+    xs: &Tensor,
+    kernel: &Tensor,
+    bias: &Tensor,
+    padding: usize,
+    stride: usize,
+    dilation: usize,
+    act: Act,
+) -> Result<Tensor> {
+    let cfg = ConvCfg {
+        padding,
+        stride,
+        dilation,
+        act,
+        pool: true,
+    };
+    conv2d_op(xs, kernel, bias, cfg)
 }
 
 // ---------------------------------------------------------------- conv_transpose2d
@@ -832,14 +1006,15 @@ fn convt_bwd<T: Float>(
     lx: &Layout,
     w: &CpuStorage,
     lw: &Layout,
-    dz: &CpuStorage,
-    lz: &Layout,
+    dy: &CpuStorage,
+    ly: &Layout,
+    y: Option<&[T]>,
 ) -> Result<(CpuStorage, Shape)> {
     let (b, ci, g) = op.geometry(lx, lw)?;
-    let (x, w, dz) = (
+    let (x, w, dy) = (
         contiguous::<T>(x, lx, "conv_transpose2d-grad")?,
         contiguous::<T>(w, lw, "conv_transpose2d-grad")?,
-        contiguous::<T>(dz, lz, "conv_transpose2d-grad")?,
+        contiguous::<T>(dy, ly, "conv_transpose2d-grad")?,
     );
     let (o, okk, hw, out_img) = (g.c, g.c * g.kh * g.kw, g.oh * g.ow, g.c * g.h * g.w);
     let (nx, nw) = (if need_dx { b * ci * hw } else { 0 }, ci * okk);
@@ -847,9 +1022,10 @@ fn convt_bwd<T: Float>(
     let (dx, rest) = packed.split_at_mut(nx);
     let (dw, db) = rest.split_at_mut(nw);
     let (per_image, par) = par_for(b);
-    let work = |(i, dxi): (usize, Option<&mut [T]>), acc: &mut (Vec<T>, Vec<T>, Vec<T>)| {
-        let (pw, pb, dcols) = acc;
-        let dzi = &dz[i * out_img..(i + 1) * out_img];
+    let work = |(i, dxi): (usize, Option<&mut [T]>), acc: &mut (Vec<T>, Vec<T>, Vec<T>, Vec<T>)| {
+        let (pw, pb, dcols, dzbuf) = acc;
+        let yi = y.map(|y| &y[i * out_img..(i + 1) * out_img]);
+        let dzi = dz_chunk(&dy[i * out_img..(i + 1) * out_img], yi, op.act, dzbuf);
         let xi = &x[i * ci * hw..(i + 1) * ci * hw];
         im2col_one(dzi, &g, dcols);
         if let Some(dxi) = dxi {
@@ -867,6 +1043,7 @@ fn convt_bwd<T: Float>(
             vec![T::default(); nw],
             vec![T::default(); o],
             vec![T::default(); okk * hw],
+            Vec::new(),
         )
     };
     let slots = dx_slots(dx, ci * hw, b);
@@ -878,7 +1055,7 @@ fn convt_bwd<T: Float>(
                 work(job, &mut acc);
                 acc
             })
-            .map(|(pw, pb, _)| (pw, pb))
+            .map(|(pw, pb, ..)| (pw, pb))
             .reduce(
                 || (vec![T::default(); nw], vec![T::default(); o]),
                 |(mut aw, mut ab), (bw, bb)| {
@@ -921,15 +1098,31 @@ impl CustomOp3 for ConvT2dFused {
         y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dz = dz_of(y, dy, self.act)?;
         let need_dx = x.track_op();
-        let packed = x.apply_op3_no_bwd(w, &dz, &ConvT2dGrad(*self, need_dx))?;
+        let grad = ConvT2dGrad(*self, need_dx, saved_output(y, self.act));
+        let packed = x.apply_op3_no_bwd(w, &dy.contiguous()?, &grad)?;
         unpack(&packed, x, w, b, need_dx)
     }
 }
 
-#[derive(Clone, Copy, Debug)]
-struct ConvT2dGrad(ConvT2dFused, bool);
+/// The backward of [`ConvT2dFused`]: `(x, W, dy)` and the saved output →
+/// packed `[dx | dW | db]`.
+#[derive(Clone, Debug)]
+struct ConvT2dGrad(ConvT2dFused, bool, Option<Tensor>);
+
+fn convt_bwd_saved<T: Float>(
+    grad: &ConvT2dGrad,
+    x: &CpuStorage,
+    lx: &Layout,
+    w: &CpuStorage,
+    lw: &Layout,
+    dy: &CpuStorage,
+    ly: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    with_saved::<T, _>(&grad.2, "conv_transpose2d-grad", |y| {
+        convt_bwd(&grad.0, grad.1, x, lx, w, lw, dy, ly, y)
+    })
+}
 
 impl CustomOp3 for ConvT2dGrad {
     fn name(&self) -> &'static str {
@@ -941,10 +1134,10 @@ impl CustomOp3 for ConvT2dGrad {
         lx: &Layout,
         w: &CpuStorage,
         lw: &Layout,
-        dz: &CpuStorage,
-        lz: &Layout,
+        dy: &CpuStorage,
+        ly: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        by_dtype!(x, convt_bwd(&self.0, self.1, x, lx, w, lw, dz, lz))
+        by_dtype!(x, convt_bwd_saved(self, x, lx, w, lw, dy, ly))
     }
 }
 
@@ -1040,21 +1233,41 @@ fn lin_fwd<T: Float>(
     Ok((T::storage(y), Shape::from((n, o))))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn lin_bwd<T: Float>(
-    need_dx: bool,
+    grad: &LinearGrad,
     x: &CpuStorage,
     lx: &Layout,
     w: &CpuStorage,
     lw: &Layout,
-    dz: &CpuStorage,
-    lz: &Layout,
+    dy: &CpuStorage,
+    ly: &Layout,
+    y: Option<&[T]>,
 ) -> Result<(CpuStorage, Shape)> {
     let (n, i, o) = lin_dims(lx, lw)?;
-    let (x, w, dz) = (
+    let (x, w, dy) = (
         contiguous::<T>(x, lx, "linear-grad")?,
         contiguous::<T>(w, lw, "linear-grad")?,
-        contiguous::<T>(dz, lz, "linear-grad")?,
+        contiguous::<T>(dy, ly, "linear-grad")?,
     );
+    let need_dx = grad.need_dx;
+    // dz = dy ⊙ act'(y), by rows in parallel once there is enough work.
+    let mut dzbuf = Vec::new();
+    let dz: &[T] = match y {
+        Some(y) if n * o >= PAR_ELEMS => {
+            dzbuf = vec![T::default(); n * o];
+            dzbuf
+                .par_chunks_mut(o)
+                .zip(dy.par_chunks(o).zip(y.par_chunks(o)))
+                .for_each(|(z, (dy, y))| {
+                    for ((z, &d), &y) in z.iter_mut().zip(dy).zip(y) {
+                        *z = act_grad_at(y, d, grad.act);
+                    }
+                });
+            &dzbuf
+        }
+        _ => dz_chunk(dy, y, grad.act, &mut dzbuf),
+    };
     let (nx, nw) = (if need_dx { n * i } else { 0 }, o * i);
     let mut packed = vec![T::default(); nx + nw + o];
     let (dx, rest) = packed.split_at_mut(nx);
@@ -1097,15 +1310,37 @@ impl CustomOp3 for LinearFused {
         y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dz = dz_of(y, dy, self.act)?;
         let need_dx = x.track_op();
-        let packed = x.apply_op3_no_bwd(w, &dz, &LinearGrad(need_dx))?;
+        let grad = LinearGrad {
+            need_dx,
+            act: self.act,
+            y: saved_output(y, self.act),
+        };
+        let packed = x.apply_op3_no_bwd(w, &dy.contiguous()?, &grad)?;
         unpack(&packed, x, w, b, need_dx)
     }
 }
 
-#[derive(Clone, Copy, Debug)]
-struct LinearGrad(bool);
+/// The backward of [`LinearFused`]: `(x, W, dy)` and the saved output →
+/// packed `[dx | dW | db]`.
+#[derive(Clone, Debug)]
+struct LinearGrad {
+    need_dx: bool,
+    act: Act,
+    y: Option<Tensor>,
+}
+
+fn lin_bwd_saved<T: Float>(
+    grad: &LinearGrad,
+    x: &CpuStorage,
+    lx: &Layout,
+    w: &CpuStorage,
+    lw: &Layout,
+    dy: &CpuStorage,
+    ly: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    with_saved::<T, _>(&grad.y, "linear-grad", |y| lin_bwd(grad, x, lx, w, lw, dy, ly, y))
+}
 
 impl CustomOp3 for LinearGrad {
     fn name(&self) -> &'static str {
@@ -1117,10 +1352,10 @@ impl CustomOp3 for LinearGrad {
         lx: &Layout,
         w: &CpuStorage,
         lw: &Layout,
-        dz: &CpuStorage,
-        lz: &Layout,
+        dy: &CpuStorage,
+        ly: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        by_dtype!(x, lin_bwd(self.0, x, lx, w, lw, dz, lz))
+        by_dtype!(x, lin_bwd_saved(self, x, lx, w, lw, dy, ly))
     }
 }
 

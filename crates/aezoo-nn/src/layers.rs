@@ -174,6 +174,21 @@ impl Conv2d {
     }
 }
 
+impl Conv2d {
+    /// `max_pool2d(act(conv2d(xs) + b), 2, 2)`: one fused node on the CPU
+    /// ([`fused::conv2d_pool2`]), the conv and [`crate::ops::max_pool2d`]
+    /// elsewhere.
+    pub fn forward_act_pool2(&self, xs: &Tensor, act: Act) -> Result<Tensor> {
+        let c = &self.cfg;
+        if let Some(b) = &self.bias {
+            if c.groups == 1 && fused::applies(xs) {
+                return fused::conv2d_pool2(xs, &self.weight, b, c.padding, c.stride, c.dilation, act);
+            }
+        }
+        crate::ops::max_pool2d(&self.forward_act(xs, act)?, 2, 2)
+    }
+}
+
 impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         // xs: (b, in, h, w) -> (b, out, oh, ow)

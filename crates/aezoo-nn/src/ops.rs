@@ -297,7 +297,7 @@ fn pool_min_planes(plane: usize) -> usize {
 /// maximum `m` (at `i`) when it is larger, or NaN while `m` is not (so the
 /// first NaN wins, as in PyTorch). Branch-free on plain values.
 #[inline(always)]
-fn first_max<T: Copy + PartialOrd>((m, i): (T, usize), v: T, j: usize) -> (T, usize) {
+pub(crate) fn first_max<T: Copy + PartialOrd>((m, i): (T, usize), v: T, j: usize) -> (T, usize) {
     #[allow(clippy::eq_op)]
     let take = m == m && (v > m || v != v);
     if take {
@@ -310,7 +310,7 @@ fn first_max<T: Copy + PartialOrd>((m, i): (T, usize), v: T, j: usize) -> (T, us
 /// The first maximum of the 2×2 window at column `2·ox` of rows `r0`, `r1`
 /// and its index in row-major `0..4`, scanning with `step`.
 #[inline(always)]
-fn window2<T, F>(r0: &[T], r1: &[T], ox: usize, step: &F) -> (T, usize)
+pub(crate) fn window2<T, F>(r0: &[T], r1: &[T], ox: usize, step: &F) -> (T, usize)
 where
     T: Copy,
     F: Fn((T, usize), T, usize) -> (T, usize),

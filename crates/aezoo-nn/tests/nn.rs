@@ -876,6 +876,65 @@ fn fused_conv2d_matches_composite_and_finite_differences() {
 }
 
 #[test]
+fn fused_conv2d_pool2_matches_conv_then_max_pool_and_finite_differences() {
+    // Even and odd (floored) outputs, both batch paths, every activation.
+    for (b, h, w, k, s, p) in [(1, 6, 8, 3, 1, 1), (6, 7, 7, 3, 1, 1), (2, 9, 6, 4, 2, 1)] {
+        for act in [Act::None, Act::Relu, Act::Sigmoid] {
+            let (x, wt, bias) = (u(&[b, 2, h, w], 340), u(&[3, 2, k, k], 341), u(&[3], 342));
+            let composite = move |a: &[Tensor]| {
+                let y = ops::conv2d_candle(&a[0], &a[1], p, s, 1, 1)?.broadcast_add(&a[2].reshape((1, 3, 1, 1))?)?;
+                ops::max_pool2d(&apply_act(y, act)?, 2, 2)
+            };
+            let fused = move |a: &[Tensor]| fused::conv2d_pool2(&a[0], &a[1], &a[2], p, s, 1, act);
+            let what = format!("fused conv2d+pool b{b} {h}x{w} k{k} s{s} p{p} {act:?}");
+            let args = [x, wt, bias];
+            assert!(
+                max_abs_diff(&fused(&args).unwrap(), &composite(&args).unwrap()) < 1e-12,
+                "{what}: forward differs"
+            );
+            // The gradients of both paths under the same random cotangent.
+            let vars: Vec<candle_core::Var> = args.iter().map(|t| candle_core::Var::from_tensor(t).unwrap()).collect();
+            let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+            let (yf, yc) = (fused(&ts).unwrap(), composite(&ts).unwrap());
+            let r = u(yf.dims(), 343);
+            let gf = (&yf * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let gc = (&yc * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            for t in &ts {
+                let d = max_abs_diff(gf.get(t).unwrap(), gc.get(t).unwrap());
+                assert!(d < 1e-12, "{what}: gradient differs by {d}");
+            }
+            assert_grad(&what, fused, &args);
+        }
+    }
+    // A window whose maximum is tied routes the gradient to the first one, as the plain pool does.
+    let x = Tensor::zeros((1, 1, 4, 4), DType::F64, &Device::Cpu).unwrap();
+    let (wt, bias) = (
+        Tensor::ones((1, 1, 1, 1), DType::F64, &Device::Cpu).unwrap(),
+        u(&[1], 344).abs().unwrap(),
+    );
+    let xv = candle_core::Var::from_tensor(&x).unwrap();
+    let g = fused::conv2d_pool2(xv.as_tensor(), &wt, &bias, 0, 1, 1, Act::Relu)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let dx: Vec<f64> = g.get(xv.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(dx, [1., 0., 1., 0., 0., 0., 0., 0., 1., 0., 1., 0., 0., 0., 0., 0.]);
+    // Too small an output for the window is an error, not a panic.
+    let err = fused::conv2d_pool2(
+        &u(&[1, 1, 3, 3], 345),
+        &u(&[1, 1, 3, 3], 346),
+        &u(&[1], 347),
+        0,
+        1,
+        1,
+        Act::Relu,
+    );
+    assert!(err.unwrap_err().to_string().contains("smaller than the 2x2 window"));
+}
+
+#[test]
 fn fused_conv_transpose2d_matches_composite_and_finite_differences() {
     for (b, h, w, k, s, p, op) in [
         (1, 3, 4, 4, 2, 1, 0),
