@@ -855,6 +855,11 @@ fn fused_conv2d_matches_composite_and_finite_differences() {
         (6, 6, 6, 4, 2, 1, 1),
         (2, 5, 5, 3, 1, 2, 2),
         (5, 8, 7, 1, 1, 0, 1),
+        // Stride 3 on odd and even widths (rows split into three phases),
+        // and stride 9 past the phase split (strided gathers).
+        (2, 11, 10, 3, 3, 1, 1),
+        (3, 9, 13, 4, 3, 2, 1),
+        (1, 20, 19, 2, 9, 0, 1),
     ] {
         for act in [Act::None, Act::Relu, Act::Sigmoid] {
             let (x, wt, bias) = (u(&[b, 3, h, w], 300), u(&[4, 3, k, k], 301), u(&[4], 302));
@@ -941,6 +946,8 @@ fn fused_conv_transpose2d_matches_composite_and_finite_differences() {
         (6, 3, 3, 2, 2, 0, 0),
         (2, 4, 3, 3, 2, 1, 1),
         (5, 3, 3, 3, 1, 1, 0),
+        (2, 3, 4, 3, 3, 1, 2),
+        (1, 2, 3, 3, 9, 0, 4),
     ] {
         for act in [Act::None, Act::Relu, Act::Sigmoid] {
             let (x, wt, bias) = (u(&[b, 3, h, w], 310), u(&[3, 2, k, k], 311), u(&[2], 312));
