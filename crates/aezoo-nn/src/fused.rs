@@ -534,6 +534,184 @@ fn col2im_strided<T: Float>(cols: &[T], g: &Geometry, img: &mut [T]) {
     }
 }
 
+// ---------------------------------------------------------------- channels-last patches
+
+/// Whether geometry `g` unfolds into channels-last patch rows rather than
+/// plane rows: a patch row's strips are `kw·c` long, a plane row's `ow`.
+/// On small feature maps with many channels (vae-conv's second conv: 7
+/// against 128) the plane layout spends its time on strip overhead.
+fn rows_layout(g: &Geometry) -> bool {
+    g.dilation == 1 && g.c * g.kw >= g.ow
+}
+
+/// `(c, h·w)` → channels-last `(h·w, c)` into `out`.
+fn to_hwc<T: Float>(img: &[T], c: usize, hw: usize, out: &mut Vec<T>) {
+    out.resize(c * hw, T::default());
+    for (ci, plane) in img.chunks_exact(hw).enumerate() {
+        for (v, o) in plane.iter().zip(out[ci..].iter_mut().step_by(c)) {
+            *o = *v;
+        }
+    }
+}
+
+/// Adds channels-last `(h·w, c)` into `(c, h·w)`.
+fn add_from_hwc<T: Float>(hwc: &[T], c: usize, hw: usize, img: &mut [T]) {
+    for (ci, plane) in img.chunks_exact_mut(hw).enumerate() {
+        for (v, &s) in plane.iter_mut().zip(hwc[ci..].iter().step_by(c)) {
+            *v += s;
+        }
+    }
+}
+
+/// The kernel columns `kx` whose input column `x0 + kx` lies in `0..w`.
+#[inline]
+fn valid_taps(x0: isize, kw: usize, w: usize) -> (usize, usize) {
+    let lo = (-x0).clamp(0, kw as isize) as usize;
+    let hi = (w as isize - x0).clamp(0, kw as isize) as usize;
+    (lo, hi.max(lo))
+}
+
+/// One image's patch rows (dilation 1): `(c, h, w)` → `(oh·ow, kh·kw·c)`
+/// row-major, each row one output position's receptive field in
+/// `(ky, kx, c)` order, so each kernel row's taps are one contiguous copy
+/// from the channels-last image (`scratch`).
+fn im2row_one<T: Float>(img: &[T], g: &Geometry, rows: &mut [T], scratch: &mut Vec<T>) {
+    let (c, kw) = (g.c, g.kw);
+    let k = g.kh * kw * c;
+    to_hwc(img, c, g.h * g.w, scratch);
+    let zero = T::default();
+    for (pos, row) in rows.chunks_exact_mut(k).enumerate().take(g.oh * g.ow) {
+        let (oy, ox) = (pos / g.ow, pos % g.ow);
+        let x0 = (ox * g.stride) as isize - g.padding as isize;
+        let (lo, hi) = valid_taps(x0, kw, g.w);
+        for (ky, dst) in row.chunks_exact_mut(kw * c).enumerate() {
+            let y = (oy * g.stride + ky) as isize - g.padding as isize;
+            if y < 0 || y as usize >= g.h || lo == hi {
+                dst.fill(zero);
+                continue;
+            }
+            dst[..lo * c].fill(zero);
+            dst[hi * c..].fill(zero);
+            let from = (y as usize * g.w + (x0 + lo as isize) as usize) * c;
+            dst[lo * c..hi * c].copy_from_slice(&scratch[from..from + (hi - lo) * c]);
+        }
+    }
+}
+
+/// The adjoint of [`im2row_one`]: `(oh·ow, kh·kw·c)` → `(c, h, w)`, summing
+/// overlaps in a channels-last image (`scratch`) and adding it into `img`.
+fn row2im_one<T: Float>(rows: &[T], g: &Geometry, img: &mut [T], scratch: &mut Vec<T>) {
+    let (c, kw) = (g.c, g.kw);
+    let k = g.kh * kw * c;
+    scratch.clear();
+    scratch.resize(img.len(), T::default());
+    for (pos, row) in rows.chunks_exact(k).enumerate().take(g.oh * g.ow) {
+        let (oy, ox) = (pos / g.ow, pos % g.ow);
+        let x0 = (ox * g.stride) as isize - g.padding as isize;
+        let (lo, hi) = valid_taps(x0, kw, g.w);
+        if lo == hi {
+            continue;
+        }
+        for (ky, src) in row.chunks_exact(kw * c).enumerate() {
+            let y = (oy * g.stride + ky) as isize - g.padding as isize;
+            if y < 0 || y as usize >= g.h {
+                continue;
+            }
+            let from = (y as usize * g.w + (x0 + lo as isize) as usize) * c;
+            for (d, &v) in scratch[from..from + (hi - lo) * c].iter_mut().zip(&src[lo * c..hi * c]) {
+                *d += v;
+            }
+        }
+    }
+    add_from_hwc(scratch, c, g.h * g.w, img);
+}
+
+/// How one image is unfolded: plane rows (`(c·kh·kw, oh·ow)`, [`im2col_one`])
+/// or channels-last patch rows (`(oh·ow, kh·kw·c)`, [`im2row_one`]). Either
+/// is the same `K × L` matrix to the GEMMs, read through different strides,
+/// with the kernel's columns in the matching order.
+#[derive(Clone, Copy)]
+struct Unfold {
+    rows: bool,
+    k: usize,
+    l: usize,
+}
+
+impl Unfold {
+    fn new(g: &Geometry) -> Self {
+        Self {
+            rows: rows_layout(g),
+            k: g.c * g.kh * g.kw,
+            l: g.oh * g.ow,
+        }
+    }
+
+    fn unfold<T: Float>(&self, img: &[T], g: &Geometry, buf: &mut [T], scratch: &mut Vec<T>) {
+        if self.rows {
+            im2row_one(img, g, buf, scratch)
+        } else {
+            im2col_one(img, g, buf, scratch)
+        }
+    }
+
+    fn fold<T: Float>(&self, buf: &[T], g: &Geometry, img: &mut [T], scratch: &mut Vec<T>) {
+        if self.rows {
+            row2im_one(buf, g, img, scratch)
+        } else {
+            col2im_one(buf, g, img, scratch)
+        }
+    }
+
+    /// `(row, column)` strides of the unfolded matrix read as `K × L`.
+    fn kl(&self) -> (usize, usize) {
+        if self.rows {
+            (1, self.k)
+        } else {
+            (self.l, 1)
+        }
+    }
+
+    /// … and read as its transpose, `L × K`.
+    fn lk(&self) -> (usize, usize) {
+        let (r, c) = self.kl();
+        (c, r)
+    }
+
+    /// A kernel `(a, c, kh, kw)` with its `K` columns in this layout's order.
+    fn kernel<'a, T: Float>(&self, w: &'a [T], a: usize, g: &Geometry) -> std::borrow::Cow<'a, [T]> {
+        if self.rows {
+            swap_inner(w, a, g.c, g.kh * g.kw).into()
+        } else {
+            w.into()
+        }
+    }
+
+    /// A kernel gradient in this layout's order back to `(a, c, kh, kw)`.
+    fn kernel_back<T: Float>(&self, dw: Vec<T>, a: usize, g: &Geometry) -> Vec<T> {
+        if self.rows {
+            swap_inner(&dw, a, g.kh * g.kw, g.c)
+        } else {
+            dw
+        }
+    }
+}
+
+/// `(a, c, kk)` → `(a, kk, c)`: a kernel's `(c, ky, kx)` columns in the
+/// patch rows' `(ky, kx, c)` order; `swap_inner(·, a, kk, c)` undoes it.
+fn swap_inner<T: Float>(src: &[T], a: usize, c: usize, kk: usize) -> Vec<T> {
+    let mut out = vec![T::default(); src.len()];
+    for (i, block) in src.chunks_exact(c * kk).enumerate() {
+        let dst = &mut out[i * c * kk..(i + 1) * c * kk];
+        for (ci, taps) in block.chunks_exact(kk).enumerate() {
+            for (q, &v) in taps.iter().enumerate() {
+                dst[q * c + ci] = v;
+            }
+        }
+    }
+    debug_assert_eq!(src.len(), a * c * kk);
+    out
+}
+
 /// The sum of `xs` in 16 lanes (a single running sum is one dependent add
 /// per element; lanes let the compiler vectorise).
 #[inline]
@@ -832,13 +1010,15 @@ fn conv_fwd<T: Float>(
         argmax.resize(b * o * pl, 0);
     }
     let (per_image, par) = par_for(b);
+    let u = Unfold::new(&g);
+    let wk = u.kernel(w, o, &g);
     // Scratch per task: the unfolded image, the pre-pool activations, the
-    // phase-split image.
+    // phase-split or channels-last image.
     let run = |(i, (y, arg)): (usize, (&mut [T], Option<&mut [u8]>)),
                (cols, pre, split): &mut (Vec<T>, Vec<T>, Vec<T>)| {
-        im2col_one(&x[i * img..(i + 1) * img], &g, cols, split);
+        u.unfold(&x[i * img..(i + 1) * img], &g, cols, split);
         let full: &mut [T] = if arg.is_some() { &mut pre[..] } else { &mut *y };
-        gemm(o, l, k, full, (l, 1), false, w, (k, 1), cols, (l, 1), par);
+        gemm(o, l, k, full, (l, 1), false, &wk, (k, 1), cols, u.kl(), par);
         bias_act(full, bias, l, cfg.act);
         if let Some(arg) = arg {
             pool2_record(pre, g.oh, g.ow, y, arg);
@@ -902,6 +1082,8 @@ fn conv_bwd<T: Float>(
     let (dx, rest) = packed.split_at_mut(nx);
     let (dw, db) = rest.split_at_mut(nw);
     let (per_image, par) = par_for(b);
+    let u = Unfold::new(&g);
+    let wk = u.kernel(w, o, &g);
     // Per task: (dW, db) partial sums and the scratch matrices.
     type Acc<T> = (Vec<T>, Vec<T>, Vec<T>, Vec<T>, Vec<T>, Vec<T>);
     let work = |(i, dxi): (usize, Option<&mut [T]>), acc: &mut Acc<T>| {
@@ -924,16 +1106,16 @@ fn conv_bwd<T: Float>(
         } else {
             dz_chunk(dyi, yi, cfg.act, dzbuf)
         };
-        im2col_one(&x[i * img..(i + 1) * img], &g, cols, split);
+        u.unfold(&x[i * img..(i + 1) * img], &g, cols, split);
         // dW (o×k) += dz_i (o×l) · colsᵀ (l×k)
-        gemm(o, k, l, pw, (k, 1), true, dzi, (l, 1), cols, (1, l), par);
+        gemm(o, k, l, pw, (k, 1), true, dzi, (l, 1), cols, u.lk(), par);
         for (oo, row) in dzi.chunks(l).enumerate() {
             pb[oo] += sum(row);
         }
         if let Some(dxi) = dxi {
             // dcols (k×l) = Wᵀ (k×o) · dz_i (o×l)
-            gemm(k, l, o, dcols, (l, 1), false, w, (1, k), dzi, (l, 1), par);
-            col2im_one(dcols, &g, dxi, split);
+            gemm(k, l, o, dcols, u.kl(), false, &wk, (1, k), dzi, (l, 1), par);
+            u.fold(dcols, &g, dxi, split);
         }
     };
     let init = || {
@@ -969,7 +1151,7 @@ fn conv_bwd<T: Float>(
         slots.into_iter().enumerate().for_each(|job| work(job, &mut acc));
         (acc.0, acc.1)
     };
-    dw.copy_from_slice(&pw);
+    dw.copy_from_slice(&u.kernel_back(pw, o, &g));
     db.copy_from_slice(&pb);
     let n = packed.len();
     Ok((T::storage(packed), Shape::from(n)))
@@ -1163,22 +1345,13 @@ fn convt_fwd<T: Float>(
     let (okk, hw, out_img) = (g.c * g.kh * g.kw, g.oh * g.ow, g.c * g.h * g.w);
     let mut out = vec![T::default(); b * out_img];
     let (per_image, par) = par_for(b);
+    let u = Unfold::new(&g);
+    let wk = u.kernel(w, ci, &g);
     let run = |(i, y): (usize, &mut [T]), (cols, split): &mut (Vec<T>, Vec<T>)| {
         // cols (okk×hw) = Wᵀ (okk×ci) · x_i (ci×hw)
-        gemm(
-            okk,
-            hw,
-            ci,
-            cols,
-            (hw, 1),
-            false,
-            w,
-            (1, okk),
-            &x[i * ci * hw..(i + 1) * ci * hw],
-            (hw, 1),
-            par,
-        );
-        col2im_one(cols, &g, y, split);
+        let xi = &x[i * ci * hw..(i + 1) * ci * hw];
+        gemm(okk, hw, ci, cols, u.kl(), false, &wk, (1, okk), xi, (hw, 1), par);
+        u.fold(cols, &g, y, split);
         bias_act(y, bias, g.h * g.w, op.act);
     };
     if per_image {
@@ -1219,19 +1392,21 @@ fn convt_bwd<T: Float>(
     let (dx, rest) = packed.split_at_mut(nx);
     let (dw, db) = rest.split_at_mut(nw);
     let (per_image, par) = par_for(b);
+    let u = Unfold::new(&g);
+    let wk = u.kernel(w, ci, &g);
     type Acc<T> = (Vec<T>, Vec<T>, Vec<T>, Vec<T>, Vec<T>);
     let work = |(i, dxi): (usize, Option<&mut [T]>), acc: &mut Acc<T>| {
         let (pw, pb, dcols, dzbuf, split) = acc;
         let yi = y.map(|y| &y[i * out_img..(i + 1) * out_img]);
         let dzi = dz_chunk(&dy[i * out_img..(i + 1) * out_img], yi, op.act, dzbuf);
         let xi = &x[i * ci * hw..(i + 1) * ci * hw];
-        im2col_one(dzi, &g, dcols, split);
+        u.unfold(dzi, &g, dcols, split);
         if let Some(dxi) = dxi {
             // dx_i (ci×hw) = W (ci×okk) · dcols (okk×hw)
-            gemm(ci, hw, okk, dxi, (hw, 1), false, w, (okk, 1), dcols, (hw, 1), par);
+            gemm(ci, hw, okk, dxi, (hw, 1), false, &wk, (okk, 1), dcols, u.kl(), par);
         }
         // dW (ci×okk) += x_i (ci×hw) · dcolsᵀ (hw×okk)
-        gemm(ci, okk, hw, pw, (okk, 1), true, xi, (hw, 1), dcols, (1, hw), par);
+        gemm(ci, okk, hw, pw, (okk, 1), true, xi, (hw, 1), dcols, u.lk(), par);
         for (oo, plane) in dzi.chunks(g.h * g.w).enumerate() {
             pb[oo] += sum(plane);
         }
@@ -1268,7 +1443,7 @@ fn convt_bwd<T: Float>(
         slots.into_iter().enumerate().for_each(|job| work(job, &mut acc));
         (acc.0, acc.1)
     };
-    dw.copy_from_slice(&pw);
+    dw.copy_from_slice(&u.kernel_back(pw, ci, &g));
     db.copy_from_slice(&pb);
     let n = packed.len();
     Ok((T::storage(packed), Shape::from(n)))

@@ -855,11 +855,15 @@ fn fused_conv2d_matches_composite_and_finite_differences() {
         (6, 6, 6, 4, 2, 1, 1),
         (2, 5, 5, 3, 1, 2, 2),
         (5, 8, 7, 1, 1, 0, 1),
-        // Stride 3 on odd and even widths (rows split into three phases),
-        // and stride 9 past the phase split (strided gathers).
+        // Narrow outputs unfold into channels-last patch rows (c·kw ≥ ow),
+        // wide ones into plane rows, whose strides 2 and 3 split each row
+        // into phases and stride 9 gathers with strided loads.
         (2, 11, 10, 3, 3, 1, 1),
         (3, 9, 13, 4, 3, 2, 1),
         (1, 20, 19, 2, 9, 0, 1),
+        (2, 6, 31, 3, 2, 1, 1),
+        (1, 7, 40, 3, 3, 1, 1),
+        (1, 5, 80, 2, 9, 0, 1),
     ] {
         for act in [Act::None, Act::Relu, Act::Sigmoid] {
             let (x, wt, bias) = (u(&[b, 3, h, w], 300), u(&[4, 3, k, k], 301), u(&[4], 302));
@@ -948,6 +952,9 @@ fn fused_conv_transpose2d_matches_composite_and_finite_differences() {
         (5, 3, 3, 3, 1, 1, 0),
         (2, 3, 4, 3, 3, 1, 2),
         (1, 2, 3, 3, 9, 0, 4),
+        (1, 2, 13, 4, 2, 1, 0),
+        (1, 2, 11, 3, 3, 1, 2),
+        (1, 2, 10, 2, 9, 0, 4),
     ] {
         for act in [Act::None, Act::Relu, Act::Sigmoid] {
             let (x, wt, bias) = (u(&[b, 3, h, w], 310), u(&[3, 2, k, k], 311), u(&[2], 312));
