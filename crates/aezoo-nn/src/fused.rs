@@ -375,20 +375,19 @@ impl Phases {
 
 /// One image's im2col: `(c, h, w)` → `(c·kh·kw, oh·ow)` row-major.
 ///
-/// With stride `s > 1` the image is first split into its column phases
-/// (into `scratch`), so that every output strip — the inputs
+/// With stride `s` in `2..=MAX_PHASES` the image is first split into its
+/// column phases (into `scratch`), so that every output strip — the inputs
 /// `x0, x0 + s, …` of one row — is a contiguous copy from one phase instead
 /// of a strided gather (vae-conv's 4×4 stride-2 convs: a scalar load and
-/// store per element, 18 % of the CPU samples).
+/// store per element, 18 % of the CPU samples). Larger strides gather.
 fn im2col_one<T: Float>(img: &[T], g: &Geometry, cols: &mut [T], scratch: &mut Vec<T>) {
-    let Some(ph) = Phases::new(g.w, g.stride) else {
-        return im2col_strided(img, g, cols);
-    };
-    let src_img: &[T] = if g.stride == 1 {
-        img
-    } else {
-        ph.split(img, g.w, scratch);
-        scratch
+    let ph = Phases::new(g.w, g.stride);
+    let src_img: &[T] = match ph {
+        Some(ph) if g.stride > 1 => {
+            ph.split(img, g.w, scratch);
+            scratch
+        }
+        _ => img,
     };
     let l = g.oh * g.ow;
     let zero = T::default();
@@ -400,11 +399,8 @@ fn im2col_one<T: Float>(img: &[T], g: &Geometry, cols: &mut [T], scratch: &mut V
                 let row = &mut cols[r * l..(r + 1) * l];
                 let x0 = (kx * g.dilation) as isize - g.padding as isize;
                 let (lo, hi) = valid_cols(x0, g.stride, g.w, g.ow);
-                let from = if lo < hi {
-                    ph.at((x0 + (lo * g.stride) as isize) as usize)
-                } else {
-                    0
-                };
+                let start = (x0 + (lo * g.stride) as isize).max(0) as usize;
+                let from = ph.map(|ph| ph.at(start));
                 for oy in 0..g.oh {
                     let dst = &mut row[oy * g.ow..(oy + 1) * g.ow];
                     let y = (oy * g.stride + ky * g.dilation) as isize - g.padding as isize;
@@ -415,40 +411,18 @@ fn im2col_one<T: Float>(img: &[T], g: &Geometry, cols: &mut [T], scratch: &mut V
                     let src = &plane[y as usize * g.w..(y as usize + 1) * g.w];
                     dst[..lo].fill(zero);
                     dst[hi..].fill(zero);
-                    for (d, &v) in dst[lo..hi].iter_mut().zip(&src[from..from + (hi - lo)]) {
-                        *d = v;
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// [`im2col_one`] for strides past [`MAX_PHASES`]: strided loads.
-fn im2col_strided<T: Float>(img: &[T], g: &Geometry, cols: &mut [T]) {
-    let l = g.oh * g.ow;
-    let zero = T::default();
-    for c in 0..g.c {
-        let plane = &img[c * g.h * g.w..(c + 1) * g.h * g.w];
-        for ky in 0..g.kh {
-            for kx in 0..g.kw {
-                let r = (c * g.kh + ky) * g.kw + kx;
-                let row = &mut cols[r * l..(r + 1) * l];
-                let x0 = (kx * g.dilation) as isize - g.padding as isize;
-                let (lo, hi) = valid_cols(x0, g.stride, g.w, g.ow);
-                for oy in 0..g.oh {
-                    let dst = &mut row[oy * g.ow..(oy + 1) * g.ow];
-                    let y = (oy * g.stride + ky * g.dilation) as isize - g.padding as isize;
-                    if y < 0 || y as usize >= g.h || lo == hi {
-                        dst.fill(zero);
-                        continue;
-                    }
-                    let src = &plane[y as usize * g.w..(y as usize + 1) * g.w];
-                    dst[..lo].fill(zero);
-                    dst[hi..].fill(zero);
-                    let start = (x0 + (lo * g.stride) as isize) as usize;
-                    for (d, c) in dst[lo..hi].iter_mut().zip(src[start..].chunks(g.stride)) {
-                        *d = c[0];
+                    let strip = &mut dst[lo..hi];
+                    match from {
+                        Some(from) => {
+                            for (d, &v) in strip.iter_mut().zip(&src[from..from + (hi - lo)]) {
+                                *d = v;
+                            }
+                        }
+                        None => {
+                            for (d, c) in strip.iter_mut().zip(src[start..].chunks(g.stride)) {
+                                *d = c[0];
+                            }
+                        }
                     }
                 }
             }
@@ -458,14 +432,12 @@ fn im2col_strided<T: Float>(img: &[T], g: &Geometry, cols: &mut [T]) {
 
 /// One image's col2im: `(c·kh·kw, oh·ow)` → `(c, h, w)`, summing overlaps
 /// *into* `img`, which both callers pass freshly zeroed (a slice of a new
-/// output buffer), so it is not cleared a second time. With stride `s > 1`
-/// the sums gather in a phase-split image (`scratch`) by contiguous adds,
-/// added into `img` at the end (the mirror of [`im2col_one`]).
+/// output buffer), so it is not cleared a second time. With a phase-split
+/// stride the sums gather in a phase-split image (`scratch`) by contiguous
+/// adds, added into `img` at the end (the mirror of [`im2col_one`]).
 fn col2im_one<T: Float>(cols: &[T], g: &Geometry, img: &mut [T], scratch: &mut Vec<T>) {
-    let Some(ph) = Phases::new(g.w, g.stride) else {
-        return col2im_strided(cols, g, img);
-    };
-    let split = g.stride > 1;
+    let ph = Phases::new(g.w, g.stride);
+    let split = ph.is_some() && g.stride > 1;
     if split {
         scratch.clear();
         scratch.resize(img.len(), T::default());
@@ -483,7 +455,8 @@ fn col2im_one<T: Float>(cols: &[T], g: &Geometry, img: &mut [T], scratch: &mut V
                 if lo == hi {
                     continue;
                 }
-                let from = ph.at((x0 + (lo * g.stride) as isize) as usize);
+                let start = (x0 + (lo * g.stride) as isize) as usize;
+                let from = ph.map(|ph| ph.at(start));
                 for oy in 0..g.oh {
                     let y = (oy * g.stride + ky * g.dilation) as isize - g.padding as isize;
                     if y < 0 || y as usize >= g.h {
@@ -491,46 +464,24 @@ fn col2im_one<T: Float>(cols: &[T], g: &Geometry, img: &mut [T], scratch: &mut V
                     }
                     let dst = &mut plane[y as usize * g.w..(y as usize + 1) * g.w];
                     let src = &row[oy * g.ow + lo..oy * g.ow + hi];
-                    for (d, &v) in dst[from..from + src.len()].iter_mut().zip(src) {
-                        *d += v;
+                    match from {
+                        Some(from) => {
+                            for (d, &v) in dst[from..from + src.len()].iter_mut().zip(src) {
+                                *d += v;
+                            }
+                        }
+                        None => {
+                            for (c, &v) in dst[start..].chunks_mut(g.stride).zip(src) {
+                                c[0] += v;
+                            }
+                        }
                     }
                 }
             }
         }
     }
-    if split {
+    if let (Some(ph), true) = (ph, split) {
         ph.merge_add(scratch, g.w, img);
-    }
-}
-
-/// [`col2im_one`] for strides past [`MAX_PHASES`]: strided adds.
-fn col2im_strided<T: Float>(cols: &[T], g: &Geometry, img: &mut [T]) {
-    let l = g.oh * g.ow;
-    for c in 0..g.c {
-        let plane = &mut img[c * g.h * g.w..(c + 1) * g.h * g.w];
-        for ky in 0..g.kh {
-            for kx in 0..g.kw {
-                let r = (c * g.kh + ky) * g.kw + kx;
-                let row = &cols[r * l..(r + 1) * l];
-                let x0 = (kx * g.dilation) as isize - g.padding as isize;
-                let (lo, hi) = valid_cols(x0, g.stride, g.w, g.ow);
-                if lo == hi {
-                    continue;
-                }
-                for oy in 0..g.oh {
-                    let y = (oy * g.stride + ky * g.dilation) as isize - g.padding as isize;
-                    if y < 0 || y as usize >= g.h {
-                        continue;
-                    }
-                    let dst = &mut plane[y as usize * g.w..(y as usize + 1) * g.w];
-                    let src = &row[oy * g.ow + lo..oy * g.ow + hi];
-                    let start = (x0 + (lo * g.stride) as isize) as usize;
-                    for (c, &v) in dst[start..].chunks_mut(g.stride).zip(src) {
-                        c[0] += v;
-                    }
-                }
-            }
-        }
     }
 }
 
@@ -1229,7 +1180,24 @@ impl CustomOp3 for Conv2dGrad {
     }
 }
 
-fn conv2d_op(xs: &Tensor, kernel: &Tensor, bias: &Tensor, cfg: ConvCfg) -> Result<Tensor> {
+#[allow(clippy::too_many_arguments)]
+fn conv2d_fused(
+    xs: &Tensor,
+    kernel: &Tensor,
+    bias: &Tensor,
+    padding: usize,
+    stride: usize,
+    dilation: usize,
+    act: Act,
+    pool: bool,
+) -> Result<Tensor> {
+    let cfg = ConvCfg {
+        padding,
+        stride,
+        dilation,
+        act,
+        pool,
+    };
     let op = Conv2dFused {
         cfg,
         argmax: Arc::default(),
@@ -1248,14 +1216,7 @@ pub fn conv2d(
     dilation: usize,
     act: Act,
 ) -> Result<Tensor> {
-    let cfg = ConvCfg {
-        padding,
-        stride,
-        dilation,
-        act,
-        pool: false,
-    };
-    conv2d_op(xs, kernel, bias, cfg)
+    conv2d_fused(xs, kernel, bias, padding, stride, dilation, act, false)
 }
 
 /// `max_pool2d(act(conv2d(xs, kernel) + bias), 2, 2)` as one node (CPU,
@@ -1271,14 +1232,7 @@ pub fn conv2d_pool2(
     dilation: usize,
     act: Act,
 ) -> Result<Tensor> {
-    let cfg = ConvCfg {
-        padding,
-        stride,
-        dilation,
-        act,
-        pool: true,
-    };
-    conv2d_op(xs, kernel, bias, cfg)
+    conv2d_fused(xs, kernel, bias, padding, stride, dilation, act, true)
 }
 
 // ---------------------------------------------------------------- conv_transpose2d
