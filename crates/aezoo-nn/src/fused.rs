@@ -335,18 +335,9 @@ impl Phases {
     fn split<T: Float>(&self, img: &[T], w: usize, out: &mut Vec<T>) {
         out.resize(img.len(), T::default());
         for (row, o) in img.chunks_exact(w).zip(out.chunks_exact_mut(w)) {
-            if self.stride == 2 {
-                let (even, odd) = o.split_at_mut(self.offsets[1]);
-                for (pair, (e, d)) in row.chunks_exact(2).zip(even.iter_mut().zip(odd.iter_mut())) {
-                    *e = pair[0];
-                    *d = pair[1];
-                }
-                if w % 2 == 1 {
-                    even[w / 2] = row[w - 1];
-                }
-            } else {
-                for (x, &v) in row.iter().enumerate() {
-                    o[self.at(x)] = v;
+            for (p, &off) in self.offsets[..self.stride].iter().enumerate() {
+                for (d, &v) in o[off..].iter_mut().zip(row[p..].iter().step_by(self.stride)) {
+                    *d = v;
                 }
             }
         }
@@ -355,18 +346,9 @@ impl Phases {
     /// Adds the phase-split rows of `split` back into the rows of `img`.
     fn merge_add<T: Float>(&self, split: &[T], w: usize, img: &mut [T]) {
         for (row, sp) in img.chunks_exact_mut(w).zip(split.chunks_exact(w)) {
-            if self.stride == 2 {
-                let (even, odd) = sp.split_at(self.offsets[1]);
-                for (pair, (&e, &d)) in row.chunks_exact_mut(2).zip(even.iter().zip(odd)) {
-                    pair[0] += e;
-                    pair[1] += d;
-                }
-                if w % 2 == 1 {
-                    row[w - 1] += even[w / 2];
-                }
-            } else {
-                for (x, v) in row.iter_mut().enumerate() {
-                    *v += sp[self.at(x)];
+            for (p, &off) in self.offsets[..self.stride].iter().enumerate() {
+                for (d, &v) in row[p..].iter_mut().step_by(self.stride).zip(&sp[off..]) {
+                    *d += v;
                 }
             }
         }
@@ -437,12 +419,13 @@ fn im2col_one<T: Float>(img: &[T], g: &Geometry, cols: &mut [T], scratch: &mut V
 /// adds, added into `img` at the end (the mirror of [`im2col_one`]).
 fn col2im_one<T: Float>(cols: &[T], g: &Geometry, img: &mut [T], scratch: &mut Vec<T>) {
     let ph = Phases::new(g.w, g.stride);
-    let split = ph.is_some() && g.stride > 1;
-    if split {
+    // The phases the sums gather in (none for stride 1 or a gathering stride).
+    let split = ph.filter(|_| g.stride > 1);
+    if split.is_some() {
         scratch.clear();
         scratch.resize(img.len(), T::default());
     }
-    let dst_img: &mut [T] = if split { scratch } else { img };
+    let dst_img: &mut [T] = if split.is_some() { scratch } else { img };
     let l = g.oh * g.ow;
     for c in 0..g.c {
         let plane = &mut dst_img[c * g.h * g.w..(c + 1) * g.h * g.w];
@@ -480,7 +463,7 @@ fn col2im_one<T: Float>(cols: &[T], g: &Geometry, img: &mut [T], scratch: &mut V
             }
         }
     }
-    if let (Some(ph), true) = (ph, split) {
+    if let Some(ph) = split {
         ph.merge_add(scratch, g.w, img);
     }
 }
@@ -742,15 +725,20 @@ fn act_grad_at<T: Float>(y: T, d: T, act: Act) -> T {
     }
 }
 
+/// `dz = dy ⊙ act'(y)` into `dz`.
+fn act_grad_into<T: Float>(dy: &[T], y: &[T], act: Act, dz: &mut [T]) {
+    for ((z, &d), &y) in dz.iter_mut().zip(dy).zip(y) {
+        *z = act_grad_at(y, d, act);
+    }
+}
+
 /// `dz = dy ⊙ act'(y)` for one chunk: `dy` itself for the identity, else
 /// written into `scratch`.
 fn dz_chunk<'a, T: Float>(dy: &'a [T], y: Option<&[T]>, act: Act, scratch: &'a mut Vec<T>) -> &'a [T] {
     match y {
         Some(y) if act != Act::None => {
             scratch.resize(dy.len(), T::default());
-            for ((z, &d), &y) in scratch.iter_mut().zip(dy).zip(y) {
-                *z = act_grad_at(y, d, act);
-            }
+            act_grad_into(dy, y, act, scratch);
             scratch
         }
         _ => dy,
@@ -798,12 +786,14 @@ fn unpack(
     Ok((dx, Some(dw), Some(db)))
 }
 
-/// Per-image slots of `dx` (all `None` when the input needs no gradient).
-fn dx_slots<T>(dx: &mut [T], per: usize, b: usize) -> Vec<Option<&mut [T]>> {
-    if dx.is_empty() {
+/// Per-image slots of a buffer: `dx` (all `None` when the input needs no
+/// gradient), the pool's window maxima (all `None` without the pool).
+/// An empty buffer gives `b` empty slots.
+fn per_image_slots<T>(buf: &mut [T], per: usize, b: usize) -> Vec<Option<&mut [T]>> {
+    if buf.is_empty() {
         (0..b).map(|_| None).collect()
     } else {
-        dx.chunks_mut(per).map(Some).collect()
+        buf.chunks_mut(per).map(Some).collect()
     }
 }
 
@@ -975,12 +965,7 @@ fn conv_fwd<T: Float>(
             pool2_record(pre, g.oh, g.ow, y, arg);
         }
     };
-    let args: Vec<Option<&mut [u8]>> = if cfg.pool {
-        argmax.chunks_mut(o * pl).map(Some).collect()
-    } else {
-        (0..b).map(|_| None).collect()
-    };
-    let jobs = out.chunks_mut(o * pl).zip(args);
+    let jobs = out.chunks_mut(o * pl).zip(per_image_slots(&mut argmax, o * pl, b));
     let init = || {
         (
             vec![T::default(); k * l],
@@ -1079,7 +1064,7 @@ fn conv_bwd<T: Float>(
             Vec::new(),
         )
     };
-    let slots = dx_slots(dx, img, b);
+    let slots = per_image_slots(dx, img, b);
     let (pw, pb) = if per_image {
         slots
             .into_par_iter()
@@ -1374,7 +1359,7 @@ fn convt_bwd<T: Float>(
             Vec::new(),
         )
     };
-    let slots = dx_slots(dx, ci * hw, b);
+    let slots = per_image_slots(dx, ci * hw, b);
     let (pw, pb) = if per_image {
         slots
             .into_par_iter()
@@ -1587,11 +1572,7 @@ fn lin_bwd<T: Float>(
             dzbuf
                 .par_chunks_mut(o)
                 .zip(dy.par_chunks(o).zip(y.par_chunks(o)))
-                .for_each(|(z, (dy, y))| {
-                    for ((z, &d), &y) in z.iter_mut().zip(dy).zip(y) {
-                        *z = act_grad_at(y, d, grad.act);
-                    }
-                });
+                .for_each(|(z, (dy, y))| act_grad_into(dy, y, grad.act, z));
             &dzbuf
         }
         _ => dz_chunk(dy, y, grad.act, &mut dzbuf),
