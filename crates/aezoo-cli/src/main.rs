@@ -514,8 +514,22 @@ fn tune_allocator() {
     }
 }
 
+/// candle's CPU thread pool spins 25,000 pauses (~1.7 ms here) after each of
+/// its parallel ops before it parks: on a 2-core machine that spinning
+/// thread takes a core from the fused ops' rayon workers between candle
+/// ops (16 % of `vae-mlp`'s CPU samples). 100 spins keep its hand-off for
+/// back-to-back ops and park it otherwise; an explicit
+/// `CANDLE_BARRIER_POOL_SPIN_LIMIT` wins (measured: ARCHITECTURE.md).
+fn tune_candle_pool() {
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        // Before any other thread exists (candle reads it when its pool starts).
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "100");
+    }
+}
+
 fn main() -> ExitCode {
     tune_allocator();
+    tune_candle_pool();
     // Subnormals cost ~100 cycles per op (Adam's moments reach them): flush
     // them on every compute thread (ARCHITECTURE.md, fast paths).
     aezoo_nn::fused::flush_denormals();

@@ -201,13 +201,18 @@ pub fn exp_f32(x: f32) -> f32 {
     // Adding and subtracting 1.5·2²³ rounds to the nearest integer.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
     let r = (x - n * LN2_HI) - n * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // `t`'s bits are ROUND's plus n (its ulp is 1): 2ⁿ from integer ops
+    // alone (`n as i32` is a saturating scalar conversion that stops the
+    // loop from vectorising).
+    let two_n = f32::from_bits((t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127)) << 23);
+    p * two_n
 }
 
 /// Element-wise passes at least this long run on all threads.
@@ -667,24 +672,40 @@ fn sum<T: Float>(xs: &[T]) -> T {
     s
 }
 
-/// `y = act(y + b[o])` over `(o, l)` rows.
-fn bias_act<T: Float>(y: &mut [T], bias: &[T], l: usize, act: Act) {
-    for (o, row) in y.chunks_mut(l).enumerate() {
-        let b = bias[o];
-        for v in row.iter_mut() {
-            let z = *v + b;
-            *v = match act {
-                Act::None => z,
-                Act::Relu => {
-                    if z > T::default() {
-                        z
-                    } else {
-                        T::default()
-                    }
-                }
-                Act::Sigmoid => z.sigmoid(),
-            };
+multiversion! {
+    /// `y = act(y + b[o])` over `(o, l)` rows.
+    fn bias_act<T: Float>(y: &mut [T], bias: &[T], l: usize, act: Act) {
+        for (row, &b) in y.chunks_mut(l).zip(bias) {
+            match act {
+                Act::None => row.iter_mut().for_each(|v| *v += b),
+                Act::Relu => row.iter_mut().for_each(|v| *v = relu_of(*v + b)),
+                Act::Sigmoid => row.iter_mut().for_each(|v| *v = (*v + b).sigmoid()),
+            }
         }
+    }
+}
+
+multiversion! {
+    /// `y = act(y + bias)` over rows of `bias.len()` (a linear layer's
+    /// `(n, o)` output).
+    fn bias_act_rows<T: Float>(y: &mut [T], bias: &[T], act: Act) {
+        for row in y.chunks_mut(bias.len()) {
+            match act {
+                Act::None => row.iter_mut().zip(bias).for_each(|(v, &b)| *v += b),
+                Act::Relu => row.iter_mut().zip(bias).for_each(|(v, &b)| *v = relu_of(*v + b)),
+                Act::Sigmoid => row.iter_mut().zip(bias).for_each(|(v, &b)| *v = (*v + b).sigmoid()),
+            }
+        }
+    }
+}
+
+/// `max(z, 0)`, with NaN mapped to 0 as a select (vectorises).
+#[inline(always)]
+fn relu_of<T: Float>(z: T) -> T {
+    if z > T::default() {
+        z
+    } else {
+        T::default()
     }
 }
 
@@ -721,14 +742,26 @@ fn act_grad_at<T: Float>(y: T, d: T, act: Act) -> T {
                 T::default()
             }
         }
-        Act::Sigmoid => T::from_f64(d.to_f64() * y.to_f64() * (1.0 - y.to_f64())),
+        Act::Sigmoid => d * (y * (T::ONE - y)),
     }
 }
 
-/// `dz = dy ⊙ act'(y)` into `dz`.
-fn act_grad_into<T: Float>(dy: &[T], y: &[T], act: Act, dz: &mut [T]) {
-    for ((z, &d), &y) in dz.iter_mut().zip(dy).zip(y) {
-        *z = act_grad_at(y, d, act);
+multiversion! {
+    /// `dz = dy ⊙ act'(y)` into `dz`.
+    fn act_grad_into<T: Float>(dy: &[T], y: &[T], act: Act, dz: &mut [T]) {
+        match act {
+            Act::None => dz.copy_from_slice(dy),
+            Act::Relu => {
+                for ((z, &d), &y) in dz.iter_mut().zip(dy).zip(y) {
+                    *z = act_grad_at(y, d, Act::Relu);
+                }
+            }
+            Act::Sigmoid => {
+                for ((z, &d), &y) in dz.iter_mut().zip(dy).zip(y) {
+                    *z = act_grad_at(y, d, Act::Sigmoid);
+                }
+            }
+        }
     }
 }
 
@@ -852,6 +885,7 @@ fn lock(m: &Mutex<Vec<u8>>) -> std::sync::MutexGuard<'_, Vec<u8>> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+multiversion! {
 /// The 2×2, stride-2 max pool of one image's `(o, oh, ow)` activations into
 /// `(o, oh/2, ow/2)` (floor), recording each window's first maximum as
 /// `ops::max_pool2d` picks it (a NaN wins). Planes without NaN take plain
@@ -895,12 +929,14 @@ fn pool2_record<T: Float>(y: &[T], oh: usize, ow: usize, out: &mut [T], arg: &mu
         }
     }
 }
+}
 
+multiversion! {
 /// One image's `dz` (`(o, oh, ow)`) under the pool: each window's
 /// `dp · act'(p)` at its recorded maximum, zero at the other three and in a
 /// floored odd row or column (the activation's value at the maximum is the
 /// pooled value `p`).
-fn unpool2<T: Float>(dp: &[T], p: Option<&[T]>, arg: &[u8], act: Act, (oh, ow): (usize, usize), dz: &mut [T]) {
+fn unpool2<T: Float>(dp: &[T], p: Option<&[T]>, arg: &[u8], act: Act, oh: usize, ow: usize, dz: &mut [T]) {
     let (ph, pw) = (oh / 2, ow / 2);
     let zero = T::default();
     if oh % 2 == 1 || ow % 2 == 1 {
@@ -925,6 +961,7 @@ fn unpool2<T: Float>(dp: &[T], p: Option<&[T]>, arg: &[u8], act: Act, (oh, ow): 
             }
         }
     }
+}
 }
 
 fn conv_fwd<T: Float>(
@@ -1035,7 +1072,8 @@ fn conv_bwd<T: Float>(
                 yi,
                 &argmax[i * o * pl..(i + 1) * o * pl],
                 cfg.act,
-                (g.oh, g.ow),
+                g.oh,
+                g.ow,
                 dzbuf,
             );
             dzbuf
@@ -1519,29 +1557,15 @@ fn lin_fwd<T: Float>(
     let mut y = vec![T::default(); n * o];
     // y (n×o) = x (n×i) · Wᵀ (i×o)
     gemm(n, o, i, &mut y, (o, 1), false, x, (i, 1), w, (1, i), lin_par());
-    let act = op.act;
-    let epilogue = |row: &mut [T]| {
-        for (v, &b) in row.iter_mut().zip(bias) {
-            let z = *v + b;
-            *v = match act {
-                Act::None => z,
-                Act::Relu => {
-                    if z > T::default() {
-                        z
-                    } else {
-                        T::default()
-                    }
-                }
-                Act::Sigmoid => z.sigmoid(),
-            };
-        }
-    };
-    // Bias and activation over rows in parallel once there is enough work
-    // (a sigmoid over 1000 × 784 outputs on one thread cost more than the GEMM).
+    // Bias and activation over blocks of rows in parallel once there is
+    // enough work (a sigmoid over 1000 × 784 outputs on one thread cost more
+    // than the GEMM).
     if n * o >= PAR_ELEMS {
-        y.par_chunks_mut(o).for_each(epilogue);
+        let rows = n.div_ceil(4 * threads()).max(1);
+        y.par_chunks_mut(rows * o)
+            .for_each(|ys| bias_act_rows(ys, bias, op.act));
     } else {
-        y.chunks_mut(o).for_each(epilogue);
+        bias_act_rows(&mut y, bias, op.act);
     }
     Ok((T::storage(y), Shape::from((n, o))))
 }
@@ -1682,22 +1706,48 @@ pub fn linear(xs: &Tensor, weight: &Tensor, bias: &Tensor, act: Act) -> Result<T
 #[derive(Clone, Copy, Debug)]
 struct BceLogits;
 
-/// `f(i)` for `i` in `0..n`, collected; in parallel once there is enough work.
-fn map_indexed<T: Float>(n: usize, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
+/// `out = f(inputs)` by chunks (in parallel once there is enough work),
+/// `f` a [`multiversion!`] kernel over equal-length slices.
+fn zip_chunks<T: Float, const N: usize>(ins: [&[T]; N], f: fn([&[T]; N], &mut [T])) -> Vec<T> {
+    let n = ins[0].len();
+    let mut out = vec![T::default(); n];
     if n >= PAR_ELEMS {
-        (0..n).into_par_iter().map(f).collect()
+        let chunk = n.div_ceil(4 * threads()).max(1);
+        out.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(k, o)| f(ins.map(|s| &s[k * chunk..k * chunk + o.len()]), o));
     } else {
-        (0..n).map(f).collect()
+        f(ins, &mut out);
+    }
+    out
+}
+
+multiversion! {
+    /// `max(x, 0) − x·t + ln(1 + e^−|x|)` per element of `[x, t]`.
+    fn bce_kernel<T: Float>(xt: [&[T]; 2], out: &mut [T]) {
+        let [x, t] = xt;
+        for ((o, &x), &t) in out.iter_mut().zip(x).zip(t) {
+            *o = relu_of(x) - x * t + x.exp_neg_abs().ln_1p_unit();
+        }
+    }
+}
+
+multiversion! {
+    /// `g · (σ(x) − t)` per element of `[x, t, g]`.
+    fn bce_grad_kernel<T: Float>(xtg: [&[T]; 3], out: &mut [T]) {
+        let [x, t, g] = xtg;
+        for (((o, &x), &t), &g) in out.iter_mut().zip(x).zip(t).zip(g) {
+            *o = g * (x.sigmoid() - t);
+        }
     }
 }
 
 fn bce_fwd<T: Float>(x: &CpuStorage, lx: &Layout, t: &CpuStorage, lt: &Layout) -> Result<(CpuStorage, Shape)> {
     let (x, t) = (contiguous::<T>(x, lx, "bce")?, contiguous::<T>(t, lt, "bce")?);
-    let out = map_indexed(x.len(), |i| {
-        let (x, t) = (x[i], t[i]);
-        let relu = if x > T::default() { x } else { T::default() };
-        relu - x * t + x.exp_neg_abs().ln_1p_unit()
-    });
+    if x.len() != t.len() {
+        candle_core::bail!("aezoo fused bce: {} logits, {} targets", x.len(), t.len());
+    }
+    let out = zip_chunks([x, t], bce_kernel::<T>);
     Ok((T::storage(out), lx.shape().clone()))
 }
 
@@ -1734,7 +1784,15 @@ fn bce_bwd<T: Float>(
         contiguous::<T>(t, lt, "bce-grad")?,
         contiguous::<T>(g, lg, "bce-grad")?,
     );
-    let out = map_indexed(x.len(), |i| g[i] * (x[i].sigmoid() - t[i]));
+    if x.len() != t.len() || x.len() != g.len() {
+        candle_core::bail!(
+            "aezoo fused bce-grad: {} logits, {} targets, {} gradients",
+            x.len(),
+            t.len(),
+            g.len()
+        );
+    }
+    let out = zip_chunks([x, t, g], bce_grad_kernel::<T>);
     Ok((T::storage(out), lx.shape().clone()))
 }
 

@@ -3,6 +3,9 @@
 //! seeded RNG, the parameter store, the finite-difference gradient checker,
 //! and the [`model::Autoencoder`] / [`model::Family`] traits.
 
+#[macro_use]
+pub mod simd;
+
 pub mod conv;
 pub mod conv3d;
 pub mod fused;

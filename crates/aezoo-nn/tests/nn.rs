@@ -1035,6 +1035,73 @@ fn fused_layers_accumulate_with_other_gradients_and_run_in_f32() {
     assert!(max_abs_diff(&y64, &y32.to_dtype(DType::F64).unwrap()) < 1e-5);
 }
 
+/// Values and gradients (under a fixed cotangent) of every fused op whose
+/// element-wise kernels are multiversioned, in f32, flattened.
+fn fused_outputs_and_grads() -> Vec<Vec<f32>> {
+    let f32s = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let var = |shape: &[usize], seed: u64| {
+        candle_core::Var::from_tensor(&u(shape, seed).to_dtype(DType::F32).unwrap()).unwrap()
+    };
+    let mut out = Vec::new();
+    let mut record = |y: Tensor, vars: &[&candle_core::Var], seed: u64| {
+        let r = u(y.dims(), seed).to_dtype(DType::F32).unwrap();
+        let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        out.push(f32s(&y));
+        for v in vars {
+            out.push(f32s(g.get(v.as_tensor()).unwrap()));
+        }
+    };
+    for act in [Act::None, Act::Relu, Act::Sigmoid] {
+        // Lengths off a multiple of 16 (remainders) and past the parallel threshold.
+        let (x, w, b) = (var(&[300, 20], 350), var(&[151, 20], 351), var(&[151], 352));
+        let y = fused::linear(x.as_tensor(), w.as_tensor(), b.as_tensor(), act).unwrap();
+        record(y, &[&x, &w, &b], 353);
+        let (x, w, b) = (var(&[3, 2, 9, 11], 354), var(&[5, 2, 3, 3], 355), var(&[5], 356));
+        let y = fused::conv2d(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1, 1, 1, act).unwrap();
+        record(y, &[&x, &w, &b], 357);
+        let y = fused::conv2d_pool2(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1, 1, 1, act).unwrap();
+        record(y, &[&x, &w, &b], 358);
+        let wt = var(&[2, 4, 3, 3], 359);
+        let y = fused::conv_transpose2d(
+            x.as_tensor(),
+            wt.as_tensor(),
+            &b.as_tensor().narrow(0, 0, 4).unwrap(),
+            1,
+            1,
+            2,
+            1,
+            act,
+        );
+        record(y.unwrap(), &[&x, &wt], 360);
+    }
+    let (x, t) = (var(&[70_001], 361), var(&[70_001], 362));
+    let t01 = candle_core::Var::from_tensor(&((t.as_tensor() + 1.0).unwrap() * 0.5).unwrap()).unwrap();
+    let y = fused::bce_with_logits(&(x.as_tensor() * 9.0).unwrap(), t01.as_tensor()).unwrap();
+    record(y, &[&x, &t01], 363);
+    out
+}
+
+#[test]
+fn simd_versions_of_the_fused_kernels_compute_the_same_bits() {
+    // AVX-512, AVX2 + FMA and the baseline (each level this CPU has) run the
+    // same element-wise arithmetic: outputs and gradients must be equal to
+    // the bit.
+    use aezoo_nn::simd;
+    simd::set_cap(0);
+    let base = fused_outputs_and_grads();
+    for level in 1..=simd::detected() {
+        simd::set_cap(level);
+        let got = fused_outputs_and_grads();
+        simd::set_cap(u8::MAX);
+        assert_eq!(got.len(), base.len());
+        for (i, (g, b)) in got.iter().zip(&base).enumerate() {
+            let same = g.len() == b.len() && g.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(same, "SIMD level {level}: tensor {i} differs from the baseline's");
+        }
+    }
+    simd::set_cap(u8::MAX);
+}
+
 // ---------------------------------------------------------------- the layer grammar
 
 mod grammar {

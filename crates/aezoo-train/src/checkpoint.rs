@@ -90,7 +90,7 @@ pub fn save(
     }
     std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
     params.save(&tmp.join("model.safetensors"))?;
-    aezoo_nn::params::save_safetensors_atomic(&adam.state_tensors(), &tmp.join("optimizer.safetensors"))?;
+    aezoo_nn::params::save_safetensors_atomic(&adam.state_tensors()?, &tmp.join("optimizer.safetensors"))?;
     write_atomic(&tmp.join("config.json"), config.to_json().as_bytes())?;
     let state_json = serde_json::to_string_pretty(state).expect("state serialises") + "\n";
     write_atomic(&tmp.join("trainer_state.json"), state_json.as_bytes())?;

@@ -11,6 +11,7 @@
 //! `p ← p − (lr / (1−β1ᵗ)) · m / (√v / √(1−β2ᵗ) + eps)`.
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Tensor, Var};
@@ -80,32 +81,84 @@ struct Coefs {
     lr: f64,
 }
 
-/// Which part of the update an [`InPlace`] pass writes.
-#[derive(Clone, Copy, Debug)]
-enum Pass {
-    /// `m ← β1·m + (1−β1)·g'` from `(g, p)`.
-    M,
-    /// `v ← β2·v + (1−β2)·g'²` from `(g, p)`.
-    V,
-    /// `p ← decay·p − step·m / (√v·inv + eps)` from `(m, v)`.
-    P,
+/// A variable's moments: on the CPU, host buffers that the one-pass update
+/// writes beside the parameter; on other devices (or dtypes), tensors for
+/// the tensor-op form.
+enum Moments {
+    Host(Mutex<HostMoments>),
+    Tensors { m: Tensor, v: Tensor },
 }
 
-/// One pass of the update, written into the parameter's or a moment's own
-/// storage (no allocation, no copy back): on the CPU three passes over the
-/// elements replace a dozen tensor ops, their buffers and `Var::set`'s copy,
-/// which dominated small models' steps. Same arithmetic, same order, as the
-/// tensor-op form (`g' = g + l2·p`).
-struct InPlace<'a> {
-    pass: Pass,
+enum HostMoments {
+    F32 { m: Vec<f32>, v: Vec<f32> },
+    F64 { m: Vec<f64>, v: Vec<f64> },
+}
+
+impl Moments {
+    /// Host buffers for a contiguous f32/f64 CPU parameter, else tensors;
+    /// `(m, v)` are the initial values (shaped as `p`).
+    fn new(p: &Tensor, m: &Tensor, v: &Tensor) -> Result<Self> {
+        let host = p.device().is_cpu() && p.is_contiguous();
+        let flat = |t: &Tensor| t.to_dtype(p.dtype())?.flatten_all();
+        Ok(match p.dtype() {
+            DType::F32 if host => Moments::Host(Mutex::new(HostMoments::F32 {
+                m: flat(m)?.to_vec1()?,
+                v: flat(v)?.to_vec1()?,
+            })),
+            DType::F64 if host => Moments::Host(Mutex::new(HostMoments::F64 {
+                m: flat(m)?.to_vec1()?,
+                v: flat(v)?.to_vec1()?,
+            })),
+            _ => Moments::Tensors {
+                m: m.to_dtype(p.dtype())?.to_device(p.device())?,
+                v: v.to_dtype(p.dtype())?.to_device(p.device())?,
+            },
+        })
+    }
+
+    /// `(m, v)` as tensors shaped as `p`.
+    fn tensors(&self, p: &Tensor) -> Result<(Tensor, Tensor)> {
+        let host = |m: &Mutex<HostMoments>| -> Result<(Tensor, Tensor)> {
+            let dev = p.device();
+            Ok(match &*lock(m) {
+                HostMoments::F32 { m, v } => (
+                    Tensor::from_slice(m, p.shape(), dev)?,
+                    Tensor::from_slice(v, p.shape(), dev)?,
+                ),
+                HostMoments::F64 { m, v } => (
+                    Tensor::from_slice(m, p.shape(), dev)?,
+                    Tensor::from_slice(v, p.shape(), dev)?,
+                ),
+            })
+        };
+        match self {
+            Moments::Host(m) => host(m),
+            Moments::Tensors { m, v } => Ok((m.clone(), v.clone())),
+        }
+    }
+}
+
+fn lock(m: &Mutex<HostMoments>) -> std::sync::MutexGuard<'_, HostMoments> {
+    // A panic inside an update leaves plain numbers behind: take them.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The whole update in one pass over `(p, g, m, v)`, written into the
+/// parameter's own storage and the host moments (no allocation, no copy
+/// back): on the CPU it replaces a dozen tensor ops, their buffers and
+/// `Var::set`'s copy, and reads each array once (7 streams of memory where
+/// three passes took 12). Same arithmetic, same order, as the tensor-op
+/// form (`g' = g + l2·p`).
+struct OnePass<'a> {
     k: &'a Coefs,
+    moments: &'a Mutex<HostMoments>,
 }
 
-/// Elements per parallel chunk of an update pass.
-const ADAM_CHUNK: usize = 1 << 15;
+/// Elements per parallel chunk of the update.
+const ADAM_CHUNK: usize = 1 << 14;
 
 /// f32 / f64, as the update needs them.
-trait AdamFloat:
+pub trait AdamFloat:
     Copy
     + Send
     + Sync
@@ -122,6 +175,7 @@ impl AdamFloat for f32 {
     fn of(x: f64) -> Self {
         x as f32
     }
+    #[inline(always)]
     fn sqrt(self) -> Self {
         f32::sqrt(self)
     }
@@ -131,47 +185,69 @@ impl AdamFloat for f64 {
     fn of(x: f64) -> Self {
         x
     }
+    #[inline(always)]
     fn sqrt(self) -> Self {
         f64::sqrt(self)
     }
 }
 
-fn inplace_pass<T: AdamFloat>(pass: Pass, k: &Coefs, dst: &mut [T], a: &[T], b: &[T]) {
-    let c = T::of;
-    let (b1, b2, c1, c2) = (c(k.b1), c(k.b2), c(1.0 - k.b1), c(1.0 - k.b2));
-    let (inv_bc2, eps, step) = (c(1.0 / k.bc2_sqrt), c(k.eps), c(k.step_size));
-    let l2 = c(if k.decoupled { 0.0 } else { k.wd });
-    let decay = c(if k.decoupled { 1.0 - k.lr * k.wd } else { 1.0 });
-    // Branch-free loops so that they vectorise (sqrt and div included).
-    let run = |(d, (a, b)): (&mut [T], (&[T], &[T]))| match pass {
-        Pass::M => {
-            for ((mj, &gj), &pj) in d.iter_mut().zip(a).zip(b) {
-                *mj = *mj * b1 + (gj + pj * l2) * c1;
-            }
+/// The update's constants in the parameter's dtype:
+/// `[β1, β2, 1−β1, 1−β2, 1/√(1−β2ᵗ), eps, step, l2, decay]`.
+fn consts<T: AdamFloat>(k: &Coefs) -> [T; 9] {
+    let l2 = if k.decoupled { 0.0 } else { k.wd };
+    let decay = if k.decoupled { 1.0 - k.lr * k.wd } else { 1.0 };
+    [
+        k.b1,
+        k.b2,
+        1.0 - k.b1,
+        1.0 - k.b2,
+        1.0 / k.bc2_sqrt,
+        k.eps,
+        k.step_size,
+        l2,
+        decay,
+    ]
+    .map(T::of)
+}
+
+aezoo_nn::multiversion! {
+    /// One chunk of the update; branch-free, so it vectorises (sqrt and div
+    /// included).
+    fn adam_kernel<T: AdamFloat>(c: [T; 9], p: &mut [T], g: &[T], m: &mut [T], v: &mut [T]) {
+        let [b1, b2, c1, c2, inv_bc2, eps, step, l2, decay] = c;
+        for (((pj, &gj), mj), vj) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+            let gj = gj + *pj * l2;
+            *mj = *mj * b1 + gj * c1;
+            *vj = *vj * b2 + gj * gj * c2;
+            let denom = vj.sqrt() * inv_bc2 + eps;
+            *pj = *pj * decay - (*mj / denom) * step;
         }
-        Pass::V => {
-            for ((vj, &gj), &pj) in d.iter_mut().zip(a).zip(b) {
-                let gj = gj + pj * l2;
-                *vj = *vj * b2 + gj * gj * c2;
-            }
-        }
-        Pass::P => {
-            for ((pj, &mj), &vj) in d.iter_mut().zip(a).zip(b) {
-                let denom = vj.sqrt() * inv_bc2 + eps;
-                *pj = *pj * decay - (mj / denom) * step;
-            }
-        }
-    };
-    if dst.len() > ADAM_CHUNK {
-        dst.par_chunks_mut(ADAM_CHUNK)
-            .zip(a.par_chunks(ADAM_CHUNK).zip(b.par_chunks(ADAM_CHUNK)))
-            .for_each(run);
-    } else {
-        run((dst, (a, b)));
     }
 }
 
-impl candle_core::InplaceOp3 for InPlace<'_> {
+fn one_pass<T: AdamFloat>(k: &Coefs, p: &mut [T], g: &[T], m: &mut [T], v: &mut [T]) -> Result<()> {
+    if g.len() != p.len() || m.len() != p.len() || v.len() != p.len() {
+        candle_core::bail!(
+            "aezoo-adam: parameter of {} elements, gradient {}, moments {} and {}",
+            p.len(),
+            g.len(),
+            m.len(),
+            v.len()
+        );
+    }
+    let c = consts::<T>(k);
+    if p.len() > ADAM_CHUNK {
+        p.par_chunks_mut(ADAM_CHUNK)
+            .zip(g.par_chunks(ADAM_CHUNK))
+            .zip(m.par_chunks_mut(ADAM_CHUNK).zip(v.par_chunks_mut(ADAM_CHUNK)))
+            .for_each(|((p, g), (m, v))| adam_kernel(c, p, g, m, v));
+    } else {
+        adam_kernel(c, p, g, m, v);
+    }
+    Ok(())
+}
+
+impl candle_core::InplaceOp2 for OnePass<'_> {
     fn name(&self) -> &'static str {
         "aezoo-adam"
     }
@@ -179,47 +255,21 @@ impl candle_core::InplaceOp3 for InPlace<'_> {
         &self,
         dst: &mut candle_core::CpuStorage,
         ld: &candle_core::Layout,
-        a: &candle_core::CpuStorage,
-        la: &candle_core::Layout,
-        b: &candle_core::CpuStorage,
-        lb: &candle_core::Layout,
+        g: &candle_core::CpuStorage,
+        lg: &candle_core::Layout,
     ) -> Result<()> {
         use candle_core::CpuStorage as S;
         let span = |l: &candle_core::Layout| {
             l.contiguous_offsets()
                 .ok_or_else(|| candle_core::Error::Msg("aezoo-adam: tensors must be contiguous".into()))
         };
-        let (d0, a0, b0) = (span(ld)?, span(la)?, span(lb)?);
-        match (dst, a, b) {
-            (S::F32(d), S::F32(a), S::F32(b)) => {
-                inplace_pass(self.pass, self.k, &mut d[d0.0..d0.1], &a[a0.0..a0.1], &b[b0.0..b0.1])
-            }
-            (S::F64(d), S::F64(a), S::F64(b)) => {
-                inplace_pass(self.pass, self.k, &mut d[d0.0..d0.1], &a[a0.0..a0.1], &b[b0.0..b0.1])
-            }
-            _ => candle_core::bail!("aezoo-adam: tensors must all be f32 or all f64"),
+        let ((d0, d1), (g0, g1)) = (span(ld)?, span(lg)?);
+        match (dst, g, &mut *lock(self.moments)) {
+            (S::F32(p), S::F32(g), HostMoments::F32 { m, v }) => one_pass(self.k, &mut p[d0..d1], &g[g0..g1], m, v),
+            (S::F64(p), S::F64(g), HostMoments::F64 { m, v }) => one_pass(self.k, &mut p[d0..d1], &g[g0..g1], m, v),
+            _ => candle_core::bail!("aezoo-adam: parameter, gradient and moments must all be f32 or all f64"),
         }
-        Ok(())
     }
-}
-
-/// The CPU update in place: `Ok(false)` where it does not apply (another
-/// device, a dtype other than f32/f64, a non-contiguous tensor, or a moment
-/// whose storage another tensor shares), and the caller takes the
-/// tensor-op form.
-fn update_in_place(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, k: &Coefs) -> Result<bool> {
-    let cpu_float = |t: &Tensor| t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64);
-    if !(cpu_float(p) && p.is_contiguous() && m.is_contiguous() && v.is_contiguous()) {
-        return Ok(false);
-    }
-    if p.dtype() != g.dtype() || p.dtype() != m.dtype() || p.dtype() != v.dtype() {
-        return Ok(false);
-    }
-    let g = g.contiguous()?;
-    m.inplace_op3(&g, p, &InPlace { pass: Pass::M, k })?;
-    v.inplace_op3(&g, p, &InPlace { pass: Pass::V, k })?;
-    p.inplace_op3(m, v, &InPlace { pass: Pass::P, k })?;
-    Ok(true)
 }
 
 /// The optimiser over a fixed list of named variables.
@@ -227,21 +277,24 @@ pub struct Adam {
     cfg: AdamConfig,
     lr: f64,
     vars: Vec<(String, Var)>,
-    m: Vec<Tensor>,
-    v: Vec<Tensor>,
+    moments: Vec<Moments>,
     t: u64,
 }
 
 impl Adam {
     pub fn new(vars: Vec<(String, Var)>, lr: f64, cfg: AdamConfig) -> Result<Self> {
-        let m = vars.iter().map(|(_, v)| v.zeros_like()).collect::<Result<Vec<_>>>()?;
-        let v = vars.iter().map(|(_, v)| v.zeros_like()).collect::<Result<Vec<_>>>()?;
+        let moments = vars
+            .iter()
+            .map(|(_, p)| {
+                let zeros = p.zeros_like()?;
+                Moments::new(p.as_tensor(), &zeros, &zeros)
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             cfg,
             lr,
             vars,
-            m,
-            v,
+            moments,
             t: 0,
         })
     }
@@ -278,49 +331,60 @@ impl Adam {
             decoupled: self.cfg.decoupled,
             lr: self.lr,
         };
-        for (i, (_, var)) in self.vars.iter().enumerate() {
+        for ((_, var), moments) in self.vars.iter().zip(&mut self.moments) {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
-            if update_in_place(var.as_tensor(), g, &self.m[i], &self.v[i], &k)? {
-                continue;
-            }
             let p = var.as_tensor();
+            let (m, v) = match moments {
+                Moments::Host(host) if g.dtype() == p.dtype() => {
+                    p.inplace_op2(&g.contiguous()?, &OnePass { k: &k, moments: host })?;
+                    continue;
+                }
+                Moments::Host(_) => candle_core::bail!(
+                    "adam: gradient of dtype {:?} for a parameter of dtype {:?}",
+                    g.dtype(),
+                    p.dtype()
+                ),
+                Moments::Tensors { m, v } => (m, v),
+            };
             let g = if wd != 0.0 && !self.cfg.decoupled {
                 (g + (p * wd)?)?
             } else {
                 g.clone()
             };
-            let m = ((&self.m[i] * b1)? + (&g * (1.0 - b1))?)?;
-            let v = ((&self.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
-            let denom = (v.sqrt()? / bc2_sqrt)?.affine(1.0, self.cfg.eps)?;
+            let new_m = ((&*m * b1)? + (&g * (1.0 - b1))?)?;
+            let new_v = ((&*v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+            let denom = (new_v.sqrt()? / bc2_sqrt)?.affine(1.0, self.cfg.eps)?;
             let p = if wd != 0.0 && self.cfg.decoupled {
                 (p * (1.0 - self.lr * wd))?
             } else {
                 p.clone()
             };
-            let new_p = (p - ((&m / denom)? * step_size)?)?;
+            let new_p = (p - ((&new_m / denom)? * step_size)?)?;
             var.set(&new_p.detach())?;
-            self.m[i] = m.detach();
-            self.v[i] = v.detach();
+            *m = new_m.detach();
+            *v = new_v.detach();
         }
         Ok(())
     }
 
     /// The moments, named `m.<param>` and `v.<param>`, for a checkpoint.
-    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+    pub fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::with_capacity(2 * self.vars.len());
-        for (i, (name, _)) in self.vars.iter().enumerate() {
-            out.push((format!("m.{name}"), self.m[i].clone()));
-            out.push((format!("v.{name}"), self.v[i].clone()));
+        for ((name, var), moments) in self.vars.iter().zip(&self.moments) {
+            let (m, v) = moments.tensors(var.as_tensor())?;
+            out.push((format!("m.{name}"), m));
+            out.push((format!("v.{name}"), v));
         }
-        out
+        Ok(out)
     }
 
     /// Restores moments saved by [`Adam::state_tensors`] and the step count.
     pub fn load_state(&mut self, tensors: &BTreeMap<String, Tensor>, t: u64) -> Result<()> {
-        for (i, (name, var)) in self.vars.iter().enumerate() {
-            for (kind, slot) in [("m", &mut self.m[i]), ("v", &mut self.v[i])] {
+        let mut moments = Vec::with_capacity(self.vars.len());
+        for (name, var) in &self.vars {
+            let [m, v] = ["m", "v"].map(|kind| {
                 let key = format!("{kind}.{name}");
                 let t = tensors
                     .get(&key)
@@ -332,9 +396,11 @@ impl Adam {
                         var.dims()
                     );
                 }
-                *slot = t.to_dtype(var.dtype())?.to_device(var.device())?;
-            }
+                Ok(t.clone())
+            });
+            moments.push(Moments::new(var.as_tensor(), &m?, &v?)?);
         }
+        self.moments = moments;
         self.t = t;
         Ok(())
     }
