@@ -176,9 +176,14 @@ pub fn silu(xs: &Tensor) -> Result<Tensor> {
     xs.silu()
 }
 
-/// Logistic sigmoid.
+/// Logistic sigmoid: the fused op on the CPU ([`crate::fused::sigmoid`],
+/// one vectorised pass), candle's elsewhere.
 pub fn sigmoid(xs: &Tensor) -> Result<Tensor> {
-    candle_nn::ops::sigmoid(xs)
+    if crate::fused::applies(xs) {
+        crate::fused::sigmoid(xs)
+    } else {
+        candle_nn::ops::sigmoid(xs)
+    }
 }
 
 /// Softmax over `dim`, through the composite op whose gradient is correct.

@@ -266,6 +266,19 @@ fn grad_activations() {
     assert_grad("relu", |a: &[Tensor]| ops::relu(&a[0]), &[x]);
     assert_grad("silu", |a: &[Tensor]| ops::silu(&a[0]), &[u(&[3, 7], 81)]);
     assert_grad("sigmoid", |a: &[Tensor]| ops::sigmoid(&a[0]), &[u(&[3, 7], 82)]);
+    // The fused sigmoid (CPU) against candle's, far into both tails, f64 and f32;
+    // a transposed (non-contiguous) input too.
+    let x = (u(&[5, 40_000], 87) * 40.0).unwrap();
+    for dt in [DType::F64, DType::F32] {
+        let x = x.to_dtype(dt).unwrap();
+        let d = max_abs_diff(&ops::sigmoid(&x).unwrap(), &candle_nn::ops::sigmoid(&x).unwrap());
+        assert!(
+            d < if dt == DType::F64 { 1e-15 } else { 3e-7 },
+            "{dt:?}: sigmoid differs from candle's by {d}"
+        );
+    }
+    let xt = x.t().unwrap();
+    assert!(max_abs_diff(&ops::sigmoid(&xt).unwrap(), &candle_nn::ops::sigmoid(&xt).unwrap()) < 1e-15);
     assert_grad(
         "softmax dim 1",
         |a: &[Tensor]| ops::softmax(&a[0], 1),
@@ -995,15 +1008,20 @@ fn fused_linear_matches_composite_and_finite_differences() {
 
 #[test]
 fn fused_linear_parallel_epilogue_matches_the_composite_on_large_batches() {
-    // n·o = 256·160 ≥ 2^15: the bias/activation pass and its backward run on all threads.
-    for act in [Act::None, Act::Relu, Act::Sigmoid] {
-        let (x, wt, bias) = (u(&[256, 24], 330), u(&[160, 24], 331), u(&[160], 332));
+    // n·o = 256·160 ≥ 2^15: the bias/activation pass and its backward run on
+    // all threads, and the GEMMs split into blocks of rows; with 64 × 512
+    // inputs and 24 outputs the weight gradient (24 × 512) splits by columns.
+    for ((n, i, o), act) in [(256, 24, 160), (64, 512, 24)]
+        .into_iter()
+        .flat_map(|s| [Act::None, Act::Relu, Act::Sigmoid].map(|a| (s, a)))
+    {
+        let (x, wt, bias) = (u(&[n, i], 330), u(&[o, i], 331), u(&[o], 332));
         let vars: Vec<candle_core::Var> = [&x, &wt, &bias]
             .iter()
             .map(|t| candle_core::Var::from_tensor(t).unwrap())
             .collect();
         let (xv, wv, bv) = (vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor());
-        let r = u(&[256, 160], 333);
+        let r = u(&[n, o], 333);
         let fused = fused::linear(xv, wv, bv, act).unwrap();
         let plain = apply_act(xv.matmul(&wv.t().unwrap()).unwrap().broadcast_add(bv).unwrap(), act).unwrap();
         assert!(max_abs_diff(&fused, &plain) < 1e-12, "{act:?}: forward differs");
@@ -1074,6 +1092,8 @@ fn fused_outputs_and_grads() -> Vec<Vec<f32>> {
         );
         record(y.unwrap(), &[&x, &wt], 360);
     }
+    let x = var(&[70_001], 364);
+    record(ops::sigmoid(&(x.as_tensor() * 20.0).unwrap()).unwrap(), &[&x], 365);
     let (x, t) = (var(&[70_001], 361), var(&[70_001], 362));
     let t01 = candle_core::Var::from_tensor(&((t.as_tensor() + 1.0).unwrap() * 0.5).unwrap()).unwrap();
     let y = fused::bce_with_logits(&(x.as_tensor() * 9.0).unwrap(), t01.as_tensor()).unwrap();

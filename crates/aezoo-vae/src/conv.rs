@@ -7,7 +7,7 @@ use aezoo_nn::layers::{
     conv2d, conv_transpose2d, linear, Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, Linear,
     LinearConfig,
 };
-use aezoo_nn::{ops, Act, Autoencoder, Batch, Family, Rng, StepCtx, StepOutput};
+use aezoo_nn::{Act, Autoencoder, Batch, Family, Rng, StepCtx, StepOutput};
 
 use crate::common::{prior, split_stats, vae_step};
 use candle_core::{Module, Result, Tensor};
@@ -54,12 +54,17 @@ impl ConvVae {
 
     /// Decoder logits `(b, c, h, w)`.
     pub fn decode_logits(&self, z: &Tensor) -> Result<Tensor> {
+        self.decode_act(z, Act::None)
+    }
+
+    /// The decoder with `out` after its last layer (fused into it).
+    fn decode_act(&self, z: &Tensor, out: Act) -> Result<Tensor> {
         let b = z.dim(0)?;
         let (c, h, w) = self.bottleneck;
         let mut x = self.dec_fc.forward_act(z, Act::Relu)?.reshape((b, c, h, w))?;
         let last = self.deconvs.len() - 1;
         for (i, deconv) in self.deconvs.iter().enumerate() {
-            x = deconv.forward_act(&x, if i < last { Act::Relu } else { Act::None })?;
+            x = deconv.forward_act(&x, if i < last { Act::Relu } else { out })?;
         }
         Ok(x)
     }
@@ -132,7 +137,7 @@ impl Autoencoder for ConvVae {
     }
 
     fn decode(&self, z: &Tensor) -> Result<Tensor> {
-        ops::sigmoid(&self.decode_logits(z)?)
+        self.decode_act(z, Act::Sigmoid)
     }
 
     fn step(&self, batch: &Batch, ctx: &mut StepCtx) -> Result<StepOutput> {

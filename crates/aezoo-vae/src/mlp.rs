@@ -3,7 +3,7 @@
 //! β-weighted KL.
 
 use aezoo_nn::layers::{linear, Linear, LinearConfig};
-use aezoo_nn::{ops, Act, Autoencoder, Batch, Family, Rng, StepCtx, StepOutput};
+use aezoo_nn::{Act, Autoencoder, Batch, Family, Rng, StepCtx, StepOutput};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
@@ -46,12 +46,17 @@ impl MlpVae {
 
     /// Decoder logits `(b, c, h, w)`.
     pub fn decode_logits(&self, z: &Tensor) -> Result<Tensor> {
+        self.decode_act(z, Act::None)
+    }
+
+    /// The decoder with `out` after its last layer (fused into it).
+    fn decode_act(&self, z: &Tensor, out: Act) -> Result<Tensor> {
         let mut h = z.clone();
         for l in &self.dec {
             h = l.forward_act(&h, Act::Relu)?;
         }
         let [c, hh, w] = self.cfg.image;
-        self.out.forward(&h)?.reshape((z.dim(0)?, c, hh, w))
+        self.out.forward_act(&h, out)?.reshape((z.dim(0)?, c, hh, w))
     }
 }
 
@@ -106,7 +111,7 @@ impl Autoencoder for MlpVae {
     }
 
     fn decode(&self, z: &Tensor) -> Result<Tensor> {
-        ops::sigmoid(&self.decode_logits(z)?)
+        self.decode_act(z, Act::Sigmoid)
     }
 
     fn step(&self, batch: &Batch, ctx: &mut StepCtx) -> Result<StepOutput> {
