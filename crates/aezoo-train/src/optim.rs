@@ -158,7 +158,7 @@ struct OnePass<'a> {
 const ADAM_CHUNK: usize = 1 << 14;
 
 /// f32 / f64, as the update needs them.
-pub trait AdamFloat:
+trait AdamFloat:
     Copy
     + Send
     + Sync
