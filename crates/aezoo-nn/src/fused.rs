@@ -1641,11 +1641,7 @@ fn lin_bwd<T: Float>(
     let mut dzbuf = Vec::new();
     let dz: &[T] = match y {
         Some(y) if n * o >= PAR_ELEMS => {
-            dzbuf = vec![T::default(); n * o];
-            dzbuf
-                .par_chunks_mut(o)
-                .zip(dy.par_chunks(o).zip(y.par_chunks(o)))
-                .for_each(|(z, (dy, y))| act_grad_into(dy, y, grad.act, z));
+            dzbuf = zip_chunks([dy, y], |[dy, y], dz| act_grad_into(dy, y, grad.act, dz));
             &dzbuf
         }
         _ => dz_chunk(dy, y, grad.act, &mut dzbuf),
@@ -1768,16 +1764,6 @@ multiversion! {
     }
 }
 
-multiversion! {
-    /// `dy · y(1 − y)` per element of `[y, dy]`.
-    fn sigmoid_grad_kernel<T: Float>(ydy: [&[T]; 2], out: &mut [T]) {
-        let [y, dy] = ydy;
-        for ((o, &y), &d) in out.iter_mut().zip(y).zip(dy) {
-            *o = act_grad_at(y, d, Act::Sigmoid);
-        }
-    }
-}
-
 fn sigmoid_fwd<T: Float>(x: &CpuStorage, lx: &Layout) -> Result<(CpuStorage, Shape)> {
     let x = contiguous::<T>(x, lx, "sigmoid")?;
     Ok((T::storage(zip_chunks([x], sigmoid_kernel::<T>)), lx.shape().clone()))
@@ -1792,7 +1778,9 @@ fn sigmoid_bwd<T: Float>(y: &CpuStorage, ly: &Layout, dy: &CpuStorage, ld: &Layo
         candle_core::bail!("aezoo fused sigmoid-grad: {} outputs, {} gradients", y.len(), dy.len());
     }
     Ok((
-        T::storage(zip_chunks([y, dy], sigmoid_grad_kernel::<T>)),
+        T::storage(zip_chunks([y, dy], |[y, dy], dz| {
+            act_grad_into(dy, y, Act::Sigmoid, dz)
+        })),
         ly.shape().clone(),
     ))
 }
@@ -1833,8 +1821,9 @@ pub fn sigmoid(xs: &Tensor) -> Result<Tensor> {
 struct BceLogits;
 
 /// `out = f(inputs)` by chunks (in parallel once there is enough work),
-/// `f` a [`multiversion!`] kernel over equal-length slices.
-fn zip_chunks<T: Float, const N: usize>(ins: [&[T]; N], f: fn([&[T]; N], &mut [T])) -> Vec<T> {
+/// `f` a [`multiversion!`] kernel (or a call of one) over equal-length
+/// slices.
+fn zip_chunks<T: Float, const N: usize>(ins: [&[T]; N], f: impl Fn([&[T]; N], &mut [T]) + Sync) -> Vec<T> {
     let n = ins[0].len();
     let mut out = vec![T::default(); n];
     if n >= PAR_ELEMS {
