@@ -226,9 +226,9 @@ fn threads() -> usize {
 ///
 /// With `Parallelism::Rayon(t)` the product is split here into `t` blocks of
 /// rows of `c` (or of columns, when `n` is the longer side), each a
-/// single-threaded call of the `gemm` crate: its own threading reached
-/// 76–128 GFLOP/s on the linear layers' shapes on 2 cores where this split
-/// reached 101–160 (`1000×784·784×400`, `128×784·784×400`, f32, AVX-512).
+/// single-threaded call of the `gemm` crate, whose own threading is slower
+/// on the linear layers' shapes (`cargo run --release -p aezoo-nn --example
+/// gemm_split`; figures in ARCHITECTURE.md).
 #[allow(clippy::too_many_arguments)]
 pub fn gemm<T: Float>(
     m: usize,
@@ -935,82 +935,82 @@ fn lock(m: &Mutex<Vec<u8>>) -> std::sync::MutexGuard<'_, Vec<u8>> {
 }
 
 multiversion! {
-/// The 2×2, stride-2 max pool of one image's `(o, oh, ow)` activations into
-/// `(o, oh/2, ow/2)` (floor), recording each window's first maximum as
-/// `ops::max_pool2d` picks it (a NaN wins). Planes without NaN take plain
-/// `>` selects, which compile without branches (a branch per comparison
-/// mispredicted on real activations: 8 ns a window).
-fn pool2_record<T: Float>(y: &[T], oh: usize, ow: usize, out: &mut [T], arg: &mut [u8]) {
-    let (ph, pw) = (oh / 2, ow / 2);
-    let planes = y
-        .chunks(oh * ow)
-        .zip(out.chunks_mut(ph * pw).zip(arg.chunks_mut(ph * pw)));
-    for (plane, (po, pa)) in planes {
-        #[allow(clippy::eq_op)]
-        let finite = plane.iter().fold(true, |ok, &v| ok & (v == v));
-        for py in 0..ph {
-            let r0 = &plane[2 * py * ow..2 * py * ow + 2 * pw];
-            let r1 = &plane[(2 * py + 1) * ow..(2 * py + 1) * ow + 2 * pw];
-            let (po, pa) = (&mut po[py * pw..(py + 1) * pw], &mut pa[py * pw..(py + 1) * pw]);
-            if finite {
-                for (((m, i), a), c) in po
-                    .iter_mut()
-                    .zip(pa.iter_mut())
-                    .zip(r0.chunks_exact(2))
-                    .zip(r1.chunks_exact(2))
-                {
-                    let (mut best, mut at) = (a[0], 0u8);
-                    for (v, j) in [(a[1], 1u8), (c[0], 2), (c[1], 3)] {
-                        let take = v > best;
-                        best = if take { v } else { best };
-                        at = if take { j } else { at };
+    /// The 2×2, stride-2 max pool of one image's `(o, oh, ow)` activations into
+    /// `(o, oh/2, ow/2)` (floor), recording each window's first maximum as
+    /// `ops::max_pool2d` picks it (a NaN wins). Planes without NaN take plain
+    /// `>` selects, which compile without branches (a branch per comparison
+    /// mispredicted on real activations: 8 ns a window).
+    fn pool2_record<T: Float>(y: &[T], oh: usize, ow: usize, out: &mut [T], arg: &mut [u8]) {
+        let (ph, pw) = (oh / 2, ow / 2);
+        let planes = y
+            .chunks(oh * ow)
+            .zip(out.chunks_mut(ph * pw).zip(arg.chunks_mut(ph * pw)));
+        for (plane, (po, pa)) in planes {
+            #[allow(clippy::eq_op)]
+            let finite = plane.iter().fold(true, |ok, &v| ok & (v == v));
+            for py in 0..ph {
+                let r0 = &plane[2 * py * ow..2 * py * ow + 2 * pw];
+                let r1 = &plane[(2 * py + 1) * ow..(2 * py + 1) * ow + 2 * pw];
+                let (po, pa) = (&mut po[py * pw..(py + 1) * pw], &mut pa[py * pw..(py + 1) * pw]);
+                if finite {
+                    for (((m, i), a), c) in po
+                        .iter_mut()
+                        .zip(pa.iter_mut())
+                        .zip(r0.chunks_exact(2))
+                        .zip(r1.chunks_exact(2))
+                    {
+                        let (mut best, mut at) = (a[0], 0u8);
+                        for (v, j) in [(a[1], 1u8), (c[0], 2), (c[1], 3)] {
+                            let take = v > best;
+                            best = if take { v } else { best };
+                            at = if take { j } else { at };
+                        }
+                        *m = best;
+                        *i = at;
                     }
-                    *m = best;
-                    *i = at;
-                }
-            } else {
-                for px in 0..pw {
-                    let (m, i) = window2(r0, r1, px, &first_max);
-                    po[px] = m;
-                    pa[px] = i as u8;
+                } else {
+                    for px in 0..pw {
+                        let (m, i) = window2(r0, r1, px, &first_max);
+                        po[px] = m;
+                        pa[px] = i as u8;
+                    }
                 }
             }
         }
     }
-}
 }
 
 multiversion! {
-/// One image's `dz` (`(o, oh, ow)`) under the pool: each window's
-/// `dp · act'(p)` at its recorded maximum, zero at the other three and in a
-/// floored odd row or column (the activation's value at the maximum is the
-/// pooled value `p`).
-fn unpool2<T: Float>(dp: &[T], p: Option<&[T]>, arg: &[u8], act: Act, oh: usize, ow: usize, dz: &mut [T]) {
-    let (ph, pw) = (oh / 2, ow / 2);
-    let zero = T::default();
-    if oh % 2 == 1 || ow % 2 == 1 {
-        dz.fill(zero);
-    }
-    for (c, plane) in dz.chunks_mut(oh * ow).enumerate() {
-        for py in 0..ph {
-            let j0 = (c * ph + py) * pw;
-            let (dp, arg) = (&dp[j0..j0 + pw], &arg[j0..j0 + pw]);
-            let (r0, r1) = plane[2 * py * ow..(2 * py + 2) * ow].split_at_mut(ow);
-            let rows = r0.chunks_exact_mut(2).zip(r1.chunks_exact_mut(2));
-            for (px, (a, b)) in rows.enumerate() {
-                let g = match p {
-                    Some(p) => act_grad_at(p[j0 + px], dp[px], act),
-                    None => dp[px],
-                };
-                let at = arg[px];
-                a[0] = if at == 0 { g } else { zero };
-                a[1] = if at == 1 { g } else { zero };
-                b[0] = if at == 2 { g } else { zero };
-                b[1] = if at == 3 { g } else { zero };
+    /// One image's `dz` (`(o, oh, ow)`) under the pool: each window's
+    /// `dp · act'(p)` at its recorded maximum, zero at the other three and in a
+    /// floored odd row or column (the activation's value at the maximum is the
+    /// pooled value `p`).
+    fn unpool2<T: Float>(dp: &[T], p: Option<&[T]>, arg: &[u8], act: Act, oh: usize, ow: usize, dz: &mut [T]) {
+        let (ph, pw) = (oh / 2, ow / 2);
+        let zero = T::default();
+        if oh % 2 == 1 || ow % 2 == 1 {
+            dz.fill(zero);
+        }
+        for (c, plane) in dz.chunks_mut(oh * ow).enumerate() {
+            for py in 0..ph {
+                let j0 = (c * ph + py) * pw;
+                let (dp, arg) = (&dp[j0..j0 + pw], &arg[j0..j0 + pw]);
+                let (r0, r1) = plane[2 * py * ow..(2 * py + 2) * ow].split_at_mut(ow);
+                let rows = r0.chunks_exact_mut(2).zip(r1.chunks_exact_mut(2));
+                for (px, (a, b)) in rows.enumerate() {
+                    let g = match p {
+                        Some(p) => act_grad_at(p[j0 + px], dp[px], act),
+                        None => dp[px],
+                    };
+                    let at = arg[px];
+                    a[0] = if at == 0 { g } else { zero };
+                    a[1] = if at == 1 { g } else { zero };
+                    b[0] = if at == 2 { g } else { zero };
+                    b[1] = if at == 3 { g } else { zero };
+                }
             }
         }
     }
-}
 }
 
 fn conv_fwd<T: Float>(

@@ -30,13 +30,12 @@ macro_rules! multiversion {
                 unsafe fn v3<$T: $bound>($($a: $t),*) {
                     base::<$T>($($a),*)
                 }
-                if $crate::simd::level() >= 2 {
+                match $crate::simd::level() {
                     // SAFETY: `level` saw AVX-512 F/VL/BW/DQ, AVX2 and FMA on this CPU.
-                    return unsafe { v4::<$T>($($a),*) };
-                }
-                if $crate::simd::level() == 1 {
+                    2 => return unsafe { v4::<$T>($($a),*) },
                     // SAFETY: `level` saw AVX2 and FMA on this CPU.
-                    return unsafe { v3::<$T>($($a),*) };
+                    1 => return unsafe { v3::<$T>($($a),*) },
+                    _ => {}
                 }
             }
             base::<$T>($($a),*)
@@ -56,7 +55,7 @@ pub fn level() -> u8 {
             .ok()
             .and_then(|v| v.parse::<u8>().ok())
             .unwrap_or(2);
-        detect().min(cap)
+        detected().min(cap)
     });
     detected.min(CAP.load(Ordering::Relaxed))
 }
@@ -70,12 +69,8 @@ pub fn set_cap(level: u8) {
 }
 
 /// The widest version this CPU has, whatever the caps.
-pub fn detected() -> u8 {
-    detect()
-}
-
 #[cfg(target_arch = "x86_64")]
-fn detect() -> u8 {
+pub fn detected() -> u8 {
     use std::arch::is_x86_feature_detected as has;
     let v3 = has!("avx2") && has!("fma");
     let v4 = v3 && has!("avx512f") && has!("avx512vl") && has!("avx512bw") && has!("avx512dq");
@@ -86,7 +81,8 @@ fn detect() -> u8 {
     }
 }
 
+/// The widest version this CPU has: the baseline off x86-64.
 #[cfg(not(target_arch = "x86_64"))]
-fn detect() -> u8 {
+pub fn detected() -> u8 {
     0
 }
