@@ -421,8 +421,12 @@ struct MaxBatchArgs {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// Entry name or config .json.
-    entry: String,
+    /// Entry name or config .json (not needed with --peak).
+    #[arg(required_unless_present = "peak")]
+    entry: Option<String>,
+    /// Print the f32 FMA rate all threads sustain together (FLOP/s, JSON) instead.
+    #[arg(long)]
+    peak: bool,
     /// Training steps to time (0: one epoch of Fashion-MNIST).
     #[arg(long, default_value_t = 0)]
     steps: usize,
@@ -529,13 +533,16 @@ fn tune_candle_pool() {
 
 fn main() -> ExitCode {
     tune_allocator();
+    aezoo_nn::pool::init_global();
     tune_candle_pool();
     // Subnormals cost ~100 cycles per op (Adam's moments reach them): flush
     // them on every compute thread (ARCHITECTURE.md, fast paths).
     aezoo_nn::fused::flush_denormals();
     let cli = Cli::parse();
     init_logging();
-    match run(cli) {
+    // The whole command runs on a worker of the compute pool, so the
+    // parallel regions of a step never park this thread (aezoo_nn::pool).
+    match aezoo_nn::pool::on_worker(|| run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Our library errors already carry their causes in their message:
@@ -574,7 +581,12 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Rd(a) => cmd_rd(a),
         Cmd::RdVideo(a) => cmd_rd_video(a),
         Cmd::Bench(a) => {
-            let (cfg, _) = registry::resolve_entry(&a.entry)?;
+            if a.peak {
+                let flops = aezoo_nn::simd::measured_peak_flops(0.5);
+                println!("{}", serde_json::json!({ "peak_flops": flops, "threads": aezoo_nn::pool::threads() }));
+                return Ok(());
+            }
+            let (cfg, _) = registry::resolve_entry(a.entry.as_deref().unwrap_or_default())?;
             let locator = Locator::from_env(a.data.data.clone(), a.data.download);
             let r = aezoo_train::bench::run(&cfg, &locator, a.steps)?;
             println!("{}", serde_json::to_string(&r)?);

@@ -30,6 +30,7 @@ use rayon::prelude::*;
 
 use crate::conv::Geometry;
 use crate::ops::{first_max, window2};
+use crate::sgemm::{self, Epilogue, PackedB, Strided};
 
 /// The activation fused into a layer's output.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -112,6 +113,9 @@ pub trait Float:
     fn ln_1p_unit(self) -> Self;
     fn storage(v: Vec<Self>) -> CpuStorage;
     fn slice(s: &CpuStorage) -> Option<&[Self]>;
+    /// The same slice as f32, if `Self` is f32 (the [`crate::sgemm`] paths).
+    fn as_f32(xs: &[Self]) -> Option<&[f32]>;
+    fn as_f32_mut(xs: &mut [Self]) -> Option<&mut [f32]>;
 }
 
 impl Float for f32 {
@@ -140,6 +144,12 @@ impl Float for f32 {
             _ => None,
         }
     }
+    fn as_f32(xs: &[Self]) -> Option<&[f32]> {
+        Some(xs)
+    }
+    fn as_f32_mut(xs: &mut [Self]) -> Option<&mut [f32]> {
+        Some(xs)
+    }
 }
 
 impl Float for f64 {
@@ -167,6 +177,12 @@ impl Float for f64 {
             CpuStorage::F64(v) => Some(v),
             _ => None,
         }
+    }
+    fn as_f32(_: &[Self]) -> Option<&[f32]> {
+        None
+    }
+    fn as_f32_mut(_: &mut [Self]) -> Option<&mut [f32]> {
+        None
     }
 }
 
@@ -1039,14 +1055,32 @@ fn conv_fwd<T: Float>(
     let (per_image, par) = par_for(b);
     let u = Unfold::new(&g);
     let wk = u.kernel(w, o, &g);
+    // f32 with AVX2: yᵀ (l×o) = colsᵀ (l×k) · Wᵀ (k×o), `Wᵀ` packed once for
+    // every image, the unfolded image read in place, bias and activation in
+    // the epilogue, the tiles stored transposed into `y` (o×l).
+    let wt = match (T::as_f32(&wk), sgemm::available() && o >= 16 && k >= 64) {
+        (Some(w32), true) => Some(PackedB::pack(k, o, Strided::new(w32, 1, k))),
+        _ => None,
+    };
+    let bias32 = T::as_f32(bias);
     // Scratch per task: the unfolded image, the pre-pool activations, the
     // phase-split or channels-last image.
     let run = |(i, (y, arg)): (usize, (&mut [T], Option<&mut [u8]>)),
                (cols, pre, split): &mut (Vec<T>, Vec<T>, Vec<T>)| {
         u.unfold(&x[i * img..(i + 1) * img], &g, cols, split);
         let full: &mut [T] = if arg.is_some() { &mut pre[..] } else { &mut *y };
-        gemm(o, l, k, full, (l, 1), false, &wk, (k, 1), cols, u.kl(), par);
-        bias_act(full, bias, l, cfg.act);
+        if let (Some(pb), Some(cols), Some(full)) = (&wt, T::as_f32(cols), T::as_f32_mut(full)) {
+            let (rs, cs) = u.lk();
+            let epi = Epilogue {
+                col_bias: bias32,
+                act: cfg.act,
+                ..Epilogue::default()
+            };
+            sgemm::gemm_packed(l, Strided::new(cols, rs, cs), pb, full, (1, l), &epi, !per_image);
+        } else {
+            gemm(o, l, k, full, (l, 1), false, &wk, (k, 1), cols, u.kl(), par);
+            bias_act(full, bias, l, cfg.act);
+        }
         if let Some(arg) = arg {
             pool2_record(pre, g.oh, g.ow, y, arg);
         }
@@ -1603,6 +1637,24 @@ fn lin_fwd<T: Float>(
         contiguous::<T>(w, lw, "linear")?,
         contiguous::<T>(bias, lb, "linear")?,
     );
+    if let (Some(x), Some(w), Some(bias), true) = (T::as_f32(x), T::as_f32(w), T::as_f32(bias), sgemm::available()) {
+        // y (n×o) = act(x (n×i) · Wᵀ (i×o) + bias), the bias and activation
+        // applied to each tile in the GEMM's epilogue.
+        let pb = PackedB::pack(i, o, Strided::new(w, 1, i));
+        let epi = Epilogue {
+            col_bias: Some(bias),
+            act: op.act,
+            ..Epilogue::default()
+        };
+        let mut y: Vec<f32> = Vec::with_capacity(n * o);
+        // SAFETY: `y` holds `n·o` floats of capacity; the product writes
+        // every one of them (no accumulation) before `set_len`.
+        unsafe {
+            sgemm::gemm_packed_raw(n, Strided::new(x, i, 1), &pb, y.as_mut_ptr(), n * o, (o, 1), &epi, threads() > 1);
+            y.set_len(n * o);
+        }
+        return Ok((CpuStorage::F32(y), Shape::from((n, o))));
+    }
     let mut y = vec![T::default(); n * o];
     // y (n×o) = x (n×i) · Wᵀ (i×o)
     gemm(n, o, i, &mut y, (o, 1), false, x, (i, 1), w, (1, i), lin_par());

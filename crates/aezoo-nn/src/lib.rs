@@ -14,8 +14,10 @@ pub mod layers;
 pub mod model;
 pub mod ops;
 pub mod params;
+pub mod pool;
 pub mod rng;
 pub mod same_pad;
+pub mod sgemm;
 pub mod spec;
 
 pub use fused::Act;

@@ -1765,3 +1765,79 @@ fn ln_1p_unit_f32_is_within_3_ulp() {
     assert!(worst.0 <= 3, "ln_1p_unit_f32 is {} ulp off at {}", worst.0, worst.1);
     assert_eq!(fused::ln_1p_unit_f32(0.0), 0.0);
 }
+
+// ---------------------------------------------------------------- the f32 GEMM
+
+/// `C = act([C +] A·B + biases)` in f64, element `(i, j)` at `i·c_rs + j·c_cs`.
+#[allow(clippy::too_many_arguments)]
+fn reference_gemm(
+    (m, n, k): (usize, usize, usize),
+    a: &[f32],
+    (a_rs, a_cs): (usize, usize),
+    b: &[f32],
+    (b_rs, b_cs): (usize, usize),
+    c: &mut [f32],
+    (c_rs, c_cs): (usize, usize),
+    epi: &aezoo_nn::sgemm::Epilogue,
+) {
+    for i in 0..m {
+        for j in 0..n {
+            let mut s: f64 = (0..k).map(|p| a[i * a_rs + p * a_cs] as f64 * b[p * b_rs + j * b_cs] as f64).sum();
+            if epi.accumulate {
+                s += c[i * c_rs + j * c_cs] as f64;
+            }
+            s += epi.row_bias.map_or(0.0, |v| v[i] as f64) + epi.col_bias.map_or(0.0, |v| v[j] as f64);
+            c[i * c_rs + j * c_cs] = match epi.act {
+                Act::None => s,
+                Act::Relu => s.max(0.0),
+                Act::Sigmoid => 1.0 / (1.0 + (-s).exp()),
+            } as f32;
+        }
+    }
+}
+
+#[test]
+fn sgemm_matches_a_reference_product_for_every_layout_and_epilogue() {
+    use aezoo_nn::sgemm::{self, Epilogue, PackedB, Strided};
+    if !sgemm::available() {
+        eprintln!("sgemm: this CPU has no AVX2 + FMA; the gemm crate serves f32 here");
+        return;
+    }
+    let vals = |len: usize, seed: u64| -> Vec<f32> {
+        let mut rng = Rng::new(seed);
+        (0..len).map(|_| rng.uniform() as f32 * 2.0 - 1.0).collect()
+    };
+    // Edges of tiles and panels, several k blocks (k > 256), k = 0, and
+    // enough rows for the parallel split.
+    let shapes = [(1, 1, 1), (7, 37, 5), (13, 16, 300), (64, 49, 257), (6, 33, 600), (9, 20, 0), (200, 40, 30)];
+    let mut checked = 0;
+    for (si, &(m, n, k)) in shapes.iter().enumerate() {
+        let (a, b) = (vals(m * k, 10 + si as u64), vals(k * n, 20 + si as u64));
+        let (row_bias, col_bias, c0) = (vals(m, 30), vals(n, 31), vals(m * n, 32));
+        for (a_t, b_t, c_t) in (0..8).map(|l| (l & 1 == 1, l & 2 == 2, l & 4 == 4)) {
+            let a_s = if a_t { (1, m) } else { (k, 1) };
+            let b_s = if b_t { (1, k) } else { (n, 1) };
+            let c_s = if c_t { (1, m) } else { (n, 1) };
+            let pb = PackedB::pack(k, n, Strided::new(&b, b_s.0, b_s.1));
+            for e in 0..24 {
+                let epi = Epilogue {
+                    accumulate: e & 1 == 1,
+                    row_bias: (e & 2 == 2).then_some(&row_bias[..]),
+                    col_bias: (e & 4 == 4).then_some(&col_bias[..]),
+                    act: [Act::None, Act::Relu, Act::Sigmoid][e / 8],
+                };
+                let parallel = (e + si) % 2 == 0;
+                let (mut got, mut want) = (c0.clone(), c0.clone());
+                sgemm::gemm_packed(m, Strided::new(&a, a_s.0, a_s.1), &pb, &mut got, c_s, &epi, parallel);
+                reference_gemm((m, n, k), &a, a_s, &b, b_s, &mut want, c_s, &epi);
+                let err = got.iter().zip(&want).map(|(g, w)| (g - w).abs() / w.abs().max(1.0)).fold(0f32, f32::max);
+                assert!(
+                    err < 2e-6 * (k as f32).sqrt().max(1.0),
+                    "sgemm ({m}, {n}, {k}) A{a_s:?} B{b_s:?} C{c_s:?} {epi:?} parallel {parallel}: error {err}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, shapes.len() * 8 * 24);
+}
