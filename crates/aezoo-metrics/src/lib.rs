@@ -201,8 +201,20 @@ fn gaussian_filter(xs: &Tensor, win: &[f64]) -> Result<Tensor> {
 }
 
 /// Per-image SSIM `(b,)` of `(b, c, h, w)` images: the mean of the SSIM map
-/// over channels and valid positions. Differentiable in both arguments.
+/// over channels and valid positions. Differentiable in both arguments. On
+/// the CPU one fused node (`aezoo_nn::ssim`), elsewhere [`ssim_composite`].
 pub fn ssim(x: &Tensor, y: &Tensor, cfg: SsimConfig) -> Result<Tensor> {
+    if aezoo_nn::fused::applies(x) && x.dtype() == y.dtype() {
+        same_shape(x, y, "ssim")?;
+        let win = gaussian_window(cfg.window, cfg.sigma);
+        let (c1, c2) = ((cfg.k1 * cfg.data_range).powi(2), (cfg.k2 * cfg.data_range).powi(2));
+        return aezoo_nn::ssim::ssim_planes(x, y, &win, c1, c2)?.mean(1);
+    }
+    ssim_composite(x, y, cfg)
+}
+
+/// [`ssim`] from candle ops (any device and dtype).
+pub fn ssim_composite(x: &Tensor, y: &Tensor, cfg: SsimConfig) -> Result<Tensor> {
     let (b, _, _, _) = x.dims4()?;
     let (s, _) = ssim_cs(x, y, cfg)?;
     s.reshape((b, ()))?.mean(1)

@@ -309,6 +309,31 @@ fn grad_ssim_both_arguments() {
     );
 }
 
+#[test]
+fn fused_ssim_matches_the_composite_in_value_and_gradients() {
+    // On the CPU `ssim` is one node (aezoo_nn::ssim); `ssim_composite` is
+    // the candle-op form it replaced. Both arguments carry gradients.
+    for (shape, seed) in [([3usize, 2, 13, 12], 40u64), ([2, 1, 28, 28], 42), ([1, 3, 11, 17], 44)] {
+        let x = candle_core::Var::from_tensor(&uniform_input(&shape, 0.0, 1.0, seed).unwrap()).unwrap();
+        let y = candle_core::Var::from_tensor(&uniform_input(&shape, 0.0, 1.0, seed + 1).unwrap()).unwrap();
+        let cfg = SsimConfig::default();
+        let (f, c) = (
+            ssim(x.as_tensor(), y.as_tensor(), cfg).unwrap(),
+            ssim_composite(x.as_tensor(), y.as_tensor(), cfg).unwrap(),
+        );
+        let d = vals(&(&f - &c).unwrap().abs().unwrap()).into_iter().fold(0f64, f64::max);
+        assert!(d < 1e-12, "{shape:?}: values differ by {d}");
+        let r = uniform_input(&[shape[0]], -1.0, 1.0, seed + 2).unwrap();
+        let gf = (&f * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let gc = (&c * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [&x, &y] {
+            let diff = (gf.get(v.as_tensor()).unwrap() - gc.get(v.as_tensor()).unwrap()).unwrap();
+            let d = vals(&diff.abs().unwrap().flatten_all().unwrap()).into_iter().fold(0f64, f64::max);
+            assert!(d < 1e-12, "{shape:?}: gradients differ by {d}");
+        }
+    }
+}
+
 // ---------------------------------------------------------------- ranking
 
 #[test]

@@ -29,6 +29,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::conv::Geometry;
+use crate::direct;
 use crate::ops::{first_max, window2};
 use crate::sgemm::{self, Epilogue, PackedB, Strided};
 
@@ -358,7 +359,7 @@ fn par_for(batch: usize) -> (bool, Parallelism) {
 /// The output columns `ox` whose input column `x0 + ox·stride` lies in
 /// `0..w`, as a half-open range.
 #[inline]
-fn valid_cols(x0: isize, stride: usize, w: usize, ow: usize) -> (usize, usize) {
+pub(crate) fn valid_cols(x0: isize, stride: usize, w: usize, ow: usize) -> (usize, usize) {
     let s = stride as isize;
     let lo = if x0 >= 0 { 0 } else { ((-x0) + s - 1) / s };
     let hi = if x0 >= w as isize {
@@ -374,7 +375,7 @@ fn valid_cols(x0: isize, stride: usize, w: usize, ow: usize) -> (usize, usize) {
 /// phases (`x ≡ p mod s`, each phase contiguous): `offsets[p] + x / s`, for
 /// `x % s == p`. Stride 1 is one phase, the row itself.
 #[derive(Clone, Copy)]
-struct Phases {
+pub(crate) struct Phases {
     stride: usize,
     offsets: [usize; MAX_PHASES],
 }
@@ -384,7 +385,7 @@ struct Phases {
 const MAX_PHASES: usize = 8;
 
 impl Phases {
-    fn new(w: usize, stride: usize) -> Option<Self> {
+    pub(crate) fn new(w: usize, stride: usize) -> Option<Self> {
         if stride == 0 || stride > MAX_PHASES {
             return None;
         }
@@ -397,12 +398,12 @@ impl Phases {
 
     /// The phase-split index of column `x`.
     #[inline(always)]
-    fn at(&self, x: usize) -> usize {
+    pub(crate) fn at(&self, x: usize) -> usize {
         self.offsets[x % self.stride] + x / self.stride
     }
 
     /// Splits every `w`-long row of `img` into its phases, into `out`.
-    fn split<T: Float>(&self, img: &[T], w: usize, out: &mut Vec<T>) {
+    pub(crate) fn split<T: Float>(&self, img: &[T], w: usize, out: &mut Vec<T>) {
         out.resize(img.len(), T::default());
         for (row, o) in img.chunks_exact(w).zip(out.chunks_exact_mut(w)) {
             for (p, &off) in self.offsets[..self.stride].iter().enumerate() {
@@ -414,7 +415,7 @@ impl Phases {
     }
 
     /// Adds the phase-split rows of `split` back into the rows of `img`.
-    fn merge_add<T: Float>(&self, split: &[T], w: usize, img: &mut [T]) {
+    pub(crate) fn merge_add<T: Float>(&self, split: &[T], w: usize, img: &mut [T]) {
         for (row, sp) in img.chunks_exact_mut(w).zip(split.chunks_exact(w)) {
             for (p, &off) in self.offsets[..self.stride].iter().enumerate() {
                 for (d, &v) in row[p..].iter_mut().step_by(self.stride).zip(&sp[off..]) {
@@ -1055,31 +1056,49 @@ fn conv_fwd<T: Float>(
     let (per_image, par) = par_for(b);
     let u = Unfold::new(&g);
     let wk = u.kernel(w, o, &g);
+    // One input or output channel: no unfolding at all (`direct`).
+    let direct = direct::suits(&g, o);
     // f32 with AVX2: yᵀ (l×o) = colsᵀ (l×k) · Wᵀ (k×o), `Wᵀ` packed once for
     // every image, the unfolded image read in place, bias and activation in
     // the epilogue, the tiles stored transposed into `y` (o×l).
-    let wt = match (T::as_f32(&wk), sgemm::available() && o >= 16 && k >= 64) {
+    // With stride ≤ 4 not even the unfolded image is written: the GEMM
+    // reads the padded phase planes through a table of tap offsets
+    // (`direct::Implicit`), `Wᵀ` in the kernel's own order.
+    let implicit = match (T::as_f32(w), !direct && direct::Implicit::suits(&g, o)) {
+        (Some(w32), true) => Some((direct::Implicit::new(&g), PackedB::pack(k, o, Strided::new(w32, 1, k)))),
+        _ => None,
+    };
+    let wt = match (T::as_f32(&wk), implicit.is_none() && !direct && sgemm::available() && o >= 16 && k >= 64) {
         (Some(w32), true) => Some(PackedB::pack(k, o, Strided::new(w32, 1, k))),
         _ => None,
     };
     let bias32 = T::as_f32(bias);
     // Scratch per task: the unfolded image, the pre-pool activations, the
-    // phase-split or channels-last image.
+    // phase-split or channels-last image, the implicit GEMM's planes.
     let run = |(i, (y, arg)): (usize, (&mut [T], Option<&mut [u8]>)),
-               (cols, pre, split): &mut (Vec<T>, Vec<T>, Vec<T>)| {
-        u.unfold(&x[i * img..(i + 1) * img], &g, cols, split);
+               (cols, pre, split, isc): &mut (Vec<T>, Vec<T>, Vec<T>, direct::ImplicitScratch)| {
         let full: &mut [T] = if arg.is_some() { &mut pre[..] } else { &mut *y };
-        if let (Some(pb), Some(cols), Some(full)) = (&wt, T::as_f32(cols), T::as_f32_mut(full)) {
-            let (rs, cs) = u.lk();
-            let epi = Epilogue {
-                col_bias: bias32,
-                act: cfg.act,
-                ..Epilogue::default()
-            };
-            sgemm::gemm_packed(l, Strided::new(cols, rs, cs), pb, full, (1, l), &epi, !per_image);
-        } else {
-            gemm(o, l, k, full, (l, 1), false, &wk, (k, 1), cols, u.kl(), par);
+        let xi = &x[i * img..(i + 1) * img];
+        if direct {
+            full.fill(T::default());
+            direct::forward(xi, w, &g, o, full, split);
             bias_act(full, bias, l, cfg.act);
+        } else if let (Some((im, pb)), Some(x32), Some(full)) = (&implicit, T::as_f32(xi), T::as_f32_mut(full)) {
+            im.forward(x32, &g, pb, bias32, cfg.act, !per_image, isc, full);
+        } else {
+            u.unfold(xi, &g, cols, split);
+            if let (Some(pb), Some(cols), Some(full)) = (&wt, T::as_f32(cols), T::as_f32_mut(full)) {
+                let (rs, cs) = u.lk();
+                let epi = Epilogue {
+                    col_bias: bias32,
+                    act: cfg.act,
+                    ..Epilogue::default()
+                };
+                sgemm::gemm_packed(l, Strided::new(cols, rs, cs), pb, full, (1, l), &epi, !per_image);
+            } else {
+                gemm(o, l, k, full, (l, 1), false, &wk, (k, 1), cols, u.kl(), par);
+                bias_act(full, bias, l, cfg.act);
+            }
         }
         if let Some(arg) = arg {
             pool2_record(pre, g.oh, g.ow, y, arg);
@@ -1088,9 +1107,10 @@ fn conv_fwd<T: Float>(
     let jobs = out.chunks_mut(o * pl).zip(per_image_slots(&mut argmax, o * pl, b));
     let init = || {
         (
-            vec![T::default(); k * l],
+            vec![T::default(); if direct || implicit.is_some() { 0 } else { k * l }],
             vec![T::default(); if cfg.pool { o * l } else { 0 }],
             Vec::new(),
+            direct::ImplicitScratch::default(),
         )
     };
     if per_image {
@@ -1140,10 +1160,40 @@ fn conv_bwd<T: Float>(
     let (per_image, par) = par_for(b);
     let u = Unfold::new(&g);
     let wk = u.kernel(w, o, &g);
+    // The direct kernels keep dW in the kernel's own layout.
+    let direct = direct::suits(&g, o);
+    // The implicit GEMM (f32): dWᵀ (k×o) = Σ colsᵀ-in-place · dzᵀ, kept in
+    // `pw` and transposed at the end; and, at stride 1, dx as the
+    // convolution of dz (padded by kh − 1 − p) with the flipped kernel.
+    let imp_w = (T::as_f32(w).is_some() && !direct && direct::Implicit::suits(&g, o)).then(|| direct::Implicit::new(&g));
+    let imp_x = match T::as_f32(w) {
+        Some(w32) if grad.need_dx && !direct && g.stride == 1 && g.dilation == 1 && g.kh == g.kw && g.padding < g.kh => {
+            let flipped = Geometry::for_conv(o, g.oh, g.ow, g.kh, g.kw, 1, g.kh - 1 - g.padding, 1)
+                .ok()
+                .filter(|f| f.oh == g.h && f.ow == g.w && direct::Implicit::suits(f, g.c));
+            flipped.map(|f| {
+                // The flipped kernel as (o·kh·kw) × c: B of dxᵀ = dz-planes · B.
+                let (kh, kw, c) = (g.kh, g.kw, g.c);
+                let mut wf = vec![0f32; o * kh * kw * c];
+                for oo in 0..o {
+                    for ky in 0..kh {
+                        for kx in 0..kw {
+                            for ci in 0..c {
+                                wf[((oo * kh + ky) * kw + kx) * c + ci] =
+                                    w32[((oo * c + ci) * kh + (kh - 1 - ky)) * kw + (kw - 1 - kx)];
+                            }
+                        }
+                    }
+                }
+                (f, direct::Implicit::new(&f), PackedB::pack(o * kh * kw, c, Strided::new(&wf, c, 1)))
+            })
+        }
+        _ => None,
+    };
     // Per task: (dW, db) partial sums and the scratch matrices.
-    type Acc<T> = (Vec<T>, Vec<T>, Vec<T>, Vec<T>, Vec<T>, Vec<T>);
+    type Acc<T> = (Vec<T>, Vec<T>, Vec<T>, Vec<T>, Vec<T>, Vec<T>, direct::ImplicitScratch);
     let work = |(i, dxi): (usize, Option<&mut [T]>), acc: &mut Acc<T>| {
-        let (pw, pb, cols, dcols, dzbuf, split) = acc;
+        let (pw, pb, cols, dcols, dzbuf, split, isc) = acc;
         let (dyi, yi) = (
             &dy[i * o * pl..(i + 1) * o * pl],
             y.map(|y| &y[i * o * pl..(i + 1) * o * pl]),
@@ -1163,26 +1213,47 @@ fn conv_bwd<T: Float>(
         } else {
             dz_chunk(dyi, yi, cfg.act, dzbuf)
         };
-        u.unfold(&x[i * img..(i + 1) * img], &g, cols, split);
-        // dW (o×k) += dz_i (o×l) · colsᵀ (l×k)
-        gemm(o, k, l, pw, (k, 1), true, dzi, (l, 1), cols, u.lk(), par);
         for (oo, row) in dzi.chunks(l).enumerate() {
             pb[oo] += sum(row);
         }
+        let xi = &x[i * img..(i + 1) * img];
+        if direct {
+            direct::weights(xi, dzi, &g, o, pw, split);
+            if let Some(dxi) = dxi {
+                direct::adjoint(dzi, w, &g, o, dxi, split);
+            }
+            return;
+        }
+        if imp_w.is_none() {
+            u.unfold(xi, &g, cols, split);
+        }
+        if let (Some(im), Some(x32), Some(dz32), Some(pwt)) = (&imp_w, T::as_f32(xi), T::as_f32(dzi), T::as_f32_mut(pw)) {
+            im.weights(x32, dz32, &g, o, !per_image, isc, pwt);
+        } else {
+            // dW (o×k) += dz_i (o×l) · colsᵀ (l×k)
+            gemm(o, k, l, pw, (k, 1), true, dzi, (l, 1), cols, u.lk(), par);
+        }
         if let Some(dxi) = dxi {
-            // dcols (k×l) = Wᵀ (k×o) · dz_i (o×l)
-            gemm(k, l, o, dcols, u.kl(), false, &wk, (1, k), dzi, (l, 1), par);
-            u.fold(dcols, &g, dxi, split);
+            if let (Some((f, im, pbx)), Some(dz32), Some(dx32)) = (&imp_x, T::as_f32(dzi), T::as_f32_mut(dxi)) {
+                im.forward(dz32, f, pbx, None, Act::None, !per_image, isc, dx32);
+            } else {
+                // dcols (k×l) = Wᵀ (k×o) · dz_i (o×l)
+                gemm(k, l, o, dcols, u.kl(), false, &wk, (1, k), dzi, (l, 1), par);
+                u.fold(dcols, &g, dxi, split);
+            }
         }
     };
+    let cols_len = if direct || imp_w.is_some() { 0 } else { k * l };
+    let dcols_len = if direct || imp_x.is_some() || !grad.need_dx { 0 } else { k * l };
     let init = || {
         (
             vec![T::default(); nw],
             vec![T::default(); o],
-            vec![T::default(); k * l],
-            vec![T::default(); k * l],
+            vec![T::default(); cols_len],
+            vec![T::default(); dcols_len],
             Vec::new(),
             Vec::new(),
+            direct::ImplicitScratch::default(),
         )
     };
     let slots = per_image_slots(dx, img, b);
@@ -1208,7 +1279,18 @@ fn conv_bwd<T: Float>(
         slots.into_iter().enumerate().for_each(|job| work(job, &mut acc));
         (acc.0, acc.1)
     };
-    dw.copy_from_slice(&u.kernel_back(pw, o, &g));
+    if direct {
+        dw.copy_from_slice(&pw);
+    } else if imp_w.is_some() {
+        // dWᵀ (k×o) → dW (o×k).
+        for (kk, row) in pw.chunks_exact(o).enumerate() {
+            for (oo, &v) in row.iter().enumerate() {
+                dw[oo * k + kk] = v;
+            }
+        }
+    } else {
+        dw.copy_from_slice(&u.kernel_back(pw, o, &g));
+    }
     db.copy_from_slice(&pb);
     let n = packed.len();
     Ok((T::storage(packed), Shape::from(n)))
@@ -1407,20 +1489,27 @@ fn convt_fwd<T: Float>(
     let (per_image, par) = par_for(b);
     let u = Unfold::new(&g);
     let wk = u.kernel(w, ci, &g);
+    // One input or output channel: the adjoint of the direct convolution.
+    let direct = direct::suits(&g, ci);
     let run = |(i, y): (usize, &mut [T]), (cols, split): &mut (Vec<T>, Vec<T>)| {
-        // cols (okk×hw) = Wᵀ (okk×ci) · x_i (ci×hw)
         let xi = &x[i * ci * hw..(i + 1) * ci * hw];
-        gemm(okk, hw, ci, cols, u.kl(), false, &wk, (1, okk), xi, (hw, 1), par);
-        u.fold(cols, &g, y, split);
+        if direct {
+            direct::adjoint(xi, w, &g, ci, y, split);
+        } else {
+            // cols (okk×hw) = Wᵀ (okk×ci) · x_i (ci×hw)
+            gemm(okk, hw, ci, cols, u.kl(), false, &wk, (1, okk), xi, (hw, 1), par);
+            u.fold(cols, &g, y, split);
+        }
         bias_act(y, bias, g.h * g.w, op.act);
     };
+    let unfolded = if direct { 0 } else { okk * hw };
     if per_image {
         out.par_chunks_mut(out_img).enumerate().for_each_init(
-            || (vec![T::default(); okk * hw], Vec::new()),
+            || (vec![T::default(); unfolded], Vec::new()),
             |scratch, job| run(job, scratch),
         );
     } else {
-        let mut scratch = (vec![T::default(); okk * hw], Vec::new());
+        let mut scratch = (vec![T::default(); unfolded], Vec::new());
         out.chunks_mut(out_img)
             .enumerate()
             .for_each(|job| run(job, &mut scratch));
@@ -1454,12 +1543,23 @@ fn convt_bwd<T: Float>(
     let (per_image, par) = par_for(b);
     let u = Unfold::new(&g);
     let wk = u.kernel(w, ci, &g);
+    let direct = direct::suits(&g, ci);
     type Acc<T> = (Vec<T>, Vec<T>, Vec<T>, Vec<T>, Vec<T>);
     let work = |(i, dxi): (usize, Option<&mut [T]>), acc: &mut Acc<T>| {
         let (pw, pb, dcols, dzbuf, split) = acc;
         let yi = y.map(|y| &y[i * out_img..(i + 1) * out_img]);
         let dzi = dz_chunk(&dy[i * out_img..(i + 1) * out_img], yi, op.act, dzbuf);
         let xi = &x[i * ci * hw..(i + 1) * ci * hw];
+        for (oo, plane) in dzi.chunks(g.h * g.w).enumerate() {
+            pb[oo] += sum(plane);
+        }
+        if direct {
+            if let Some(dxi) = dxi {
+                direct::forward(dzi, w, &g, ci, dxi, split);
+            }
+            direct::weights(dzi, xi, &g, ci, pw, split);
+            return;
+        }
         u.unfold(dzi, &g, dcols, split);
         if let Some(dxi) = dxi {
             // dx_i (ci×hw) = W (ci×okk) · dcols (okk×hw)
@@ -1467,15 +1567,13 @@ fn convt_bwd<T: Float>(
         }
         // dW (ci×okk) += x_i (ci×hw) · dcolsᵀ (hw×okk)
         gemm(ci, okk, hw, pw, (okk, 1), true, xi, (hw, 1), dcols, u.lk(), par);
-        for (oo, plane) in dzi.chunks(g.h * g.w).enumerate() {
-            pb[oo] += sum(plane);
-        }
     };
+    let unfolded = if direct { 0 } else { okk * hw };
     let init = || {
         (
             vec![T::default(); nw],
             vec![T::default(); o],
-            vec![T::default(); okk * hw],
+            vec![T::default(); unfolded],
             Vec::new(),
             Vec::new(),
         )
@@ -1503,7 +1601,11 @@ fn convt_bwd<T: Float>(
         slots.into_iter().enumerate().for_each(|job| work(job, &mut acc));
         (acc.0, acc.1)
     };
-    dw.copy_from_slice(&u.kernel_back(pw, ci, &g));
+    if direct {
+        dw.copy_from_slice(&pw);
+    } else {
+        dw.copy_from_slice(&u.kernel_back(pw, ci, &g));
+    }
     db.copy_from_slice(&pb);
     let n = packed.len();
     Ok((T::storage(packed), Shape::from(n)))

@@ -8,6 +8,7 @@ pub mod simd;
 
 pub mod conv;
 pub mod conv3d;
+mod direct;
 pub mod fused;
 pub mod gradcheck;
 pub mod layers;
@@ -19,6 +20,7 @@ pub mod rng;
 pub mod same_pad;
 pub mod sgemm;
 pub mod spec;
+pub mod ssim;
 
 pub use fused::Act;
 pub use model::{Autoencoder, Batch, Family, StepCtx, StepOutput};

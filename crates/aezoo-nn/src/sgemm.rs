@@ -25,9 +25,11 @@ use crate::fused::Act;
 
 /// Rows of `C` in a register tile.
 pub const MR: usize = 6;
-/// Longest `k` block: a `KC_MAX × NR` panel of `B` is 16 KiB (AVX2) or
-/// 32 KiB (AVX-512), read from L1 by every tile of a column of tiles.
-const KC_MAX: usize = 256;
+/// Longest `k` block: a `KC_MAX × NR` panel of `B` is 18 KiB (AVX2) or
+/// 36 KiB (AVX-512), read from L1 by every tile of a column of tiles; 288
+/// keeps a 3 × 3 convolution over 32 channels in one block (no partial sums
+/// stored and reloaded, which costs most with a transposed `C`).
+const KC_MAX: usize = 288;
 /// Rows of `A` a task works through per `k` block, kept in L2
 /// (`96 × 256 × 4` bytes).
 const MC: usize = 96;
@@ -45,6 +47,56 @@ pub struct Strided<'a> {
 impl<'a> Strided<'a> {
     pub fn new(data: &'a [f32], rs: usize, cs: usize) -> Self {
         Self { data, rs, cs }
+    }
+}
+
+/// How the rows or the `k` steps of `A` are addressed: a stride, or a
+/// table of offsets (an unfolded image read in place: row `l` of a
+/// convolution's `colsᵀ` is pixel `l` of the padded image, step `p` the
+/// offset of tap `p`).
+#[derive(Clone, Copy, Debug)]
+pub enum Index<'a> {
+    Stride(usize),
+    Table(&'a [usize]),
+}
+
+impl Index<'_> {
+    #[inline(always)]
+    fn at(&self, i: usize) -> usize {
+        match self {
+            Index::Stride(s) => i * s,
+            Index::Table(t) => t[i],
+        }
+    }
+
+    /// The largest offset among the first `n` (none for `n = 0`).
+    fn max(&self, n: usize) -> Option<usize> {
+        match self {
+            _ if n == 0 => None,
+            Index::Stride(s) => Some((n - 1) * s),
+            Index::Table(t) => {
+                assert!(t.len() >= n, "sgemm: an index table is shorter than its dimension");
+                t[..n].iter().copied().max()
+            }
+        }
+    }
+}
+
+/// The left operand: element `(i, p)` at `data[rows.at(i) + cols.at(p)]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Lhs<'a> {
+    pub data: &'a [f32],
+    pub rows: Index<'a>,
+    pub cols: Index<'a>,
+}
+
+impl<'a> From<Strided<'a>> for Lhs<'a> {
+    fn from(a: Strided<'a>) -> Self {
+        Lhs {
+            data: a.data,
+            rows: Index::Stride(a.rs),
+            cols: Index::Stride(a.cs),
+        }
     }
 }
 
@@ -225,7 +277,7 @@ unsafe impl Sync for CPtr {}
 /// `c_cs == 1`, through a stack buffer otherwise: a transposed `C`, one
 /// tile at a time); `parallel` splits the rows (or, for few rows, the
 /// panels) into one task per thread or more.
-pub fn gemm_packed(m: usize, a: Strided, pb: &PackedB, c: &mut [f32], cs: (usize, usize), epi: &Epilogue, parallel: bool) {
+pub fn gemm_packed<'a>(m: usize, a: impl Into<Lhs<'a>>, pb: &PackedB, c: &mut [f32], cs: (usize, usize), epi: &Epilogue, parallel: bool) {
     // SAFETY: `c` is an initialised slice of its own length.
     unsafe { gemm_packed_raw(m, a, pb, c.as_mut_ptr(), c.len(), cs, epi, parallel) }
 }
@@ -238,9 +290,9 @@ pub fn gemm_packed(m: usize, a: Strided, pb: &PackedB, c: &mut [f32], cs: (usize
 /// `c` must be valid for reads and writes of `c_len` floats, not aliased
 /// meanwhile, and initialised if `epi.accumulate`.
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn gemm_packed_raw(
+pub unsafe fn gemm_packed_raw<'a>(
     m: usize,
-    a: Strided,
+    a: impl Into<Lhs<'a>>,
     pb: &PackedB,
     c: *mut f32,
     c_len: usize,
@@ -248,13 +300,15 @@ pub unsafe fn gemm_packed_raw(
     epi: &Epilogue,
     parallel: bool,
 ) {
+    let a: Lhs = a.into();
     let (k, n) = (pb.k, pb.n);
     if m == 0 || n == 0 {
         return;
     }
     assert!((m - 1) * c_rs + (n - 1) * c_cs < c_len, "sgemm: c too short");
     if k > 0 {
-        assert!((m - 1) * a.rs + (k - 1) * a.cs < a.data.len(), "sgemm: a too short");
+        let far = a.rows.max(m).unwrap_or(0) + a.cols.max(k).unwrap_or(0);
+        assert!(far < a.data.len(), "sgemm: a too short");
     }
     if let Some(b) = epi.row_bias {
         assert!(b.len() >= m, "sgemm: row bias too short");
@@ -301,16 +355,16 @@ pub fn gemm(m: usize, n: usize, k: usize, a: Strided, b: Strided, c: &mut [f32],
 /// `a`, `c` (through `cp`, `c_rs`) and the biases must cover `rows` ×
 /// `panels` as `gemm_packed` asserts, and no other thread may touch those
 /// tiles of `C` meanwhile.
-unsafe fn run(pb: &PackedB, a: Strided, cp: CPtr, cs: (usize, usize), epi: &Epilogue, rows: Range<usize>, panels: Range<usize>) {
+unsafe fn run(pb: &PackedB, a: Lhs, cp: CPtr, cs: (usize, usize), epi: &Epilogue, rows: Range<usize>, panels: Range<usize>) {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f,avx2,fma")]
-        unsafe fn v4(pb: &PackedB, a: Strided, cp: CPtr, cs: (usize, usize), epi: &Epilogue, rows: Range<usize>, panels: Range<usize>) {
+        unsafe fn v4(pb: &PackedB, a: Lhs, cp: CPtr, cs: (usize, usize), epi: &Epilogue, rows: Range<usize>, panels: Range<usize>) {
             // SAFETY: the caller's contract.
             unsafe { blocks::<x86::V16>(pb, a, cp, cs, epi, rows, panels) }
         }
         #[target_feature(enable = "avx2,fma")]
-        unsafe fn v3(pb: &PackedB, a: Strided, cp: CPtr, cs: (usize, usize), epi: &Epilogue, rows: Range<usize>, panels: Range<usize>) {
+        unsafe fn v3(pb: &PackedB, a: Lhs, cp: CPtr, cs: (usize, usize), epi: &Epilogue, rows: Range<usize>, panels: Range<usize>) {
             // SAFETY: the caller's contract.
             unsafe { blocks::<x86::V8>(pb, a, cp, cs, epi, rows, panels) }
         }
@@ -325,6 +379,14 @@ unsafe fn run(pb: &PackedB, a: Strided, cp: CPtr, cs: (usize, usize), epi: &Epil
         let _ = (pb, a, cp, cs, epi, rows, panels);
         unreachable!("sgemm: PackedB::pack refuses CPUs without AVX2")
     }
+}
+
+/// The `k` steps of a tile's rows of `A`: a stride, or a table of offsets
+/// (from the block's first step on).
+#[derive(Clone, Copy)]
+enum KOff {
+    Stride(usize),
+    Table(*const usize),
 }
 
 /// What a tile does with `C` and the epilogue in one `k` block.
@@ -343,7 +405,7 @@ struct Mode<'a> {
 /// `k` block, each panel of `B` (in L1 while the band's tiles pass over it)
 /// and each tile of rows.
 #[inline(always)]
-unsafe fn blocks<V: Vector>(pb: &PackedB, a: Strided, cp: CPtr, cs: (usize, usize), epi: &Epilogue, rows: Range<usize>, panels: Range<usize>) {
+unsafe fn blocks<V: Vector>(pb: &PackedB, a: Lhs, cp: CPtr, cs: (usize, usize), epi: &Epilogue, rows: Range<usize>, panels: Range<usize>) {
     let (k, n, nr) = (pb.k, pb.n, pb.nr);
     debug_assert_eq!(nr, 2 * V::LANES);
     let n_pad = n.next_multiple_of(nr);
@@ -364,7 +426,7 @@ unsafe fn blocks<V: Vector>(pb: &PackedB, a: Strided, cp: CPtr, cs: (usize, usiz
                 while i < band_end {
                     let r = MR.min(band_end - i);
                     // SAFETY: the caller's contract; `kc = 0` reads neither operand.
-                    unsafe { tile_any::<V>(r, 0, a.data.as_ptr(), a.rs, a.cs, pb.data.as_ptr(), cp, cs, i, jp * nr, n, mode) };
+                    unsafe { tile_any::<V>(r, 0, [a.data.as_ptr(); MR], KOff::Stride(0), pb.data.as_ptr(), cp, cs, i, jp * nr, n, mode) };
                     i += MR;
                 }
             }
@@ -387,8 +449,15 @@ unsafe fn blocks<V: Vector>(pb: &PackedB, a: Strided, cp: CPtr, cs: (usize, usiz
                     let r = MR.min(band_end - i);
                     // SAFETY: the caller's contract: rows `i..i + r` of `A`
                     // from column `p0` on, and of `C`.
-                    let ap = unsafe { a.data.as_ptr().add(i * a.rs + p0 * a.cs) };
-                    unsafe { tile_any::<V>(r, len, ap, a.rs, a.cs, bp, cp, cs, i, jp * nr, n, mode) };
+                    let (ap, koff) = match a.cols {
+                        Index::Stride(cs) => (unsafe { a.data.as_ptr().add(p0 * cs) }, KOff::Stride(cs)),
+                        Index::Table(t) => (a.data.as_ptr(), KOff::Table(unsafe { t.as_ptr().add(p0) })),
+                    };
+                    let mut rows = [ap; MR];
+                    for (q, row) in rows.iter_mut().enumerate().take(r) {
+                        *row = unsafe { ap.add(a.rows.at(i + q)) };
+                    }
+                    unsafe { tile_any::<V>(r, len, rows, koff, bp, cp, cs, i, jp * nr, n, mode) };
                     i += MR;
                 }
             }
@@ -405,9 +474,8 @@ unsafe fn blocks<V: Vector>(pb: &PackedB, a: Strided, cp: CPtr, cs: (usize, usiz
 unsafe fn tile_any<V: Vector>(
     r: usize,
     kc: usize,
-    a: *const f32,
-    a_rs: usize,
-    a_cs: usize,
+    a: [*const f32; MR],
+    koff: KOff,
     b: *const f32,
     cp: CPtr,
     (c_rs, c_cs): (usize, usize),
@@ -424,7 +492,7 @@ unsafe fn tile_any<V: Vector>(
     let row_bias = mode.row_bias.map(|b| &b[i0..i0 + r]);
     if cols == nr && c_cs == 1 {
         let col_bias = mode.col_bias.map(|b| &b[j0..j0 + nr]);
-        unsafe { tile_rows::<V>(r, kc, a, a_rs, a_cs, b, c, c_rs, mode, row_bias, col_bias) };
+        unsafe { tile_rows::<V>(r, kc, a, koff, b, c, c_rs, mode, row_bias, col_bias) };
         return;
     }
     // The tile in a buffer of full width (the zero columns of an edge
@@ -464,7 +532,7 @@ unsafe fn tile_any<V: Vector>(
         bias[..cols].copy_from_slice(&b[j0..j0 + cols]);
         &bias[..nr]
     });
-    unsafe { tile_rows::<V>(r, kc, a, a_rs, a_cs, b, buf.as_mut_ptr(), nr, mode, row_bias, col_bias) };
+    unsafe { tile_rows::<V>(r, kc, a, koff, b, buf.as_mut_ptr(), nr, mode, row_bias, col_bias) };
     copy(true, &mut buf);
 }
 
@@ -487,9 +555,8 @@ unsafe fn copy_one(to_c: bool, c: *mut f32, t: &mut f32) {
 unsafe fn tile_rows<V: Vector>(
     r: usize,
     kc: usize,
-    a: *const f32,
-    a_rs: usize,
-    a_cs: usize,
+    a: [*const f32; MR],
+    koff: KOff,
     b: *const f32,
     c: *mut f32,
     c_rs: usize,
@@ -500,12 +567,12 @@ unsafe fn tile_rows<V: Vector>(
     // SAFETY: forwarded contract of `tile_any`.
     unsafe {
         match r {
-            6 => tile::<V, 6>(kc, a, a_rs, a_cs, b, c, c_rs, mode, row_bias, col_bias),
-            5 => tile::<V, 5>(kc, a, a_rs, a_cs, b, c, c_rs, mode, row_bias, col_bias),
-            4 => tile::<V, 4>(kc, a, a_rs, a_cs, b, c, c_rs, mode, row_bias, col_bias),
-            3 => tile::<V, 3>(kc, a, a_rs, a_cs, b, c, c_rs, mode, row_bias, col_bias),
-            2 => tile::<V, 2>(kc, a, a_rs, a_cs, b, c, c_rs, mode, row_bias, col_bias),
-            _ => tile::<V, 1>(kc, a, a_rs, a_cs, b, c, c_rs, mode, row_bias, col_bias),
+            6 => tile::<V, 6>(kc, a, koff, b, c, c_rs, mode, row_bias, col_bias),
+            5 => tile::<V, 5>(kc, a, koff, b, c, c_rs, mode, row_bias, col_bias),
+            4 => tile::<V, 4>(kc, a, koff, b, c, c_rs, mode, row_bias, col_bias),
+            3 => tile::<V, 3>(kc, a, koff, b, c, c_rs, mode, row_bias, col_bias),
+            2 => tile::<V, 2>(kc, a, koff, b, c, c_rs, mode, row_bias, col_bias),
+            _ => tile::<V, 1>(kc, a, koff, b, c, c_rs, mode, row_bias, col_bias),
         }
     }
 }
@@ -518,9 +585,8 @@ unsafe fn tile_rows<V: Vector>(
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile<V: Vector, const R: usize>(
     kc: usize,
-    a: *const f32,
-    a_rs: usize,
-    a_cs: usize,
+    a: [*const f32; MR],
+    koff: KOff,
     b: *const f32,
     c: *mut f32,
     c_rs: usize,
@@ -533,22 +599,38 @@ unsafe fn tile<V: Vector, const R: usize>(
     // rows of `A`, `kc` rows of the panel and the `R × 2·LANES` tile of `c`.
     unsafe {
         let mut acc = [[V::zero(); 2]; R];
-        let mut rows = [a; R];
-        for (i, r) in rows.iter_mut().enumerate() {
-            *r = a.add(i * a_rs);
-        }
-        // One offset for every row (base + index addressing).
-        let (mut off, mut bp) = (0usize, b);
-        for _ in 0..kc {
-            let b0 = V::load(bp);
-            let b1 = V::load(bp.add(l));
-            for i in 0..R {
-                let av = V::splat(rows[i].add(off));
-                acc[i][0] = V::fma(av, b0, acc[i][0]);
-                acc[i][1] = V::fma(av, b1, acc[i][1]);
+        let mut rows = [a[0]; R];
+        rows.copy_from_slice(&a[..R]);
+        let mut bp = b;
+        match koff {
+            KOff::Stride(cs) => {
+                // One offset for every row (base + index addressing).
+                let mut off = 0usize;
+                for _ in 0..kc {
+                    let b0 = V::load(bp);
+                    let b1 = V::load(bp.add(l));
+                    for i in 0..R {
+                        let av = V::splat(rows[i].add(off));
+                        acc[i][0] = V::fma(av, b0, acc[i][0]);
+                        acc[i][1] = V::fma(av, b1, acc[i][1]);
+                    }
+                    off += cs;
+                    bp = bp.add(2 * l);
+                }
             }
-            off += a_cs;
-            bp = bp.add(2 * l);
+            KOff::Table(t) => {
+                for p in 0..kc {
+                    let off = *t.add(p);
+                    let b0 = V::load(bp);
+                    let b1 = V::load(bp.add(l));
+                    for i in 0..R {
+                        let av = V::splat(rows[i].add(off));
+                        acc[i][0] = V::fma(av, b0, acc[i][0]);
+                        acc[i][1] = V::fma(av, b1, acc[i][1]);
+                    }
+                    bp = bp.add(2 * l);
+                }
+            }
         }
         for i in 0..R {
             let row = c.add(i * c_rs);
@@ -699,14 +781,26 @@ mod x86 {
                     });
                     let t = transpose8(rows);
                     for (q, v) in t.iter().enumerate().take(q_end) {
-                        _mm256_maskstore_ps(c.add((g + q) * c_cs), mask, *v);
+                        let at = c.add((g + q) * c_cs);
+                        if r == 6 {
+                            // Full tiles: a 4- and a 2-float store (AMD's
+                            // masked stores cost ~12 cycles each).
+                            _mm_storeu_ps(at, _mm256_castps256_ps128(*v));
+                            _mm_storel_epi64(at.add(4).cast(), _mm_castps_si128(_mm256_extractf128_ps::<1>(*v)));
+                        } else {
+                            _mm256_maskstore_ps(at, mask, *v);
+                        }
                     }
                 } else {
                     let t: [__m256; 8] = std::array::from_fn(|q| {
-                        if q < q_end {
-                            _mm256_maskload_ps(c.add((g + q) * c_cs), mask)
-                        } else {
+                        if q >= q_end {
                             _mm256_setzero_ps()
+                        } else if r == 6 {
+                            let at = c.add((g + q) * c_cs);
+                            let hi = _mm_castsi128_ps(_mm_loadl_epi64(at.add(4).cast()));
+                            _mm256_insertf128_ps::<1>(_mm256_castps128_ps256(_mm_loadu_ps(at)), hi)
+                        } else {
+                            _mm256_maskload_ps(c.add((g + q) * c_cs), mask)
                         }
                     });
                     let rows = transpose8(t);

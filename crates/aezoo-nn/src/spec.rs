@@ -33,6 +33,7 @@ use crate::layers::{
     ConvTranspose2dConfig, Gdn, GroupNorm, GroupNormConfig, Linear, LinearConfig,
 };
 use crate::ops;
+use crate::Act;
 
 /// Groups of the GroupNorms inside `VAERB` and `VAEA` (as in the SD VAE).
 pub const BLOCK_GROUPS: usize = 32;
@@ -685,6 +686,30 @@ impl Sequential {
 
 impl Module for Sequential {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        self.layers.iter().try_fold(xs.clone(), |x, l| l.forward(&x))
+        // A conv, transposed conv or linear layer followed by ReLU or
+        // Sigmoid runs as one fused node (`forward_act`): the activation is
+        // applied in the layer's epilogue and its gradient inside the
+        // layer's backward, instead of a pass and a tensor of its own.
+        let mut x = xs.clone();
+        let mut i = 0;
+        while i < self.layers.len() {
+            let act = match self.layers.get(i + 1) {
+                Some(Layer::ReLU) => Some(Act::Relu),
+                Some(Layer::Sigmoid) => Some(Act::Sigmoid),
+                _ => None,
+            };
+            x = match (&self.layers[i], act) {
+                (Layer::Conv2d(m), Some(a)) => m.forward_act(&x, a)?,
+                (Layer::ConvT2d(m), Some(a)) => m.forward_act(&x, a)?,
+                (Layer::Linear(m), Some(a)) => m.forward_act(&x, a)?,
+                (l, _) => {
+                    i += 1;
+                    x = l.forward(&x)?;
+                    continue;
+                }
+            };
+            i += 2;
+        }
+        Ok(x)
     }
 }

@@ -989,6 +989,86 @@ fn fused_conv_transpose2d_matches_composite_and_finite_differences() {
 }
 
 #[test]
+fn fused_convs_with_one_output_channel_take_the_direct_kernels_and_match() {
+    // One output channel (and a transposed conv with one input channel):
+    // the direct kernels of every stride they take, against candle's convs
+    // and finite differences.
+    for (b, c, h, w, k, s, p) in [
+        (2, 3, 7, 6, 3, 1, 1),
+        (3, 2, 8, 9, 4, 2, 1),
+        (1, 4, 9, 7, 3, 3, 2),
+        (2, 2, 9, 10, 5, 4, 2),
+        (6, 3, 5, 5, 1, 1, 0),
+    ] {
+        for act in [Act::None, Act::Relu, Act::Sigmoid] {
+            let (x, wt, bias) = (u(&[b, c, h, w], 380), u(&[1, c, k, k], 381), u(&[1], 382));
+            let fused = fused::conv2d(&x, &wt, &bias, p, s, 1, act).unwrap();
+            let plain = apply_act(
+                ops::conv2d_candle(&x, &wt, p, s, 1, 1).unwrap().broadcast_add(&bias.reshape((1, 1, 1, 1)).unwrap()).unwrap(),
+                act,
+            )
+            .unwrap();
+            let what = format!("direct conv2d b{b} c{c} {h}x{w} k{k} s{s} p{p} {act:?}");
+            assert!(max_abs_diff(&fused, &plain) < 1e-12, "{what}: forward differs");
+            let f = move |a: &[Tensor]| fused::conv2d(&a[0], &a[1], &a[2], p, s, 1, act);
+            assert_grad(&what, f, &[x.clone(), wt.clone(), bias.clone()]);
+            if s == 1 && h >= 2 && w >= 2 {
+                let pooled = fused::conv2d_pool2(&x, &wt, &bias, p, s, 1, act).unwrap();
+                assert!(max_abs_diff(&pooled, &ops::max_pool2d(&plain, 2, 2).unwrap()) < 1e-12, "{what}: pooled forward differs");
+            }
+            // conv_transpose2d(x with one channel): the adjoint kernel forward.
+            let (xt, wtt, bt) = (u(&[b, 1, h, w], 383), u(&[1, c, k, k], 384), u(&[c], 385));
+            let op = if s > 1 { 1 } else { 0 };
+            let ft = fused::conv_transpose2d(&xt, &wtt, &bt, p.min(k - 1), op, s, 1, act).unwrap();
+            let pt = apply_act(
+                xt.conv_transpose2d(&wtt, p.min(k - 1), op, s, 1).unwrap().broadcast_add(&bt.reshape((1, c, 1, 1)).unwrap()).unwrap(),
+                act,
+            )
+            .unwrap();
+            assert!(max_abs_diff(&ft, &pt) < 1e-12, "{what}: transposed forward differs");
+            let pp = p.min(k - 1);
+            let f = move |a: &[Tensor]| fused::conv_transpose2d(&a[0], &a[1], &a[2], pp, op, s, 1, act);
+            assert_grad(&format!("{what} transposed"), f, &[xt, wtt, bt]);
+        }
+    }
+}
+
+#[test]
+fn f32_convs_through_sgemm_match_the_f64_composite() {
+    // Sixteen or more outputs and K ≥ 64: in f32 with AVX2 the forward is
+    // yᵀ = colsᵀ·Wᵀ through aezoo_nn::sgemm, stored transposed; values
+    // and gradients against candle's f64 conv.
+    for (b, c, o, h, w, k, s, p) in [(3, 8, 16, 9, 8, 3, 1, 1), (2, 4, 32, 10, 11, 4, 2, 1), (1, 16, 24, 6, 6, 3, 2, 1)] {
+        let (x, wt, bias) = (u(&[b, c, h, w], 390), u(&[o, c, k, k], 391), u(&[o], 392));
+        let f32v = |t: &Tensor| candle_core::Var::from_tensor(&t.to_dtype(DType::F32).unwrap()).unwrap();
+        let (xv, wv, bv) = (f32v(&x), f32v(&wt), f32v(&bias));
+        let y = fused::conv2d(xv.as_tensor(), wv.as_tensor(), bv.as_tensor(), p, s, 1, Act::Relu).unwrap();
+        let (x64, w64, b64) = (
+            candle_core::Var::from_tensor(&x).unwrap(),
+            candle_core::Var::from_tensor(&wt).unwrap(),
+            candle_core::Var::from_tensor(&bias).unwrap(),
+        );
+        let plain = ops::conv2d_candle(x64.as_tensor(), w64.as_tensor(), p, s, 1, 1)
+            .unwrap()
+            .broadcast_add(&b64.as_tensor().reshape((1, o, 1, 1)).unwrap())
+            .unwrap()
+            .relu()
+            .unwrap();
+        let what = format!("f32 conv2d b{b} c{c} o{o} {h}x{w} k{k} s{s} p{p}");
+        let d = max_abs_diff(&y.to_dtype(DType::F64).unwrap(), &plain);
+        assert!(d < 1e-5, "{what}: forward differs by {d}");
+        let r = u(y.dims(), 393);
+        let g32 = (&y * &r.to_dtype(DType::F32).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+        let g64 = (&plain * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        for (v32, v64) in [(&xv, &x64), (&wv, &w64), (&bv, &b64)] {
+            let a = g32.get(v32.as_tensor()).unwrap().to_dtype(DType::F64).unwrap();
+            let d = max_abs_diff(&a, g64.get(v64.as_tensor()).unwrap());
+            assert!(d < 1e-4, "{what}: gradient differs by {d}");
+        }
+    }
+}
+
+#[test]
 fn fused_linear_matches_composite_and_finite_differences() {
     for n in [1, 7] {
         for act in [Act::None, Act::Relu, Act::Sigmoid] {

@@ -1,0 +1,388 @@
+//! Direct convolution of one image, without im2col, for the layers where an
+//! unfolded matrix is mostly overhead: one output channel (a final layer,
+//! whose GEMM is a single row: `ae-denoise`'s head, 32 → 1 on 28 × 28,
+//! batch 128, 5.0 → 3.0 ms forward and 13 → 9.4 ms backward). The image is zero-padded and split into its stride's `s × s`
+//! phases, each a plane of `hq × wq`; output row `oy` then reads row
+//! `oy + ky/s` of phase `(ky mod s, kx mod s)` from column `kx/s` on. Laid
+//! out with the phases' row length `wq` (the columns past `ow` are junk,
+//! dropped at the end), every kernel tap is one long multiply-add over the
+//! whole output plane, four taps per pass, and nothing the size of `K × L`
+//! is written.
+//!
+//! The three products of a convolution with geometry `g` (an image
+//! `(c, h, w)`, a kernel `(oc, c, kh, kw)`, outputs `(oc, oh, ow)`,
+//! dilation 1):
+//!
+//! ```text
+//! forward   y[o][oy][ox]  += Σ w[o][c][ky][kx] · x[c][oy·s + ky − p][ox·s + kx − p]
+//! adjoint   dx[c][iy][ix] += Σ w[o][c][ky][kx] · dy[o][oy][ox]      (iy = oy·s + ky − p, …)
+//! weights   dw[o][c][ky][kx] += Σ dy[o][oy][ox] · x[c][oy·s + ky − p][ox·s + kx − p]
+//! ```
+//!
+//! The adjoint is also the forward of a transposed convolution, whose
+//! weight gradient is `weights` with the roles of `x` and `dy` exchanged.
+//! No multiply-add is contracted and the sums run over fixed lanes: every
+//! SIMD version computes the same bits.
+
+use crate::conv::Geometry;
+use crate::fused::Float;
+
+/// Whether the direct kernels serve geometry `g` with `oc` output channels:
+/// dilation 1, stride at most 4, one output channel. (With one *input*
+/// channel and 32 outputs the GEMM path was faster: `ae-denoise`'s first
+/// conv 1.7 against 2.4 ms forward, batch 128.)
+pub(crate) fn suits(g: &Geometry, oc: usize) -> bool {
+    g.dilation == 1 && (1..=4).contains(&g.stride) && oc == 1
+}
+
+/// The padded, phase-split layout of one geometry.
+#[derive(Clone, Copy)]
+pub(crate) struct Planes {
+    s: usize,
+    /// Rows and columns of one phase plane (one spare row: the junk
+    /// columns of the last output row read past the last phase row).
+    hq: usize,
+    wq: usize,
+    /// Output rows times `wq`: the length of every multiply-add.
+    len: usize,
+}
+
+impl Planes {
+    pub(crate) fn new(g: &Geometry) -> Self {
+        let s = g.stride;
+        let (hp, wp) = (g.h + 2 * g.padding, g.w + 2 * g.padding);
+        let wq = wp.div_ceil(s);
+        Self {
+            s,
+            hq: hp.div_ceil(s) + 1,
+            wq,
+            len: g.oh * wq,
+        }
+    }
+
+    fn plane(&self) -> usize {
+        self.hq * self.wq
+    }
+
+    /// Floats in all phase planes of `c` channels.
+    fn size(&self, c: usize) -> usize {
+        c * self.s * self.s * self.plane()
+    }
+
+    /// Where tap `(ky, kx)` of channel `c` starts reading.
+    #[inline]
+    fn tap(&self, c: usize, ky: usize, kx: usize) -> usize {
+        let s = self.s;
+        ((c * s + ky % s) * s + kx % s) * self.plane() + (ky / s) * self.wq + kx / s
+    }
+
+    /// Calls `f(first, x0)` for the phases of input row `iy` of channel
+    /// `c`: the row's pixels `x0, x0 + s, …` land contiguously in one phase
+    /// row, from index `first` of the planes on.
+    #[inline]
+    fn row_phases(&self, g: &Geometry, c: usize, iy: usize, mut f: impl FnMut(usize, usize)) {
+        let (s, py) = (self.s, iy + g.padding);
+        for b in 0..s {
+            // The first pixel x0 with (x0 + p) mod s = b.
+            let x0 = (b + s - g.padding % s) % s;
+            if x0 >= g.w {
+                continue;
+            }
+            let first = ((c * s + py % s) * s + b) * self.plane() + (py / s) * self.wq + (x0 + g.padding) / s;
+            f(first, x0);
+        }
+    }
+}
+
+/// `x` (`c` planes of `h × w`) into padded phase planes (`out`, zeroed first).
+pub(crate) fn to_planes<T: Float>(x: &[T], g: &Geometry, p: &Planes, out: &mut Vec<T>) {
+    out.clear();
+    out.resize(p.size(g.c), T::default());
+    for c in 0..g.c {
+        for iy in 0..g.h {
+            let row = &x[(c * g.h + iy) * g.w..(c * g.h + iy + 1) * g.w];
+            p.row_phases(g, c, iy, |first, x0| {
+                if p.s == 1 {
+                    out[first..first + g.w].copy_from_slice(row);
+                } else {
+                    for (d, &v) in out[first..].iter_mut().zip(row[x0..].iter().step_by(p.s)) {
+                        *d = v;
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// `dx +=` the input pixels of padded phase planes.
+fn add_from_planes<T: Float>(planes: &[T], g: &Geometry, p: &Planes, dx: &mut [T]) {
+    for c in 0..g.c {
+        for iy in 0..g.h {
+            let row = &mut dx[(c * g.h + iy) * g.w..(c * g.h + iy + 1) * g.w];
+            p.row_phases(g, c, iy, |first, x0| {
+                for (d, &v) in row[x0..].iter_mut().step_by(p.s).zip(&planes[first..]) {
+                    *d += v;
+                }
+            });
+        }
+    }
+}
+
+/// Output rows `(oc, oh, ow)` spread to row length `wq`, junk columns zero.
+pub(crate) fn to_wide<T: Float>(dy: &[T], g: &Geometry, p: &Planes, oc: usize, out: &mut Vec<T>) {
+    out.clear();
+    out.resize(oc * p.len, T::default());
+    for (o, wide) in out.chunks_exact_mut(p.len).enumerate() {
+        for oy in 0..g.oh {
+            wide[oy * p.wq..oy * p.wq + g.ow].copy_from_slice(&dy[(o * g.oh + oy) * g.ow..(o * g.oh + oy + 1) * g.ow]);
+        }
+    }
+}
+
+/// `acc[j] += Σ_t w_t · src_t[j]` over four (or fewer) taps at once: one
+/// load and store of `acc` per four multiply-adds.
+#[inline(always)]
+fn madd4<T: Float>(acc: &mut [T], srcs: &[&[T]], ws: &[T]) {
+    match srcs.len() {
+        4 => {
+            let (s0, s1, s2, s3) = (&srcs[0][..acc.len()], &srcs[1][..acc.len()], &srcs[2][..acc.len()], &srcs[3][..acc.len()]);
+            let (w0, w1, w2, w3) = (ws[0], ws[1], ws[2], ws[3]);
+            for ((((a, &v0), &v1), &v2), &v3) in acc.iter_mut().zip(s0).zip(s1).zip(s2).zip(s3) {
+                *a += ((w0 * v0 + w1 * v1) + w2 * v2) + w3 * v3;
+            }
+        }
+        n => {
+            for t in 0..n {
+                let (src, wv) = (&srcs[t][..acc.len()], ws[t]);
+                for (a, &v) in acc.iter_mut().zip(src) {
+                    *a += wv * v;
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `y (oc, oh, ow) += conv(x (c, h, w), w (oc, c, kh, kw))`.
+    fn forward_kernel<T: Float>(x: &[T], wt: &[T], g: &Geometry, oc: usize, y: &mut [T], scratch: &mut Vec<T>) {
+        let p = Planes::new(g);
+        let mut planes = std::mem::take(scratch);
+        to_planes(x, g, &p, &mut planes);
+        let taps: Vec<(usize, usize, usize)> = (0..g.c)
+            .flat_map(|c| (0..g.kh).flat_map(move |ky| (0..g.kw).map(move |kx| (c, ky, kx))))
+            .collect();
+        let mut acc = vec![T::default(); p.len];
+        for o in 0..oc {
+            acc.fill(T::default());
+            for group in taps.chunks(4) {
+                let (mut srcs, mut ws): ([&[T]; 4], [T; 4]) = ([&[]; 4], [T::default(); 4]);
+                for (t, &(c, ky, kx)) in group.iter().enumerate() {
+                    srcs[t] = &planes[p.tap(c, ky, kx)..];
+                    ws[t] = wt[((o * g.c + c) * g.kh + ky) * g.kw + kx];
+                }
+                madd4(&mut acc, &srcs[..group.len()], &ws[..group.len()]);
+            }
+            for oy in 0..g.oh {
+                let dst = &mut y[(o * g.oh + oy) * g.ow..(o * g.oh + oy + 1) * g.ow];
+                for (d, &v) in dst.iter_mut().zip(&acc[oy * p.wq..]) {
+                    *d += v;
+                }
+            }
+        }
+        *scratch = planes;
+    }
+}
+
+multiversion! {
+    /// `dx (c, h, w) += convᵀ(dy (oc, oh, ow), w)`.
+    fn adjoint_kernel<T: Float>(dy: &[T], wt: &[T], g: &Geometry, oc: usize, dx: &mut [T], scratch: &mut Vec<T>) {
+        let p = Planes::new(g);
+        let mut wide = Vec::new();
+        to_wide(dy, g, &p, oc, &mut wide);
+        let mut planes = std::mem::take(scratch);
+        planes.clear();
+        planes.resize(p.size(g.c), T::default());
+        let outs: Vec<&[T]> = wide.chunks_exact(p.len).collect();
+        for c in 0..g.c {
+            for ky in 0..g.kh {
+                for kx in 0..g.kw {
+                    let at = p.tap(c, ky, kx);
+                    let dst = &mut planes[at..at + p.len];
+                    for (og, srcs) in outs.chunks(4).enumerate() {
+                        let mut ws = [T::default(); 4];
+                        for (t, wv) in ws.iter_mut().enumerate().take(srcs.len()) {
+                            *wv = wt[(((og * 4 + t) * g.c + c) * g.kh + ky) * g.kw + kx];
+                        }
+                        madd4(dst, srcs, &ws[..srcs.len()]);
+                    }
+                }
+            }
+        }
+        add_from_planes(&planes, g, &p, dx);
+        *scratch = planes;
+    }
+}
+
+multiversion! {
+    /// `dw (oc, c, kh, kw) += Σ dy (oc, oh, ow) · shifted x (c, h, w)`, each
+    /// tap's sum in 8 lanes.
+    fn weights_kernel<T: Float>(x: &[T], dy: &[T], g: &Geometry, oc: usize, dw: &mut [T], scratch: &mut Vec<T>) {
+        let p = Planes::new(g);
+        let mut planes = std::mem::take(scratch);
+        to_planes(x, g, &p, &mut planes);
+        let mut wide = Vec::new();
+        to_wide(dy, g, &p, oc, &mut wide);
+        for o in 0..oc {
+            let d = &wide[o * p.len..(o + 1) * p.len];
+            for c in 0..g.c {
+                for ky in 0..g.kh {
+                    let mut kx0 = 0;
+                    while kx0 < g.kw {
+                        let n = 4.min(g.kw - kx0);
+                        let mut lanes = [[T::default(); 8]; 4];
+                        let mut tails = [T::default(); 4];
+                        for t in 0..n {
+                            let src = &planes[p.tap(c, ky, kx0 + t)..][..p.len];
+                            let (dc, sc) = (d.chunks_exact(8), src.chunks_exact(8));
+                            for (&a, &b) in dc.remainder().iter().zip(sc.remainder()) {
+                                tails[t] += a * b;
+                            }
+                            for (dc, sc) in dc.zip(sc) {
+                                for ((l, &a), &b) in lanes[t].iter_mut().zip(dc).zip(sc) {
+                                    *l += a * b;
+                                }
+                            }
+                        }
+                        for t in 0..n {
+                            let mut sum = tails[t];
+                            for l in lanes[t] {
+                                sum += l;
+                            }
+                            dw[((o * g.c + c) * g.kh + ky) * g.kw + kx0 + t] += sum;
+                        }
+                        kx0 += n;
+                    }
+                }
+            }
+        }
+        *scratch = planes;
+    }
+}
+
+/// `y += conv(x, w)` for one image (see the module doc).
+pub(crate) fn forward<T: Float>(x: &[T], wt: &[T], g: &Geometry, oc: usize, y: &mut [T], scratch: &mut Vec<T>) {
+    forward_kernel(x, wt, g, oc, y, scratch)
+}
+
+/// `dx += convᵀ(dy, w)` for one image.
+pub(crate) fn adjoint<T: Float>(dy: &[T], wt: &[T], g: &Geometry, oc: usize, dx: &mut [T], scratch: &mut Vec<T>) {
+    adjoint_kernel(dy, wt, g, oc, dx, scratch)
+}
+
+/// `dw += Σ dy · shifted x` for one image.
+pub(crate) fn weights<T: Float>(x: &[T], dy: &[T], g: &Geometry, oc: usize, dw: &mut [T], scratch: &mut Vec<T>) {
+    weights_kernel(x, dy, g, oc, dw, scratch)
+}
+
+// ---------------------------------------------------------------- implicit GEMM (f32)
+
+/// A convolution as a GEMM over the padded phase planes read in place
+/// (f32, [`crate::sgemm`]): row `l` of `colsᵀ` is wide output pixel
+/// `l = oy·wq + ox`, column `kidx = (c, ky, kx)` the tap offset
+/// `koff[kidx]` — the unfolded matrix is never written. The wide outputs'
+/// junk columns (`ox ≥ ow`) are dropped on the way out; in the weight
+/// gradient their `dy` is zero.
+pub(crate) struct Implicit {
+    planes: Planes,
+    /// Tap offsets in the kernel's `(c, ky, kx)` order.
+    koff: Vec<usize>,
+    /// Wide output pixels, `oh·wq`.
+    m: usize,
+}
+
+/// Per-task buffers of [`Implicit`].
+#[derive(Default)]
+pub(crate) struct ImplicitScratch {
+    planes: Vec<f32>,
+    wide: Vec<f32>,
+}
+
+impl Implicit {
+    /// Whether `g` takes the implicit GEMM with `oc` outputs: dilation 1,
+    /// stride at most 4, at least 16 outputs (a full panel) and `K ≥ 64`.
+    pub(crate) fn suits(g: &Geometry, oc: usize) -> bool {
+        g.dilation == 1 && (1..=4).contains(&g.stride) && oc >= 16 && g.c * g.kh * g.kw >= 64 && crate::sgemm::available()
+    }
+
+    pub(crate) fn new(g: &Geometry) -> Self {
+        let planes = Planes::new(g);
+        let koff = (0..g.c)
+            .flat_map(|c| (0..g.kh).flat_map(move |ky| (0..g.kw).map(move |kx| (c, ky, kx))))
+            .map(|(c, ky, kx)| planes.tap(c, ky, kx))
+            .collect();
+        Self {
+            planes,
+            koff,
+            m: g.oh * planes.wq,
+        }
+    }
+
+    /// `out (oc, oh, ow) = act(conv(x) + bias)` for one image, `wt` the
+    /// packed `Wᵀ` (`K × oc`, kernel order).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward(
+        &self,
+        x: &[f32],
+        g: &Geometry,
+        wt: &crate::sgemm::PackedB,
+        bias: Option<&[f32]>,
+        act: crate::Act,
+        parallel: bool,
+        sc: &mut ImplicitScratch,
+        out: &mut [f32],
+    ) {
+        use crate::sgemm::{self, Epilogue, Index, Lhs};
+        let oc = wt.n();
+        to_planes(x, g, &self.planes, &mut sc.planes);
+        sc.wide.resize(oc * self.m, 0.0);
+        let a = Lhs {
+            data: &sc.planes,
+            rows: Index::Stride(1),
+            cols: Index::Table(&self.koff),
+        };
+        let epi = Epilogue {
+            col_bias: bias,
+            act,
+            ..Epilogue::default()
+        };
+        // The wide yᵀ (m × oc), stored transposed: (oc, oh, wq).
+        sgemm::gemm_packed(self.m, a, wt, &mut sc.wide, (1, self.m), &epi, parallel);
+        let wq = self.planes.wq;
+        for (o, plane) in out.chunks_exact_mut(g.oh * g.ow).enumerate() {
+            for oy in 0..g.oh {
+                let src = &sc.wide[o * self.m + oy * wq..o * self.m + oy * wq + g.ow];
+                plane[oy * g.ow..(oy + 1) * g.ow].copy_from_slice(src);
+            }
+        }
+    }
+
+    /// `dwᵀ (K × oc) += Σ colsᵀ · dy` for one image: `x` its input, `dy`
+    /// `(oc, oh, ow)`.
+    pub(crate) fn weights(&self, x: &[f32], dy: &[f32], g: &Geometry, oc: usize, parallel: bool, sc: &mut ImplicitScratch, dwt: &mut [f32]) {
+        use crate::sgemm::{self, Epilogue, Index, Lhs, PackedB, Strided};
+        to_planes(x, g, &self.planes, &mut sc.planes);
+        to_wide(dy, g, &self.planes, oc, &mut sc.wide);
+        // B = dy_wideᵀ (m × oc).
+        let pb = PackedB::pack(self.m, oc, Strided::new(&sc.wide, 1, self.m));
+        let a = Lhs {
+            data: &sc.planes,
+            rows: Index::Table(&self.koff),
+            cols: Index::Stride(1),
+        };
+        let epi = Epilogue {
+            accumulate: true,
+            ..Epilogue::default()
+        };
+        sgemm::gemm_packed(self.koff.len(), a, &pb, dwt, (oc, 1), &epi, parallel);
+    }
+}
