@@ -98,6 +98,12 @@ impl Planes {
 pub(crate) fn to_planes<T: Float>(x: &[T], g: &Geometry, p: &Planes, out: &mut Vec<T>) {
     out.clear();
     out.resize(p.size(g.c), T::default());
+    fill_planes(x, g, p, out);
+}
+
+/// [`to_planes`] into a slice of `p.size(c)` floats.
+fn fill_planes<T: Float>(x: &[T], g: &Geometry, p: &Planes, out: &mut [T]) {
+    out.fill(T::default());
     for c in 0..g.c {
         for iy in 0..g.h {
             let row = &x[(c * g.h + iy) * g.w..(c * g.h + iy + 1) * g.w];
@@ -105,8 +111,11 @@ pub(crate) fn to_planes<T: Float>(x: &[T], g: &Geometry, p: &Planes, out: &mut V
                 if p.s == 1 {
                     out[first..first + g.w].copy_from_slice(row);
                 } else {
-                    for (d, &v) in out[first..].iter_mut().zip(row[x0..].iter().step_by(p.s)) {
-                        *d = v;
+                    // Every s-th pixel from x0 (a chunk's first: compiled
+                    // to shuffles, where an indexed loop became a slow
+                    // hardware gather on AMD).
+                    for (d, c) in out[first..].iter_mut().zip(row[x0..].chunks(p.s)) {
+                        *d = c[0];
                     }
                 }
             });
@@ -120,8 +129,14 @@ fn add_from_planes<T: Float>(planes: &[T], g: &Geometry, p: &Planes, dx: &mut [T
         for iy in 0..g.h {
             let row = &mut dx[(c * g.h + iy) * g.w..(c * g.h + iy + 1) * g.w];
             p.row_phases(g, c, iy, |first, x0| {
-                for (d, &v) in row[x0..].iter_mut().step_by(p.s).zip(&planes[first..]) {
-                    *d += v;
+                if p.s == 1 {
+                    for (d, &v) in row.iter_mut().zip(&planes[first..first + g.w]) {
+                        *d += v;
+                    }
+                } else {
+                    for (c, &v) in row[x0..].chunks_mut(p.s).zip(&planes[first..]) {
+                        c[0] += v;
+                    }
                 }
             });
         }
@@ -129,7 +144,7 @@ fn add_from_planes<T: Float>(planes: &[T], g: &Geometry, p: &Planes, dx: &mut [T
 }
 
 /// Output rows `(oc, oh, ow)` spread to row length `wq`, junk columns zero.
-pub(crate) fn to_wide<T: Float>(dy: &[T], g: &Geometry, p: &Planes, oc: usize, out: &mut Vec<T>) {
+fn to_wide<T: Float>(dy: &[T], g: &Geometry, p: &Planes, oc: usize, out: &mut Vec<T>) {
     out.clear();
     out.resize(oc * p.len, T::default());
     for (o, wide) in out.chunks_exact_mut(p.len).enumerate() {
@@ -305,13 +320,40 @@ pub(crate) struct Implicit {
 pub(crate) struct ImplicitScratch {
     planes: Vec<f32>,
     wide: Vec<f32>,
+    /// Offsets of the wide pixels of a chunk of images (rows of `colsᵀ`,
+    /// or the `k` steps of the weight gradient), for `key`.
+    pixels: Vec<usize>,
+    key: (usize, usize, usize),
+}
+
+impl ImplicitScratch {
+    /// The planes of `n` images, each at `i·per_image`.
+    fn planes_of(&mut self, xs: &[f32], n: usize, g: &Geometry, p: &Planes) {
+        let per = p.size(g.c);
+        self.planes.resize(n * per, 0.0);
+        for (img, dst) in xs.chunks_exact(g.c * g.h * g.w).zip(self.planes.chunks_exact_mut(per)) {
+            fill_planes(img, g, p, dst);
+        }
+    }
+
+    /// `pixels[i·m + l] = i·per_image + l`: wide pixel `l` of image `i`.
+    fn pixels_of(&mut self, n: usize, m: usize, per: usize) {
+        if self.key != (n, m, per) {
+            self.pixels = (0..n).flat_map(|i| (0..m).map(move |l| i * per + l)).collect();
+            self.key = (n, m, per);
+        }
+    }
 }
 
 impl Implicit {
-    /// Whether `g` takes the implicit GEMM with `oc` outputs: dilation 1,
-    /// stride at most 4, at least 16 outputs (a full panel) and `K ≥ 64`.
+    /// Whether `g` takes the implicit GEMM with `oc` outputs: stride and
+    /// dilation 1, at least 16 outputs (a full panel) and `K ≥ 64`. (At
+    /// stride 2 on 7 × 7 maps — `vae-conv`, `codec-mnist` — unfolding
+    /// was as fast or faster: `codec-mnist`'s second conv 1.2 against
+    /// 1.5 ms forward, batch 64; the planes and crops of small maps cost
+    /// what the unfolding saved.)
     pub(crate) fn suits(g: &Geometry, oc: usize) -> bool {
-        g.dilation == 1 && (1..=4).contains(&g.stride) && oc >= 16 && g.c * g.kh * g.kw >= 64 && crate::sgemm::available()
+        g.dilation == 1 && g.stride == 1 && oc >= 16 && g.c * g.kh * g.kw >= 64 && crate::sgemm::available()
     }
 
     pub(crate) fn new(g: &Geometry) -> Self {
@@ -327,12 +369,20 @@ impl Implicit {
         }
     }
 
-    /// `out (oc, oh, ow) = act(conv(x) + bias)` for one image, `wt` the
-    /// packed `Wᵀ` (`K × oc`, kernel order).
+    /// Images per product for a batch of `b` on `threads`: about 512 wide
+    /// pixels (small maps fill whole tiles and share each packed panel),
+    /// and at least one chunk per thread.
+    pub(crate) fn chunk(&self, b: usize, threads: usize) -> usize {
+        (512 / self.m).clamp(1, b.div_ceil(threads.max(1)).max(1))
+    }
+
+    /// `out (n, oc, oh, ow) = act(conv(xs) + bias)` for `n` images at once,
+    /// `wt` the packed `Wᵀ` (`K × oc`, kernel order).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn forward(
         &self,
-        x: &[f32],
+        xs: &[f32],
+        n: usize,
         g: &Geometry,
         wt: &crate::sgemm::PackedB,
         bias: Option<&[f32]>,
@@ -342,12 +392,14 @@ impl Implicit {
         out: &mut [f32],
     ) {
         use crate::sgemm::{self, Epilogue, Index, Lhs};
-        let oc = wt.n();
-        to_planes(x, g, &self.planes, &mut sc.planes);
-        sc.wide.resize(oc * self.m, 0.0);
+        let (oc, m, wq) = (wt.n(), self.m, self.planes.wq);
+        sc.planes_of(xs, n, g, &self.planes);
+        let mut wide = std::mem::take(&mut sc.wide);
+        wide.resize(oc * n * m, 0.0);
+        sc.pixels_of(n, m, self.planes.size(g.c));
         let a = Lhs {
             data: &sc.planes,
-            rows: Index::Stride(1),
+            rows: Index::Table(&sc.pixels),
             cols: Index::Table(&self.koff),
         };
         let epi = Epilogue {
@@ -355,29 +407,54 @@ impl Implicit {
             act,
             ..Epilogue::default()
         };
-        // The wide yᵀ (m × oc), stored transposed: (oc, oh, wq).
-        sgemm::gemm_packed(self.m, a, wt, &mut sc.wide, (1, self.m), &epi, parallel);
-        let wq = self.planes.wq;
-        for (o, plane) in out.chunks_exact_mut(g.oh * g.ow).enumerate() {
-            for oy in 0..g.oh {
-                let src = &sc.wide[o * self.m + oy * wq..o * self.m + oy * wq + g.ow];
-                plane[oy * g.ow..(oy + 1) * g.ow].copy_from_slice(src);
+        // The wide yᵀ (n·m × oc), stored transposed: (oc, n, oh, wq).
+        sgemm::gemm_packed(n * m, a, wt, &mut wide, (1, n * m), &epi, parallel);
+        for (img, y) in out.chunks_exact_mut(oc * g.oh * g.ow).enumerate() {
+            for (o, plane) in y.chunks_exact_mut(g.oh * g.ow).enumerate() {
+                for oy in 0..g.oh {
+                    let at = (o * n + img) * m + oy * wq;
+                    plane[oy * g.ow..(oy + 1) * g.ow].copy_from_slice(&wide[at..at + g.ow]);
+                }
             }
         }
+        sc.wide = wide;
     }
 
-    /// `dwᵀ (K × oc) += Σ colsᵀ · dy` for one image: `x` its input, `dy`
-    /// `(oc, oh, ow)`.
-    pub(crate) fn weights(&self, x: &[f32], dy: &[f32], g: &Geometry, oc: usize, parallel: bool, sc: &mut ImplicitScratch, dwt: &mut [f32]) {
+    /// `dwᵀ (K × oc) += Σ colsᵀ · dy` over `n` images: `xs` their inputs,
+    /// `dys` `(n, oc, oh, ow)`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn weights(
+        &self,
+        xs: &[f32],
+        dys: &[f32],
+        n: usize,
+        g: &Geometry,
+        oc: usize,
+        parallel: bool,
+        sc: &mut ImplicitScratch,
+        dwt: &mut [f32],
+    ) {
         use crate::sgemm::{self, Epilogue, Index, Lhs, PackedB, Strided};
-        to_planes(x, g, &self.planes, &mut sc.planes);
-        to_wide(dy, g, &self.planes, oc, &mut sc.wide);
-        // B = dy_wideᵀ (m × oc).
-        let pb = PackedB::pack(self.m, oc, Strided::new(&sc.wide, 1, self.m));
+        let (m, wq) = (self.m, self.planes.wq);
+        sc.planes_of(xs, n, g, &self.planes);
+        // dy wide, (oc, n, oh, wq), the junk columns zero.
+        sc.wide.clear();
+        sc.wide.resize(oc * n * m, 0.0);
+        for (img, dy) in dys.chunks_exact(oc * g.oh * g.ow).enumerate() {
+            for (o, plane) in dy.chunks_exact(g.oh * g.ow).enumerate() {
+                for oy in 0..g.oh {
+                    let at = (o * n + img) * m + oy * wq;
+                    sc.wide[at..at + g.ow].copy_from_slice(&plane[oy * g.ow..(oy + 1) * g.ow]);
+                }
+            }
+        }
+        // B = dy_wideᵀ (n·m × oc).
+        let pb = PackedB::pack(n * m, oc, Strided::new(&sc.wide, 1, n * m));
+        sc.pixels_of(n, m, self.planes.size(g.c));
         let a = Lhs {
             data: &sc.planes,
             rows: Index::Table(&self.koff),
-            cols: Index::Stride(1),
+            cols: Index::Table(&sc.pixels),
         };
         let epi = Epilogue {
             accumulate: true,

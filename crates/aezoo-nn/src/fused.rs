@@ -1073,18 +1073,26 @@ fn conv_fwd<T: Float>(
         _ => None,
     };
     let bias32 = T::as_f32(bias);
+    if let (Some((im, pb)), Some(x32), Some(b32), Some(out32)) = (&implicit, T::as_f32(x), bias32, T::as_f32_mut(&mut out)) {
+        conv_fwd_implicit(x32, b, &g, cfg, im, pb, b32, out32, &mut argmax);
+        drop(argmax);
+        let shape = if cfg.pool {
+            Shape::from((b, o, g.oh / 2, g.ow / 2))
+        } else {
+            Shape::from((b, o, g.oh, g.ow))
+        };
+        return Ok((T::storage(out), shape));
+    }
     // Scratch per task: the unfolded image, the pre-pool activations, the
     // phase-split or channels-last image, the implicit GEMM's planes.
     let run = |(i, (y, arg)): (usize, (&mut [T], Option<&mut [u8]>)),
-               (cols, pre, split, isc): &mut (Vec<T>, Vec<T>, Vec<T>, direct::ImplicitScratch)| {
+               (cols, pre, split): &mut (Vec<T>, Vec<T>, Vec<T>)| {
         let full: &mut [T] = if arg.is_some() { &mut pre[..] } else { &mut *y };
         let xi = &x[i * img..(i + 1) * img];
         if direct {
             full.fill(T::default());
             direct::forward(xi, w, &g, o, full, split);
             bias_act(full, bias, l, cfg.act);
-        } else if let (Some((im, pb)), Some(x32), Some(full)) = (&implicit, T::as_f32(xi), T::as_f32_mut(full)) {
-            im.forward(x32, &g, pb, bias32, cfg.act, !per_image, isc, full);
         } else {
             u.unfold(xi, &g, cols, split);
             if let (Some(pb), Some(cols), Some(full)) = (&wt, T::as_f32(cols), T::as_f32_mut(full)) {
@@ -1107,10 +1115,9 @@ fn conv_fwd<T: Float>(
     let jobs = out.chunks_mut(o * pl).zip(per_image_slots(&mut argmax, o * pl, b));
     let init = || {
         (
-            vec![T::default(); if direct || implicit.is_some() { 0 } else { k * l }],
+            vec![T::default(); if direct { 0 } else { k * l }],
             vec![T::default(); if cfg.pool { o * l } else { 0 }],
             Vec::new(),
-            direct::ImplicitScratch::default(),
         )
     };
     if per_image {
@@ -1128,6 +1135,142 @@ fn conv_fwd<T: Float>(
         Shape::from((b, o, g.oh, g.ow))
     };
     Ok((T::storage(out), shape))
+}
+
+/// [`conv_fwd`] through the implicit GEMM (f32): chunks of images per
+/// product ([`direct::Implicit::chunk`]), chunks in parallel.
+#[allow(clippy::too_many_arguments)]
+fn conv_fwd_implicit(
+    x: &[f32],
+    b: usize,
+    g: &Geometry,
+    cfg: ConvCfg,
+    im: &direct::Implicit,
+    pb: &PackedB,
+    bias: &[f32],
+    out: &mut [f32],
+    argmax: &mut [u8],
+) {
+    let (o, l, img, pl) = (pb.n(), g.oh * g.ow, g.c * g.h * g.w, cfg.out_plane(g));
+    let chunk = im.chunk(b, threads());
+    let inner = b.div_ceil(chunk) < threads();
+    let per = o * pl;
+    let args: Vec<Option<&mut [u8]>> = if cfg.pool {
+        argmax.chunks_mut(chunk * per).map(Some).collect()
+    } else {
+        (0..b.div_ceil(chunk)).map(|_| None).collect()
+    };
+    let jobs: Vec<_> = out.chunks_mut(chunk * per).zip(args).enumerate().collect();
+    jobs.into_par_iter().for_each_init(
+        || (direct::ImplicitScratch::default(), Vec::new()),
+        |(sc, pre), (ci, (ys, arg))| {
+            let n = ys.len() / per;
+            let xs = &x[ci * chunk * img..(ci * chunk + n) * img];
+            match arg {
+                Some(arg) => {
+                    pre.resize(n * o * l, 0.0);
+                    im.forward(xs, n, g, pb, Some(bias), cfg.act, inner, sc, pre);
+                    for j in 0..n {
+                        let r = j * per..(j + 1) * per;
+                        pool2_record(&pre[j * o * l..(j + 1) * o * l], g.oh, g.ow, &mut ys[r.clone()], &mut arg[r]);
+                    }
+                }
+                None => im.forward(xs, n, g, pb, Some(bias), cfg.act, inner, sc, ys),
+            }
+        },
+    );
+}
+
+/// `dz = dy ⊙ act'(y)` of one image into `dz` (`y` the saved output; none
+/// for the identity).
+fn dz_into<T: Float>(dy: &[T], y: Option<&[T]>, act: Act, dz: &mut [T]) {
+    match y {
+        Some(y) if act != Act::None => act_grad_into(dy, y, act, dz),
+        _ => dz.copy_from_slice(dy),
+    }
+}
+
+/// The stride-1 `dx` of [`conv_bwd_implicit`]: the geometry of the flipped
+/// convolution (dz padded by `kh − 1 − p` → dx), its implicit form and the
+/// packed flipped kernel.
+type FlippedConv = (Geometry, direct::Implicit, PackedB);
+
+/// [`conv_bwd`] with the implicit weight gradient (f32), in chunks of
+/// images: dz per chunk, dWᵀ (k×o) accumulated per task, and dx as the
+/// flipped convolution (`imp_x`) or, without it, unfolded per image.
+#[allow(clippy::too_many_arguments)]
+fn conv_bwd_implicit(
+    (x, dy, y): (&[f32], &[f32], Option<&[f32]>),
+    b: usize,
+    g: &Geometry,
+    o: usize,
+    cfg: ConvCfg,
+    argmax: &[u8],
+    im: &direct::Implicit,
+    imp_x: Option<&FlippedConv>,
+    (u, wk): (&Unfold, &[f32]),
+    dx: &mut [f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let (k, l, img, pl) = (g.c * g.kh * g.kw, g.oh * g.ow, g.c * g.h * g.w, cfg.out_plane(g));
+    let chunk = im.chunk(b, threads());
+    let nchunks = b.div_ceil(chunk);
+    let inner = nchunks < threads();
+    let slots: Vec<Option<&mut [f32]>> = if dx.is_empty() {
+        (0..nchunks).map(|_| None).collect()
+    } else {
+        dx.chunks_mut(chunk * img).map(Some).collect()
+    };
+    type Acc = (Vec<f32>, Vec<f32>, direct::ImplicitScratch, Vec<f32>, Vec<f32>, Vec<f32>);
+    let init = || -> Acc { (vec![0.0; k * o], vec![0.0; o], Default::default(), Vec::new(), Vec::new(), Vec::new()) };
+    let work = |mut acc: Acc, (ci, dxc): (usize, Option<&mut [f32]>)| -> Acc {
+        let (pwt, pb, sc, dz, dcols, split) = &mut acc;
+        let i0 = ci * chunk;
+        let n = chunk.min(b - i0);
+        dz.resize(n * o * l, 0.0);
+        for j in 0..n {
+            let i = i0 + j;
+            let (dyi, yi) = (&dy[i * o * pl..(i + 1) * o * pl], y.map(|y| &y[i * o * pl..(i + 1) * o * pl]));
+            let dzi = &mut dz[j * o * l..(j + 1) * o * l];
+            if cfg.pool {
+                unpool2(dyi, yi, &argmax[i * o * pl..(i + 1) * o * pl], cfg.act, g.oh, g.ow, dzi);
+            } else {
+                dz_into(dyi, yi, cfg.act, dzi);
+            }
+            for (oo, row) in dzi.chunks(l).enumerate() {
+                pb[oo] += sum(row);
+            }
+        }
+        let xs = &x[i0 * img..(i0 + n) * img];
+        im.weights(xs, dz, n, g, o, inner, sc, pwt);
+        if let Some(dxc) = dxc {
+            match imp_x {
+                Some((f, imx, pbx)) => imx.forward(dz, n, f, pbx, None, Act::None, inner, sc, dxc),
+                None => {
+                    dcols.resize(k * l, 0.0);
+                    let par = if inner { lin_par() } else { Parallelism::None };
+                    for j in 0..n {
+                        // dcols (k×l) = Wᵀ (k×o) · dz_j (o×l)
+                        gemm(k, l, o, dcols, u.kl(), false, wk, (1, k), &dz[j * o * l..(j + 1) * o * l], (l, 1), par);
+                        u.fold(dcols, g, &mut dxc[j * img..(j + 1) * img], split);
+                    }
+                }
+            }
+        }
+        acc
+    };
+    slots
+        .into_par_iter()
+        .enumerate()
+        .fold(init, work)
+        .map(|(pwt, pb, ..)| (pwt, pb))
+        .reduce(
+            || (vec![0.0; k * o], vec![0.0; o]),
+            |(mut aw, mut ab), (bw, bb)| {
+                aw.iter_mut().zip(bw).for_each(|(a, v)| *a += v);
+                ab.iter_mut().zip(bb).for_each(|(a, v)| *a += v);
+                (aw, ab)
+            },
+        )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1190,10 +1333,33 @@ fn conv_bwd<T: Float>(
         }
         _ => None,
     };
+    if let (Some(im), Some(x32), Some(dy32), Some(wk32), Some(dx32)) = (&imp_w, T::as_f32(x), T::as_f32(dy), T::as_f32(&wk), T::as_f32_mut(dx)) {
+        let y32 = y.map(|y| T::as_f32(y).expect("f32 output"));
+        let (pwt, pb) = conv_bwd_implicit((x32, dy32, y32), b, &g, o, cfg, &argmax, im, imp_x.as_ref(), (&u, wk32), dx32);
+        // dWᵀ (k×o) → dW (o×k).
+        for (kk, row) in pwt.chunks_exact(o).enumerate() {
+            for (oo, &v) in row.iter().enumerate() {
+                dw[oo * k + kk] = T::from_f64(v as f64);
+            }
+        }
+        for (d, &v) in db.iter_mut().zip(&pb) {
+            *d = T::from_f64(v as f64);
+        }
+        drop(argmax);
+        let n = packed.len();
+        return Ok((T::storage(packed), Shape::from(n)));
+    }
+    // f32 with AVX2: dWᵀ (k×o) accumulated by sgemm (`pw` holds it
+    // transposed), and the kernel packed once as the B of every image's dx.
+    let dw_t = T::as_f32(w).is_some() && !direct && o >= 16 && sgemm::available();
+    let wk_rows = match T::as_f32(&wk) {
+        Some(w32) if grad.need_dx && sgemm::available() && k >= 16 => Some(PackedB::pack(o, k, Strided::new(w32, k, 1))),
+        _ => None,
+    };
     // Per task: (dW, db) partial sums and the scratch matrices.
-    type Acc<T> = (Vec<T>, Vec<T>, Vec<T>, Vec<T>, Vec<T>, Vec<T>, direct::ImplicitScratch);
+    type Acc<T> = (Vec<T>, Vec<T>, Vec<T>, Vec<T>, Vec<T>, Vec<T>);
     let work = |(i, dxi): (usize, Option<&mut [T]>), acc: &mut Acc<T>| {
-        let (pw, pb, cols, dcols, dzbuf, split, isc) = acc;
+        let (pw, pb, cols, dcols, dzbuf, split) = acc;
         let (dyi, yi) = (
             &dy[i * o * pl..(i + 1) * o * pl],
             y.map(|y| &y[i * o * pl..(i + 1) * o * pl]),
@@ -1224,36 +1390,37 @@ fn conv_bwd<T: Float>(
             }
             return;
         }
-        if imp_w.is_none() {
-            u.unfold(xi, &g, cols, split);
-        }
-        if let (Some(im), Some(x32), Some(dz32), Some(pwt)) = (&imp_w, T::as_f32(xi), T::as_f32(dzi), T::as_f32_mut(pw)) {
-            im.weights(x32, dz32, &g, o, !per_image, isc, pwt);
+        u.unfold(xi, &g, cols, split);
+        let (kl, inner) = (u.kl(), !per_image);
+        if let (Some(cols32), Some(dz32), Some(pw32), true) = (T::as_f32(cols), T::as_f32(dzi), T::as_f32_mut(pw), dw_t) {
+            // dWᵀ (k×o) += cols (k×l) · dz_iᵀ (l×o), transposed at the end.
+            let pb = PackedB::pack(l, o, Strided::new(dz32, 1, l));
+            let epi = Epilogue { accumulate: true, ..Epilogue::default() };
+            sgemm::gemm_packed(k, Strided::new(cols32, kl.0, kl.1), &pb, pw32, (o, 1), &epi, inner);
         } else {
             // dW (o×k) += dz_i (o×l) · colsᵀ (l×k)
             gemm(o, k, l, pw, (k, 1), true, dzi, (l, 1), cols, u.lk(), par);
         }
         if let Some(dxi) = dxi {
-            if let (Some((f, im, pbx)), Some(dz32), Some(dx32)) = (&imp_x, T::as_f32(dzi), T::as_f32_mut(dxi)) {
-                im.forward(dz32, f, pbx, None, Act::None, !per_image, isc, dx32);
+            if let (Some(pbw), Some(dz32), Some(dcols32)) = (&wk_rows, T::as_f32(dzi), T::as_f32_mut(dcols)) {
+                // dcolsᵀ (l×k) = dz_iᵀ (l×o) · W (o×k), `W` packed once.
+                sgemm::gemm_packed(l, Strided::new(dz32, 1, l), pbw, dcols32, (kl.1, kl.0), &Epilogue::default(), inner);
             } else {
                 // dcols (k×l) = Wᵀ (k×o) · dz_i (o×l)
                 gemm(k, l, o, dcols, u.kl(), false, &wk, (1, k), dzi, (l, 1), par);
-                u.fold(dcols, &g, dxi, split);
             }
+            u.fold(dcols, &g, dxi, split);
         }
     };
-    let cols_len = if direct || imp_w.is_some() { 0 } else { k * l };
-    let dcols_len = if direct || imp_x.is_some() || !grad.need_dx { 0 } else { k * l };
+    let unfolded = if direct { 0 } else { k * l };
     let init = || {
         (
             vec![T::default(); nw],
             vec![T::default(); o],
-            vec![T::default(); cols_len],
-            vec![T::default(); dcols_len],
+            vec![T::default(); unfolded],
+            vec![T::default(); unfolded],
             Vec::new(),
             Vec::new(),
-            direct::ImplicitScratch::default(),
         )
     };
     let slots = per_image_slots(dx, img, b);
@@ -1281,13 +1448,14 @@ fn conv_bwd<T: Float>(
     };
     if direct {
         dw.copy_from_slice(&pw);
-    } else if imp_w.is_some() {
-        // dWᵀ (k×o) → dW (o×k).
+    } else if dw_t {
+        let mut t = vec![T::default(); o * k];
         for (kk, row) in pw.chunks_exact(o).enumerate() {
             for (oo, &v) in row.iter().enumerate() {
-                dw[oo * k + kk] = v;
+                t[oo * k + kk] = v;
             }
         }
+        dw.copy_from_slice(&u.kernel_back(t, o, &g));
     } else {
         dw.copy_from_slice(&u.kernel_back(pw, o, &g));
     }
@@ -1491,13 +1659,23 @@ fn convt_fwd<T: Float>(
     let wk = u.kernel(w, ci, &g);
     // One input or output channel: the adjoint of the direct convolution.
     let direct = direct::suits(&g, ci);
+    let wk_packed = match T::as_f32(&wk) {
+        Some(w32) if !direct && sgemm::available() && okk >= 16 => Some(PackedB::pack(ci, okk, Strided::new(w32, okk, 1))),
+        _ => None,
+    };
     let run = |(i, y): (usize, &mut [T]), (cols, split): &mut (Vec<T>, Vec<T>)| {
         let xi = &x[i * ci * hw..(i + 1) * ci * hw];
         if direct {
             direct::adjoint(xi, w, &g, ci, y, split);
         } else {
-            // cols (okk×hw) = Wᵀ (okk×ci) · x_i (ci×hw)
-            gemm(okk, hw, ci, cols, u.kl(), false, &wk, (1, okk), xi, (hw, 1), par);
+            if let (Some(pb), Some(x32), Some(cols32)) = (&wk_packed, T::as_f32(xi), T::as_f32_mut(cols)) {
+                // colsᵀ (hw×okk) = x_iᵀ (hw×ci) · W (ci×okk), `W` packed once.
+                let kl = u.kl();
+                sgemm::gemm_packed(hw, Strided::new(x32, 1, hw), pb, cols32, (kl.1, kl.0), &Epilogue::default(), !per_image);
+            } else {
+                // cols (okk×hw) = Wᵀ (okk×ci) · x_i (ci×hw)
+                gemm(okk, hw, ci, cols, u.kl(), false, &wk, (1, okk), xi, (hw, 1), par);
+            }
             u.fold(cols, &g, y, split);
         }
         bias_act(y, bias, g.h * g.w, op.act);
@@ -1515,6 +1693,66 @@ fn convt_fwd<T: Float>(
             .for_each(|job| run(job, &mut scratch));
     }
     Ok((T::storage(out), Shape::from((b, g.c, g.h, g.w))))
+}
+
+/// [`convt_bwd`] through the implicit GEMM (f32), in chunks of images: in
+/// the conv view (dz → x), dx is the strided convolution of dz and dWᵀ
+/// (okk×ci) its weight gradient against x.
+#[allow(clippy::too_many_arguments)]
+fn convt_bwd_implicit(
+    (x, dy, y): (&[f32], &[f32], Option<&[f32]>),
+    b: usize,
+    g: &Geometry,
+    ci: usize,
+    act: Act,
+    im: &direct::Implicit,
+    pbw: &PackedB,
+    dx: &mut [f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let (o, okk, hw, out_img) = (g.c, g.c * g.kh * g.kw, g.oh * g.ow, g.c * g.h * g.w);
+    let chunk = im.chunk(b, threads());
+    let nchunks = b.div_ceil(chunk);
+    let inner = nchunks < threads();
+    let slots: Vec<Option<&mut [f32]>> = if dx.is_empty() {
+        (0..nchunks).map(|_| None).collect()
+    } else {
+        dx.chunks_mut(chunk * ci * hw).map(Some).collect()
+    };
+    type Acc = (Vec<f32>, Vec<f32>, direct::ImplicitScratch, Vec<f32>);
+    let init = || -> Acc { (vec![0.0; okk * ci], vec![0.0; o], Default::default(), Vec::new()) };
+    let work = |mut acc: Acc, (c0, dxc): (usize, Option<&mut [f32]>)| -> Acc {
+        let (pwt, pb, sc, dz) = &mut acc;
+        let i0 = c0 * chunk;
+        let n = chunk.min(b - i0);
+        dz.resize(n * out_img, 0.0);
+        for j in 0..n {
+            let i = i0 + j;
+            let r = i * out_img..(i + 1) * out_img;
+            let dzi = &mut dz[j * out_img..(j + 1) * out_img];
+            dz_into(&dy[r.clone()], y.map(|y| &y[r]), act, dzi);
+            for (oo, plane) in dzi.chunks(g.h * g.w).enumerate() {
+                pb[oo] += sum(plane);
+            }
+        }
+        if let Some(dxc) = dxc {
+            im.forward(dz, n, g, pbw, None, Act::None, inner, sc, dxc);
+        }
+        im.weights(dz, &x[i0 * ci * hw..(i0 + n) * ci * hw], n, g, ci, inner, sc, pwt);
+        acc
+    };
+    slots
+        .into_par_iter()
+        .enumerate()
+        .fold(init, work)
+        .map(|(pwt, pb, ..)| (pwt, pb))
+        .reduce(
+            || (vec![0.0; okk * ci], vec![0.0; o]),
+            |(mut aw, mut ab), (bw, bb)| {
+                aw.iter_mut().zip(bw).for_each(|(a, v)| *a += v);
+                ab.iter_mut().zip(bb).for_each(|(a, v)| *a += v);
+                (aw, ab)
+            },
+        )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1544,6 +1782,33 @@ fn convt_bwd<T: Float>(
     let u = Unfold::new(&g);
     let wk = u.kernel(w, ci, &g);
     let direct = direct::suits(&g, ci);
+    // The implicit GEMM (f32): in the conv view (dz → x) dx is the strided
+    // convolution of dz and dW its weight gradient against x, neither
+    // unfolded; dWᵀ (okk×ci) is kept in `pw` and transposed at the end.
+    let implicit = match (T::as_f32(w), !direct && direct::Implicit::suits(&g, ci)) {
+        (Some(w32), true) => Some((direct::Implicit::new(&g), PackedB::pack(okk, ci, Strided::new(w32, 1, okk)))),
+        _ => None,
+    };
+    if let (Some((im, pbw)), Some(x32), Some(dy32), Some(dx32)) = (&implicit, T::as_f32(x), T::as_f32(dy), T::as_f32_mut(dx)) {
+        let y32 = y.map(|y| T::as_f32(y).expect("f32 output"));
+        let (pwt, pb) = convt_bwd_implicit((x32, dy32, y32), b, &g, ci, op.act, im, pbw, dx32);
+        // dWᵀ (okk×ci) → dW (ci×okk).
+        for (kk, row) in pwt.chunks_exact(ci).enumerate() {
+            for (c, &v) in row.iter().enumerate() {
+                dw[c * okk + kk] = T::from_f64(v as f64);
+            }
+        }
+        for (d, &v) in db.iter_mut().zip(&pb) {
+            *d = T::from_f64(v as f64);
+        }
+        let n = packed.len();
+        return Ok((T::storage(packed), Shape::from(n)));
+    }
+    // f32 with AVX2: Wᵀ packed once as the B of every image's dx.
+    let wk_cols = match T::as_f32(&wk) {
+        Some(w32) if need_dx && sgemm::available() && ci >= 16 => Some(PackedB::pack(okk, ci, Strided::new(w32, 1, okk))),
+        _ => None,
+    };
     type Acc<T> = (Vec<T>, Vec<T>, Vec<T>, Vec<T>, Vec<T>);
     let work = |(i, dxi): (usize, Option<&mut [T]>), acc: &mut Acc<T>| {
         let (pw, pb, dcols, dzbuf, split) = acc;
@@ -1561,12 +1826,25 @@ fn convt_bwd<T: Float>(
             return;
         }
         u.unfold(dzi, &g, dcols, split);
+        let (lk, inner) = (u.lk(), !per_image);
         if let Some(dxi) = dxi {
-            // dx_i (ci×hw) = W (ci×okk) · dcols (okk×hw)
-            gemm(ci, hw, okk, dxi, (hw, 1), false, &wk, (okk, 1), dcols, u.kl(), par);
+            if let (Some(pb), Some(dc32), Some(dx32)) = (&wk_cols, T::as_f32(dcols), T::as_f32_mut(dxi)) {
+                // dx_iᵀ (hw×ci) = dcolsᵀ (hw×okk) · Wᵀ (okk×ci), stored transposed.
+                sgemm::gemm_packed(hw, Strided::new(dc32, lk.0, lk.1), pb, dx32, (1, hw), &Epilogue::default(), inner);
+            } else {
+                // dx_i (ci×hw) = W (ci×okk) · dcols (okk×hw)
+                gemm(ci, hw, okk, dxi, (hw, 1), false, &wk, (okk, 1), dcols, u.kl(), par);
+            }
         }
-        // dW (ci×okk) += x_i (ci×hw) · dcolsᵀ (hw×okk)
-        gemm(ci, okk, hw, pw, (okk, 1), true, xi, (hw, 1), dcols, u.lk(), par);
+        if let (Some(dc32), Some(x32), Some(pw32), true) = (T::as_f32(dcols), T::as_f32(xi), T::as_f32_mut(pw), ci >= 16 && sgemm::available()) {
+            // dWᵀ (okk×ci) += dcols (okk×hw) · x_iᵀ (hw×ci), stored transposed into dW (ci×okk).
+            let pb = PackedB::pack(hw, ci, Strided::new(x32, 1, hw));
+            let epi = Epilogue { accumulate: true, ..Epilogue::default() };
+            sgemm::gemm_packed(okk, Strided::new(dc32, lk.1, lk.0), &pb, pw32, (1, okk), &epi, inner);
+        } else {
+            // dW (ci×okk) += x_i (ci×hw) · dcolsᵀ (hw×okk)
+            gemm(ci, okk, hw, pw, (okk, 1), true, xi, (hw, 1), dcols, u.lk(), par);
+        }
     };
     let unfolded = if direct { 0 } else { okk * hw };
     let init = || {

@@ -347,7 +347,7 @@ impl Default for GroupNormConfig {
 }
 
 pub fn group_norm(num_groups: usize, num_channels: usize, cfg: GroupNormConfig, vb: VarBuilder) -> Result<GroupNorm> {
-    if num_groups == 0 || num_channels % num_groups != 0 {
+    if num_groups == 0 || !num_channels.is_multiple_of(num_groups) {
         candle_core::bail!("group_norm: {num_channels} channels cannot be split into {num_groups} groups");
     }
     let weight = vb.get_with_hints(num_channels, "weight", Init::Const(1.0))?;

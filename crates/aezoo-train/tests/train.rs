@@ -194,7 +194,7 @@ fn every_mixed_precision_entry_follows_its_f32_step_and_the_rest_refuse() {
     use aezoo_nn::{Batch, Rng, StepCtx};
     let mut covered = Vec::new();
     for name in entry_names() {
-        let (cfg, _) = registry::resolve_entry(&name).unwrap();
+        let (cfg, _) = registry::resolve_entry(name).unwrap();
         if cfg.is_graph() || name == "vae-flex-sd" || name == "video-ae" {
             continue; // graphs have no StepCtx; the two large entries cost minutes here
         }
@@ -204,9 +204,9 @@ fn every_mixed_precision_entry_follows_its_f32_step_and_the_rest_refuse() {
             assert!(e.contains("does not support"), "{name}: {e}");
             continue;
         }
-        let [c, h, w] = registry::family(&cfg.family, &name)
+        let [c, h, w] = registry::family(&cfg.family, name)
             .unwrap()
-            .check(&cfg.model, &name)
+            .check(&cfg.model, name)
             .unwrap();
         let x = aezoo_nn::gradcheck::uniform_input(&[4, c, h, w], 0.05, 0.95, 3)
             .unwrap()
@@ -415,7 +415,7 @@ fn adam_update_is_the_same_at_every_simd_level() {
             }
         }
     }
-    aezoo_nn::simd::set_cap(u8::MAX);
+    simd::set_cap(u8::MAX);
 }
 
 // Values from `python3 scripts/pins/adam_ref.py` (torch.optim.Adam / AdamW, lr 0.1, 5 steps).
