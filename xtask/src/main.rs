@@ -249,7 +249,10 @@ fn field(v: &serde_json::Value, k: &str) -> f64 {
 /// The largest finite value of `k` over the rounds (the least disturbed
 /// run: interference only ever slows a run down).
 fn best(runs: &[serde_json::Value], k: &str) -> f64 {
-    runs.iter().map(|v| field(v, k)).filter(|x| x.is_finite()).fold(f64::NAN, f64::max)
+    runs.iter()
+        .map(|v| field(v, k))
+        .filter(|x| x.is_finite())
+        .fold(f64::NAN, f64::max)
 }
 
 fn bench(args: &[String]) -> Result<()> {
@@ -296,7 +299,9 @@ fn bench(args: &[String]) -> Result<()> {
         .args(["bench", "--peak"])
         .output()
         .context("cannot run aezoo")?;
-    let peak = json_line(&o.stdout).map(|v| field(&v, "peak_flops")).unwrap_or(f64::NAN);
+    let peak = json_line(&o.stdout)
+        .map(|v| field(&v, "peak_flops"))
+        .unwrap_or(f64::NAN);
     let mut torch_note: Option<String> = None;
     let mut rows = Vec::new();
     for e in &entries {
@@ -372,7 +377,9 @@ fn bench(args: &[String]) -> Result<()> {
             .filter(|x| x.is_finite())
             .collect();
         if per.len() > 1 {
-            let (lo, hi) = per.iter().fold((f64::INFINITY, 0f64), |(l, h), &x| (l.min(x), h.max(x)));
+            let (lo, hi) = per
+                .iter()
+                .fold((f64::INFINITY, 0f64), |(l, h), &x| (l.min(x), h.max(x)));
             format!("{r} ({lo:.2}–{hi:.2})")
         } else {
             r

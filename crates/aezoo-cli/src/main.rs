@@ -583,7 +583,10 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Bench(a) => {
             if a.peak {
                 let flops = aezoo_nn::simd::measured_peak_flops(0.5);
-                println!("{}", serde_json::json!({ "peak_flops": flops, "threads": aezoo_nn::pool::threads() }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "peak_flops": flops, "threads": aezoo_nn::pool::threads() })
+                );
                 return Ok(());
             }
             let (cfg, _) = registry::resolve_entry(a.entry.as_deref().unwrap_or_default())?;

@@ -321,14 +321,18 @@ fn fused_ssim_matches_the_composite_in_value_and_gradients() {
             ssim(x.as_tensor(), y.as_tensor(), cfg).unwrap(),
             ssim_composite(x.as_tensor(), y.as_tensor(), cfg).unwrap(),
         );
-        let d = vals(&(&f - &c).unwrap().abs().unwrap()).into_iter().fold(0f64, f64::max);
+        let d = vals(&(&f - &c).unwrap().abs().unwrap())
+            .into_iter()
+            .fold(0f64, f64::max);
         assert!(d < 1e-12, "{shape:?}: values differ by {d}");
         let r = uniform_input(&[shape[0]], -1.0, 1.0, seed + 2).unwrap();
         let gf = (&f * &r).unwrap().sum_all().unwrap().backward().unwrap();
         let gc = (&c * &r).unwrap().sum_all().unwrap().backward().unwrap();
         for v in [&x, &y] {
             let diff = (gf.get(v.as_tensor()).unwrap() - gc.get(v.as_tensor()).unwrap()).unwrap();
-            let d = vals(&diff.abs().unwrap().flatten_all().unwrap()).into_iter().fold(0f64, f64::max);
+            let d = vals(&diff.abs().unwrap().flatten_all().unwrap())
+                .into_iter()
+                .fold(0f64, f64::max);
             assert!(d < 1e-12, "{shape:?}: gradients differ by {d}");
         }
     }

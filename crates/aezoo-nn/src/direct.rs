@@ -160,7 +160,12 @@ fn to_wide<T: Float>(dy: &[T], g: &Geometry, p: &Planes, oc: usize, out: &mut Ve
 fn madd4<T: Float>(acc: &mut [T], srcs: &[&[T]], ws: &[T]) {
     match srcs.len() {
         4 => {
-            let (s0, s1, s2, s3) = (&srcs[0][..acc.len()], &srcs[1][..acc.len()], &srcs[2][..acc.len()], &srcs[3][..acc.len()]);
+            let (s0, s1, s2, s3) = (
+                &srcs[0][..acc.len()],
+                &srcs[1][..acc.len()],
+                &srcs[2][..acc.len()],
+                &srcs[3][..acc.len()],
+            );
             let (w0, w1, w2, w3) = (ws[0], ws[1], ws[2], ws[3]);
             for ((((a, &v0), &v1), &v2), &v3) in acc.iter_mut().zip(s0).zip(s1).zip(s2).zip(s3) {
                 *a += ((w0 * v0 + w1 * v1) + w2 * v2) + w3 * v3;

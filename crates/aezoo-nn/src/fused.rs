@@ -1,6 +1,9 @@
 //! Fused CPU layers: `act(conv2d(x, W) + b)`, `act(conv_transpose2d(x, W) + b)`
 //! and `act(x·Wᵀ + b)` as single autograd nodes with hand-written backward
-//! passes, computed with the `gemm` crate on raw slices.
+//! passes, computed on raw slices: in f32 with AVX2 by [`crate::sgemm`]
+//! (operands packed once per call, the epilogue fused) and, for the
+//! convolutions it suits, without unfolding at all ([`crate::direct`]);
+//! in f64 and without AVX2 by the `gemm` crate.
 //!
 //! Why: in candle 0.11 every autograd node costs a fresh gradient buffer
 //! (zeros, then an add) besides its own work, and ReLU's and bias-add's
@@ -1068,12 +1071,17 @@ fn conv_fwd<T: Float>(
         (Some(w32), true) => Some((direct::Implicit::new(&g), PackedB::pack(k, o, Strided::new(w32, 1, k)))),
         _ => None,
     };
-    let wt = match (T::as_f32(&wk), implicit.is_none() && !direct && sgemm::available() && o >= 16 && k >= 64) {
+    let wt = match (
+        T::as_f32(&wk),
+        implicit.is_none() && !direct && sgemm::available() && o >= 16 && k >= 64,
+    ) {
         (Some(w32), true) => Some(PackedB::pack(k, o, Strided::new(w32, 1, k))),
         _ => None,
     };
     let bias32 = T::as_f32(bias);
-    if let (Some((im, pb)), Some(x32), Some(b32), Some(out32)) = (&implicit, T::as_f32(x), bias32, T::as_f32_mut(&mut out)) {
+    if let (Some((im, pb)), Some(x32), Some(b32), Some(out32)) =
+        (&implicit, T::as_f32(x), bias32, T::as_f32_mut(&mut out))
+    {
         conv_fwd_implicit(x32, b, &g, cfg, im, pb, b32, out32, &mut argmax);
         drop(argmax);
         let shape = if cfg.pool {
@@ -1172,7 +1180,13 @@ fn conv_fwd_implicit(
                     im.forward(xs, n, g, pb, Some(bias), cfg.act, inner, sc, pre);
                     for j in 0..n {
                         let r = j * per..(j + 1) * per;
-                        pool2_record(&pre[j * o * l..(j + 1) * o * l], g.oh, g.ow, &mut ys[r.clone()], &mut arg[r]);
+                        pool2_record(
+                            &pre[j * o * l..(j + 1) * o * l],
+                            g.oh,
+                            g.ow,
+                            &mut ys[r.clone()],
+                            &mut arg[r],
+                        );
                     }
                 }
                 None => im.forward(xs, n, g, pb, Some(bias), cfg.act, inner, sc, ys),
@@ -1220,8 +1234,24 @@ fn conv_bwd_implicit(
     } else {
         dx.chunks_mut(chunk * img).map(Some).collect()
     };
-    type Acc = (Vec<f32>, Vec<f32>, direct::ImplicitScratch, Vec<f32>, Vec<f32>, Vec<f32>);
-    let init = || -> Acc { (vec![0.0; k * o], vec![0.0; o], Default::default(), Vec::new(), Vec::new(), Vec::new()) };
+    type Acc = (
+        Vec<f32>,
+        Vec<f32>,
+        direct::ImplicitScratch,
+        Vec<f32>,
+        Vec<f32>,
+        Vec<f32>,
+    );
+    let init = || -> Acc {
+        (
+            vec![0.0; k * o],
+            vec![0.0; o],
+            Default::default(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        )
+    };
     let work = |mut acc: Acc, (ci, dxc): (usize, Option<&mut [f32]>)| -> Acc {
         let (pwt, pb, sc, dz, dcols, split) = &mut acc;
         let i0 = ci * chunk;
@@ -1229,7 +1259,10 @@ fn conv_bwd_implicit(
         dz.resize(n * o * l, 0.0);
         for j in 0..n {
             let i = i0 + j;
-            let (dyi, yi) = (&dy[i * o * pl..(i + 1) * o * pl], y.map(|y| &y[i * o * pl..(i + 1) * o * pl]));
+            let (dyi, yi) = (
+                &dy[i * o * pl..(i + 1) * o * pl],
+                y.map(|y| &y[i * o * pl..(i + 1) * o * pl]),
+            );
             let dzi = &mut dz[j * o * l..(j + 1) * o * l];
             if cfg.pool {
                 unpool2(dyi, yi, &argmax[i * o * pl..(i + 1) * o * pl], cfg.act, g.oh, g.ow, dzi);
@@ -1250,7 +1283,19 @@ fn conv_bwd_implicit(
                     let par = if inner { lin_par() } else { Parallelism::None };
                     for j in 0..n {
                         // dcols (k×l) = Wᵀ (k×o) · dz_j (o×l)
-                        gemm(k, l, o, dcols, u.kl(), false, wk, (1, k), &dz[j * o * l..(j + 1) * o * l], (l, 1), par);
+                        gemm(
+                            k,
+                            l,
+                            o,
+                            dcols,
+                            u.kl(),
+                            false,
+                            wk,
+                            (1, k),
+                            &dz[j * o * l..(j + 1) * o * l],
+                            (l, 1),
+                            par,
+                        );
                         u.fold(dcols, g, &mut dxc[j * img..(j + 1) * img], split);
                     }
                 }
@@ -1258,19 +1303,31 @@ fn conv_bwd_implicit(
         }
         acc
     };
-    slots
-        .into_par_iter()
-        .enumerate()
-        .fold(init, work)
-        .map(|(pwt, pb, ..)| (pwt, pb))
-        .reduce(
-            || (vec![0.0; k * o], vec![0.0; o]),
-            |(mut aw, mut ab), (bw, bb)| {
-                aw.iter_mut().zip(bw).for_each(|(a, v)| *a += v);
-                ab.iter_mut().zip(bb).for_each(|(a, v)| *a += v);
-                (aw, ab)
-            },
-        )
+    sum_partials(
+        slots
+            .into_par_iter()
+            .enumerate()
+            .fold(init, work)
+            .map(|(pwt, pb, ..)| (pwt, pb)),
+        k * o,
+        o,
+    )
+}
+
+/// The sum of the tasks' `(dWᵀ, db)` partial sums.
+fn sum_partials(
+    parts: impl ParallelIterator<Item = (Vec<f32>, Vec<f32>)>,
+    nw: usize,
+    nb: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    parts.reduce(
+        || (vec![0.0; nw], vec![0.0; nb]),
+        |(mut aw, mut ab), (bw, bb)| {
+            aw.iter_mut().zip(bw).for_each(|(a, v)| *a += v);
+            ab.iter_mut().zip(bb).for_each(|(a, v)| *a += v);
+            (aw, ab)
+        },
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1308,9 +1365,12 @@ fn conv_bwd<T: Float>(
     // The implicit GEMM (f32): dWᵀ (k×o) = Σ colsᵀ-in-place · dzᵀ, kept in
     // `pw` and transposed at the end; and, at stride 1, dx as the
     // convolution of dz (padded by kh − 1 − p) with the flipped kernel.
-    let imp_w = (T::as_f32(w).is_some() && !direct && direct::Implicit::suits(&g, o)).then(|| direct::Implicit::new(&g));
+    let imp_w =
+        (T::as_f32(w).is_some() && !direct && direct::Implicit::suits(&g, o)).then(|| direct::Implicit::new(&g));
     let imp_x = match T::as_f32(w) {
-        Some(w32) if grad.need_dx && !direct && g.stride == 1 && g.dilation == 1 && g.kh == g.kw && g.padding < g.kh => {
+        Some(w32)
+            if grad.need_dx && !direct && g.stride == 1 && g.dilation == 1 && g.kh == g.kw && g.padding < g.kh =>
+        {
             let flipped = Geometry::for_conv(o, g.oh, g.ow, g.kh, g.kw, 1, g.kh - 1 - g.padding, 1)
                 .ok()
                 .filter(|f| f.oh == g.h && f.ow == g.w && direct::Implicit::suits(f, g.c));
@@ -1328,14 +1388,31 @@ fn conv_bwd<T: Float>(
                         }
                     }
                 }
-                (f, direct::Implicit::new(&f), PackedB::pack(o * kh * kw, c, Strided::new(&wf, c, 1)))
+                (
+                    f,
+                    direct::Implicit::new(&f),
+                    PackedB::pack(o * kh * kw, c, Strided::new(&wf, c, 1)),
+                )
             })
         }
         _ => None,
     };
-    if let (Some(im), Some(x32), Some(dy32), Some(wk32), Some(dx32)) = (&imp_w, T::as_f32(x), T::as_f32(dy), T::as_f32(&wk), T::as_f32_mut(dx)) {
+    if let (Some(im), Some(x32), Some(dy32), Some(wk32), Some(dx32)) =
+        (&imp_w, T::as_f32(x), T::as_f32(dy), T::as_f32(&wk), T::as_f32_mut(dx))
+    {
         let y32 = y.map(|y| T::as_f32(y).expect("f32 output"));
-        let (pwt, pb) = conv_bwd_implicit((x32, dy32, y32), b, &g, o, cfg, &argmax, im, imp_x.as_ref(), (&u, wk32), dx32);
+        let (pwt, pb) = conv_bwd_implicit(
+            (x32, dy32, y32),
+            b,
+            &g,
+            o,
+            cfg,
+            &argmax,
+            im,
+            imp_x.as_ref(),
+            (&u, wk32),
+            dx32,
+        );
         // dWᵀ (k×o) → dW (o×k).
         for (kk, row) in pwt.chunks_exact(o).enumerate() {
             for (oo, &v) in row.iter().enumerate() {
@@ -1353,7 +1430,9 @@ fn conv_bwd<T: Float>(
     // transposed), and the kernel packed once as the B of every image's dx.
     let dw_t = T::as_f32(w).is_some() && !direct && o >= 16 && sgemm::available();
     let wk_rows = match T::as_f32(&wk) {
-        Some(w32) if grad.need_dx && sgemm::available() && k >= 16 => Some(PackedB::pack(o, k, Strided::new(w32, k, 1))),
+        Some(w32) if grad.need_dx && sgemm::available() && k >= 16 => {
+            Some(PackedB::pack(o, k, Strided::new(w32, k, 1)))
+        }
         _ => None,
     };
     // Per task: (dW, db) partial sums and the scratch matrices.
@@ -1392,10 +1471,14 @@ fn conv_bwd<T: Float>(
         }
         u.unfold(xi, &g, cols, split);
         let (kl, inner) = (u.kl(), !per_image);
-        if let (Some(cols32), Some(dz32), Some(pw32), true) = (T::as_f32(cols), T::as_f32(dzi), T::as_f32_mut(pw), dw_t) {
+        if let (Some(cols32), Some(dz32), Some(pw32), true) = (T::as_f32(cols), T::as_f32(dzi), T::as_f32_mut(pw), dw_t)
+        {
             // dWᵀ (k×o) += cols (k×l) · dz_iᵀ (l×o), transposed at the end.
             let pb = PackedB::pack(l, o, Strided::new(dz32, 1, l));
-            let epi = Epilogue { accumulate: true, ..Epilogue::default() };
+            let epi = Epilogue {
+                accumulate: true,
+                ..Epilogue::default()
+            };
             sgemm::gemm_packed(k, Strided::new(cols32, kl.0, kl.1), &pb, pw32, (o, 1), &epi, inner);
         } else {
             // dW (o×k) += dz_i (o×l) · colsᵀ (l×k)
@@ -1404,7 +1487,15 @@ fn conv_bwd<T: Float>(
         if let Some(dxi) = dxi {
             if let (Some(pbw), Some(dz32), Some(dcols32)) = (&wk_rows, T::as_f32(dzi), T::as_f32_mut(dcols)) {
                 // dcolsᵀ (l×k) = dz_iᵀ (l×o) · W (o×k), `W` packed once.
-                sgemm::gemm_packed(l, Strided::new(dz32, 1, l), pbw, dcols32, (kl.1, kl.0), &Epilogue::default(), inner);
+                sgemm::gemm_packed(
+                    l,
+                    Strided::new(dz32, 1, l),
+                    pbw,
+                    dcols32,
+                    (kl.1, kl.0),
+                    &Epilogue::default(),
+                    inner,
+                );
             } else {
                 // dcols (k×l) = Wᵀ (k×o) · dz_i (o×l)
                 gemm(k, l, o, dcols, u.kl(), false, &wk, (1, k), dzi, (l, 1), par);
@@ -1660,7 +1751,9 @@ fn convt_fwd<T: Float>(
     // One input or output channel: the adjoint of the direct convolution.
     let direct = direct::suits(&g, ci);
     let wk_packed = match T::as_f32(&wk) {
-        Some(w32) if !direct && sgemm::available() && okk >= 16 => Some(PackedB::pack(ci, okk, Strided::new(w32, okk, 1))),
+        Some(w32) if !direct && sgemm::available() && okk >= 16 => {
+            Some(PackedB::pack(ci, okk, Strided::new(w32, okk, 1)))
+        }
         _ => None,
     };
     let run = |(i, y): (usize, &mut [T]), (cols, split): &mut (Vec<T>, Vec<T>)| {
@@ -1671,7 +1764,15 @@ fn convt_fwd<T: Float>(
             if let (Some(pb), Some(x32), Some(cols32)) = (&wk_packed, T::as_f32(xi), T::as_f32_mut(cols)) {
                 // colsᵀ (hw×okk) = x_iᵀ (hw×ci) · W (ci×okk), `W` packed once.
                 let kl = u.kl();
-                sgemm::gemm_packed(hw, Strided::new(x32, 1, hw), pb, cols32, (kl.1, kl.0), &Epilogue::default(), !per_image);
+                sgemm::gemm_packed(
+                    hw,
+                    Strided::new(x32, 1, hw),
+                    pb,
+                    cols32,
+                    (kl.1, kl.0),
+                    &Epilogue::default(),
+                    !per_image,
+                );
             } else {
                 // cols (okk×hw) = Wᵀ (okk×ci) · x_i (ci×hw)
                 gemm(okk, hw, ci, cols, u.kl(), false, &wk, (1, okk), xi, (hw, 1), par);
@@ -1740,19 +1841,15 @@ fn convt_bwd_implicit(
         im.weights(dz, &x[i0 * ci * hw..(i0 + n) * ci * hw], n, g, ci, inner, sc, pwt);
         acc
     };
-    slots
-        .into_par_iter()
-        .enumerate()
-        .fold(init, work)
-        .map(|(pwt, pb, ..)| (pwt, pb))
-        .reduce(
-            || (vec![0.0; okk * ci], vec![0.0; o]),
-            |(mut aw, mut ab), (bw, bb)| {
-                aw.iter_mut().zip(bw).for_each(|(a, v)| *a += v);
-                ab.iter_mut().zip(bb).for_each(|(a, v)| *a += v);
-                (aw, ab)
-            },
-        )
+    sum_partials(
+        slots
+            .into_par_iter()
+            .enumerate()
+            .fold(init, work)
+            .map(|(pwt, pb, ..)| (pwt, pb)),
+        okk * ci,
+        o,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1786,10 +1883,15 @@ fn convt_bwd<T: Float>(
     // convolution of dz and dW its weight gradient against x, neither
     // unfolded; dWᵀ (okk×ci) is kept in `pw` and transposed at the end.
     let implicit = match (T::as_f32(w), !direct && direct::Implicit::suits(&g, ci)) {
-        (Some(w32), true) => Some((direct::Implicit::new(&g), PackedB::pack(okk, ci, Strided::new(w32, 1, okk)))),
+        (Some(w32), true) => Some((
+            direct::Implicit::new(&g),
+            PackedB::pack(okk, ci, Strided::new(w32, 1, okk)),
+        )),
         _ => None,
     };
-    if let (Some((im, pbw)), Some(x32), Some(dy32), Some(dx32)) = (&implicit, T::as_f32(x), T::as_f32(dy), T::as_f32_mut(dx)) {
+    if let (Some((im, pbw)), Some(x32), Some(dy32), Some(dx32)) =
+        (&implicit, T::as_f32(x), T::as_f32(dy), T::as_f32_mut(dx))
+    {
         let y32 = y.map(|y| T::as_f32(y).expect("f32 output"));
         let (pwt, pb) = convt_bwd_implicit((x32, dy32, y32), b, &g, ci, op.act, im, pbw, dx32);
         // dWᵀ (okk×ci) → dW (ci×okk).
@@ -1806,7 +1908,9 @@ fn convt_bwd<T: Float>(
     }
     // f32 with AVX2: Wᵀ packed once as the B of every image's dx.
     let wk_cols = match T::as_f32(&wk) {
-        Some(w32) if need_dx && sgemm::available() && ci >= 16 => Some(PackedB::pack(okk, ci, Strided::new(w32, 1, okk))),
+        Some(w32) if need_dx && sgemm::available() && ci >= 16 => {
+            Some(PackedB::pack(okk, ci, Strided::new(w32, 1, okk)))
+        }
         _ => None,
     };
     type Acc<T> = (Vec<T>, Vec<T>, Vec<T>, Vec<T>, Vec<T>);
@@ -1830,16 +1934,32 @@ fn convt_bwd<T: Float>(
         if let Some(dxi) = dxi {
             if let (Some(pb), Some(dc32), Some(dx32)) = (&wk_cols, T::as_f32(dcols), T::as_f32_mut(dxi)) {
                 // dx_iᵀ (hw×ci) = dcolsᵀ (hw×okk) · Wᵀ (okk×ci), stored transposed.
-                sgemm::gemm_packed(hw, Strided::new(dc32, lk.0, lk.1), pb, dx32, (1, hw), &Epilogue::default(), inner);
+                sgemm::gemm_packed(
+                    hw,
+                    Strided::new(dc32, lk.0, lk.1),
+                    pb,
+                    dx32,
+                    (1, hw),
+                    &Epilogue::default(),
+                    inner,
+                );
             } else {
                 // dx_i (ci×hw) = W (ci×okk) · dcols (okk×hw)
                 gemm(ci, hw, okk, dxi, (hw, 1), false, &wk, (okk, 1), dcols, u.kl(), par);
             }
         }
-        if let (Some(dc32), Some(x32), Some(pw32), true) = (T::as_f32(dcols), T::as_f32(xi), T::as_f32_mut(pw), ci >= 16 && sgemm::available()) {
+        if let (Some(dc32), Some(x32), Some(pw32), true) = (
+            T::as_f32(dcols),
+            T::as_f32(xi),
+            T::as_f32_mut(pw),
+            ci >= 16 && sgemm::available(),
+        ) {
             // dWᵀ (okk×ci) += dcols (okk×hw) · x_iᵀ (hw×ci), stored transposed into dW (ci×okk).
             let pb = PackedB::pack(hw, ci, Strided::new(x32, 1, hw));
-            let epi = Epilogue { accumulate: true, ..Epilogue::default() };
+            let epi = Epilogue {
+                accumulate: true,
+                ..Epilogue::default()
+            };
             sgemm::gemm_packed(okk, Strided::new(dc32, lk.1, lk.0), &pb, pw32, (1, okk), &epi, inner);
         } else {
             // dW (ci×okk) += x_i (ci×hw) · dcolsᵀ (hw×okk)
@@ -2030,7 +2150,16 @@ fn lin_fwd<T: Float>(
         // SAFETY: `y` holds `n·o` floats of capacity; the product writes
         // every one of them (no accumulation) before `set_len`.
         unsafe {
-            sgemm::gemm_packed_raw(n, Strided::new(x, i, 1), &pb, y.as_mut_ptr(), n * o, (o, 1), &epi, threads() > 1);
+            sgemm::gemm_packed_raw(
+                n,
+                Strided::new(x, i, 1),
+                &pb,
+                y.as_mut_ptr(),
+                n * o,
+                (o, 1),
+                &epi,
+                threads() > 1,
+            );
             y.set_len(n * o);
         }
         return Ok((CpuStorage::F32(y), Shape::from((n, o))));

@@ -118,7 +118,8 @@ pub struct Epilogue<'a> {
 /// (`AEZOO_NO_SGEMM=1`); otherwise callers use the `gemm` crate.
 pub fn available() -> bool {
     static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let off = *OFF.get_or_init(|| matches!(std::env::var("AEZOO_NO_SGEMM").as_deref(), Ok(v) if v != "0" && !v.is_empty()));
+    let off =
+        *OFF.get_or_init(|| matches!(std::env::var("AEZOO_NO_SGEMM").as_deref(), Ok(v) if v != "0" && !v.is_empty()));
     !off && crate::simd::level() >= 1
 }
 
@@ -277,7 +278,15 @@ unsafe impl Sync for CPtr {}
 /// `c_cs == 1`, through a stack buffer otherwise: a transposed `C`, one
 /// tile at a time); `parallel` splits the rows (or, for few rows, the
 /// panels) into one task per thread or more.
-pub fn gemm_packed<'a>(m: usize, a: impl Into<Lhs<'a>>, pb: &PackedB, c: &mut [f32], cs: (usize, usize), epi: &Epilogue, parallel: bool) {
+pub fn gemm_packed<'a>(
+    m: usize,
+    a: impl Into<Lhs<'a>>,
+    pb: &PackedB,
+    c: &mut [f32],
+    cs: (usize, usize),
+    epi: &Epilogue,
+    parallel: bool,
+) {
     // SAFETY: `c` is an initialised slice of its own length.
     unsafe { gemm_packed_raw(m, a, pb, c.as_mut_ptr(), c.len(), cs, epi, parallel) }
 }
@@ -344,7 +353,17 @@ pub unsafe fn gemm_packed_raw<'a>(
 /// `C (m × n) = epilogue(A (m × k) · B (k × n))`: packs `B`, then
 /// [`gemm_packed`].
 #[allow(clippy::too_many_arguments)]
-pub fn gemm(m: usize, n: usize, k: usize, a: Strided, b: Strided, c: &mut [f32], cs: (usize, usize), epi: &Epilogue, parallel: bool) {
+pub fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Strided,
+    b: Strided,
+    c: &mut [f32],
+    cs: (usize, usize),
+    epi: &Epilogue,
+    parallel: bool,
+) {
     let pb = PackedB::pack(k, n, b);
     gemm_packed(m, a, &pb, c, cs, epi, parallel);
 }
@@ -355,16 +374,40 @@ pub fn gemm(m: usize, n: usize, k: usize, a: Strided, b: Strided, c: &mut [f32],
 /// `a`, `c` (through `cp`, `c_rs`) and the biases must cover `rows` ×
 /// `panels` as `gemm_packed` asserts, and no other thread may touch those
 /// tiles of `C` meanwhile.
-unsafe fn run(pb: &PackedB, a: Lhs, cp: CPtr, cs: (usize, usize), epi: &Epilogue, rows: Range<usize>, panels: Range<usize>) {
+unsafe fn run(
+    pb: &PackedB,
+    a: Lhs,
+    cp: CPtr,
+    cs: (usize, usize),
+    epi: &Epilogue,
+    rows: Range<usize>,
+    panels: Range<usize>,
+) {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f,avx2,fma")]
-        unsafe fn v4(pb: &PackedB, a: Lhs, cp: CPtr, cs: (usize, usize), epi: &Epilogue, rows: Range<usize>, panels: Range<usize>) {
+        unsafe fn v4(
+            pb: &PackedB,
+            a: Lhs,
+            cp: CPtr,
+            cs: (usize, usize),
+            epi: &Epilogue,
+            rows: Range<usize>,
+            panels: Range<usize>,
+        ) {
             // SAFETY: the caller's contract.
             unsafe { blocks::<x86::V16>(pb, a, cp, cs, epi, rows, panels) }
         }
         #[target_feature(enable = "avx2,fma")]
-        unsafe fn v3(pb: &PackedB, a: Lhs, cp: CPtr, cs: (usize, usize), epi: &Epilogue, rows: Range<usize>, panels: Range<usize>) {
+        unsafe fn v3(
+            pb: &PackedB,
+            a: Lhs,
+            cp: CPtr,
+            cs: (usize, usize),
+            epi: &Epilogue,
+            rows: Range<usize>,
+            panels: Range<usize>,
+        ) {
             // SAFETY: the caller's contract.
             unsafe { blocks::<x86::V8>(pb, a, cp, cs, epi, rows, panels) }
         }
@@ -405,7 +448,15 @@ struct Mode<'a> {
 /// `k` block, each panel of `B` (in L1 while the band's tiles pass over it)
 /// and each tile of rows.
 #[inline(always)]
-unsafe fn blocks<V: Vector>(pb: &PackedB, a: Lhs, cp: CPtr, cs: (usize, usize), epi: &Epilogue, rows: Range<usize>, panels: Range<usize>) {
+unsafe fn blocks<V: Vector>(
+    pb: &PackedB,
+    a: Lhs,
+    cp: CPtr,
+    cs: (usize, usize),
+    epi: &Epilogue,
+    rows: Range<usize>,
+    panels: Range<usize>,
+) {
     let (k, n, nr) = (pb.k, pb.n, pb.nr);
     debug_assert_eq!(nr, 2 * V::LANES);
     let n_pad = n.next_multiple_of(nr);
@@ -426,7 +477,21 @@ unsafe fn blocks<V: Vector>(pb: &PackedB, a: Lhs, cp: CPtr, cs: (usize, usize), 
                 while i < band_end {
                     let r = MR.min(band_end - i);
                     // SAFETY: the caller's contract; `kc = 0` reads neither operand.
-                    unsafe { tile_any::<V>(r, 0, [a.data.as_ptr(); MR], KOff::Stride(0), pb.data.as_ptr(), cp, cs, i, jp * nr, n, mode) };
+                    unsafe {
+                        tile_any::<V>(
+                            r,
+                            0,
+                            [a.data.as_ptr(); MR],
+                            KOff::Stride(0),
+                            pb.data.as_ptr(),
+                            cp,
+                            cs,
+                            i,
+                            jp * nr,
+                            n,
+                            mode,
+                        )
+                    };
                     i += MR;
                 }
             }
@@ -763,7 +828,15 @@ mod x86 {
     /// `c[j·c_cs + i]` must be valid for `i < r`, `j < cols`; `buf` must
     /// hold `r·nr` floats with `cols ≤ nr`, `nr` a multiple of 8; AVX2.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn transposed(to_c: bool, buf: *mut f32, nr: usize, r: usize, cols: usize, c: *mut f32, c_cs: usize) {
+    pub(super) unsafe fn transposed(
+        to_c: bool,
+        buf: *mut f32,
+        nr: usize,
+        r: usize,
+        cols: usize,
+        c: *mut f32,
+        c_cs: usize,
+    ) {
         // SAFETY (all below): within the caller's bounds; masked lanes are
         // neither read nor written.
         unsafe {

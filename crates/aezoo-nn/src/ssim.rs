@@ -86,7 +86,10 @@ fn moments<T: Float>(x: &[T], y: &[T], h: usize, w: usize, win: &[T], rows: &mut
             sig[3 * w + j] = b * b;
             sig[4 * w + j] = a * b;
         }
-        for (s, dst) in [&mut *rx, &mut *ry, &mut *rxx, &mut *ryy, &mut *rxy].into_iter().enumerate() {
+        for (s, dst) in [&mut *rx, &mut *ry, &mut *rxx, &mut *ryy, &mut *rxy]
+            .into_iter()
+            .enumerate()
+        {
             let (src, dst) = (&sig[s * w..(s + 1) * w], &mut dst[r * ow..(r + 1) * ow]);
             for (t, &g) in win.iter().enumerate() {
                 for (d, &v) in dst.iter_mut().zip(&src[t..t + ow]) {
@@ -120,7 +123,13 @@ fn parts(m: [f64; 5], c1: f64, c2: f64) -> (f64, f64, f64, f64) {
 }
 
 fn at<T: Float>(ms: &[Vec<T>; 5], i: usize) -> [f64; 5] {
-    [ms[0][i].to_f64(), ms[1][i].to_f64(), ms[2][i].to_f64(), ms[3][i].to_f64(), ms[4][i].to_f64()]
+    [
+        ms[0][i].to_f64(),
+        ms[1][i].to_f64(),
+        ms[2][i].to_f64(),
+        ms[3][i].to_f64(),
+        ms[4][i].to_f64(),
+    ]
 }
 
 fn window<T: Float>(win: &[f64]) -> Vec<T> {

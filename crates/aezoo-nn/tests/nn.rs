@@ -1004,7 +1004,10 @@ fn fused_convs_with_one_output_channel_take_the_direct_kernels_and_match() {
             let (x, wt, bias) = (u(&[b, c, h, w], 380), u(&[1, c, k, k], 381), u(&[1], 382));
             let fused = fused::conv2d(&x, &wt, &bias, p, s, 1, act).unwrap();
             let plain = apply_act(
-                ops::conv2d_candle(&x, &wt, p, s, 1, 1).unwrap().broadcast_add(&bias.reshape((1, 1, 1, 1)).unwrap()).unwrap(),
+                ops::conv2d_candle(&x, &wt, p, s, 1, 1)
+                    .unwrap()
+                    .broadcast_add(&bias.reshape((1, 1, 1, 1)).unwrap())
+                    .unwrap(),
                 act,
             )
             .unwrap();
@@ -1014,14 +1017,20 @@ fn fused_convs_with_one_output_channel_take_the_direct_kernels_and_match() {
             assert_grad(&what, f, &[x.clone(), wt.clone(), bias.clone()]);
             if s == 1 && h >= 2 && w >= 2 {
                 let pooled = fused::conv2d_pool2(&x, &wt, &bias, p, s, 1, act).unwrap();
-                assert!(max_abs_diff(&pooled, &ops::max_pool2d(&plain, 2, 2).unwrap()) < 1e-12, "{what}: pooled forward differs");
+                assert!(
+                    max_abs_diff(&pooled, &ops::max_pool2d(&plain, 2, 2).unwrap()) < 1e-12,
+                    "{what}: pooled forward differs"
+                );
             }
             // conv_transpose2d(x with one channel): the adjoint kernel forward.
             let (xt, wtt, bt) = (u(&[b, 1, h, w], 383), u(&[1, c, k, k], 384), u(&[c], 385));
             let op = if s > 1 { 1 } else { 0 };
             let ft = fused::conv_transpose2d(&xt, &wtt, &bt, p.min(k - 1), op, s, 1, act).unwrap();
             let pt = apply_act(
-                xt.conv_transpose2d(&wtt, p.min(k - 1), op, s, 1).unwrap().broadcast_add(&bt.reshape((1, c, 1, 1)).unwrap()).unwrap(),
+                xt.conv_transpose2d(&wtt, p.min(k - 1), op, s, 1)
+                    .unwrap()
+                    .broadcast_add(&bt.reshape((1, c, 1, 1)).unwrap())
+                    .unwrap(),
                 act,
             )
             .unwrap();
@@ -1038,7 +1047,11 @@ fn f32_convs_through_sgemm_match_the_f64_composite() {
     // Sixteen or more outputs and K ≥ 64: in f32 with AVX2 the forward is
     // yᵀ = colsᵀ·Wᵀ through aezoo_nn::sgemm, stored transposed; values
     // and gradients against candle's f64 conv.
-    for (b, c, o, h, w, k, s, p) in [(3, 8, 16, 9, 8, 3, 1, 1), (2, 4, 32, 10, 11, 4, 2, 1), (1, 16, 24, 6, 6, 3, 2, 1)] {
+    for (b, c, o, h, w, k, s, p) in [
+        (3, 8, 16, 9, 8, 3, 1, 1),
+        (2, 4, 32, 10, 11, 4, 2, 1),
+        (1, 16, 24, 6, 6, 3, 2, 1),
+    ] {
         let (x, wt, bias) = (u(&[b, c, h, w], 390), u(&[o, c, k, k], 391), u(&[o], 392));
         let f32v = |t: &Tensor| candle_core::Var::from_tensor(&t.to_dtype(DType::F32).unwrap()).unwrap();
         let (xv, wv, bv) = (f32v(&x), f32v(&wt), f32v(&bias));
@@ -1065,7 +1078,8 @@ fn f32_convs_through_sgemm_match_the_f64_composite() {
             candle_core::Var::from_tensor(&wt2).unwrap(),
             candle_core::Var::from_tensor(&bt).unwrap(),
         );
-        let yt = fused::conv_transpose2d(xtv.as_tensor(), wtv.as_tensor(), btv.as_tensor(), p, 0, s, 1, Act::Relu).unwrap();
+        let yt =
+            fused::conv_transpose2d(xtv.as_tensor(), wtv.as_tensor(), btv.as_tensor(), p, 0, s, 1, Act::Relu).unwrap();
         let pt = xt64
             .as_tensor()
             .conv_transpose2d(wt64.as_tensor(), p, 0, s, 1)
@@ -1074,7 +1088,12 @@ fn f32_convs_through_sgemm_match_the_f64_composite() {
             .unwrap()
             .relu()
             .unwrap();
-        compare_f32_with_f64(&format!("{what} transposed"), &yt, &pt, [(&xtv, &xt64), (&wtv, &wt64), (&btv, &bt64)]);
+        compare_f32_with_f64(
+            &format!("{what} transposed"),
+            &yt,
+            &pt,
+            [(&xtv, &xt64), (&wtv, &wt64), (&btv, &bt64)],
+        );
     }
 }
 
@@ -1084,7 +1103,12 @@ fn compare_f32_with_f64(what: &str, y32: &Tensor, y64: &Tensor, vars: [(&candle_
     let d = max_abs_diff(&y32.to_dtype(DType::F64).unwrap(), y64);
     assert!(d < 1e-5, "{what}: forward differs by {d}");
     let r = u(y32.dims(), 393);
-    let g32 = (y32 * &r.to_dtype(DType::F32).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+    let g32 = (y32 * &r.to_dtype(DType::F32).unwrap())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
     let g64 = (y64 * &r).unwrap().sum_all().unwrap().backward().unwrap();
     for (v32, v64) in vars {
         let a = g32.get(v32.as_tensor()).unwrap().to_dtype(DType::F64).unwrap();
@@ -1225,12 +1249,20 @@ fn simd_versions_of_the_fused_kernels_compute_the_same_bits() {
         let got = fused_outputs_and_grads();
         simd::set_cap(u8::MAX);
         assert_eq!(got.len(), base.len());
-        let same = |a: &[f32], b: &[f32]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+        let same =
+            |a: &[f32], b: &[f32]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
         for (i, (g, b)) in got.iter().zip(&base).enumerate() {
             if i >= elementwise {
-                assert!(same(g, b), "SIMD level {level}: element-wise tensor {i} differs from the baseline's");
+                assert!(
+                    same(g, b),
+                    "SIMD level {level}: element-wise tensor {i} differs from the baseline's"
+                );
             } else {
-                let d = g.iter().zip(b).map(|(x, y)| (x - y).abs() / y.abs().max(1.0)).fold(0f32, f32::max);
+                let d = g
+                    .iter()
+                    .zip(b)
+                    .map(|(x, y)| (x - y).abs() / y.abs().max(1.0))
+                    .fold(0f32, f32::max);
                 assert!(d < 1e-5, "SIMD level {level}: tensor {i} is {d} from the baseline's");
             }
         }
@@ -1906,7 +1938,9 @@ fn reference_gemm(
 ) {
     for i in 0..m {
         for j in 0..n {
-            let mut s: f64 = (0..k).map(|p| a[i * a_rs + p * a_cs] as f64 * b[p * b_rs + j * b_cs] as f64).sum();
+            let mut s: f64 = (0..k)
+                .map(|p| a[i * a_rs + p * a_cs] as f64 * b[p * b_rs + j * b_cs] as f64)
+                .sum();
             if epi.accumulate {
                 s += c[i * c_rs + j * c_cs] as f64;
             }
@@ -1933,7 +1967,15 @@ fn sgemm_matches_a_reference_product_for_every_layout_and_epilogue() {
     };
     // Edges of tiles and panels, several k blocks (k > 256), k = 0, and
     // enough rows for the parallel split.
-    let shapes = [(1, 1, 1), (7, 37, 5), (13, 16, 300), (64, 49, 257), (6, 33, 600), (9, 20, 0), (200, 40, 30)];
+    let shapes = [
+        (1, 1, 1),
+        (7, 37, 5),
+        (13, 16, 300),
+        (64, 49, 257),
+        (6, 33, 600),
+        (9, 20, 0),
+        (200, 40, 30),
+    ];
     let mut checked = 0;
     for (si, &(m, n, k)) in shapes.iter().enumerate() {
         let (a, b) = (vals(m * k, 10 + si as u64), vals(k * n, 20 + si as u64));
@@ -1954,7 +1996,11 @@ fn sgemm_matches_a_reference_product_for_every_layout_and_epilogue() {
                 let (mut got, mut want) = (c0.clone(), c0.clone());
                 sgemm::gemm_packed(m, Strided::new(&a, a_s.0, a_s.1), &pb, &mut got, c_s, &epi, parallel);
                 reference_gemm((m, n, k), &a, a_s, &b, b_s, &mut want, c_s, &epi);
-                let err = got.iter().zip(&want).map(|(g, w)| (g - w).abs() / w.abs().max(1.0)).fold(0f32, f32::max);
+                let err = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(g, w)| (g - w).abs() / w.abs().max(1.0))
+                    .fold(0f32, f32::max);
                 assert!(
                     err < 2e-6 * (k as f32).sqrt().max(1.0),
                     "sgemm ({m}, {n}, {k}) A{a_s:?} B{b_s:?} C{c_s:?} {epi:?} parallel {parallel}: error {err}"

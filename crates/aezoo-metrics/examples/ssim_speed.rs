@@ -1,0 +1,35 @@
+//! Times `1 − mean SSIM` of a `codec-mnist` batch (64 images of 28 × 28)
+//! forward and backward: the fused CPU node (`aezoo_nn::ssim`, behind
+//! `ssim`) against the composite of candle ops (`ssim_composite`).
+//!
+//!     CANDLE_BARRIER_POOL_SPIN_LIMIT=100 cargo run --release -p aezoo-metrics --example ssim_speed
+
+use aezoo_metrics::{ssim, ssim_composite, SsimConfig};
+use candle_core::{Device, Result, Tensor, Var};
+use std::time::Instant;
+
+fn main() {
+    aezoo_nn::pool::on_worker(|| {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::rand(0f32, 1.0, (64, 1, 28, 28), &dev).unwrap()).unwrap();
+        let y = Tensor::rand(0f32, 1.0, (64, 1, 28, 28), &dev).unwrap();
+        let paths: [(&str, fn(&Tensor, &Tensor, SsimConfig) -> Result<Tensor>); 2] =
+            [("fused", ssim), ("composite", ssim_composite)];
+        for (name, f) in paths {
+            let (mut tf, mut tb, reps) = (0.0, 0.0, 50);
+            for _ in 0..reps {
+                let t0 = Instant::now();
+                let l = (1.0 - f(x.as_tensor(), &y, SsimConfig::default()).unwrap().mean_all().unwrap()).unwrap();
+                let t1 = Instant::now();
+                let _g = l.backward().unwrap();
+                tf += (t1 - t0).as_secs_f64();
+                tb += t1.elapsed().as_secs_f64();
+            }
+            println!(
+                "{name:<10} forward {:.3} ms  backward {:.3} ms",
+                tf / reps as f64 * 1e3,
+                tb / reps as f64 * 1e3
+            );
+        }
+    });
+}

@@ -1,0 +1,195 @@
+//! Times the forward and backward pass (under a random cotangent) of the
+//! zoo's convolution and linear layers at their training shapes — batch 128
+//! (`vae-conv`, `ae-denoise`) or 64 (`codec-mnist`), f32, all of rayon's
+//! threads, each command on a pool worker and glibc's allocator tuned as the
+//! `aezoo` binary runs them — and prints milliseconds and GFLOP/s (forward
+//! FLOPs, twice that for the backward). The figures in ARCHITECTURE.md's
+//! fast-path table come from it; `AEZOO_NO_SGEMM=1` or `AEZOO_NO_FUSED=1`
+//! times the slower paths.
+//!
+//!     cargo run --release -p aezoo-nn --example layer_speed [vae|denoise|codec]
+
+use aezoo_nn::fused::{self, Act};
+use candle_core::{Device, Tensor, Var};
+use std::time::Instant;
+
+/// Mean forward and backward milliseconds of `f` over `reps` calls.
+fn bench(name: &str, flops_fwd: f64, f: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>, x: &Var, reps: usize) {
+    let r = {
+        let y = f(x.as_tensor()).unwrap();
+        Tensor::randn(0f32, 1.0, y.dims(), &Device::Cpu).unwrap()
+    };
+    for _ in 0..3 {
+        let y = f(x.as_tensor()).unwrap();
+        let _ = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    }
+    let (mut tf, mut tb) = (0.0, 0.0);
+    for _ in 0..reps {
+        let t0 = Instant::now();
+        let y = f(x.as_tensor()).unwrap();
+        let l = (y * &r).unwrap().sum_all().unwrap();
+        let t1 = Instant::now();
+        let _g = l.backward().unwrap();
+        tf += (t1 - t0).as_secs_f64();
+        tb += t1.elapsed().as_secs_f64();
+    }
+    let (tf, tb) = (tf / reps as f64, tb / reps as f64);
+    println!(
+        "{name:<30} fwd {:7.3} ms ({:5.1} GFLOP/s)  bwd {:7.3} ms ({:5.1} GFLOP/s)",
+        tf * 1e3,
+        flops_fwd / tf / 1e9,
+        tb * 1e3,
+        2.0 * flops_fwd / tb / 1e9
+    );
+}
+
+fn main() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; no other thread yet.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+    }
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "100");
+    }
+    let which = std::env::args().nth(1).unwrap_or_default();
+    aezoo_nn::pool::init_global();
+    aezoo_nn::pool::on_worker(|| {
+        fused::flush_denormals();
+        let dev = Device::Cpu;
+        let var = |s: &[usize]| Var::from_tensor(&Tensor::randn(0f32, 0.1, s, &dev).unwrap()).unwrap();
+        let conv = |c: usize, o: usize, k: usize| (var(&[o, c, k, k]), var(&[o]));
+        let flops = |b: usize, o: usize, l: usize, k: usize| 2.0 * (b * o * l * k) as f64;
+        let reps = 20;
+        if which.is_empty() || which == "vae" {
+            let b = 128;
+            let (x, (w, bb)) = (var(&[b, 1, 28, 28]), conv(1, 32, 4));
+            bench(
+                "vae-conv conv 1->32 k4 s2",
+                flops(b, 32, 196, 16),
+                &|x| fused::conv2d(x, w.as_tensor(), bb.as_tensor(), 1, 2, 1, Act::Relu),
+                &x,
+                reps,
+            );
+            let (x, (w, bb)) = (var(&[b, 32, 14, 14]), conv(32, 64, 4));
+            bench(
+                "vae-conv conv 32->64 k4 s2",
+                flops(b, 64, 49, 512),
+                &|x| fused::conv2d(x, w.as_tensor(), bb.as_tensor(), 1, 2, 1, Act::Relu),
+                &x,
+                reps,
+            );
+            let (x, w, bb) = (var(&[b, 64, 7, 7]), var(&[64, 32, 4, 4]), var(&[32]));
+            bench(
+                "vae-conv convT 64->32 k4 s2",
+                flops(b, 64, 49, 512),
+                &|x| fused::conv_transpose2d(x, w.as_tensor(), bb.as_tensor(), 1, 0, 2, 1, Act::Relu),
+                &x,
+                reps,
+            );
+            let (x, w, bb) = (var(&[b, 32, 14, 14]), var(&[32, 1, 4, 4]), var(&[1]));
+            bench(
+                "vae-conv convT 32->1 k4 s2",
+                flops(b, 32, 196, 16),
+                &|x| fused::conv_transpose2d(x, w.as_tensor(), bb.as_tensor(), 1, 0, 2, 1, Act::None),
+                &x,
+                reps,
+            );
+            let (x, w, bb) = (var(&[b, 3136]), var(&[32, 3136]), var(&[32]));
+            bench(
+                "vae-conv linear 3136->32",
+                flops(b, 32, 1, 3136),
+                &|x| fused::linear(x, w.as_tensor(), bb.as_tensor(), Act::None),
+                &x,
+                reps,
+            );
+            let (x, w, bb) = (var(&[b, 16]), var(&[3136, 16]), var(&[3136]));
+            bench(
+                "vae-conv linear 16->3136",
+                flops(b, 3136, 1, 16),
+                &|x| fused::linear(x, w.as_tensor(), bb.as_tensor(), Act::Relu),
+                &x,
+                reps,
+            );
+        }
+        if which.is_empty() || which == "denoise" {
+            let b = 128;
+            let (x, (w, bb)) = (var(&[b, 1, 28, 28]), conv(1, 32, 3));
+            bench(
+                "ae-denoise conv+pool 1->32",
+                flops(b, 32, 784, 9),
+                &|x| fused::conv2d_pool2(x, w.as_tensor(), bb.as_tensor(), 1, 1, 1, Act::Relu),
+                &x,
+                reps,
+            );
+            let (x, (w, bb)) = (var(&[b, 32, 14, 14]), conv(32, 32, 3));
+            bench(
+                "ae-denoise conv+pool 32->32 14",
+                flops(b, 32, 196, 288),
+                &|x| fused::conv2d_pool2(x, w.as_tensor(), bb.as_tensor(), 1, 1, 1, Act::Relu),
+                &x,
+                reps,
+            );
+            bench(
+                "ae-denoise conv 32->32 14x14",
+                flops(b, 32, 196, 288),
+                &|x| fused::conv2d(x, w.as_tensor(), bb.as_tensor(), 1, 1, 1, Act::Relu),
+                &x,
+                reps,
+            );
+            let (x, (w, bb)) = (var(&[b, 32, 28, 28]), conv(32, 32, 3));
+            bench(
+                "ae-denoise conv 32->32 28x28",
+                flops(b, 32, 784, 288),
+                &|x| fused::conv2d(x, w.as_tensor(), bb.as_tensor(), 1, 1, 1, Act::Relu),
+                &x,
+                reps / 2,
+            );
+            let (w, bb) = conv(32, 1, 3);
+            bench(
+                "ae-denoise head 32->1 28x28",
+                flops(b, 1, 784, 288),
+                &|x| fused::conv2d(x, w.as_tensor(), bb.as_tensor(), 1, 1, 1, Act::Sigmoid),
+                &x,
+                reps / 2,
+            );
+        }
+        if which.is_empty() || which == "codec" {
+            let b = 64;
+            let (x, (w, bb)) = (var(&[b, 1, 28, 28]), conv(1, 32, 3));
+            bench(
+                "codec-mnist conv 1->32 k3 s2",
+                flops(b, 32, 196, 9),
+                &|x| fused::conv2d(x, w.as_tensor(), bb.as_tensor(), 1, 2, 1, Act::Relu),
+                &x,
+                reps,
+            );
+            let (x, (w, bb)) = (var(&[b, 32, 14, 14]), conv(32, 64, 3));
+            bench(
+                "codec-mnist conv 32->64 k3 s2",
+                flops(b, 64, 49, 288),
+                &|x| fused::conv2d(x, w.as_tensor(), bb.as_tensor(), 1, 2, 1, Act::Relu),
+                &x,
+                reps,
+            );
+            let (x, w, bb) = (var(&[b, 64, 7, 7]), var(&[64, 32, 3, 3]), var(&[32]));
+            bench(
+                "codec-mnist convT 64->32 k3 s2",
+                flops(b, 64, 49, 288),
+                &|x| fused::conv_transpose2d(x, w.as_tensor(), bb.as_tensor(), 1, 1, 2, 1, Act::Relu),
+                &x,
+                reps,
+            );
+            let (x, w, bb) = (var(&[b, 32, 14, 14]), var(&[32, 1, 3, 3]), var(&[1]));
+            bench(
+                "codec-mnist convT 32->1 k3 s2",
+                flops(b, 32, 196, 9),
+                &|x| fused::conv_transpose2d(x, w.as_tensor(), bb.as_tensor(), 1, 1, 2, 1, Act::Sigmoid),
+                &x,
+                reps,
+            );
+        }
+    });
+}
