@@ -504,40 +504,10 @@ fn init_logging() {
         .init();
 }
 
-/// glibc's allocator returns every large buffer to the kernel on free and
-/// page-faults it back on the next op; tensors of a training step are exactly
-/// that pattern. Keep them in the heap instead (measured: see ARCHITECTURE.md).
-fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator parameters; called before any
-    // other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
-    }
-}
-
-/// candle's CPU thread pool spins 25,000 pauses (~1.7 ms here) after each of
-/// its parallel ops before it parks: on a 2-core machine that spinning
-/// thread takes a core from the fused ops' rayon workers between candle
-/// ops (16 % of `vae-mlp`'s CPU samples). 100 spins keep its hand-off for
-/// back-to-back ops and park it otherwise; an explicit
-/// `CANDLE_BARRIER_POOL_SPIN_LIMIT` wins (measured: ARCHITECTURE.md).
-fn tune_candle_pool() {
-    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
-        // Before any other thread exists (candle reads it when its pool starts).
-        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "100");
-    }
-}
-
 fn main() -> ExitCode {
-    tune_allocator();
-    aezoo_nn::pool::init_global();
-    tune_candle_pool();
-    // Subnormals cost ~100 cycles per op (Adam's moments reach them): flush
-    // them on every compute thread (ARCHITECTURE.md, fast paths).
-    aezoo_nn::fused::flush_denormals();
+    // Allocator, candle's pool, rayon's stacks, subnormals flushed
+    // (ARCHITECTURE.md, fast paths).
+    aezoo_nn::pool::tune_process();
     let cli = Cli::parse();
     init_logging();
     // The whole command runs on a worker of the compute pool, so the

@@ -2,13 +2,14 @@
 //! forward and backward: the fused CPU node (`aezoo_nn::ssim`, behind
 //! `ssim`) against the composite of candle ops (`ssim_composite`).
 //!
-//!     CANDLE_BARRIER_POOL_SPIN_LIMIT=100 cargo run --release -p aezoo-metrics --example ssim_speed
+//!     cargo run --release -p aezoo-metrics --example ssim_speed
 
 use aezoo_metrics::{ssim, ssim_composite, SsimConfig};
 use candle_core::{Device, Result, Tensor, Var};
 use std::time::Instant;
 
 fn main() {
+    aezoo_nn::pool::tune_process();
     aezoo_nn::pool::on_worker(|| {
         let dev = Device::Cpu;
         let x = Var::from_tensor(&Tensor::rand(0f32, 1.0, (64, 1, 28, 28), &dev).unwrap()).unwrap();

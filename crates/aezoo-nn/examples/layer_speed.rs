@@ -1,9 +1,9 @@
 //! Times the forward and backward pass (under a random cotangent) of the
 //! zoo's convolution and linear layers at their training shapes — batch 128
 //! (`vae-conv`, `ae-denoise`) or 64 (`codec-mnist`), f32, all of rayon's
-//! threads, each command on a pool worker and glibc's allocator tuned as the
-//! `aezoo` binary runs them — and prints milliseconds and GFLOP/s (forward
-//! FLOPs, twice that for the backward). The figures in ARCHITECTURE.md's
+//! threads, on a pool worker with the process tuned as the `aezoo` binary
+//! tunes it (`aezoo_nn::pool::tune_process`) — and prints milliseconds and
+//! GFLOP/s (forward FLOPs, twice that for the backward). The figures in ARCHITECTURE.md's
 //! fast-path table come from it; `AEZOO_NO_SGEMM=1` or `AEZOO_NO_FUSED=1`
 //! times the slower paths.
 //!
@@ -44,20 +44,9 @@ fn bench(name: &str, flops_fwd: f64, f: &dyn Fn(&Tensor) -> candle_core::Result<
 }
 
 fn main() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator parameters; no other thread yet.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
-    }
-    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
-        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "100");
-    }
+    aezoo_nn::pool::tune_process();
     let which = std::env::args().nth(1).unwrap_or_default();
-    aezoo_nn::pool::init_global();
     aezoo_nn::pool::on_worker(|| {
-        fused::flush_denormals();
         let dev = Device::Cpu;
         let var = |s: &[usize]| Var::from_tensor(&Tensor::randn(0f32, 0.1, s, &dev).unwrap()).unwrap();
         let conv = |c: usize, o: usize, k: usize| (var(&[o, c, k, k]), var(&[o]));

@@ -1,7 +1,8 @@
-//! Direct convolution of one image, without im2col, for the layers where an
-//! unfolded matrix is mostly overhead: one output channel (a final layer,
-//! whose GEMM is a single row: `ae-denoise`'s head, 32 → 1 on 28 × 28,
-//! batch 128, 5.0 → 3.0 ms forward and 13 → 9.4 ms backward). The image is zero-padded and split into its stride's `s × s`
+//! Convolution without im2col. First, direct kernels for the layers where
+//! an unfolded matrix is mostly overhead: one output channel (a final
+//! layer, whose GEMM is a single row: `ae-denoise`'s head, 32 → 1 on
+//! 28 × 28, batch 128, 5.0 → 3.0 ms forward and 13 → 9.4 ms backward).
+//! The image is zero-padded and split into its stride's `s × s`
 //! phases, each a plane of `hq × wq`; output row `oy` then reads row
 //! `oy + ky/s` of phase `(ky mod s, kx mod s)` from column `kx/s` on. Laid
 //! out with the phases' row length `wq` (the columns past `ow` are junk,
@@ -23,6 +24,10 @@
 //! weight gradient is `weights` with the roles of `x` and `dy` exchanged.
 //! No multiply-add is contracted and the sums run over fixed lanes: every
 //! SIMD version computes the same bits.
+//!
+//! Second, [`Implicit`]: the same padded planes read in place by
+//! [`crate::sgemm`] through a table of tap offsets, for stride-1
+//! convolutions with many channels.
 
 use crate::conv::Geometry;
 use crate::fused::Float;
@@ -95,8 +100,7 @@ impl Planes {
 }
 
 /// `x` (`c` planes of `h × w`) into padded phase planes (`out`, zeroed first).
-pub(crate) fn to_planes<T: Float>(x: &[T], g: &Geometry, p: &Planes, out: &mut Vec<T>) {
-    out.clear();
+fn to_planes<T: Float>(x: &[T], g: &Geometry, p: &Planes, out: &mut Vec<T>) {
     out.resize(p.size(g.c), T::default());
     fill_planes(x, g, p, out);
 }
@@ -184,7 +188,7 @@ fn madd4<T: Float>(acc: &mut [T], srcs: &[&[T]], ws: &[T]) {
 
 multiversion! {
     /// `y (oc, oh, ow) += conv(x (c, h, w), w (oc, c, kh, kw))`.
-    fn forward_kernel<T: Float>(x: &[T], wt: &[T], g: &Geometry, oc: usize, y: &mut [T], scratch: &mut Vec<T>) {
+    pub(crate) fn forward<T: Float>(x: &[T], wt: &[T], g: &Geometry, oc: usize, y: &mut [T], scratch: &mut Vec<T>) {
         let p = Planes::new(g);
         let mut planes = std::mem::take(scratch);
         to_planes(x, g, &p, &mut planes);
@@ -215,7 +219,7 @@ multiversion! {
 
 multiversion! {
     /// `dx (c, h, w) += convᵀ(dy (oc, oh, ow), w)`.
-    fn adjoint_kernel<T: Float>(dy: &[T], wt: &[T], g: &Geometry, oc: usize, dx: &mut [T], scratch: &mut Vec<T>) {
+    pub(crate) fn adjoint<T: Float>(dy: &[T], wt: &[T], g: &Geometry, oc: usize, dx: &mut [T], scratch: &mut Vec<T>) {
         let p = Planes::new(g);
         let mut wide = Vec::new();
         to_wide(dy, g, &p, oc, &mut wide);
@@ -246,7 +250,7 @@ multiversion! {
 multiversion! {
     /// `dw (oc, c, kh, kw) += Σ dy (oc, oh, ow) · shifted x (c, h, w)`, each
     /// tap's sum in 8 lanes.
-    fn weights_kernel<T: Float>(x: &[T], dy: &[T], g: &Geometry, oc: usize, dw: &mut [T], scratch: &mut Vec<T>) {
+    pub(crate) fn weights<T: Float>(x: &[T], dy: &[T], g: &Geometry, oc: usize, dw: &mut [T], scratch: &mut Vec<T>) {
         let p = Planes::new(g);
         let mut planes = std::mem::take(scratch);
         to_planes(x, g, &p, &mut planes);
@@ -287,21 +291,6 @@ multiversion! {
         }
         *scratch = planes;
     }
-}
-
-/// `y += conv(x, w)` for one image (see the module doc).
-pub(crate) fn forward<T: Float>(x: &[T], wt: &[T], g: &Geometry, oc: usize, y: &mut [T], scratch: &mut Vec<T>) {
-    forward_kernel(x, wt, g, oc, y, scratch)
-}
-
-/// `dx += convᵀ(dy, w)` for one image.
-pub(crate) fn adjoint<T: Float>(dy: &[T], wt: &[T], g: &Geometry, oc: usize, dx: &mut [T], scratch: &mut Vec<T>) {
-    adjoint_kernel(dy, wt, g, oc, dx, scratch)
-}
-
-/// `dw += Σ dy · shifted x` for one image.
-pub(crate) fn weights<T: Float>(x: &[T], dy: &[T], g: &Geometry, oc: usize, dw: &mut [T], scratch: &mut Vec<T>) {
-    weights_kernel(x, dy, g, oc, dw, scratch)
 }
 
 // ---------------------------------------------------------------- implicit GEMM (f32)

@@ -778,7 +778,7 @@ fn relu_of<T: Float>(z: T) -> T {
     }
 }
 
-fn contiguous<'a, T: Float>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
+pub(crate) fn contiguous<'a, T: Float>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
     let v = T::slice(s).ok_or_else(|| candle_core::Error::Msg(format!("aezoo fused {what}: dtype mismatch")))?;
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&v[a..b]),
@@ -790,12 +790,13 @@ fn contiguous<'a, T: Float>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result
 macro_rules! by_dtype {
     ($s:expr, $f:ident ( $($arg:expr),* )) => {
         match $s.dtype() {
-            DType::F32 => $f::<f32>($($arg),*),
-            DType::F64 => $f::<f64>($($arg),*),
+            candle_core::DType::F32 => $f::<f32>($($arg),*),
+            candle_core::DType::F64 => $f::<f64>($($arg),*),
             d => candle_core::bail!("aezoo fused ops: unsupported dtype {d:?}"),
         }
     };
 }
+pub(crate) use by_dtype;
 
 // ---------------------------------------------------------------- dz = dy ⊙ act'(y)
 
@@ -1064,8 +1065,8 @@ fn conv_fwd<T: Float>(
     // f32 with AVX2: yᵀ (l×o) = colsᵀ (l×k) · Wᵀ (k×o), `Wᵀ` packed once for
     // every image, the unfolded image read in place, bias and activation in
     // the epilogue, the tiles stored transposed into `y` (o×l).
-    // With stride ≤ 4 not even the unfolded image is written: the GEMM
-    // reads the padded phase planes through a table of tap offsets
+    // At stride 1 not even the unfolded image is written: the GEMM reads
+    // the padded image through a table of tap offsets
     // (`direct::Implicit`), `Wᵀ` in the kernel's own order.
     let implicit = match (T::as_f32(w), !direct && direct::Implicit::suits(&g, o)) {
         (Some(w32), true) => Some((direct::Implicit::new(&g), PackedB::pack(k, o, Strided::new(w32, 1, k)))),
@@ -1092,7 +1093,7 @@ fn conv_fwd<T: Float>(
         return Ok((T::storage(out), shape));
     }
     // Scratch per task: the unfolded image, the pre-pool activations, the
-    // phase-split or channels-last image, the implicit GEMM's planes.
+    // phase-split or channels-last image.
     let run = |(i, (y, arg)): (usize, (&mut [T], Option<&mut [u8]>)),
                (cols, pre, split): &mut (Vec<T>, Vec<T>, Vec<T>)| {
         let full: &mut [T] = if arg.is_some() { &mut pre[..] } else { &mut *y };
@@ -1314,6 +1315,17 @@ fn conv_bwd_implicit(
     )
 }
 
+/// `dst (c × r) = srcᵀ` for `src` of `r` rows of `c` (a kernel gradient
+/// accumulated as dWᵀ back to dW's layout).
+fn transpose_into<T: Copy>(src: &[T], c: usize, dst: &mut [T]) {
+    let r = src.len() / c;
+    for (i, row) in src.chunks_exact(c).enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            dst[j * r + i] = v;
+        }
+    }
+}
+
 /// The sum of the tasks' `(dWᵀ, db)` partial sums.
 fn sum_partials(
     parts: impl ParallelIterator<Item = (Vec<f32>, Vec<f32>)>,
@@ -1414,14 +1426,8 @@ fn conv_bwd<T: Float>(
             dx32,
         );
         // dWᵀ (k×o) → dW (o×k).
-        for (kk, row) in pwt.chunks_exact(o).enumerate() {
-            for (oo, &v) in row.iter().enumerate() {
-                dw[oo * k + kk] = T::from_f64(v as f64);
-            }
-        }
-        for (d, &v) in db.iter_mut().zip(&pb) {
-            *d = T::from_f64(v as f64);
-        }
+        transpose_into(&pwt, o, T::as_f32_mut(dw).expect("f32"));
+        T::as_f32_mut(db).expect("f32").copy_from_slice(&pb);
         drop(argmax);
         let n = packed.len();
         return Ok((T::storage(packed), Shape::from(n)));
@@ -1541,11 +1547,7 @@ fn conv_bwd<T: Float>(
         dw.copy_from_slice(&pw);
     } else if dw_t {
         let mut t = vec![T::default(); o * k];
-        for (kk, row) in pw.chunks_exact(o).enumerate() {
-            for (oo, &v) in row.iter().enumerate() {
-                t[oo * k + kk] = v;
-            }
-        }
+        transpose_into(&pw, o, &mut t);
         dw.copy_from_slice(&u.kernel_back(t, o, &g));
     } else {
         dw.copy_from_slice(&u.kernel_back(pw, o, &g));
@@ -1895,14 +1897,8 @@ fn convt_bwd<T: Float>(
         let y32 = y.map(|y| T::as_f32(y).expect("f32 output"));
         let (pwt, pb) = convt_bwd_implicit((x32, dy32, y32), b, &g, ci, op.act, im, pbw, dx32);
         // dWᵀ (okk×ci) → dW (ci×okk).
-        for (kk, row) in pwt.chunks_exact(ci).enumerate() {
-            for (c, &v) in row.iter().enumerate() {
-                dw[c * okk + kk] = T::from_f64(v as f64);
-            }
-        }
-        for (d, &v) in db.iter_mut().zip(&pb) {
-            *d = T::from_f64(v as f64);
-        }
+        transpose_into(&pwt, ci, T::as_f32_mut(dw).expect("f32"));
+        T::as_f32_mut(db).expect("f32").copy_from_slice(&pb);
         let n = packed.len();
         return Ok((T::storage(packed), Shape::from(n)));
     }

@@ -7,8 +7,9 @@
 //! context switches per region, dozens of regions per training step. From
 //! a worker, a region pushes its jobs on the worker's own deque and works
 //! on them itself while the other workers steal; nobody sleeps. PyTorch
-//! gets the same effect from OpenMP's spinning team. `aezoo bench ae-mlp`:
-//! 55–66k → 73–84k training images/s (ARCHITECTURE.md, fast paths).
+//! gets the same effect from OpenMP's spinning team. `aezoo bench ae-mlp`
+//! against `AEZOO_ON_POOL=0`: 64.6k → 86.6k training images/s
+//! (ARCHITECTURE.md, fast paths).
 
 /// Stack of each worker: candle walks the autograd graph recursively, and a
 /// job that used to run on the main thread (8 MiB) must not find less.
@@ -47,4 +48,36 @@ pub fn on_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 /// Threads of the pool the caller's parallel regions run on.
 pub fn threads() -> usize {
     rayon::current_num_threads()
+}
+
+/// Sets up this process the way aezoo's speed figures are measured; call
+/// it first thing in `main`, before any other thread exists (the `aezoo`
+/// binary and the timing examples do):
+///
+/// - glibc's allocator keeps large buffers in the heap: by default it
+///   returns each to the kernel on free and page-faults it back on the next
+///   op, which a training step's tensors hit every time
+///   (`vae-conv` 724 → 885 training images/s, ARCHITECTURE.md);
+/// - candle's CPU pool spins 100 pauses after an op, not 25,000 (~1.7 ms):
+///   on 2 cores its spinning thread took a core from the rayon workers
+///   (16 % of `vae-mlp`'s CPU samples); a set
+///   `CANDLE_BARRIER_POOL_SPIN_LIMIT` wins;
+/// - rayon's global pool with large stacks ([`init_global`]);
+/// - subnormals flushed on every compute thread
+///   ([`crate::fused::flush_denormals`]).
+pub fn tune_process() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; the caller runs
+    // this before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+    }
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        // Before candle's pool starts (it reads the variable then).
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "100");
+    }
+    init_global();
+    crate::fused::flush_denormals();
 }

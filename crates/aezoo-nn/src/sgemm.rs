@@ -21,7 +21,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use crate::fused::Act;
+use crate::fused::{Act, Float};
 
 /// Rows of `C` in a register tile.
 pub const MR: usize = 6;
@@ -31,7 +31,7 @@ pub const MR: usize = 6;
 /// stored and reloaded, which costs most with a transposed `C`).
 const KC_MAX: usize = 288;
 /// Rows of `A` a task works through per `k` block, kept in L2
-/// (`96 × 256 × 4` bytes).
+/// (`96 × 288 × 4` bytes).
 const MC: usize = 96;
 /// Packing `B` runs on all threads from this many elements.
 const PAR_PACK: usize = 1 << 16;
@@ -350,24 +350,6 @@ pub unsafe fn gemm_packed_raw<'a>(
     }
 }
 
-/// `C (m × n) = epilogue(A (m × k) · B (k × n))`: packs `B`, then
-/// [`gemm_packed`].
-#[allow(clippy::too_many_arguments)]
-pub fn gemm(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: Strided,
-    b: Strided,
-    c: &mut [f32],
-    cs: (usize, usize),
-    epi: &Epilogue,
-    parallel: bool,
-) {
-    let pb = PackedB::pack(k, n, b);
-    gemm_packed(m, a, &pb, c, cs, epi, parallel);
-}
-
 /// Dispatches to the kernels of the level `pb` was packed for.
 ///
 /// # Safety
@@ -463,41 +445,10 @@ unsafe fn blocks<V: Vector>(
     let mut band = rows.start;
     while band < rows.end {
         let band_end = (band + MC).min(rows.end);
-        if k == 0 {
-            // No product: the epilogue of a zero block.
-            for jp in panels.clone() {
-                let mode = Mode {
-                    load: epi.accumulate,
-                    last: true,
-                    row_bias: epi.row_bias,
-                    col_bias: epi.col_bias,
-                    act: epi.act,
-                };
-                let mut i = band;
-                while i < band_end {
-                    let r = MR.min(band_end - i);
-                    // SAFETY: the caller's contract; `kc = 0` reads neither operand.
-                    unsafe {
-                        tile_any::<V>(
-                            r,
-                            0,
-                            [a.data.as_ptr(); MR],
-                            KOff::Stride(0),
-                            pb.data.as_ptr(),
-                            cp,
-                            cs,
-                            i,
-                            jp * nr,
-                            n,
-                            mode,
-                        )
-                    };
-                    i += MR;
-                }
-            }
-        }
+        // The k blocks; a product with k = 0 is one empty block, whose
+        // epilogue still writes C (bias and activation of zero).
         let mut p0 = 0;
-        while p0 < k {
+        loop {
             let len = pb.kc.min(k - p0);
             let mode = Mode {
                 load: p0 > 0 || epi.accumulate,
@@ -518,8 +469,9 @@ unsafe fn blocks<V: Vector>(
                         Index::Stride(cs) => (unsafe { a.data.as_ptr().add(p0 * cs) }, KOff::Stride(cs)),
                         Index::Table(t) => (a.data.as_ptr(), KOff::Table(unsafe { t.as_ptr().add(p0) })),
                     };
+                    // (An empty block reads no row of `A`.)
                     let mut rows = [ap; MR];
-                    for (q, row) in rows.iter_mut().enumerate().take(r) {
+                    for (q, row) in rows.iter_mut().enumerate().take(if len > 0 { r } else { 0 }) {
                         *row = unsafe { ap.add(a.rows.at(i + q)) };
                     }
                     unsafe { tile_any::<V>(r, len, rows, koff, bp, cp, cs, i, jp * nr, n, mode) };
@@ -527,6 +479,9 @@ unsafe fn blocks<V: Vector>(
                 }
             }
             p0 += len;
+            if p0 >= k {
+                break;
+            }
         }
         band = band_end;
     }
@@ -567,8 +522,8 @@ unsafe fn tile_any<V: Vector>(
     // Element (i, j) of the tile in `C`.
     let at = |i: usize, j: usize| i * c_rs + j * c_cs;
     let copy = |to_c: bool, buf: &mut [f32; MR * 32]| {
-        // The loop along C's contiguous side innermost; a transposed `C`
-        // through 8 × 8 register transposes.
+        // A transposed `C` through 8 × 8 register transposes, any other
+        // element by element.
         #[cfg(target_arch = "x86_64")]
         if c_rs == 1 {
             // SAFETY: the tile's elements of `C` are in bounds; AVX2 (the
@@ -576,17 +531,9 @@ unsafe fn tile_any<V: Vector>(
             unsafe { x86::transposed(to_c, buf.as_mut_ptr(), nr, r, cols, c, c_cs) };
             return;
         }
-        if c_rs == 1 {
+        for i in 0..r {
             for j in 0..cols {
-                for i in 0..r {
-                    unsafe { copy_one(to_c, c.add(at(i, j)), &mut buf[i * nr + j]) };
-                }
-            }
-        } else {
-            for i in 0..r {
-                for j in 0..cols {
-                    unsafe { copy_one(to_c, c.add(at(i, j)), &mut buf[i * nr + j]) };
-                }
+                unsafe { copy_one(to_c, c.add(at(i, j)), &mut buf[i * nr + j]) };
             }
         }
     };
@@ -643,9 +590,10 @@ unsafe fn tile_rows<V: Vector>(
 }
 
 /// The register tile: `R` rows × two vectors of `C`, `kc` rank-1 updates
-/// (row `i` of `A` broadcast from `a + i·a_rs + p·a_cs`, a row of the
-/// panel loaded from `b + p·2·LANES`), then the epilogue, storing into `c`
-/// (row stride `c_rs`, full width).
+/// (step `p` of row `i` of `A` broadcast from `a[i]` plus the step's
+/// offset — `p·stride` or `table[p]` — a row of the panel loaded from
+/// `b + p·2·LANES`), then the epilogue, storing into `c` (row stride
+/// `c_rs`, full width).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile<V: Vector, const R: usize>(
@@ -724,9 +672,8 @@ unsafe fn tile<V: Vector, const R: usize>(
             if mode.last && mode.act == Act::Sigmoid {
                 // The fused ops' own sigmoid, element by element on the
                 // stored row (in L1), so every path computes the same bits.
-                let out = std::slice::from_raw_parts_mut(row, 2 * l);
-                for v in out {
-                    *v = 1.0 / (1.0 + crate::fused::exp_f32(-*v));
+                for v in std::slice::from_raw_parts_mut(row, 2 * l) {
+                    *v = v.sigmoid();
                 }
             }
         }

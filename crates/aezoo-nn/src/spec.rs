@@ -691,24 +691,27 @@ impl Module for Sequential {
         // applied in the layer's epilogue and its gradient inside the
         // layer's backward, instead of a pass and a tensor of its own.
         let mut x = xs.clone();
-        let mut i = 0;
-        while i < self.layers.len() {
-            let act = match self.layers.get(i + 1) {
+        let mut layers = self.layers.iter().peekable();
+        while let Some(layer) = layers.next() {
+            let act = match layers.peek() {
                 Some(Layer::ReLU) => Some(Act::Relu),
                 Some(Layer::Sigmoid) => Some(Act::Sigmoid),
                 _ => None,
             };
-            x = match (&self.layers[i], act) {
-                (Layer::Conv2d(m), Some(a)) => m.forward_act(&x, a)?,
-                (Layer::ConvT2d(m), Some(a)) => m.forward_act(&x, a)?,
-                (Layer::Linear(m), Some(a)) => m.forward_act(&x, a)?,
-                (l, _) => {
-                    i += 1;
-                    x = l.forward(&x)?;
-                    continue;
-                }
+            let fused = match (layer, act) {
+                (Layer::Conv2d(m), Some(a)) => Some(m.forward_act(&x, a)?),
+                (Layer::ConvT2d(m), Some(a)) => Some(m.forward_act(&x, a)?),
+                (Layer::Linear(m), Some(a)) => Some(m.forward_act(&x, a)?),
+                _ => None,
             };
-            i += 2;
+            x = match fused {
+                Some(y) => {
+                    // The activation ran inside the layer: skip it.
+                    layers.next();
+                    y
+                }
+                None => layer.forward(&x)?,
+            };
         }
         Ok(x)
     }

@@ -20,7 +20,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::fused::Float;
+use crate::fused::{by_dtype, contiguous, Float};
 
 /// The window and constants of one SSIM.
 #[derive(Clone, Debug)]
@@ -54,28 +54,21 @@ fn dims(l: &Layout) -> Result<(usize, usize, usize, usize)> {
     l.shape().dims4()
 }
 
-fn slice<'a, T: Float>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    let v = T::slice(s).ok_or_else(|| candle_core::Error::Msg("aezoo ssim: dtype mismatch".into()))?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("aezoo ssim: inputs must be contiguous"),
-    }
-}
-
 /// The five moment maps of one plane, each `oh × ow`: `m_x, m_y, m_xx,
-/// m_yy, m_xy`. `rows` is scratch for the horizontal pass (`5·h·ow`).
+/// m_yy, m_xy`. `rows` is scratch for the horizontal pass (`5·h·ow`) and
+/// one row's five signals (`5·w`).
 fn moments<T: Float>(x: &[T], y: &[T], h: usize, w: usize, win: &[T], rows: &mut Vec<T>, out: &mut [Vec<T>; 5]) {
     let k = win.len();
     let (oh, ow) = (h - k + 1, w - k + 1);
     rows.clear();
-    rows.resize(5 * h * ow, T::default());
+    rows.resize(5 * h * ow + 5 * w, T::default());
     let (rx, rest) = rows.split_at_mut(h * ow);
     let (ry, rest) = rest.split_at_mut(h * ow);
     let (rxx, rest) = rest.split_at_mut(h * ow);
-    let (ryy, rxy) = rest.split_at_mut(h * ow);
-    // The five signals of one row, then each filtered tap by tap (the loop
-    // over output columns innermost, so it vectorises).
-    let mut sig = vec![T::default(); 5 * w];
+    let (ryy, rest) = rest.split_at_mut(h * ow);
+    let (rxy, sig) = rest.split_at_mut(h * ow);
+    // The five signals of one row (`sig`), then each filtered tap by tap
+    // (the loop over output columns innermost, so it vectorises).
     for r in 0..h {
         let (xr, yr) = (&x[r * w..(r + 1) * w], &y[r * w..(r + 1) * w]);
         for j in 0..w {
@@ -138,7 +131,7 @@ fn window<T: Float>(win: &[f64]) -> Vec<T> {
 
 fn fwd<T: Float>(op: &Ssim, x: &CpuStorage, lx: &Layout, y: &CpuStorage, ly: &Layout) -> Result<(CpuStorage, Shape)> {
     let (b, c, h, w) = dims(lx)?;
-    let (x, y) = (slice::<T>(x, lx)?, slice::<T>(y, ly)?);
+    let (x, y) = (contiguous::<T>(x, lx, "ssim")?, contiguous::<T>(y, ly, "ssim")?);
     let win = window::<T>(&op.win);
     let plane = h * w;
     let n = ((h - win.len() + 1) * (w - win.len() + 1)) as f64;
@@ -202,7 +195,11 @@ fn bwd<T: Float>(
     lg: &Layout,
 ) -> Result<(CpuStorage, Shape)> {
     let (b, c, h, w) = dims(lx)?;
-    let (x, y, g) = (slice::<T>(x, lx)?, slice::<T>(y, ly)?, slice::<T>(g, lg)?);
+    let (x, y, g) = (
+        contiguous::<T>(x, lx, "ssim-grad")?,
+        contiguous::<T>(y, ly, "ssim-grad")?,
+        contiguous::<T>(g, lg, "ssim-grad")?,
+    );
     if g.len() != b * c {
         candle_core::bail!("aezoo ssim: the gradient has {} values for {} planes", g.len(), b * c);
     }
@@ -264,16 +261,6 @@ fn bwd<T: Float>(
         );
     let len = packed.len();
     Ok((T::storage(packed), Shape::from(len)))
-}
-
-macro_rules! by_dtype {
-    ($s:expr, $f:ident ( $($arg:expr),* )) => {
-        match $s.dtype() {
-            candle_core::DType::F32 => $f::<f32>($($arg),*),
-            candle_core::DType::F64 => $f::<f64>($($arg),*),
-            d => candle_core::bail!("aezoo ssim: unsupported dtype {d:?}"),
-        }
-    };
 }
 
 impl CustomOp2 for Ssim {
