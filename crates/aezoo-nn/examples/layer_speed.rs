@@ -2,8 +2,8 @@
 //! zoo's convolution and linear layers at their training shapes — batch 128
 //! (`vae-conv`, `ae-denoise`) or 64 (`codec-mnist`), f32, all of rayon's
 //! threads, on a pool worker with the process tuned as the `aezoo` binary
-//! tunes it (`aezoo_nn::pool::tune_process`) — and prints milliseconds and
-//! GFLOP/s (forward FLOPs, twice that for the backward). The figures in ARCHITECTURE.md's
+//! tunes it (`aezoo_nn::pool::tune_process`) — and prints the median
+//! milliseconds and GFLOP/s (forward FLOPs, twice that for the backward). The figures in ARCHITECTURE.md's
 //! fast-path table come from it; `AEZOO_NO_SGEMM=1` or `AEZOO_NO_FUSED=1`
 //! times the slower paths.
 //!
@@ -23,17 +23,22 @@ fn bench(name: &str, flops_fwd: f64, f: &dyn Fn(&Tensor) -> candle_core::Result<
         let y = f(x.as_tensor()).unwrap();
         let _ = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
     }
-    let (mut tf, mut tb) = (0.0, 0.0);
+    let (mut tf, mut tb) = (Vec::new(), Vec::new());
     for _ in 0..reps {
         let t0 = Instant::now();
         let y = f(x.as_tensor()).unwrap();
         let l = (y * &r).unwrap().sum_all().unwrap();
         let t1 = Instant::now();
         let _g = l.backward().unwrap();
-        tf += (t1 - t0).as_secs_f64();
-        tb += t1.elapsed().as_secs_f64();
+        tf.push((t1 - t0).as_secs_f64());
+        tb.push(t1.elapsed().as_secs_f64());
     }
-    let (tf, tb) = (tf / reps as f64, tb / reps as f64);
+    // Medians: a shared machine's interference only slows single calls.
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (tf, tb) = (median(tf), median(tb));
     println!(
         "{name:<30} fwd {:7.3} ms ({:5.1} GFLOP/s)  bwd {:7.3} ms ({:5.1} GFLOP/s)",
         tf * 1e3,
@@ -144,6 +149,67 @@ fn main() {
                 &x,
                 reps / 2,
             );
+        }
+        if which.is_empty() || which == "mlp" {
+            // ae-mlp's inference chain at the bench's batch of 1000, forward only.
+            let b = 1000;
+            let dims = [
+                (784, 128, Act::Relu),
+                (128, 64, Act::None),
+                (64, 128, Act::Relu),
+                (128, 784, Act::Sigmoid),
+            ];
+            let extra = [(128, 784, Act::None), (128, 784, Act::Relu)];
+            let layers: Vec<_> = dims.iter().map(|&(i, o, a)| (var(&[o, i]), var(&[o]), a)).collect();
+            let x = Tensor::rand(0f32, 1.0, (b, 784), &dev).unwrap();
+            let total: f64 = dims.iter().map(|&(i, o, _)| 2.0 * (b * i * o) as f64).sum();
+            let chain = |x: &Tensor| {
+                let mut h = x.clone();
+                for (w, bb, a) in &layers {
+                    h = fused::linear(&h, w.as_tensor(), bb.as_tensor(), *a).unwrap();
+                }
+                h
+            };
+            for _ in 0..20 {
+                chain(&x);
+            }
+            let reps = 400;
+            let t0 = Instant::now();
+            for _ in 0..reps {
+                chain(&x);
+            }
+            let t = t0.elapsed().as_secs_f64() / reps as f64;
+            println!(
+                "{:<30} fwd {:7.3} ms ({:5.1} GFLOP/s, {:.0} img/s)",
+                "ae-mlp chain n=1000",
+                t * 1e3,
+                total / t / 1e9,
+                b as f64 / t
+            );
+            {
+                let xi = Tensor::rand(0f32, 1.0, (b, 784), &dev).unwrap();
+                let t0 = Instant::now();
+                for _ in 0..reps {
+                    fused::sigmoid(&xi).unwrap();
+                }
+                let t = t0.elapsed().as_secs_f64() / reps as f64;
+                println!("{:<30} fwd {:7.3} ms", "  sigmoid 1000x784", t * 1e3);
+            }
+            for &(i, o, a) in dims.iter().chain(&extra) {
+                let (w, bb) = (var(&[o, i]), var(&[o]));
+                let xi = Tensor::rand(0f32, 1.0, (b, i), &dev).unwrap();
+                let t0 = Instant::now();
+                for _ in 0..reps {
+                    fused::linear(&xi, w.as_tensor(), bb.as_tensor(), a).unwrap();
+                }
+                let t = t0.elapsed().as_secs_f64() / reps as f64;
+                println!(
+                    "{:<30} fwd {:7.3} ms ({:5.1} GFLOP/s)",
+                    format!("  linear {i}->{o} {a:?}"),
+                    t * 1e3,
+                    2.0 * (b * i * o) as f64 / t / 1e9
+                );
+            }
         }
         if which.is_empty() || which == "codec" {
             let b = 64;

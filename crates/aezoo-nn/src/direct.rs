@@ -296,28 +296,31 @@ multiversion! {
 // ---------------------------------------------------------------- implicit GEMM (f32)
 
 /// A convolution as a GEMM over the padded phase planes read in place
-/// (f32, [`crate::sgemm`]): row `l` of `colsᵀ` is wide output pixel
-/// `l = oy·wq + ox`, column `kidx = (c, ky, kx)` the tap offset
-/// `koff[kidx]` — the unfolded matrix is never written. The wide outputs'
-/// junk columns (`ox ≥ ow`) are dropped on the way out; in the weight
-/// gradient their `dy` is zero.
+/// (f32, [`crate::sgemm`]): row `(i, l)` of `colsᵀ` is output pixel `l =
+/// oy·ow + ox` of image `i`, read from offset `i·planes + oy·wq + ox` (a
+/// table: no junk columns past `ow`, at any stride), column `kidx = (c,
+/// ky, kx)` the tap offset `koff[kidx]` — the unfolded matrix is never
+/// written.
 pub(crate) struct Implicit {
     planes: Planes,
     /// Tap offsets in the kernel's `(c, ky, kx)` order.
     koff: Vec<usize>,
-    /// Wide output pixels, `oh·wq`.
+    /// Output pixels, `oh·ow`.
     m: usize,
+    /// Where output pixel `l` reads in one image's planes (`oy·wq + ox`).
+    pix: Vec<usize>,
 }
 
 /// Per-task buffers of [`Implicit`].
 #[derive(Default)]
 pub(crate) struct ImplicitScratch {
     planes: Vec<f32>,
+    /// A product's `C` or `B` in `(oc, n, l)` order.
     wide: Vec<f32>,
-    /// Offsets of the wide pixels of a chunk of images (rows of `colsᵀ`,
+    /// Offsets of the output pixels of a chunk of images (rows of `colsᵀ`,
     /// or the `k` steps of the weight gradient), for `key`.
     pixels: Vec<usize>,
-    key: (usize, usize, usize),
+    key: (usize, usize, usize, usize),
 }
 
 impl ImplicitScratch {
@@ -330,11 +333,12 @@ impl ImplicitScratch {
         }
     }
 
-    /// `pixels[i·m + l] = i·per_image + l`: wide pixel `l` of image `i`.
-    fn pixels_of(&mut self, n: usize, m: usize, per: usize) {
-        if self.key != (n, m, per) {
-            self.pixels = (0..n).flat_map(|i| (0..m).map(move |l| i * per + l)).collect();
-            self.key = (n, m, per);
+    /// `pixels[i·m + l] = i·per_image + pix[l]`: pixel `l` of image `i`.
+    fn pixels_of(&mut self, n: usize, im: &Implicit, per: usize) {
+        let key = (n, im.m, per, im.planes.wq);
+        if self.key != key {
+            self.pixels = (0..n).flat_map(|i| im.pix.iter().map(move |&l| i * per + l)).collect();
+            self.key = key;
         }
     }
 }
@@ -342,10 +346,10 @@ impl ImplicitScratch {
 impl Implicit {
     /// Whether `g` takes the implicit GEMM with `oc` outputs: stride and
     /// dilation 1, at least 16 outputs (a full panel) and `K ≥ 64`. (At
-    /// stride 2 on 7 × 7 maps — `vae-conv`, `codec-mnist` — unfolding
-    /// was as fast or faster: `codec-mnist`'s second conv 1.2 against
-    /// 1.5 ms forward, batch 64; the planes and crops of small maps cost
-    /// what the unfolding saved.)
+    /// stride 2 the planes serve too, but on `vae-conv`'s 14 → 7 conv
+    /// unfolding was faster: 3.1–3.5 against 3.6 ms forward, the backward
+    /// even, `layer_speed vae`; a tap's pixels there sit in another phase
+    /// plane from the next tap's, where an unfolded row is contiguous.)
     pub(crate) fn suits(g: &Geometry, oc: usize) -> bool {
         g.dilation == 1 && g.stride == 1 && oc >= 16 && g.c * g.kh * g.kw >= 64 && crate::sgemm::available()
     }
@@ -356,16 +360,20 @@ impl Implicit {
             .flat_map(|c| (0..g.kh).flat_map(move |ky| (0..g.kw).map(move |kx| (c, ky, kx))))
             .map(|(c, ky, kx)| planes.tap(c, ky, kx))
             .collect();
+        let pix = (0..g.oh)
+            .flat_map(|oy| (0..g.ow).map(move |ox| oy * planes.wq + ox))
+            .collect();
         Self {
             planes,
             koff,
-            m: g.oh * planes.wq,
+            m: g.oh * g.ow,
+            pix,
         }
     }
 
-    /// Images per product for a batch of `b` on `threads`: about 512 wide
-    /// pixels (small maps fill whole tiles and share each packed panel),
-    /// and at least one chunk per thread.
+    /// Images per product for a batch of `b` on `threads`: about 512
+    /// output pixels (small maps fill whole tiles and share each packed
+    /// panel), and at least one chunk per thread.
     pub(crate) fn chunk(&self, b: usize, threads: usize) -> usize {
         (512 / self.m).clamp(1, b.div_ceil(threads.max(1)).max(1))
     }
@@ -386,11 +394,11 @@ impl Implicit {
         out: &mut [f32],
     ) {
         use crate::sgemm::{self, Epilogue, Index, Lhs};
-        let (oc, m, wq) = (wt.n(), self.m, self.planes.wq);
+        let (oc, m) = (wt.n(), self.m);
         sc.planes_of(xs, n, g, &self.planes);
         let mut wide = std::mem::take(&mut sc.wide);
         wide.resize(oc * n * m, 0.0);
-        sc.pixels_of(n, m, self.planes.size(g.c));
+        sc.pixels_of(n, self, self.planes.size(g.c));
         let a = Lhs {
             data: &sc.planes,
             rows: Index::Table(&sc.pixels),
@@ -401,14 +409,11 @@ impl Implicit {
             act,
             ..Epilogue::default()
         };
-        // The wide yᵀ (n·m × oc), stored transposed: (oc, n, oh, wq).
+        // yᵀ (n·m × oc), stored transposed: (oc, n, m), then (n, oc, m).
         sgemm::gemm_packed(n * m, a, wt, &mut wide, (1, n * m), &epi, parallel);
-        for (img, y) in out.chunks_exact_mut(oc * g.oh * g.ow).enumerate() {
-            for (o, plane) in y.chunks_exact_mut(g.oh * g.ow).enumerate() {
-                for oy in 0..g.oh {
-                    let at = (o * n + img) * m + oy * wq;
-                    plane[oy * g.ow..(oy + 1) * g.ow].copy_from_slice(&wide[at..at + g.ow]);
-                }
+        for (img, y) in out.chunks_exact_mut(oc * m).enumerate() {
+            for (o, plane) in y.chunks_exact_mut(m).enumerate() {
+                plane.copy_from_slice(&wide[(o * n + img) * m..(o * n + img + 1) * m]);
             }
         }
         sc.wide = wide;
@@ -429,22 +434,18 @@ impl Implicit {
         dwt: &mut [f32],
     ) {
         use crate::sgemm::{self, Epilogue, Index, Lhs, PackedB, Strided};
-        let (m, wq) = (self.m, self.planes.wq);
+        let m = self.m;
         sc.planes_of(xs, n, g, &self.planes);
-        // dy wide, (oc, n, oh, wq), the junk columns zero.
-        sc.wide.clear();
+        // dy as (oc, n, m).
         sc.wide.resize(oc * n * m, 0.0);
-        for (img, dy) in dys.chunks_exact(oc * g.oh * g.ow).enumerate() {
-            for (o, plane) in dy.chunks_exact(g.oh * g.ow).enumerate() {
-                for oy in 0..g.oh {
-                    let at = (o * n + img) * m + oy * wq;
-                    sc.wide[at..at + g.ow].copy_from_slice(&plane[oy * g.ow..(oy + 1) * g.ow]);
-                }
+        for (img, dy) in dys.chunks_exact(oc * m).enumerate() {
+            for (o, plane) in dy.chunks_exact(m).enumerate() {
+                sc.wide[(o * n + img) * m..(o * n + img + 1) * m].copy_from_slice(plane);
             }
         }
-        // B = dy_wideᵀ (n·m × oc).
+        // B = dyᵀ (n·m × oc).
         let pb = PackedB::pack(n * m, oc, Strided::new(&sc.wide, 1, n * m));
-        sc.pixels_of(n, m, self.planes.size(g.c));
+        sc.pixels_of(n, self, self.planes.size(g.c));
         let a = Lhs {
             data: &sc.planes,
             rows: Index::Table(&self.koff),

@@ -1223,7 +1223,7 @@ fn conv_bwd_implicit(
     argmax: &[u8],
     im: &direct::Implicit,
     imp_x: Option<&FlippedConv>,
-    (u, wk): (&Unfold, &[f32]),
+    (u, wk, wk_rows): (&Unfold, &[f32], Option<&PackedB>),
     dx: &mut [f32],
 ) -> (Vec<f32>, Vec<f32>) {
     let (k, l, img, pl) = (g.c * g.kh * g.kw, g.oh * g.ow, g.c * g.h * g.w, cfg.out_plane(g));
@@ -1282,21 +1282,23 @@ fn conv_bwd_implicit(
                 None => {
                     dcols.resize(k * l, 0.0);
                     let par = if inner { lin_par() } else { Parallelism::None };
+                    let kl = u.kl();
                     for j in 0..n {
-                        // dcols (k×l) = Wᵀ (k×o) · dz_j (o×l)
-                        gemm(
-                            k,
-                            l,
-                            o,
-                            dcols,
-                            u.kl(),
-                            false,
-                            wk,
-                            (1, k),
-                            &dz[j * o * l..(j + 1) * o * l],
-                            (l, 1),
-                            par,
-                        );
+                        let dzj = &dz[j * o * l..(j + 1) * o * l];
+                        match wk_rows {
+                            // dcolsᵀ (l×k) = dz_jᵀ (l×o) · W (o×k), `W` packed once.
+                            Some(pbw) => sgemm::gemm_packed(
+                                l,
+                                Strided::new(dzj, 1, l),
+                                pbw,
+                                dcols,
+                                (kl.1, kl.0),
+                                &Epilogue::default(),
+                                inner,
+                            ),
+                            // dcols (k×l) = Wᵀ (k×o) · dz_j (o×l)
+                            None => gemm(k, l, o, dcols, kl, false, wk, (1, k), dzj, (l, 1), par),
+                        }
                         u.fold(dcols, g, &mut dxc[j * img..(j + 1) * img], split);
                     }
                 }
@@ -1409,6 +1411,14 @@ fn conv_bwd<T: Float>(
         }
         _ => None,
     };
+    // f32 with AVX2: the kernel packed once as the B of every image's dx
+    // (`dcolsᵀ = dzᵀ · W`), where dx is unfolded.
+    let wk_rows = match T::as_f32(&wk) {
+        Some(w32) if grad.need_dx && sgemm::available() && k >= 16 => {
+            Some(PackedB::pack(o, k, Strided::new(w32, k, 1)))
+        }
+        _ => None,
+    };
     if let (Some(im), Some(x32), Some(dy32), Some(wk32), Some(dx32)) =
         (&imp_w, T::as_f32(x), T::as_f32(dy), T::as_f32(&wk), T::as_f32_mut(dx))
     {
@@ -1422,7 +1432,7 @@ fn conv_bwd<T: Float>(
             &argmax,
             im,
             imp_x.as_ref(),
-            (&u, wk32),
+            (&u, wk32, wk_rows.as_ref()),
             dx32,
         );
         // dWᵀ (k×o) → dW (o×k).
@@ -1435,12 +1445,6 @@ fn conv_bwd<T: Float>(
     // f32 with AVX2: dWᵀ (k×o) accumulated by sgemm (`pw` holds it
     // transposed), and the kernel packed once as the B of every image's dx.
     let dw_t = T::as_f32(w).is_some() && !direct && o >= 16 && sgemm::available();
-    let wk_rows = match T::as_f32(&wk) {
-        Some(w32) if grad.need_dx && sgemm::available() && k >= 16 => {
-            Some(PackedB::pack(o, k, Strided::new(w32, k, 1)))
-        }
-        _ => None,
-    };
     // Per task: (dW, db) partial sums and the scratch matrices.
     type Acc<T> = (Vec<T>, Vec<T>, Vec<T>, Vec<T>, Vec<T>, Vec<T>);
     let work = |(i, dxi): (usize, Option<&mut [T]>), acc: &mut Acc<T>| {

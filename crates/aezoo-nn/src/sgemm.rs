@@ -21,7 +21,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use crate::fused::{Act, Float};
+use crate::fused::Act;
 
 /// Rows of `C` in a register tile.
 pub const MR: usize = 6;
@@ -645,36 +645,79 @@ unsafe fn tile<V: Vector, const R: usize>(
                 }
             }
         }
-        for i in 0..R {
+        for (i, acc) in acc.iter_mut().enumerate() {
             let row = c.add(i * c_rs);
-            let (mut v0, mut v1) = (acc[i][0], acc[i][1]);
             if mode.load {
-                v0 = V::load(row).add(v0);
-                v1 = V::load(row.add(l)).add(v1);
+                acc[0] = V::load(row).add(acc[0]);
+                acc[1] = V::load(row.add(l)).add(acc[1]);
             }
             if mode.last {
                 if let Some(bias) = row_bias {
                     let s = V::set1(bias[i]);
-                    v0 = v0.add(s);
-                    v1 = v1.add(s);
+                    acc[0] = acc[0].add(s);
+                    acc[1] = acc[1].add(s);
                 }
                 if let Some(bias) = col_bias {
-                    v0 = v0.add(V::load(bias.as_ptr()));
-                    v1 = v1.add(V::load(bias.as_ptr().add(l)));
+                    acc[0] = acc[0].add(V::load(bias.as_ptr()));
+                    acc[1] = acc[1].add(V::load(bias.as_ptr().add(l)));
                 }
                 if mode.act == Act::Relu {
-                    v0 = v0.relu();
-                    v1 = v1.relu();
+                    acc[0] = acc[0].relu();
+                    acc[1] = acc[1].relu();
                 }
             }
-            v0.store(row);
-            v1.store(row.add(l));
-            if mode.last && mode.act == Act::Sigmoid {
-                // The fused ops' own sigmoid, element by element on the
-                // stored row (in L1), so every path computes the same bits.
-                for v in std::slice::from_raw_parts_mut(row, 2 * l) {
-                    *v = v.sigmoid();
+        }
+        if mode.last && mode.act == Act::Sigmoid {
+            sigmoid(&mut acc);
+        }
+        for (i, acc) in acc.iter().enumerate() {
+            let row = c.add(i * c_rs);
+            acc[0].store(row);
+            acc[1].store(row.add(l));
+        }
+    }
+}
+
+/// `σ(x) = 1 / (1 + e^−x)` for every lane of a tile, the operations of
+/// [`crate::fused::exp_f32`] and `Float::sigmoid` one by one (no fused
+/// multiply-adds), so it gives their bits. Each step runs over the whole
+/// tile before the next, so the tile's independent chains (about 80 cycles
+/// of latency each) overlap: row by row, the sigmoid cost a third of a
+/// 128 → 784 layer.
+#[inline(always)]
+unsafe fn sigmoid<V: Vector, const R: usize>(tile: &mut [[V; 2]; R]) {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0;
+    // SAFETY: the vector operations of the kernel's instruction set.
+    unsafe {
+        let c = |v: f32| V::set1(v);
+        let mut t = *tile;
+        let mut r = *tile;
+        // x = clamp(−x); t = x·log₂e + round; r = x − n·ln2 (n = t − round).
+        for i in 0..R {
+            for j in 0..2 {
+                let x = tile[i][j].neg().clamp(-87.0, 88.0);
+                t[i][j] = x.mul(c(LOG2E)).add(c(ROUND));
+                let n = t[i][j].sub(c(ROUND));
+                r[i][j] = x.sub(n.mul(c(LN2_HI))).sub(n.mul(c(LN2_LO)));
+                tile[i][j] = r[i][j].mul(c(1.0 / 5040.0));
+            }
+        }
+        // p = r·(1 + r·(½ + … r/5040)), Horner from the inside.
+        for k in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0] {
+            for i in 0..R {
+                for j in 0..2 {
+                    tile[i][j] = r[i][j].mul(c(k).add(tile[i][j]));
                 }
+            }
+        }
+        // e^−x = (1 + p)·2ⁿ, σ = 1 / (1 + e^−x).
+        for i in 0..R {
+            for j in 0..2 {
+                let e = c(1.0).add(tile[i][j]).mul(t[i][j].pow2_of_rounded(ROUND.to_bits()));
+                tile[i][j] = c(1.0).div(c(1.0).add(e));
             }
         }
     }
@@ -694,6 +737,16 @@ trait Vector: Copy {
     unsafe fn add(self, o: Self) -> Self;
     /// `max(x, 0)` with NaN → 0 (as `fused::relu_of`).
     unsafe fn relu(self) -> Self;
+    unsafe fn sub(self, o: Self) -> Self;
+    unsafe fn mul(self, o: Self) -> Self;
+    unsafe fn div(self, o: Self) -> Self;
+    /// `−x` (the sign bit flipped).
+    unsafe fn neg(self) -> Self;
+    /// `f32::clamp` lane by lane (NaN stays NaN).
+    unsafe fn clamp(self, lo: f32, hi: f32) -> Self;
+    /// `2ⁿ` from `t = n + round` (bits `round_bits + n`): `(bits(t) −
+    /// round_bits + 127) << 23` as integers, wrapping.
+    unsafe fn pow2_of_rounded(self, round_bits: u32) -> Self;
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -881,6 +934,46 @@ mod x86 {
             // SAFETY: AVX.
             unsafe { V8(_mm256_max_ps(self.0, _mm256_setzero_ps())) }
         }
+        #[inline(always)]
+        unsafe fn sub(self, o: Self) -> Self {
+            // SAFETY: AVX.
+            unsafe { V8(_mm256_sub_ps(self.0, o.0)) }
+        }
+        #[inline(always)]
+        unsafe fn mul(self, o: Self) -> Self {
+            // SAFETY: AVX.
+            unsafe { V8(_mm256_mul_ps(self.0, o.0)) }
+        }
+        #[inline(always)]
+        unsafe fn div(self, o: Self) -> Self {
+            // SAFETY: AVX.
+            unsafe { V8(_mm256_div_ps(self.0, o.0)) }
+        }
+        #[inline(always)]
+        unsafe fn neg(self) -> Self {
+            // SAFETY: AVX.
+            unsafe { V8(_mm256_xor_ps(self.0, _mm256_set1_ps(-0.0))) }
+        }
+        #[inline(always)]
+        unsafe fn clamp(self, lo: f32, hi: f32) -> Self {
+            // `max_ps`/`min_ps` return the second operand when one is NaN.
+            // SAFETY: AVX.
+            unsafe {
+                V8(_mm256_min_ps(
+                    _mm256_set1_ps(hi),
+                    _mm256_max_ps(_mm256_set1_ps(lo), self.0),
+                ))
+            }
+        }
+        #[inline(always)]
+        unsafe fn pow2_of_rounded(self, round_bits: u32) -> Self {
+            // SAFETY: AVX2.
+            unsafe {
+                let bits = _mm256_sub_epi32(_mm256_castps_si256(self.0), _mm256_set1_epi32(round_bits as i32));
+                let bits = _mm256_add_epi32(bits, _mm256_set1_epi32(127));
+                V8(_mm256_castsi256_ps(_mm256_slli_epi32::<23>(bits)))
+            }
+        }
     }
 
     /// AVX-512: 16 lanes.
@@ -930,6 +1023,51 @@ mod x86 {
             // As V8: the second operand for NaN and for ±0.
             // SAFETY: AVX-512F.
             unsafe { V16(_mm512_max_ps(self.0, _mm512_setzero_ps())) }
+        }
+        #[inline(always)]
+        unsafe fn sub(self, o: Self) -> Self {
+            // SAFETY: AVX-512F.
+            unsafe { V16(_mm512_sub_ps(self.0, o.0)) }
+        }
+        #[inline(always)]
+        unsafe fn mul(self, o: Self) -> Self {
+            // SAFETY: AVX-512F.
+            unsafe { V16(_mm512_mul_ps(self.0, o.0)) }
+        }
+        #[inline(always)]
+        unsafe fn div(self, o: Self) -> Self {
+            // SAFETY: AVX-512F.
+            unsafe { V16(_mm512_div_ps(self.0, o.0)) }
+        }
+        #[inline(always)]
+        unsafe fn neg(self) -> Self {
+            // SAFETY: AVX-512F.
+            unsafe {
+                V16(_mm512_castsi512_ps(_mm512_xor_si512(
+                    _mm512_castps_si512(self.0),
+                    _mm512_set1_epi32(i32::MIN),
+                )))
+            }
+        }
+        #[inline(always)]
+        unsafe fn clamp(self, lo: f32, hi: f32) -> Self {
+            // As V8: the second operand when one is NaN.
+            // SAFETY: AVX-512F.
+            unsafe {
+                V16(_mm512_min_ps(
+                    _mm512_set1_ps(hi),
+                    _mm512_max_ps(_mm512_set1_ps(lo), self.0),
+                ))
+            }
+        }
+        #[inline(always)]
+        unsafe fn pow2_of_rounded(self, round_bits: u32) -> Self {
+            // SAFETY: AVX-512F.
+            unsafe {
+                let bits = _mm512_sub_epi32(_mm512_castps_si512(self.0), _mm512_set1_epi32(round_bits as i32));
+                let bits = _mm512_add_epi32(bits, _mm512_set1_epi32(127));
+                V16(_mm512_castsi512_ps(_mm512_slli_epi32::<23>(bits)))
+            }
         }
     }
 }

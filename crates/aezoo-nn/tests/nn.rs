@@ -1051,6 +1051,11 @@ fn f32_convs_through_sgemm_match_the_f64_composite() {
         (3, 8, 16, 9, 8, 3, 1, 1),
         (2, 4, 32, 10, 11, 4, 2, 1),
         (1, 16, 24, 6, 6, 3, 2, 1),
+        // Sixteen or more inputs at stride 2–4: dx (and the transposed
+        // conv's forward) in the sub-pixel form, classes of unequal taps,
+        // odd sizes, and (k < s) classes without taps.
+        (2, 16, 16, 9, 7, 4, 2, 1),
+        (1, 16, 16, 8, 8, 2, 3, 0),
     ] {
         let (x, wt, bias) = (u(&[b, c, h, w], 390), u(&[o, c, k, k], 391), u(&[o], 392));
         let f32v = |t: &Tensor| candle_core::Var::from_tensor(&t.to_dtype(DType::F32).unwrap()).unwrap();
@@ -1078,11 +1083,22 @@ fn f32_convs_through_sgemm_match_the_f64_composite() {
             candle_core::Var::from_tensor(&wt2).unwrap(),
             candle_core::Var::from_tensor(&bt).unwrap(),
         );
-        let yt =
-            fused::conv_transpose2d(xtv.as_tensor(), wtv.as_tensor(), btv.as_tensor(), p, 0, s, 1, Act::Relu).unwrap();
+        // An output padding where the stride is 3.
+        let op = usize::from(s == 3);
+        let yt = fused::conv_transpose2d(
+            xtv.as_tensor(),
+            wtv.as_tensor(),
+            btv.as_tensor(),
+            p,
+            op,
+            s,
+            1,
+            Act::Relu,
+        )
+        .unwrap();
         let pt = xt64
             .as_tensor()
-            .conv_transpose2d(wt64.as_tensor(), p, 0, s, 1)
+            .conv_transpose2d(wt64.as_tensor(), p, op, s, 1)
             .unwrap()
             .broadcast_add(&bt64.as_tensor().reshape((1, c + 16, 1, 1)).unwrap())
             .unwrap()
@@ -2010,4 +2026,32 @@ fn sgemm_matches_a_reference_product_for_every_layout_and_epilogue() {
         }
     }
     assert_eq!(checked, shapes.len() * 8 * 24);
+    // The sigmoid epilogue (vector code on the tile's registers) gives the
+    // bits of `Float::sigmoid`, over f32's range, past the clamp, at the
+    // tile and panel edges (m = 259, n = 37) and with NaN and −0.
+    let (m, n) = (259, 37);
+    let mut a: Vec<f32> = (0..m).map(|i| (i as f32 - 130.0) * 0.77).collect();
+    a[5] = f32::NAN;
+    a[6] = -0.0;
+    a[7] = 1e-30;
+    let b: Vec<f32> = (0..n)
+        .map(|j| if j == 0 { -0.0 } else { j as f32 * 0.013 - 0.2 })
+        .collect();
+    let pb = PackedB::pack(1, n, Strided::new(&vec![1.0; n], n, 1));
+    let epi = Epilogue {
+        col_bias: Some(&b),
+        act: Act::Sigmoid,
+        ..Epilogue::default()
+    };
+    // y[i][j] = σ(a[i] · 1 + b[j]).
+    let mut got = vec![0f32; m * n];
+    sgemm::gemm_packed(m, Strided::new(&a, 1, 1), &pb, &mut got, (n, 1), &epi, false);
+    for (i, g) in got.iter().enumerate() {
+        let z = a[i / n] + b[i % n];
+        let want = z.sigmoid();
+        assert!(
+            g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()),
+            "sgemm sigmoid of {z}: {g} against Float::sigmoid's {want}"
+        );
+    }
 }
