@@ -555,6 +555,10 @@ fn rows_layout(g: &Geometry) -> bool {
 /// `(c, h·w)` → channels-last `(h·w, c)` into `out`.
 fn to_hwc<T: Float>(img: &[T], c: usize, hw: usize, out: &mut Vec<T>) {
     out.resize(c * hw, T::default());
+    if let (Some(img), Some(out)) = (T::as_f32(img), T::as_f32_mut(out)) {
+        sgemm::transpose(img, c, hw, out, false);
+        return;
+    }
     for (ci, plane) in img.chunks_exact(hw).enumerate() {
         for (v, o) in plane.iter().zip(out[ci..].iter_mut().step_by(c)) {
             *o = *v;
@@ -564,6 +568,10 @@ fn to_hwc<T: Float>(img: &[T], c: usize, hw: usize, out: &mut Vec<T>) {
 
 /// Adds channels-last `(h·w, c)` into `(c, h·w)`.
 fn add_from_hwc<T: Float>(hwc: &[T], c: usize, hw: usize, img: &mut [T]) {
+    if let (Some(hwc), Some(img)) = (T::as_f32(hwc), T::as_f32_mut(img)) {
+        sgemm::transpose(hwc, hw, c, img, true);
+        return;
+    }
     for (ci, plane) in img.chunks_exact_mut(hw).enumerate() {
         for (v, &s) in plane.iter_mut().zip(hwc[ci..].iter().step_by(c)) {
             *v += s;
@@ -1906,7 +1914,9 @@ fn convt_bwd<T: Float>(
         let n = packed.len();
         return Ok((T::storage(packed), Shape::from(n)));
     }
-    // f32 with AVX2: Wᵀ packed once as the B of every image's dx.
+    // f32 with AVX2: dWᵀ (okk×ci) accumulated by sgemm (`pw` holds it
+    // transposed), and Wᵀ packed once as the B of every image's dx.
+    let dw_t = T::as_f32(w).is_some() && !direct && ci >= 16 && sgemm::available();
     let wk_cols = match T::as_f32(&wk) {
         Some(w32) if need_dx && sgemm::available() && ci >= 16 => {
             Some(PackedB::pack(okk, ci, Strided::new(w32, 1, okk)))
@@ -1948,19 +1958,16 @@ fn convt_bwd<T: Float>(
                 gemm(ci, hw, okk, dxi, (hw, 1), false, &wk, (okk, 1), dcols, u.kl(), par);
             }
         }
-        if let (Some(dc32), Some(x32), Some(pw32), true) = (
-            T::as_f32(dcols),
-            T::as_f32(xi),
-            T::as_f32_mut(pw),
-            ci >= 16 && sgemm::available(),
-        ) {
-            // dWᵀ (okk×ci) += dcols (okk×hw) · x_iᵀ (hw×ci), stored transposed into dW (ci×okk).
+        if let (Some(dc32), Some(x32), Some(pw32), true) = (T::as_f32(dcols), T::as_f32(xi), T::as_f32_mut(pw), dw_t) {
+            // dWᵀ (okk×ci) += dcols (okk×hw) · x_iᵀ (hw×ci), accumulated
+            // as dWᵀ (a transposed C would be loaded and stored through
+            // register transposes for every image) and transposed at the end.
             let pb = PackedB::pack(hw, ci, Strided::new(x32, 1, hw));
             let epi = Epilogue {
                 accumulate: true,
                 ..Epilogue::default()
             };
-            sgemm::gemm_packed(okk, Strided::new(dc32, lk.1, lk.0), &pb, pw32, (1, okk), &epi, inner);
+            sgemm::gemm_packed(okk, Strided::new(dc32, lk.1, lk.0), &pb, pw32, (ci, 1), &epi, inner);
         } else {
             // dW (ci×okk) += x_i (ci×hw) · dcolsᵀ (hw×okk)
             gemm(ci, okk, hw, pw, (okk, 1), true, xi, (hw, 1), dcols, u.lk(), par);
@@ -2001,6 +2008,10 @@ fn convt_bwd<T: Float>(
     };
     if direct {
         dw.copy_from_slice(&pw);
+    } else if dw_t {
+        let mut t = vec![T::default(); ci * okk];
+        transpose_into(&pw, ci, &mut t);
+        dw.copy_from_slice(&u.kernel_back(t, ci, &g));
     } else {
         dw.copy_from_slice(&u.kernel_back(pw, ci, &g));
     }

@@ -265,6 +265,38 @@ impl PackedB {
     }
 }
 
+/// `dst[j·rows + i] (+)= src[i·cols + j]`: the transpose of a `rows ×
+/// cols` matrix, added into `dst` if `add` — a layout change of the
+/// convolutions' unfolding (channels-first ↔ channels-last), in 8 × 8
+/// register blocks with AVX2 (a scalar loop's strided stores were most of
+/// the unfolding's time), element by element elsewhere.
+pub fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32], add: bool) {
+    assert!(
+        src.len() >= rows * cols && dst.len() >= rows * cols,
+        "sgemm::transpose: a slice is too short"
+    );
+    let mut done = (0, 0);
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::level() >= 1 {
+        // SAFETY: the assert bounds every index; AVX2 was detected.
+        unsafe { x86::transpose_blocks(src.as_ptr(), rows, cols, dst.as_mut_ptr(), add) };
+        done = (rows / 8 * 8, cols / 8 * 8);
+    }
+    let (r8, c8) = done;
+    // What the blocks left: the rows past the last block of 8, and the
+    // columns past it in the rows the blocks covered.
+    let mut one = |i: usize, j: usize| {
+        let v = src[i * cols + j];
+        let d = &mut dst[j * rows + i];
+        *d = if add { *d + v } else { v };
+    };
+    for i in 0..rows {
+        for j in if i < r8 { c8 } else { 0 }..cols {
+            one(i, j);
+        }
+    }
+}
+
 /// A raw pointer to `C` that tasks share; each writes its own rows.
 #[derive(Clone, Copy)]
 struct CPtr(*mut f32);
@@ -779,6 +811,32 @@ mod x86 {
                 for p in full..len {
                     for c in 0..8 {
                         *out.add(p * nr + c0 + c) = *col(c).add(p);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The full 8 × 8 blocks of [`super::transpose`].
+    ///
+    /// # Safety
+    /// `src` and `dst` must hold `rows·cols` floats; AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn transpose_blocks(src: *const f32, rows: usize, cols: usize, dst: *mut f32, add: bool) {
+        // SAFETY (all below): blocks inside the first rows/8·8 rows and
+        // cols/8·8 columns.
+        unsafe {
+            for i0 in (0..rows / 8 * 8).step_by(8) {
+                for j0 in (0..cols / 8 * 8).step_by(8) {
+                    let t = transpose8(std::array::from_fn(|q| _mm256_loadu_ps(src.add((i0 + q) * cols + j0))));
+                    for (q, v) in t.iter().enumerate() {
+                        let at = dst.add((j0 + q) * rows + i0);
+                        let v = if add {
+                            _mm256_add_ps(_mm256_loadu_ps(at), *v)
+                        } else {
+                            *v
+                        };
+                        _mm256_storeu_ps(at, v);
                     }
                 }
             }

@@ -1971,6 +1971,29 @@ fn reference_gemm(
 }
 
 #[test]
+fn sgemm_transpose_matches_the_element_by_element_transpose() {
+    // Full 8 × 8 blocks, edges on either side, and added into a target.
+    for (rows, cols) in [(1, 1), (7, 9), (8, 8), (17, 33), (49, 64), (64, 49)] {
+        let src: Vec<f32> = (0..rows * cols).map(|i| i as f32 * 0.5 - 3.0).collect();
+        let base: Vec<f32> = (0..rows * cols).map(|i| (i % 7) as f32).collect();
+        for add in [false, true] {
+            let mut got = base.clone();
+            aezoo_nn::sgemm::transpose(&src, rows, cols, &mut got, add);
+            for i in 0..rows {
+                for j in 0..cols {
+                    let want = src[i * cols + j] + if add { base[j * rows + i] } else { 0.0 };
+                    assert_eq!(
+                        got[j * rows + i],
+                        want,
+                        "transpose {rows}x{cols} add {add} at ({i}, {j})"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn sgemm_matches_a_reference_product_for_every_layout_and_epilogue() {
     use aezoo_nn::sgemm::{self, Epilogue, PackedB, Strided};
     if !sgemm::available() {
