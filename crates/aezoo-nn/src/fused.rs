@@ -429,54 +429,56 @@ impl Phases {
     }
 }
 
-/// One image's im2col: `(c, h, w)` → `(c·kh·kw, oh·ow)` row-major.
-///
-/// With stride `s` in `2..=MAX_PHASES` the image is first split into its
-/// column phases (into `scratch`), so that every output strip — the inputs
-/// `x0, x0 + s, …` of one row — is a contiguous copy from one phase instead
-/// of a strided gather (vae-conv's 4×4 stride-2 convs: a scalar load and
-/// store per element, 18 % of the CPU samples). Larger strides gather.
-fn im2col_one<T: Float>(img: &[T], g: &Geometry, cols: &mut [T], scratch: &mut Vec<T>) {
-    let ph = Phases::new(g.w, g.stride);
-    let src_img: &[T] = match ph {
-        Some(ph) if g.stride > 1 => {
-            ph.split(img, g.w, scratch);
-            scratch
-        }
-        _ => img,
-    };
-    let l = g.oh * g.ow;
-    let zero = T::default();
-    for c in 0..g.c {
-        let plane = &src_img[c * g.h * g.w..(c + 1) * g.h * g.w];
-        for ky in 0..g.kh {
-            for kx in 0..g.kw {
-                let r = (c * g.kh + ky) * g.kw + kx;
-                let row = &mut cols[r * l..(r + 1) * l];
-                let x0 = (kx * g.dilation) as isize - g.padding as isize;
-                let (lo, hi) = valid_cols(x0, g.stride, g.w, g.ow);
-                let start = (x0 + (lo * g.stride) as isize).max(0) as usize;
-                let from = ph.map(|ph| ph.at(start));
-                for oy in 0..g.oh {
-                    let dst = &mut row[oy * g.ow..(oy + 1) * g.ow];
-                    let y = (oy * g.stride + ky * g.dilation) as isize - g.padding as isize;
-                    if y < 0 || y as usize >= g.h || lo == hi {
-                        dst.fill(zero);
-                        continue;
-                    }
-                    let src = &plane[y as usize * g.w..(y as usize + 1) * g.w];
-                    dst[..lo].fill(zero);
-                    dst[hi..].fill(zero);
-                    let strip = &mut dst[lo..hi];
-                    match from {
-                        Some(from) => {
-                            for (d, &v) in strip.iter_mut().zip(&src[from..from + (hi - lo)]) {
-                                *d = v;
-                            }
+multiversion! {
+    /// One image's im2col: `(c, h, w)` → `(c·kh·kw, oh·ow)` row-major.
+    ///
+    /// With stride `s` in `2..=MAX_PHASES` the image is first split into its
+    /// column phases (into `scratch`), so that every output strip — the inputs
+    /// `x0, x0 + s, …` of one row — is a contiguous copy from one phase instead
+    /// of a strided gather (vae-conv's 4×4 stride-2 convs: a scalar load and
+    /// store per element, 18 % of the CPU samples). Larger strides gather.
+    fn im2col_one<T: Float>(img: &[T], g: &Geometry, cols: &mut [T], scratch: &mut Vec<T>) {
+        let ph = Phases::new(g.w, g.stride);
+        let src_img: &[T] = match ph {
+            Some(ph) if g.stride > 1 => {
+                ph.split(img, g.w, scratch);
+                scratch
+            }
+            _ => img,
+        };
+        let l = g.oh * g.ow;
+        let zero = T::default();
+        for c in 0..g.c {
+            let plane = &src_img[c * g.h * g.w..(c + 1) * g.h * g.w];
+            for ky in 0..g.kh {
+                for kx in 0..g.kw {
+                    let r = (c * g.kh + ky) * g.kw + kx;
+                    let row = &mut cols[r * l..(r + 1) * l];
+                    let x0 = (kx * g.dilation) as isize - g.padding as isize;
+                    let (lo, hi) = valid_cols(x0, g.stride, g.w, g.ow);
+                    let start = (x0 + (lo * g.stride) as isize).max(0) as usize;
+                    let from = ph.map(|ph| ph.at(start));
+                    for oy in 0..g.oh {
+                        let dst = &mut row[oy * g.ow..(oy + 1) * g.ow];
+                        let y = (oy * g.stride + ky * g.dilation) as isize - g.padding as isize;
+                        if y < 0 || y as usize >= g.h || lo == hi {
+                            dst.fill(zero);
+                            continue;
                         }
-                        None => {
-                            for (d, c) in strip.iter_mut().zip(src[start..].chunks(g.stride)) {
-                                *d = c[0];
+                        let src = &plane[y as usize * g.w..(y as usize + 1) * g.w];
+                        dst[..lo].fill(zero);
+                        dst[hi..].fill(zero);
+                        let strip = &mut dst[lo..hi];
+                        match from {
+                            Some(from) => {
+                                for (d, &v) in strip.iter_mut().zip(&src[from..from + (hi - lo)]) {
+                                    *d = v;
+                                }
+                            }
+                            None => {
+                                for (d, c) in strip.iter_mut().zip(src[start..].chunks(g.stride)) {
+                                    *d = c[0];
+                                }
                             }
                         }
                     }
@@ -486,59 +488,61 @@ fn im2col_one<T: Float>(img: &[T], g: &Geometry, cols: &mut [T], scratch: &mut V
     }
 }
 
-/// One image's col2im: `(c·kh·kw, oh·ow)` → `(c, h, w)`, summing overlaps
-/// *into* `img`, which both callers pass freshly zeroed (a slice of a new
-/// output buffer), so it is not cleared a second time. With a phase-split
-/// stride the sums gather in a phase-split image (`scratch`) by contiguous
-/// adds, added into `img` at the end (the mirror of [`im2col_one`]).
-fn col2im_one<T: Float>(cols: &[T], g: &Geometry, img: &mut [T], scratch: &mut Vec<T>) {
-    let ph = Phases::new(g.w, g.stride);
-    // The phases the sums gather in (none for stride 1 or a gathering stride).
-    let split = ph.filter(|_| g.stride > 1);
-    if split.is_some() {
-        scratch.clear();
-        scratch.resize(img.len(), T::default());
-    }
-    let dst_img: &mut [T] = if split.is_some() { scratch } else { img };
-    let l = g.oh * g.ow;
-    for c in 0..g.c {
-        let plane = &mut dst_img[c * g.h * g.w..(c + 1) * g.h * g.w];
-        for ky in 0..g.kh {
-            for kx in 0..g.kw {
-                let r = (c * g.kh + ky) * g.kw + kx;
-                let row = &cols[r * l..(r + 1) * l];
-                let x0 = (kx * g.dilation) as isize - g.padding as isize;
-                let (lo, hi) = valid_cols(x0, g.stride, g.w, g.ow);
-                if lo == hi {
-                    continue;
-                }
-                let start = (x0 + (lo * g.stride) as isize) as usize;
-                let from = ph.map(|ph| ph.at(start));
-                for oy in 0..g.oh {
-                    let y = (oy * g.stride + ky * g.dilation) as isize - g.padding as isize;
-                    if y < 0 || y as usize >= g.h {
+multiversion! {
+    /// One image's col2im: `(c·kh·kw, oh·ow)` → `(c, h, w)`, summing overlaps
+    /// *into* `img`, which both callers pass freshly zeroed (a slice of a new
+    /// output buffer), so it is not cleared a second time. With a phase-split
+    /// stride the sums gather in a phase-split image (`scratch`) by contiguous
+    /// adds, added into `img` at the end (the mirror of [`im2col_one`]).
+    fn col2im_one<T: Float>(cols: &[T], g: &Geometry, img: &mut [T], scratch: &mut Vec<T>) {
+        let ph = Phases::new(g.w, g.stride);
+        // The phases the sums gather in (none for stride 1 or a gathering stride).
+        let split = ph.filter(|_| g.stride > 1);
+        if split.is_some() {
+            scratch.clear();
+            scratch.resize(img.len(), T::default());
+        }
+        let dst_img: &mut [T] = if split.is_some() { scratch } else { img };
+        let l = g.oh * g.ow;
+        for c in 0..g.c {
+            let plane = &mut dst_img[c * g.h * g.w..(c + 1) * g.h * g.w];
+            for ky in 0..g.kh {
+                for kx in 0..g.kw {
+                    let r = (c * g.kh + ky) * g.kw + kx;
+                    let row = &cols[r * l..(r + 1) * l];
+                    let x0 = (kx * g.dilation) as isize - g.padding as isize;
+                    let (lo, hi) = valid_cols(x0, g.stride, g.w, g.ow);
+                    if lo == hi {
                         continue;
                     }
-                    let dst = &mut plane[y as usize * g.w..(y as usize + 1) * g.w];
-                    let src = &row[oy * g.ow + lo..oy * g.ow + hi];
-                    match from {
-                        Some(from) => {
-                            for (d, &v) in dst[from..from + src.len()].iter_mut().zip(src) {
-                                *d += v;
-                            }
+                    let start = (x0 + (lo * g.stride) as isize) as usize;
+                    let from = ph.map(|ph| ph.at(start));
+                    for oy in 0..g.oh {
+                        let y = (oy * g.stride + ky * g.dilation) as isize - g.padding as isize;
+                        if y < 0 || y as usize >= g.h {
+                            continue;
                         }
-                        None => {
-                            for (c, &v) in dst[start..].chunks_mut(g.stride).zip(src) {
-                                c[0] += v;
+                        let dst = &mut plane[y as usize * g.w..(y as usize + 1) * g.w];
+                        let src = &row[oy * g.ow + lo..oy * g.ow + hi];
+                        match from {
+                            Some(from) => {
+                                for (d, &v) in dst[from..from + src.len()].iter_mut().zip(src) {
+                                    *d += v;
+                                }
+                            }
+                            None => {
+                                for (c, &v) in dst[start..].chunks_mut(g.stride).zip(src) {
+                                    c[0] += v;
+                                }
                             }
                         }
                     }
                 }
             }
         }
-    }
-    if let Some(ph) = split {
-        ph.merge_add(scratch, g.w, img);
+        if let Some(ph) = split {
+            ph.merge_add(scratch, g.w, img);
+        }
     }
 }
 
@@ -587,59 +591,63 @@ fn valid_taps(x0: isize, kw: usize, w: usize) -> (usize, usize) {
     (lo, hi.max(lo))
 }
 
-/// One image's patch rows (dilation 1): `(c, h, w)` → `(oh·ow, kh·kw·c)`
-/// row-major, each row one output position's receptive field in
-/// `(ky, kx, c)` order, so each kernel row's taps are one contiguous copy
-/// from the channels-last image (`scratch`).
-fn im2row_one<T: Float>(img: &[T], g: &Geometry, rows: &mut [T], scratch: &mut Vec<T>) {
-    let (c, kw) = (g.c, g.kw);
-    let k = g.kh * kw * c;
-    to_hwc(img, c, g.h * g.w, scratch);
-    let zero = T::default();
-    for (pos, row) in rows.chunks_exact_mut(k).enumerate().take(g.oh * g.ow) {
-        let (oy, ox) = (pos / g.ow, pos % g.ow);
-        let x0 = (ox * g.stride) as isize - g.padding as isize;
-        let (lo, hi) = valid_taps(x0, kw, g.w);
-        for (ky, dst) in row.chunks_exact_mut(kw * c).enumerate() {
-            let y = (oy * g.stride + ky) as isize - g.padding as isize;
-            if y < 0 || y as usize >= g.h || lo == hi {
-                dst.fill(zero);
-                continue;
+multiversion! {
+    /// One image's patch rows (dilation 1): `(c, h, w)` → `(oh·ow, kh·kw·c)`
+    /// row-major, each row one output position's receptive field in
+    /// `(ky, kx, c)` order, so each kernel row's taps are one contiguous copy
+    /// from the channels-last image (`scratch`).
+    fn im2row_one<T: Float>(img: &[T], g: &Geometry, rows: &mut [T], scratch: &mut Vec<T>) {
+        let (c, kw) = (g.c, g.kw);
+        let k = g.kh * kw * c;
+        to_hwc(img, c, g.h * g.w, scratch);
+        let zero = T::default();
+        for (pos, row) in rows.chunks_exact_mut(k).enumerate().take(g.oh * g.ow) {
+            let (oy, ox) = (pos / g.ow, pos % g.ow);
+            let x0 = (ox * g.stride) as isize - g.padding as isize;
+            let (lo, hi) = valid_taps(x0, kw, g.w);
+            for (ky, dst) in row.chunks_exact_mut(kw * c).enumerate() {
+                let y = (oy * g.stride + ky) as isize - g.padding as isize;
+                if y < 0 || y as usize >= g.h || lo == hi {
+                    dst.fill(zero);
+                    continue;
+                }
+                dst[..lo * c].fill(zero);
+                dst[hi * c..].fill(zero);
+                let from = (y as usize * g.w + (x0 + lo as isize) as usize) * c;
+                dst[lo * c..hi * c].copy_from_slice(&scratch[from..from + (hi - lo) * c]);
             }
-            dst[..lo * c].fill(zero);
-            dst[hi * c..].fill(zero);
-            let from = (y as usize * g.w + (x0 + lo as isize) as usize) * c;
-            dst[lo * c..hi * c].copy_from_slice(&scratch[from..from + (hi - lo) * c]);
         }
     }
 }
 
-/// The adjoint of [`im2row_one`]: `(oh·ow, kh·kw·c)` → `(c, h, w)`, summing
-/// overlaps in a channels-last image (`scratch`) and adding it into `img`.
-fn row2im_one<T: Float>(rows: &[T], g: &Geometry, img: &mut [T], scratch: &mut Vec<T>) {
-    let (c, kw) = (g.c, g.kw);
-    let k = g.kh * kw * c;
-    scratch.clear();
-    scratch.resize(img.len(), T::default());
-    for (pos, row) in rows.chunks_exact(k).enumerate().take(g.oh * g.ow) {
-        let (oy, ox) = (pos / g.ow, pos % g.ow);
-        let x0 = (ox * g.stride) as isize - g.padding as isize;
-        let (lo, hi) = valid_taps(x0, kw, g.w);
-        if lo == hi {
-            continue;
-        }
-        for (ky, src) in row.chunks_exact(kw * c).enumerate() {
-            let y = (oy * g.stride + ky) as isize - g.padding as isize;
-            if y < 0 || y as usize >= g.h {
+multiversion! {
+    /// The adjoint of [`im2row_one`]: `(oh·ow, kh·kw·c)` → `(c, h, w)`, summing
+    /// overlaps in a channels-last image (`scratch`) and adding it into `img`.
+    fn row2im_one<T: Float>(rows: &[T], g: &Geometry, img: &mut [T], scratch: &mut Vec<T>) {
+        let (c, kw) = (g.c, g.kw);
+        let k = g.kh * kw * c;
+        scratch.clear();
+        scratch.resize(img.len(), T::default());
+        for (pos, row) in rows.chunks_exact(k).enumerate().take(g.oh * g.ow) {
+            let (oy, ox) = (pos / g.ow, pos % g.ow);
+            let x0 = (ox * g.stride) as isize - g.padding as isize;
+            let (lo, hi) = valid_taps(x0, kw, g.w);
+            if lo == hi {
                 continue;
             }
-            let from = (y as usize * g.w + (x0 + lo as isize) as usize) * c;
-            for (d, &v) in scratch[from..from + (hi - lo) * c].iter_mut().zip(&src[lo * c..hi * c]) {
-                *d += v;
+            for (ky, src) in row.chunks_exact(kw * c).enumerate() {
+                let y = (oy * g.stride + ky) as isize - g.padding as isize;
+                if y < 0 || y as usize >= g.h {
+                    continue;
+                }
+                let from = (y as usize * g.w + (x0 + lo as isize) as usize) * c;
+                for (d, &v) in scratch[from..from + (hi - lo) * c].iter_mut().zip(&src[lo * c..hi * c]) {
+                    *d += v;
+                }
             }
         }
+        add_from_hwc(scratch, c, g.h * g.w, img);
     }
-    add_from_hwc(scratch, c, g.h * g.w, img);
 }
 
 /// How one image is unfolded: plane rows (`(c·kh·kw, oh·ow)`, [`im2col_one`])
@@ -2111,14 +2119,23 @@ pub fn conv_transpose2d(
 
 // ---------------------------------------------------------------- linear
 
-/// `act(x·Wᵀ + b)`; `(n, i)` by `(o, i)` and `(o,)`.
-#[derive(Clone, Copy, Debug)]
+/// `act(x·Wᵀ + b)`; `(n, i)` by `(o, i)` and `(o,)`. An input of higher
+/// rank is read flattened to `(n, i)`, and the output may carry any shape
+/// of `n·o` elements (`out`): a flatten before or a reshape after the
+/// layer is no node of its own (whose gradient candle would accumulate into
+/// a fresh zero tensor).
+#[derive(Clone, Debug)]
 struct LinearFused {
     act: Act,
+    out: Option<Shape>,
 }
 
 fn lin_dims(lx: &Layout, lw: &Layout) -> Result<(usize, usize, usize)> {
-    let (n, i) = lx.shape().dims2()?;
+    let dims = lx.shape().dims();
+    if dims.len() < 2 {
+        candle_core::bail!("linear: input of shape {:?} has no batch and feature axes", dims);
+    }
+    let (n, i) = (dims[0], dims[1..].iter().product());
     let (o, wi) = lw.shape().dims2()?;
     if wi != i {
         candle_core::bail!("linear: input has {i} features, the weight expects {wi}");
@@ -2173,7 +2190,7 @@ fn lin_fwd<T: Float>(
             );
             y.set_len(n * o);
         }
-        return Ok((CpuStorage::F32(y), Shape::from((n, o))));
+        return Ok((CpuStorage::F32(y), op.out.clone().unwrap_or(Shape::from((n, o)))));
     }
     let mut y = vec![T::default(); n * o];
     // y (n×o) = x (n×i) · Wᵀ (i×o)
@@ -2188,7 +2205,7 @@ fn lin_fwd<T: Float>(
     } else {
         bias_act_rows(&mut y, bias, op.act);
     }
-    Ok((T::storage(y), Shape::from((n, o))))
+    Ok((T::storage(y), op.out.clone().unwrap_or(Shape::from((n, o)))))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -2311,8 +2328,20 @@ impl CustomOp3 for LinearGrad {
 
 /// `act(xs · weightᵀ + bias)` for `(n, i)` inputs, as one node (CPU, f32/f64).
 pub fn linear(xs: &Tensor, weight: &Tensor, bias: &Tensor, act: Act) -> Result<Tensor> {
+    linear_shaped(xs, weight, bias, act, None)
+}
+
+/// [`linear`] of `xs` read flattened to `(n, i)` (any rank ≥ 2), its `(n,
+/// o)` output given shape `out` if any (`n·o` elements), still one node.
+pub fn linear_shaped(xs: &Tensor, weight: &Tensor, bias: &Tensor, act: Act, out: Option<Shape>) -> Result<Tensor> {
+    if let Some(out) = &out {
+        let (n, o) = (xs.dim(0)?, weight.dim(0)?);
+        if out.elem_count() != n * o {
+            candle_core::bail!("linear: output shape {out:?} does not hold {n} × {o} elements");
+        }
+    }
     xs.contiguous()?
-        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, LinearFused { act })
+        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, LinearFused { act, out })
 }
 
 // ---------------------------------------------------------------- sigmoid

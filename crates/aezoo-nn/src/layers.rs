@@ -19,7 +19,7 @@
 //! attention softmax compute in the parameters' dtype and return the input's
 //! (`computed_in`).
 
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Shape, Tensor};
 
 use candle_nn::{Init, VarBuilder};
 
@@ -102,6 +102,24 @@ impl Linear {
             None => ys,
         };
         apply_act(ys, act)
+    }
+
+    /// `act(flatten(xs) · Wᵀ + b)` for `xs` of shape `(b, …)` read as `(b,
+    /// in)`, the result reshaped to `out` if given — on the CPU one fused
+    /// node, with no flatten or reshape node whose gradient candle would
+    /// accumulate into a fresh zero tensor (`vae-conv`'s 3136-wide
+    /// bottleneck: two such tensors a step).
+    pub fn forward_shaped(&self, xs: &Tensor, act: Act, out: Option<Shape>) -> Result<Tensor> {
+        if let Some(b) = &self.bias {
+            if fused::applies(xs) {
+                return fused::linear_shaped(xs, &self.weight, b, act, out);
+            }
+        }
+        let ys = self.forward_act(&xs.flatten_from(1)?, act)?;
+        match out {
+            Some(shape) => ys.reshape(shape),
+            None => Ok(ys),
+        }
     }
 }
 

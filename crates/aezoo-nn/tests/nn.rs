@@ -1152,6 +1152,38 @@ fn fused_linear_matches_composite_and_finite_differences() {
 }
 
 #[test]
+fn fused_linear_reads_flattened_inputs_and_shapes_its_output() {
+    // (3, 2, 2, 2) read as (3, 8), the (3, 6) output as (3, 1, 2, 3): the
+    // composite flatten → linear → reshape in value and gradients.
+    for act in [Act::None, Act::Relu, Act::Sigmoid] {
+        let (x, wt, bias) = (u(&[3, 2, 2, 2], 325), u(&[6, 8], 326), u(&[6], 327));
+        let out = || Some(candle_core::Shape::from((3, 1, 2, 3)));
+        let fused = fused::linear_shaped(&x, &wt, &bias, act, out()).unwrap();
+        assert_eq!(fused.dims(), &[3, 1, 2, 3]);
+        let flat = x.flatten_from(1).unwrap();
+        let plain = apply_act(
+            flat.matmul(&wt.t().unwrap()).unwrap().broadcast_add(&bias).unwrap(),
+            act,
+        )
+        .unwrap()
+        .reshape((3, 1, 2, 3))
+        .unwrap();
+        assert!(
+            max_abs_diff(&fused, &plain) < 1e-12,
+            "shaped linear {act:?}: forward differs"
+        );
+        assert_grad(
+            &format!("shaped linear {act:?}"),
+            move |a: &[Tensor]| fused::linear_shaped(&a[0], &a[1], &a[2], act, out()),
+            &[x, wt, bias],
+        );
+    }
+    // A shape of the wrong size is an error, not a panic.
+    let (x, wt, bias) = (u(&[3, 8], 328), u(&[6, 8], 326), u(&[6], 327));
+    assert!(fused::linear_shaped(&x, &wt, &bias, Act::None, Some((3, 5).into())).is_err());
+}
+
+#[test]
 fn fused_linear_parallel_epilogue_matches_the_composite_on_large_batches() {
     // n·o = 256·160 ≥ 2^15: the bias/activation pass and its backward run on
     // all threads, and the GEMMs split into blocks of rows; with 64 × 512

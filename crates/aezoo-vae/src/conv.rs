@@ -10,7 +10,7 @@ use aezoo_nn::layers::{
 use aezoo_nn::{Act, Autoencoder, Batch, Family, Rng, StepCtx, StepOutput};
 
 use crate::common::{prior, split_stats, vae_step};
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
@@ -49,7 +49,7 @@ impl ConvVae {
         for conv in &self.convs {
             h = conv.forward_act(&h, Act::Relu)?;
         }
-        split_stats(&self.enc_fc.forward(&h.flatten_from(1)?)?, self.latent)
+        split_stats(&self.enc_fc.forward_shaped(&h, Act::None, None)?, self.latent)
     }
 
     /// Decoder logits `(b, c, h, w)`.
@@ -61,7 +61,7 @@ impl ConvVae {
     fn decode_act(&self, z: &Tensor, out: Act) -> Result<Tensor> {
         let b = z.dim(0)?;
         let (c, h, w) = self.bottleneck;
-        let mut x = self.dec_fc.forward_act(z, Act::Relu)?.reshape((b, c, h, w))?;
+        let mut x = self.dec_fc.forward_shaped(z, Act::Relu, Some((b, c, h, w).into()))?;
         let last = self.deconvs.len() - 1;
         for (i, deconv) in self.deconvs.iter().enumerate() {
             x = deconv.forward_act(&x, if i < last { Act::Relu } else { out })?;

@@ -56,7 +56,7 @@ impl MlpVae {
             h = l.forward_act(&h, Act::Relu)?;
         }
         let [c, hh, w] = self.cfg.image;
-        self.out.forward_act(&h, out)?.reshape((z.dim(0)?, c, hh, w))
+        self.out.forward_shaped(&h, out, Some((z.dim(0)?, c, hh, w).into()))
     }
 }
 
