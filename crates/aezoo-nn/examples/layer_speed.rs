@@ -1,13 +1,14 @@
 //! Times the forward and backward pass (under a random cotangent) of the
 //! zoo's convolution and linear layers at their training shapes — batch 128
-//! (`vae-conv`, `ae-denoise`) or 64 (`codec-mnist`), f32, all of rayon's
+//! (`vae-conv`, `ae-denoise`) or 64 (`codec-mnist`) — and `ae-mlp`'s
+//! inference chain at the bench's batch of 1000 (forward only), f32, all of rayon's
 //! threads, on a pool worker with the process tuned as the `aezoo` binary
 //! tunes it (`aezoo_nn::pool::tune_process`) — and prints the median
 //! milliseconds and GFLOP/s (forward FLOPs, twice that for the backward). The figures in ARCHITECTURE.md's
 //! fast-path table come from it; `AEZOO_NO_SGEMM=1` or `AEZOO_NO_FUSED=1`
 //! times the slower paths.
 //!
-//!     cargo run --release -p aezoo-nn --example layer_speed [vae|denoise|codec]
+//!     cargo run --release -p aezoo-nn --example layer_speed [vae|denoise|codec|mlp]
 
 use aezoo_nn::fused::{self, Act};
 use candle_core::{Device, Tensor, Var};
