@@ -300,13 +300,14 @@ multiversion! {
 /// oy·ow + ox` of image `i`, read from offset `i·planes + oy·wq + ox` (a
 /// table: no junk columns past `ow`, at any stride), column `kidx = (c,
 /// ky, kx)` the tap offset `koff[kidx]` — the unfolded matrix is never
-/// written.
+/// written. (Used at stride 1: see [`Implicit::suits`].)
 pub(crate) struct Implicit {
     planes: Planes,
     /// Tap offsets in the kernel's `(c, ky, kx)` order.
     koff: Vec<usize>,
-    /// Output pixels, `oh·ow`.
+    /// Output pixels, `oh·ow`, and the row length `ow`.
     m: usize,
+    ow: usize,
     /// Where output pixel `l` reads in one image's planes (`oy·wq + ox`).
     pix: Vec<usize>,
 }
@@ -316,11 +317,11 @@ pub(crate) struct Implicit {
 pub(crate) struct ImplicitScratch {
     planes: Vec<f32>,
     /// A product's `C` or `B` in `(oc, n, l)` order.
-    wide: Vec<f32>,
+    by_oc: Vec<f32>,
     /// Offsets of the output pixels of a chunk of images (rows of `colsᵀ`,
     /// or the `k` steps of the weight gradient), for `key`.
     pixels: Vec<usize>,
-    key: (usize, usize, usize, usize),
+    key: (usize, usize, usize, usize, usize),
 }
 
 impl ImplicitScratch {
@@ -335,7 +336,8 @@ impl ImplicitScratch {
 
     /// `pixels[i·m + l] = i·per_image + pix[l]`: pixel `l` of image `i`.
     fn pixels_of(&mut self, n: usize, im: &Implicit, per: usize) {
-        let key = (n, im.m, per, im.planes.wq);
+        // (`pix` is fixed by `oh`, `ow` and `wq`.)
+        let key = (n, im.m, im.ow, per, im.planes.wq);
         if self.key != key {
             self.pixels = (0..n).flat_map(|i| im.pix.iter().map(move |&l| i * per + l)).collect();
             self.key = key;
@@ -367,6 +369,7 @@ impl Implicit {
             planes,
             koff,
             m: g.oh * g.ow,
+            ow: g.ow,
             pix,
         }
     }
@@ -396,8 +399,8 @@ impl Implicit {
         use crate::sgemm::{self, Epilogue, Index, Lhs};
         let (oc, m) = (wt.n(), self.m);
         sc.planes_of(xs, n, g, &self.planes);
-        let mut wide = std::mem::take(&mut sc.wide);
-        wide.resize(oc * n * m, 0.0);
+        let mut by_oc = std::mem::take(&mut sc.by_oc);
+        by_oc.resize(oc * n * m, 0.0);
         sc.pixels_of(n, self, self.planes.size(g.c));
         let a = Lhs {
             data: &sc.planes,
@@ -410,13 +413,13 @@ impl Implicit {
             ..Epilogue::default()
         };
         // yᵀ (n·m × oc), stored transposed: (oc, n, m), then (n, oc, m).
-        sgemm::gemm_packed(n * m, a, wt, &mut wide, (1, n * m), &epi, parallel);
+        sgemm::gemm_packed(n * m, a, wt, &mut by_oc, (1, n * m), &epi, parallel);
         for (img, y) in out.chunks_exact_mut(oc * m).enumerate() {
             for (o, plane) in y.chunks_exact_mut(m).enumerate() {
-                plane.copy_from_slice(&wide[(o * n + img) * m..(o * n + img + 1) * m]);
+                plane.copy_from_slice(&by_oc[(o * n + img) * m..(o * n + img + 1) * m]);
             }
         }
-        sc.wide = wide;
+        sc.by_oc = by_oc;
     }
 
     /// `dwᵀ (K × oc) += Σ colsᵀ · dy` over `n` images: `xs` their inputs,
@@ -437,14 +440,14 @@ impl Implicit {
         let m = self.m;
         sc.planes_of(xs, n, g, &self.planes);
         // dy as (oc, n, m).
-        sc.wide.resize(oc * n * m, 0.0);
+        sc.by_oc.resize(oc * n * m, 0.0);
         for (img, dy) in dys.chunks_exact(oc * m).enumerate() {
             for (o, plane) in dy.chunks_exact(m).enumerate() {
-                sc.wide[(o * n + img) * m..(o * n + img + 1) * m].copy_from_slice(plane);
+                sc.by_oc[(o * n + img) * m..(o * n + img + 1) * m].copy_from_slice(plane);
             }
         }
         // B = dyᵀ (n·m × oc).
-        let pb = PackedB::pack(n * m, oc, Strided::new(&sc.wide, 1, n * m));
+        let pb = PackedB::pack(n * m, oc, Strided::new(&sc.by_oc, 1, n * m));
         sc.pixels_of(n, self, self.planes.size(g.c));
         let a = Lhs {
             data: &sc.planes,

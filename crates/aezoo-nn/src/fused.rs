@@ -206,6 +206,18 @@ pub fn ln_1p_unit_f32(e: f32) -> f32 {
     2.0 * s * p
 }
 
+/// The constants of [`exp_f32`], shared with `sgemm`'s vector sigmoid
+/// (which must compute the same bits).
+pub(crate) mod exp_consts {
+    pub(crate) const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 = LN2_HI + LN2_LO (Cephes), LN2_HI with 9 significant bits so
+    // that n·LN2_HI is exact for |n| ≤ 127.
+    pub(crate) const LN2_HI: f32 = 0.693_359_4;
+    pub(crate) const LN2_LO: f32 = -2.121_944_4e-4;
+    /// Adding and subtracting 1.5·2²³ rounds to the nearest integer.
+    pub(crate) const ROUND: f32 = 12_582_912.0;
+}
+
 /// `eᵡ` in f32 without a libm call, so that a loop of sigmoids vectorises
 /// (the scalar `expf` was most of a sigmoid layer's time): `x = n·ln2 + r`
 /// with `|r| ≤ ln2/2`, `eʳ` by its degree-7 Taylor polynomial (truncation
@@ -213,13 +225,7 @@ pub fn ln_1p_unit_f32(e: f32) -> f32 {
 /// 2 ulp of `f64::exp` over `[-87, 88]` (test `exp_f32_is_within_2_ulp`).
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    // ln 2 = LN2_HI + LN2_LO (Cephes), LN2_HI with 9 significant bits so
-    // that n·LN2_HI is exact for |n| ≤ 127.
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // Adding and subtracting 1.5·2²³ rounds to the nearest integer.
-    const ROUND: f32 = 12_582_912.0;
+    use exp_consts::{LN2_HI, LN2_LO, LOG2E, ROUND};
     let x = x.clamp(-87.0, 88.0);
     let t = x * LOG2E + ROUND;
     let n = t - ROUND;
@@ -406,6 +412,7 @@ impl Phases {
     }
 
     /// Splits every `w`-long row of `img` into its phases, into `out`.
+    #[inline]
     pub(crate) fn split<T: Float>(&self, img: &[T], w: usize, out: &mut Vec<T>) {
         out.resize(img.len(), T::default());
         for (row, o) in img.chunks_exact(w).zip(out.chunks_exact_mut(w)) {
@@ -418,6 +425,7 @@ impl Phases {
     }
 
     /// Adds the phase-split rows of `split` back into the rows of `img`.
+    #[inline]
     pub(crate) fn merge_add<T: Float>(&self, split: &[T], w: usize, img: &mut [T]) {
         for (row, sp) in img.chunks_exact_mut(w).zip(split.chunks_exact(w)) {
             for (p, &off) in self.offsets[..self.stride].iter().enumerate() {
@@ -1345,13 +1353,13 @@ fn transpose_into<T: Copy>(src: &[T], c: usize, dst: &mut [T]) {
 }
 
 /// The sum of the tasks' `(dWᵀ, db)` partial sums.
-fn sum_partials(
-    parts: impl ParallelIterator<Item = (Vec<f32>, Vec<f32>)>,
+fn sum_partials<T: Float>(
+    parts: impl ParallelIterator<Item = (Vec<T>, Vec<T>)>,
     nw: usize,
     nb: usize,
-) -> (Vec<f32>, Vec<f32>) {
+) -> (Vec<T>, Vec<T>) {
     parts.reduce(
-        || (vec![0.0; nw], vec![0.0; nb]),
+        || (vec![T::default(); nw], vec![T::default(); nb]),
         |(mut aw, mut ab), (bw, bb)| {
             aw.iter_mut().zip(bw).for_each(|(a, v)| *a += v);
             ab.iter_mut().zip(bb).for_each(|(a, v)| *a += v);
@@ -1428,9 +1436,10 @@ fn conv_bwd<T: Float>(
         _ => None,
     };
     // f32 with AVX2: the kernel packed once as the B of every image's dx
-    // (`dcolsᵀ = dzᵀ · W`), where dx is unfolded.
+    // (`dcolsᵀ = dzᵀ · W`), where dx is unfolded (not where it is the
+    // flipped implicit convolution).
     let wk_rows = match T::as_f32(&wk) {
-        Some(w32) if grad.need_dx && sgemm::available() && k >= 16 => {
+        Some(w32) if grad.need_dx && !(imp_w.is_some() && imp_x.is_some()) && sgemm::available() && k >= 16 => {
             Some(PackedB::pack(o, k, Strided::new(w32, k, 1)))
         }
         _ => None,
@@ -1459,7 +1468,7 @@ fn conv_bwd<T: Float>(
         return Ok((T::storage(packed), Shape::from(n)));
     }
     // f32 with AVX2: dWᵀ (k×o) accumulated by sgemm (`pw` holds it
-    // transposed), and the kernel packed once as the B of every image's dx.
+    // transposed); dx through `wk_rows`.
     let dw_t = T::as_f32(w).is_some() && !direct && o >= 16 && sgemm::available();
     // Per task: (dW, db) partial sums and the scratch matrices.
     type Acc<T> = (Vec<T>, Vec<T>, Vec<T>, Vec<T>, Vec<T>, Vec<T>);
@@ -1542,22 +1551,15 @@ fn conv_bwd<T: Float>(
     };
     let slots = per_image_slots(dx, img, b);
     let (pw, pb) = if per_image {
-        slots
+        let parts = slots
             .into_par_iter()
             .enumerate()
             .fold(init, |mut acc, job| {
                 work(job, &mut acc);
                 acc
             })
-            .map(|(pw, pb, ..)| (pw, pb))
-            .reduce(
-                || (vec![T::default(); nw], vec![T::default(); o]),
-                |(mut aw, mut ab), (bw, bb)| {
-                    aw.iter_mut().zip(bw).for_each(|(a, v)| *a += v);
-                    ab.iter_mut().zip(bb).for_each(|(a, v)| *a += v);
-                    (aw, ab)
-                },
-            )
+            .map(|(pw, pb, ..)| (pw, pb));
+        sum_partials(parts, nw, o)
     } else {
         let mut acc = init();
         slots.into_iter().enumerate().for_each(|job| work(job, &mut acc));
@@ -1993,22 +1995,15 @@ fn convt_bwd<T: Float>(
     };
     let slots = per_image_slots(dx, ci * hw, b);
     let (pw, pb) = if per_image {
-        slots
+        let parts = slots
             .into_par_iter()
             .enumerate()
             .fold(init, |mut acc, job| {
                 work(job, &mut acc);
                 acc
             })
-            .map(|(pw, pb, ..)| (pw, pb))
-            .reduce(
-                || (vec![T::default(); nw], vec![T::default(); o]),
-                |(mut aw, mut ab), (bw, bb)| {
-                    aw.iter_mut().zip(bw).for_each(|(a, v)| *a += v);
-                    ab.iter_mut().zip(bb).for_each(|(a, v)| *a += v);
-                    (aw, ab)
-                },
-            )
+            .map(|(pw, pb, ..)| (pw, pb));
+        sum_partials(parts, nw, o)
     } else {
         let mut acc = init();
         slots.into_iter().enumerate().for_each(|job| work(job, &mut acc));
@@ -2328,6 +2323,12 @@ impl CustomOp3 for LinearGrad {
 
 /// `act(xs · weightᵀ + bias)` for `(n, i)` inputs, as one node (CPU, f32/f64).
 pub fn linear(xs: &Tensor, weight: &Tensor, bias: &Tensor, act: Act) -> Result<Tensor> {
+    if xs.rank() != 2 {
+        candle_core::bail!(
+            "linear: input of shape {:?} is not (n, i) (linear_shaped reads it flattened)",
+            xs.dims()
+        );
+    }
     linear_shaped(xs, weight, bias, act, None)
 }
 

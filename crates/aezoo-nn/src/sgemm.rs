@@ -275,14 +275,17 @@ pub fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32], add: bo
         src.len() >= rows * cols && dst.len() >= rows * cols,
         "sgemm::transpose: a slice is too short"
     );
-    let mut done = (0, 0);
+    // The rows and columns the 8 × 8 blocks covered.
     #[cfg(target_arch = "x86_64")]
-    if crate::simd::level() >= 1 {
+    let (r8, c8) = if crate::simd::level() >= 1 {
         // SAFETY: the assert bounds every index; AVX2 was detected.
         unsafe { x86::transpose_blocks(src.as_ptr(), rows, cols, dst.as_mut_ptr(), add) };
-        done = (rows / 8 * 8, cols / 8 * 8);
-    }
-    let (r8, c8) = done;
+        (rows / 8 * 8, cols / 8 * 8)
+    } else {
+        (0, 0)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let (r8, c8) = (0, 0);
     // What the blocks left: the rows past the last block of 8, and the
     // columns past it in the rows the blocks covered.
     let mut one = |i: usize, j: usize| {
@@ -718,10 +721,7 @@ unsafe fn tile<V: Vector, const R: usize>(
 /// 128 → 784 layer.
 #[inline(always)]
 unsafe fn sigmoid<V: Vector, const R: usize>(tile: &mut [[V; 2]; R]) {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    const ROUND: f32 = 12_582_912.0;
+    use crate::fused::exp_consts::{LN2_HI, LN2_LO, LOG2E, ROUND};
     // SAFETY: the vector operations of the kernel's instruction set.
     unsafe {
         let c = |v: f32| V::set1(v);

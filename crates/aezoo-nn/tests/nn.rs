@@ -1051,9 +1051,8 @@ fn f32_convs_through_sgemm_match_the_f64_composite() {
         (3, 8, 16, 9, 8, 3, 1, 1),
         (2, 4, 32, 10, 11, 4, 2, 1),
         (1, 16, 24, 6, 6, 3, 2, 1),
-        // Sixteen or more inputs at stride 2–4: dx (and the transposed
-        // conv's forward) in the sub-pixel form, classes of unequal taps,
-        // odd sizes, and (k < s) classes without taps.
+        // Sixteen inputs at strides 2 and 3 (dx unfolded, through sgemm
+        // with the kernel packed once), odd sizes, and k < s.
         (2, 16, 16, 9, 7, 4, 2, 1),
         (1, 16, 16, 8, 8, 2, 3, 0),
     ] {
@@ -1178,9 +1177,30 @@ fn fused_linear_reads_flattened_inputs_and_shapes_its_output() {
             &[x, wt, bias],
         );
     }
-    // A shape of the wrong size is an error, not a panic.
+    // A shape of the wrong size is an error, not a panic; so is a rank-3
+    // input to the plain linear (it does not flatten silently).
     let (x, wt, bias) = (u(&[3, 8], 328), u(&[6, 8], 326), u(&[6], 327));
     assert!(fused::linear_shaped(&x, &wt, &bias, Act::None, Some((3, 5).into())).is_err());
+    assert!(fused::linear(&u(&[3, 1, 8], 329), &wt, &bias, Act::None).is_err());
+    // The layer, in f32 (the sgemm path) and f64, with and without a bias
+    // (the composite path): the same as flatten → forward_act → reshape.
+    for (dt, bias) in [(DType::F32, true), (DType::F64, true), (DType::F32, false)] {
+        let store = ParamStore::init(3);
+        let vb = store.var_builder(dt, &Device::Cpu);
+        let layer = layers::linear(8, 6, LinearConfig { bias }, vb.pp("l")).unwrap();
+        let x = u(&[3, 2, 2, 2], 330).to_dtype(dt).unwrap();
+        let got = layer
+            .forward_shaped(&x, Act::Sigmoid, Some((3, 1, 2, 3).into()))
+            .unwrap();
+        let want = layer
+            .forward_act(&x.flatten_from(1).unwrap(), Act::Sigmoid)
+            .unwrap()
+            .reshape((3, 1, 2, 3))
+            .unwrap();
+        let d = max_abs_diff(&got.to_dtype(DType::F64).unwrap(), &want.to_dtype(DType::F64).unwrap());
+        assert!(d < 1e-6, "forward_shaped {dt:?} bias {bias}: differs by {d}");
+        assert_eq!(layer.forward_shaped(&x, Act::None, None).unwrap().dims(), &[3, 6]);
+    }
 }
 
 #[test]
@@ -2082,13 +2102,21 @@ fn sgemm_matches_a_reference_product_for_every_layout_and_epilogue() {
     }
     assert_eq!(checked, shapes.len() * 8 * 24);
     // The sigmoid epilogue (vector code on the tile's registers) gives the
-    // bits of `Float::sigmoid`, over f32's range, past the clamp, at the
-    // tile and panel edges (m = 259, n = 37) and with NaN and −0.
-    let (m, n) = (259, 37);
-    let mut a: Vec<f32> = (0..m).map(|i| (i as f32 - 130.0) * 0.77).collect();
-    a[5] = f32::NAN;
-    a[6] = -0.0;
-    a[7] = 1e-30;
+    // bits of `Float::sigmoid` over f32's range and past the clamp (steps of
+    // 0.77 out to ±100), densely over [−20, 20] (steps of 1/64), at ±∞,
+    // NaN and tiny values, at the tile and panel edges (n = 37).
+    let mut a: Vec<f32> = (0..260).map(|i| (i as f32 - 130.0) * 0.77).collect();
+    a.extend((-1280..=1280).map(|i| i as f32 / 64.0));
+    a.extend([
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        1e-30,
+        -1e-30,
+        f32::MAX,
+        f32::MIN,
+    ]);
+    let (m, n) = (a.len(), 37);
     let b: Vec<f32> = (0..n)
         .map(|j| if j == 0 { -0.0 } else { j as f32 * 0.013 - 0.2 })
         .collect();
