@@ -14,7 +14,28 @@ use aezoo_nn::fused::{self, Act};
 use candle_core::{Device, Tensor, Var};
 use std::time::Instant;
 
-/// Mean forward and backward milliseconds of `f` over `reps` calls.
+/// The median of `v` (a shared machine's interference only slows single
+/// calls).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Median seconds of `f` over `reps` calls, after 20 warm-up calls.
+fn time_median(reps: usize, f: impl Fn()) -> f64 {
+    (0..20).for_each(|_| f());
+    median(
+        (0..reps)
+            .map(|_| {
+                let t0 = Instant::now();
+                f();
+                t0.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
+}
+
+/// Median forward and backward milliseconds of `f` over `reps` calls.
 fn bench(name: &str, flops_fwd: f64, f: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>, x: &Var, reps: usize) {
     let r = {
         let y = f(x.as_tensor()).unwrap();
@@ -34,11 +55,6 @@ fn bench(name: &str, flops_fwd: f64, f: &dyn Fn(&Tensor) -> candle_core::Result<
         tf.push((t1 - t0).as_secs_f64());
         tb.push(t1.elapsed().as_secs_f64());
     }
-    // Medians: a shared machine's interference only slows single calls.
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let (tf, tb) = (median(tf), median(tb));
     println!(
         "{name:<30} fwd {:7.3} ms ({:5.1} GFLOP/s)  bwd {:7.3} ms ({:5.1} GFLOP/s)",
@@ -171,15 +187,10 @@ fn main() {
                 }
                 h
             };
-            for _ in 0..20 {
-                chain(&x);
-            }
             let reps = 400;
-            let t0 = Instant::now();
-            for _ in 0..reps {
+            let t = time_median(reps, || {
                 chain(&x);
-            }
-            let t = t0.elapsed().as_secs_f64() / reps as f64;
+            });
             println!(
                 "{:<30} fwd {:7.3} ms ({:5.1} GFLOP/s, {:.0} img/s)",
                 "ae-mlp chain n=1000",
@@ -187,23 +198,17 @@ fn main() {
                 total / t / 1e9,
                 b as f64 / t
             );
-            {
-                let xi = Tensor::rand(0f32, 1.0, (b, 784), &dev).unwrap();
-                let t0 = Instant::now();
-                for _ in 0..reps {
-                    fused::sigmoid(&xi).unwrap();
-                }
-                let t = t0.elapsed().as_secs_f64() / reps as f64;
-                println!("{:<30} fwd {:7.3} ms", "  sigmoid 1000x784", t * 1e3);
-            }
+            let xi = Tensor::rand(0f32, 1.0, (b, 784), &dev).unwrap();
+            let t = time_median(reps, || {
+                fused::sigmoid(&xi).unwrap();
+            });
+            println!("{:<30} fwd {:7.3} ms", "  sigmoid 1000x784", t * 1e3);
             for &(i, o, a) in dims.iter().chain(&extra) {
                 let (w, bb) = (var(&[o, i]), var(&[o]));
                 let xi = Tensor::rand(0f32, 1.0, (b, i), &dev).unwrap();
-                let t0 = Instant::now();
-                for _ in 0..reps {
+                let t = time_median(reps, || {
                     fused::linear(&xi, w.as_tensor(), bb.as_tensor(), a).unwrap();
-                }
-                let t = t0.elapsed().as_secs_f64() / reps as f64;
+                });
                 println!(
                     "{:<30} fwd {:7.3} ms ({:5.1} GFLOP/s)",
                     format!("  linear {i}->{o} {a:?}"),

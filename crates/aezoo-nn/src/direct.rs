@@ -312,6 +312,16 @@ pub(crate) struct Implicit {
     pix: Vec<usize>,
 }
 
+/// `(a, b, m)` → `(b, a, m)`: blocks of `m` floats with the two outer axes
+/// exchanged (a chunk's `(oc, n, l)` products ↔ its `(n, oc, l)` images).
+fn swap_outer(src: &[f32], a: usize, b: usize, m: usize, dst: &mut [f32]) {
+    for (i, rows) in src.chunks_exact(b * m).take(a).enumerate() {
+        for (j, block) in rows.chunks_exact(m).enumerate() {
+            dst[(j * a + i) * m..(j * a + i + 1) * m].copy_from_slice(block);
+        }
+    }
+}
+
 /// Per-task buffers of [`Implicit`].
 #[derive(Default)]
 pub(crate) struct ImplicitScratch {
@@ -414,11 +424,7 @@ impl Implicit {
         };
         // yᵀ (n·m × oc), stored transposed: (oc, n, m), then (n, oc, m).
         sgemm::gemm_packed(n * m, a, wt, &mut by_oc, (1, n * m), &epi, parallel);
-        for (img, y) in out.chunks_exact_mut(oc * m).enumerate() {
-            for (o, plane) in y.chunks_exact_mut(m).enumerate() {
-                plane.copy_from_slice(&by_oc[(o * n + img) * m..(o * n + img + 1) * m]);
-            }
-        }
+        swap_outer(&by_oc, oc, n, m, out);
         sc.by_oc = by_oc;
     }
 
@@ -441,11 +447,7 @@ impl Implicit {
         sc.planes_of(xs, n, g, &self.planes);
         // dy as (oc, n, m).
         sc.by_oc.resize(oc * n * m, 0.0);
-        for (img, dy) in dys.chunks_exact(oc * m).enumerate() {
-            for (o, plane) in dy.chunks_exact(m).enumerate() {
-                sc.by_oc[(o * n + img) * m..(o * n + img + 1) * m].copy_from_slice(plane);
-            }
-        }
+        swap_outer(dys, n, oc, m, &mut sc.by_oc);
         // B = dyᵀ (n·m × oc).
         let pb = PackedB::pack(n * m, oc, Strided::new(&sc.by_oc, 1, n * m));
         sc.pixels_of(n, self, self.planes.size(g.c));
@@ -454,10 +456,6 @@ impl Implicit {
             rows: Index::Table(&self.koff),
             cols: Index::Table(&sc.pixels),
         };
-        let epi = Epilogue {
-            accumulate: true,
-            ..Epilogue::default()
-        };
-        sgemm::gemm_packed(self.koff.len(), a, &pb, dwt, (oc, 1), &epi, parallel);
+        sgemm::gemm_packed(self.koff.len(), a, &pb, dwt, (oc, 1), &Epilogue::ACCUMULATE, parallel);
     }
 }

@@ -718,8 +718,16 @@ impl Unfold {
         }
     }
 
-    /// A kernel gradient in this layout's order back to `(a, c, kh, kw)`.
-    fn kernel_back<T: Float>(&self, dw: Vec<T>, a: usize, g: &Geometry) -> Vec<T> {
+    /// A kernel gradient in this layout's order back to `(a, c, kh, kw)`;
+    /// `transposed`: `dw` holds it as `K × a` (accumulated as dWᵀ).
+    fn kernel_back<T: Float>(&self, dw: Vec<T>, a: usize, g: &Geometry, transposed: bool) -> Vec<T> {
+        let dw = if transposed {
+            let mut t = vec![T::default(); dw.len()];
+            transpose_into(&dw, a, &mut t);
+            t
+        } else {
+            dw
+        };
         if self.rows {
             swap_inner(&dw, a, g.kh * g.kw, g.c)
         } else {
@@ -1510,11 +1518,15 @@ fn conv_bwd<T: Float>(
         {
             // dWᵀ (k×o) += cols (k×l) · dz_iᵀ (l×o), transposed at the end.
             let pb = PackedB::pack(l, o, Strided::new(dz32, 1, l));
-            let epi = Epilogue {
-                accumulate: true,
-                ..Epilogue::default()
-            };
-            sgemm::gemm_packed(k, Strided::new(cols32, kl.0, kl.1), &pb, pw32, (o, 1), &epi, inner);
+            sgemm::gemm_packed(
+                k,
+                Strided::new(cols32, kl.0, kl.1),
+                &pb,
+                pw32,
+                (o, 1),
+                &Epilogue::ACCUMULATE,
+                inner,
+            );
         } else {
             // dW (o×k) += dz_i (o×l) · colsᵀ (l×k)
             gemm(o, k, l, pw, (k, 1), true, dzi, (l, 1), cols, u.lk(), par);
@@ -1567,12 +1579,8 @@ fn conv_bwd<T: Float>(
     };
     if direct {
         dw.copy_from_slice(&pw);
-    } else if dw_t {
-        let mut t = vec![T::default(); o * k];
-        transpose_into(&pw, o, &mut t);
-        dw.copy_from_slice(&u.kernel_back(t, o, &g));
     } else {
-        dw.copy_from_slice(&u.kernel_back(pw, o, &g));
+        dw.copy_from_slice(&u.kernel_back(pw, o, &g, dw_t));
     }
     db.copy_from_slice(&pb);
     let n = packed.len();
@@ -1973,11 +1981,15 @@ fn convt_bwd<T: Float>(
             // as dWᵀ (a transposed C would be loaded and stored through
             // register transposes for every image) and transposed at the end.
             let pb = PackedB::pack(hw, ci, Strided::new(x32, 1, hw));
-            let epi = Epilogue {
-                accumulate: true,
-                ..Epilogue::default()
-            };
-            sgemm::gemm_packed(okk, Strided::new(dc32, lk.1, lk.0), &pb, pw32, (ci, 1), &epi, inner);
+            sgemm::gemm_packed(
+                okk,
+                Strided::new(dc32, lk.1, lk.0),
+                &pb,
+                pw32,
+                (ci, 1),
+                &Epilogue::ACCUMULATE,
+                inner,
+            );
         } else {
             // dW (ci×okk) += x_i (ci×hw) · dcolsᵀ (hw×okk)
             gemm(ci, okk, hw, pw, (okk, 1), true, xi, (hw, 1), dcols, u.lk(), par);
@@ -2011,12 +2023,8 @@ fn convt_bwd<T: Float>(
     };
     if direct {
         dw.copy_from_slice(&pw);
-    } else if dw_t {
-        let mut t = vec![T::default(); ci * okk];
-        transpose_into(&pw, ci, &mut t);
-        dw.copy_from_slice(&u.kernel_back(t, ci, &g));
     } else {
-        dw.copy_from_slice(&u.kernel_back(pw, ci, &g));
+        dw.copy_from_slice(&u.kernel_back(pw, ci, &g, dw_t));
     }
     db.copy_from_slice(&pb);
     let n = packed.len();

@@ -113,6 +113,16 @@ pub struct Epilogue<'a> {
     pub act: Act,
 }
 
+impl Epilogue<'static> {
+    /// `C += A·B`, nothing else (the weight gradients summed over images).
+    pub const ACCUMULATE: Self = Epilogue {
+        accumulate: true,
+        row_bias: None,
+        col_bias: None,
+        act: Act::None,
+    };
+}
+
 /// Whether this CPU runs these kernels (AVX2 + FMA at least, and not capped
 /// below that by `AEZOO_SIMD`) and they are not turned off
 /// (`AEZOO_NO_SGEMM=1`); otherwise callers use the `gemm` crate.

@@ -860,6 +860,30 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
         .unwrap()
 }
 
+/// The composite reference of a fused conv: candle's conv, the bias
+/// broadcast over its channels, the activation.
+fn plain_conv(x: &Tensor, wt: &Tensor, bias: &Tensor, p: usize, s: usize, dl: usize, act: Act) -> Tensor {
+    let b = bias.reshape((1, bias.elem_count(), 1, 1)).unwrap();
+    apply_act(
+        ops::conv2d_candle(x, wt, p, s, dl, 1)
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap(),
+        act,
+    )
+    .unwrap()
+}
+
+/// … and of a fused transposed conv (dilation 1).
+fn plain_convt(x: &Tensor, wt: &Tensor, bias: &Tensor, p: usize, op: usize, s: usize, act: Act) -> Tensor {
+    let b = bias.reshape((1, bias.elem_count(), 1, 1)).unwrap();
+    apply_act(
+        x.conv_transpose2d(wt, p, op, s, 1).unwrap().broadcast_add(&b).unwrap(),
+        act,
+    )
+    .unwrap()
+}
+
 #[test]
 fn fused_conv2d_matches_composite_and_finite_differences() {
     // Batch 1 (threaded GEMMs) and 6 (one image per task) take different paths.
@@ -881,14 +905,7 @@ fn fused_conv2d_matches_composite_and_finite_differences() {
         for act in [Act::None, Act::Relu, Act::Sigmoid] {
             let (x, wt, bias) = (u(&[b, 3, h, w], 300), u(&[4, 3, k, k], 301), u(&[4], 302));
             let fused = fused::conv2d(&x, &wt, &bias, p, s, dl, act).unwrap();
-            let plain = apply_act(
-                ops::conv2d_candle(&x, &wt, p, s, dl, 1)
-                    .unwrap()
-                    .broadcast_add(&bias.reshape((1, 4, 1, 1)).unwrap())
-                    .unwrap(),
-                act,
-            )
-            .unwrap();
+            let plain = plain_conv(&x, &wt, &bias, p, s, dl, act);
             let what = format!("fused conv2d b{b} {h}x{w} k{k} s{s} p{p} d{dl} {act:?}");
             assert!(max_abs_diff(&fused, &plain) < 1e-12, "{what}: forward differs");
             let f = move |a: &[Tensor]| fused::conv2d(&a[0], &a[1], &a[2], p, s, dl, act);
@@ -972,14 +989,7 @@ fn fused_conv_transpose2d_matches_composite_and_finite_differences() {
         for act in [Act::None, Act::Relu, Act::Sigmoid] {
             let (x, wt, bias) = (u(&[b, 3, h, w], 310), u(&[3, 2, k, k], 311), u(&[2], 312));
             let fused = fused::conv_transpose2d(&x, &wt, &bias, p, op, s, 1, act).unwrap();
-            let plain = apply_act(
-                x.conv_transpose2d(&wt, p, op, s, 1)
-                    .unwrap()
-                    .broadcast_add(&bias.reshape((1, 2, 1, 1)).unwrap())
-                    .unwrap(),
-                act,
-            )
-            .unwrap();
+            let plain = plain_convt(&x, &wt, &bias, p, op, s, act);
             let what = format!("fused conv_transpose2d b{b} {h}x{w} k{k} s{s} p{p} op{op} {act:?}");
             assert!(max_abs_diff(&fused, &plain) < 1e-12, "{what}: forward differs");
             let f = move |a: &[Tensor]| fused::conv_transpose2d(&a[0], &a[1], &a[2], p, op, s, 1, act);
@@ -1003,14 +1013,7 @@ fn fused_convs_with_one_output_channel_take_the_direct_kernels_and_match() {
         for act in [Act::None, Act::Relu, Act::Sigmoid] {
             let (x, wt, bias) = (u(&[b, c, h, w], 380), u(&[1, c, k, k], 381), u(&[1], 382));
             let fused = fused::conv2d(&x, &wt, &bias, p, s, 1, act).unwrap();
-            let plain = apply_act(
-                ops::conv2d_candle(&x, &wt, p, s, 1, 1)
-                    .unwrap()
-                    .broadcast_add(&bias.reshape((1, 1, 1, 1)).unwrap())
-                    .unwrap(),
-                act,
-            )
-            .unwrap();
+            let plain = plain_conv(&x, &wt, &bias, p, s, 1, act);
             let what = format!("direct conv2d b{b} c{c} {h}x{w} k{k} s{s} p{p} {act:?}");
             assert!(max_abs_diff(&fused, &plain) < 1e-12, "{what}: forward differs");
             let f = move |a: &[Tensor]| fused::conv2d(&a[0], &a[1], &a[2], p, s, 1, act);
@@ -1026,14 +1029,7 @@ fn fused_convs_with_one_output_channel_take_the_direct_kernels_and_match() {
             let (xt, wtt, bt) = (u(&[b, 1, h, w], 383), u(&[1, c, k, k], 384), u(&[c], 385));
             let op = if s > 1 { 1 } else { 0 };
             let ft = fused::conv_transpose2d(&xt, &wtt, &bt, p.min(k - 1), op, s, 1, act).unwrap();
-            let pt = apply_act(
-                xt.conv_transpose2d(&wtt, p.min(k - 1), op, s, 1)
-                    .unwrap()
-                    .broadcast_add(&bt.reshape((1, c, 1, 1)).unwrap())
-                    .unwrap(),
-                act,
-            )
-            .unwrap();
+            let pt = plain_convt(&xt, &wtt, &bt, p.min(k - 1), op, s, act);
             assert!(max_abs_diff(&ft, &pt) < 1e-12, "{what}: transposed forward differs");
             let pp = p.min(k - 1);
             let f = move |a: &[Tensor]| fused::conv_transpose2d(&a[0], &a[1], &a[2], pp, op, s, 1, act);
