@@ -1,7 +1,8 @@
 """PyTorch's side of `cargo run --release -p aezoo-nn --example layer_speed mlp`:
 ae-mlp's inference chain (784 -> 128 ReLU -> 64 -> 128 ReLU -> 784 sigmoid) at
 the bench's batch of 1000, f32, under no_grad, the median of 400 calls, and each
-layer alone (the last also without its sigmoid).
+layer alone (the last also without its sigmoid), and the layers of ae-sparse
+and vae-mlp.
 
 usage: python3 scripts/bench/mlp_chain_torch.py [--threads 2]
 """
@@ -44,7 +45,11 @@ with torch.no_grad():
     flops = sum(2 * B * i * o for i, o, _ in DIMS)
     t = median_ms(chain)
     print("ae-mlp chain n=1000  %.3f ms (%.1f GFLOP/s, %.0f img/s)" % (t, flops / t / 1e6, B / t * 1e3))
-    for (i, o, a), (lin, _) in zip(DIMS + [(128, 784, None)], layers + [layers[-1]]):
+    # As layer_speed's list: the chain's layers, the last without its
+    # sigmoid, then ae-sparse's and vae-mlp's layers.
+    extra = [(128, 784, None), (784, 64, "relu"), (64, 784, "sigmoid"), (784, 400, "relu"), (400, 784, "sigmoid")]
+    for i, o, a in DIMS + extra:
+        lin = torch.nn.Linear(i, o)
         xi = torch.rand(B, i)
         t = median_ms(lambda: ACT[a](lin(xi)))
         print("  linear %d->%d %s  %.3f ms (%.1f GFLOP/s)" % (i, o, a, t, 2 * B * i * o / t / 1e6))

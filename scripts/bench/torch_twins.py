@@ -22,6 +22,9 @@ p = argparse.ArgumentParser()
 p.add_argument("entry")
 p.add_argument("--steps", type=int, default=0, help="training steps (0: one epoch)")
 p.add_argument("--threads", type=int, default=2)
+p.add_argument("--infer-reps", type=int, default=0,
+               help="only time recon on one batch of 1000 random images this many times, print median/min "
+                    "(the twin of `cargo run --release -p aezoo-train --example infer_speed -- <entry> <reps>`)")
 p.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
 p.add_argument("--configs", default=os.path.join(os.path.dirname(__file__), "..", "..", "configs"))
 A = p.parse_args()
@@ -272,6 +275,22 @@ def main():
     fam = CFG["family"]
     if fam not in FAMILIES:
         print(json.dumps({"entry": A.entry, "error": f"no PyTorch twin for family {fam}"}))
+        return
+    if A.infer_reps:
+        torch.manual_seed(0)
+        model = FAMILIES[fam](M).eval()
+        x = torch.rand(1000, *M["image"])
+        t = []
+        with torch.no_grad():
+            for _ in range(5):
+                model.recon(x)
+            for _ in range(A.infer_reps):
+                t0 = time.perf_counter()
+                model.recon(x)
+                t.append(time.perf_counter() - t0)
+        t.sort()
+        med, lo = t[len(t) // 2], t[0]
+        print(f"{A.entry}: median {med * 1e3:.3f} ms ({1000 / med:.0f} img/s), min {lo * 1e3:.3f} ms ({1000 / lo:.0f} img/s)")
         return
     train = idx_images(f"{A.data}/train-images-idx3-ubyte.gz")
     test = idx_images(f"{A.data}/t10k-images-idx3-ubyte.gz")

@@ -176,7 +176,15 @@ fn main() {
                 (64, 128, Act::Relu),
                 (128, 784, Act::Sigmoid),
             ];
-            let extra = [(128, 784, Act::None), (128, 784, Act::Relu)];
+            // The identity and ReLU twins of the sigmoid layer; `ae-sparse`'s and `vae-mlp`'s layers.
+            let extra = [
+                (128, 784, Act::None),
+                (128, 784, Act::Relu),
+                (784, 64, Act::Relu),
+                (64, 784, Act::Sigmoid),
+                (784, 400, Act::Relu),
+                (400, 784, Act::Sigmoid),
+            ];
             let layers: Vec<_> = dims.iter().map(|&(i, o, a)| (var(&[o, i]), var(&[o]), a)).collect();
             let x = Tensor::rand(0f32, 1.0, (b, 784), &dev).unwrap();
             let total: f64 = dims.iter().map(|&(i, o, _)| 2.0 * (b * i * o) as f64).sum();

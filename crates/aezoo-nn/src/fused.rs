@@ -244,7 +244,10 @@ pub fn exp_f32(x: f32) -> f32 {
 /// Element-wise passes at least this long run on all threads.
 const PAR_ELEMS: usize = 1 << 15;
 
+/// Threads for the parallel region that follows (which keeps the other
+/// workers awake for it and the next: `pool::keep_warm`).
 fn threads() -> usize {
+    crate::pool::keep_warm();
     rayon::current_num_threads().max(1)
 }
 

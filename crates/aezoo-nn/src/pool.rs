@@ -11,6 +11,11 @@
 //! against `AEZOO_ON_POOL=0`: 64.6k → 86.6k training images/s
 //! (ARCHITECTURE.md, fast paths).
 
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::Instant;
+
 /// Stack of each worker: candle walks the autograd graph recursively, and a
 /// job that used to run on the main thread (8 MiB) must not find less.
 const WORKER_STACK: usize = 64 << 20;
@@ -18,7 +23,7 @@ const WORKER_STACK: usize = 64 << 20;
 /// Whether jobs go to a pool worker (`AEZOO_ON_POOL=0` keeps them on the
 /// calling thread, to compare).
 pub fn enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| !matches!(std::env::var("AEZOO_ON_POOL").as_deref(), Ok("0")))
 }
 
@@ -41,8 +46,131 @@ pub fn on_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         return f();
     }
     let mut out = None;
-    rayon::scope(|s| s.spawn(|_| out = Some(f())));
+    rayon::scope(|s| {
+        s.spawn(|_| {
+            let _busy = Busy::mark();
+            keep_warm();
+            out = Some(f());
+        })
+    });
     out.expect("rayon::scope returned before its job ran")
+}
+
+/// How long the other workers keep looking for work after a parallel
+/// region starts (OpenMP's "blocktime"; Intel's runtime waits 200 ms).
+const LINGER_NS: u64 = 30_000_000;
+/// Longest one linger job runs before it queues its successor and returns:
+/// the most it can hold up a worker that picked it up while waiting inside
+/// a join.
+const SLICE_NS: u64 = 50_000;
+
+/// Linger jobs queued or running.
+static LINGERING: AtomicUsize = AtomicUsize::new(0);
+/// When [`keep_warm`] was last called, in ns after [`epoch`].
+static LAST_REGION: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// This thread runs an [`on_worker`] job, or a linger job.
+    static BUSY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Sets [`BUSY`] for its lifetime (cleared on unwinding too).
+struct Busy;
+
+impl Busy {
+    fn mark() -> Self {
+        BUSY.with(|b| b.set(true));
+        Busy
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        BUSY.with(|b| b.set(false));
+    }
+}
+
+fn epoch() -> Instant {
+    static E: OnceLock<Instant> = OnceLock::new();
+    *E.get_or_init(Instant::now)
+}
+
+fn now_ns() -> u64 {
+    epoch().elapsed().as_nanos() as u64
+}
+
+/// Whether idle workers linger (`AEZOO_LINGER=0` lets them sleep at once,
+/// to compare).
+pub fn lingering() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| !matches!(std::env::var("AEZOO_LINGER").as_deref(), Ok("0")))
+}
+
+/// Called where a parallel region starts: keeps every other worker of the
+/// pool awake for the next [`LINGER_NS`], as OpenMP's team spins between
+/// regions. rayon puts a worker to sleep ~50 µs after it last found work;
+/// on a VM a sleeping vCPU is halted, and waking it for the next region
+/// took 0.1 to several ms when the host was busy — most of the spread of
+/// `aezoo bench`'s inference, whose batches are ~2 ms of parallel work
+/// between serial sums (ARCHITECTURE.md, fast paths). A linger job runs
+/// rayon's work (`rayon::yield_now`) and otherwise yields the CPU to any
+/// runnable thread (`sched_yield`: the vCPU stays up without taking the
+/// core from anyone); it re-queues itself every [`SLICE_NS`], so a worker
+/// that picks one up while it waits inside a join is held at most that
+/// long, and never runs on the thread of an [`on_worker`] job.
+pub fn keep_warm() {
+    if !lingering() {
+        return;
+    }
+    LAST_REGION.store(now_ns(), Ordering::Relaxed);
+    let want = rayon::current_num_threads().saturating_sub(1);
+    let mut n = LINGERING.load(Ordering::Relaxed);
+    while n < want {
+        match LINGERING.compare_exchange_weak(n, n + 1, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => {
+                rayon::spawn(linger);
+                n += 1;
+            }
+            Err(now) => n = now,
+        }
+    }
+}
+
+/// Linger jobs queued or running now (at most one per worker but one).
+pub fn lingerers() -> usize {
+    LINGERING.load(Ordering::Relaxed)
+}
+
+/// One slice of lingering (see [`keep_warm`]).
+fn linger() {
+    let expired = || now_ns().saturating_sub(LAST_REGION.load(Ordering::Relaxed)) > LINGER_NS;
+    if expired() {
+        LINGERING.fetch_sub(1, Ordering::Relaxed);
+        return;
+    }
+    if BUSY.with(Cell::get) {
+        // An on_worker job waiting in a join, or a linger job's own
+        // yield_now: hand the slot back to the queue for an idle worker.
+        if rayon::current_num_threads() > 1 {
+            rayon::spawn(linger);
+        } else {
+            LINGERING.fetch_sub(1, Ordering::Relaxed);
+        }
+        return;
+    }
+    let busy = Busy::mark();
+    let start = now_ns();
+    while now_ns() - start < SLICE_NS && !expired() {
+        if !matches!(rayon::yield_now(), Some(rayon::Yield::Executed)) {
+            std::thread::yield_now();
+        }
+    }
+    drop(busy);
+    if expired() {
+        LINGERING.fetch_sub(1, Ordering::Relaxed);
+    } else {
+        rayon::spawn(linger);
+    }
 }
 
 /// Threads of the pool the caller's parallel regions run on.

@@ -252,6 +252,7 @@ impl PackedB {
             unsafe { fill_panel(b, p0, j0, cols, nr, panel) }
         };
         if k * n >= PAR_PACK && rayon::current_num_threads() > 1 {
+            crate::pool::keep_warm();
             jobs.into_par_iter().for_each(fill);
         } else {
             jobs.into_iter().for_each(fill);
@@ -373,6 +374,9 @@ pub unsafe fn gemm_packed_raw<'a>(
     let cp = CPtr(c);
     let panels = n.div_ceil(pb.nr);
     let threads = if parallel { rayon::current_num_threads() } else { 1 };
+    if threads > 1 {
+        crate::pool::keep_warm();
+    }
     // SAFETY (all calls below): the asserts bound every index the strides
     // reach; tasks cover disjoint rows × panels of `C`.
     if threads <= 1 || m * n * k.max(1) < 1 << 15 {

@@ -2134,3 +2134,52 @@ fn sgemm_matches_a_reference_product_for_every_layout_and_epilogue() {
         );
     }
 }
+
+/// Polls `pool::lingerers()` until it is 0, for up to `secs` seconds.
+fn lingerers_end_within(secs: u64) -> bool {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed().as_secs() < secs {
+        if aezoo_nn::pool::lingerers() == 0 {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    false
+}
+
+#[test]
+fn lingering_workers_stay_bounded_never_hold_a_job_and_end() {
+    use rayon::prelude::*;
+    let workers = rayon::current_num_threads();
+    aezoo_nn::pool::keep_warm();
+    assert!(aezoo_nn::pool::lingerers() <= workers.saturating_sub(1));
+    if aezoo_nn::pool::lingering() && workers > 1 {
+        // Queued or running right after the call (other tests may have
+        // queued them already; none run past their slice uncounted).
+        assert!(aezoo_nn::pool::lingerers() >= 1);
+    }
+    // Nested regions on a worker while linger jobs are queued: every one
+    // completes (a linger job picked up inside a join gives its slot back)
+    // and computes what the serial loop does.
+    let sums = aezoo_nn::pool::on_worker(|| {
+        (0..200u64)
+            .map(|r| {
+                aezoo_nn::pool::keep_warm();
+                (0..10_000u64)
+                    .into_par_iter()
+                    .map(|i| (0..4u64).into_par_iter().map(|j| (i * j) ^ r).sum::<u64>())
+                    .sum::<u64>()
+            })
+            .collect::<Vec<_>>()
+    });
+    for (r, s) in sums.iter().enumerate() {
+        let want: u64 = (0..10_000u64)
+            .map(|i| (0..4u64).map(|j| (i * j) ^ r as u64).sum::<u64>())
+            .sum();
+        assert_eq!(*s, want, "round {r}");
+    }
+    assert!(aezoo_nn::pool::lingerers() <= workers.saturating_sub(1));
+    // With no region started for the blocktime (30 ms), they end; other
+    // tests of this binary start regions of their own, hence the long bound.
+    assert!(lingerers_end_within(120), "linger jobs still queued after 120 s");
+}

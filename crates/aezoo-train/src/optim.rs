@@ -237,6 +237,7 @@ fn one_pass<T: AdamFloat>(k: &Coefs, p: &mut [T], g: &[T], m: &mut [T], v: &mut 
     }
     let c = consts::<T>(k);
     if p.len() > ADAM_CHUNK {
+        aezoo_nn::pool::keep_warm();
         p.par_chunks_mut(ADAM_CHUNK)
             .zip(g.par_chunks(ADAM_CHUNK))
             .zip(m.par_chunks_mut(ADAM_CHUNK).zip(v.par_chunks_mut(ADAM_CHUNK)))
