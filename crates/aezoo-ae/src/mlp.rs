@@ -4,7 +4,7 @@
 //! the L1 activity penalty of the sparse autoencoder (Ng 2011; Keras'
 //! `activity_regularizer=l1(λ)`).
 
-use aezoo_nn::layers::{linear, Linear, LinearConfig};
+use aezoo_nn::layers::{linear, linear_chain, Linear, LinearConfig};
 use aezoo_nn::{Autoencoder, Batch, Family, StepCtx, StepOutput};
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
@@ -127,6 +127,33 @@ impl Autoencoder for MlpAe {
 
     fn decode(&self, z: &Tensor) -> Result<Tensor> {
         self.decode_with(z, Activation::Sigmoid)
+    }
+
+    /// Encoder and decoder as one [`linear_chain`] (one parallel region,
+    /// no gradient), where every activation fuses into its layer.
+    fn reconstruct(&self, xs: &Tensor) -> Result<Tensor> {
+        let (last_enc, last_dec) = (self.encoder.len() - 1, self.decoder.len() - 1);
+        let acts = self.encoder.iter().enumerate().map(|(i, l)| {
+            let a = if i < last_enc {
+                self.cfg.activation
+            } else {
+                self.cfg.code_activation
+            };
+            (l, a)
+        });
+        let acts = acts.chain(self.decoder.iter().enumerate().map(|(i, l)| {
+            let a = if i < last_dec {
+                self.cfg.activation
+            } else {
+                Activation::Sigmoid
+            };
+            (l, a)
+        }));
+        let links: Option<Vec<_>> = acts.map(|(l, a)| a.fused().map(|a| (l, a))).collect();
+        match links {
+            Some(links) => linear_chain(xs, &links)?.reshape(xs.shape()),
+            None => self.decode(&self.encode(xs)?),
+        }
     }
 
     fn step(&self, batch: &Batch, ctx: &mut StepCtx) -> Result<StepOutput> {

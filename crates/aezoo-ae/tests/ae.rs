@@ -214,3 +214,30 @@ fn conv_bad_configs_are_refused() {
     assert!(e.to_string().contains("divisible"), "{e}");
     assert!(ConvAe::new(&conv([1, 28, 28], vec![], ConvDecoder::Transposed, true), vb).is_err());
 }
+
+#[test]
+fn mlp_reconstruct_in_one_chain_is_decode_of_encode() {
+    // One fused stack for reconstruct, layer by layer for encode / decode:
+    // the same bits, with hidden layers and without, in f32 and f64.
+    for hidden in [vec![12, 9], vec![]] {
+        for dtype in [DType::F32, DType::F64] {
+            let (m, _) = build::<MlpAe>(&mlp(hidden.clone(), 4, 0.0, ReconLoss::Mse), dtype);
+            let x = uniform_input(&[7, 1, 6, 5], 0.0, 1.0, 11)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let got = m.reconstruct(&x).unwrap();
+            let want = m.decode(&m.encode(&x).unwrap()).unwrap();
+            assert_eq!(got.dims(), [7, 1, 6, 5]);
+            let v = |t: &Tensor| {
+                t.to_dtype(DType::F64)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap()
+            };
+            assert_eq!(v(&got), v(&want), "hidden {hidden:?} {dtype:?}");
+        }
+    }
+}

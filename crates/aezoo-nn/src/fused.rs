@@ -2356,6 +2356,148 @@ pub fn linear_shaped(xs: &Tensor, weight: &Tensor, bias: &Tensor, act: Act, out:
         .apply_op3(&weight.contiguous()?, &bias.contiguous()?, LinearFused { act, out })
 }
 
+// ---------------------------------------------------------- linear chain
+
+/// A stack of linear layers for inference: `h ← act_l(h[:, ..i_l] ·
+/// W_lᵀ + b_l)` for each `(W_l (o_l × i_l), b_l, act_l)` in turn, `xs` read
+/// flattened to `(n, d)` with `i_0 = d`, a later layer reading the first
+/// `i_l ≤ o_{l−1}` columns (a VAE's decoder reads the posterior mean, the
+/// first half of its statistics layer). Returns `(n, o_last)`.
+///
+/// The result is outside the autograd graph: no gradient flows back to
+/// `xs` or the layers (evaluation, reconstruction, encoding). In f32 with
+/// [`sgemm`] the rows are split once into tasks that each carry their rows
+/// through every layer, the activations between layers in the task's own
+/// buffers: one parallel region for the stack, not one per layer with its
+/// barrier and its tail of idle threads, and the intermediate rows still
+/// in cache for the next product. Each element is summed as the layer by
+/// layer [`linear`] sums it (the same packed panels, `k` blocks and
+/// epilogue): the same bits (test `linear_chain_matches_the_layers_one_by_one`).
+/// Elsewhere (f64, no AVX2, `AEZOO_NO_FUSED`) it runs the layers one by one.
+pub fn linear_chain(xs: &Tensor, layers: &[(&Tensor, &Tensor, Act)]) -> Result<Tensor> {
+    let n = xs.dim(0)?;
+    let d = xs.dims()[1..].iter().product::<usize>();
+    let mut width = d;
+    for (l, (w, b, _)) in layers.iter().enumerate() {
+        let (o, i) = w.dims2()?;
+        let fits = if l == 0 { i == width } else { i <= width };
+        if !fits || b.dims() != [o] {
+            candle_core::bail!(
+                "linear_chain: layer {l} has weight {:?} and bias {:?} after {width} features",
+                w.dims(),
+                b.dims()
+            );
+        }
+        width = o;
+    }
+    if layers.is_empty() {
+        candle_core::bail!("linear_chain: no layers");
+    }
+    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+    let fast =
+        applies(xs) && sgemm::available() && f32_cpu(xs) && layers.iter().all(|(w, b, _)| f32_cpu(w) && f32_cpu(b));
+    if !fast {
+        let mut h = xs.flatten_from(1)?.detach();
+        for (w, b, act) in layers {
+            let i = w.dim(1)?;
+            let input = if h.dim(1)? == i { h.clone() } else { h.narrow(1, 0, i)? };
+            h = match (applies(&input), *act) {
+                (true, _) => linear(&input, w, b, *act)?,
+                (false, act) => {
+                    let y = input.matmul(&w.t()?)?.broadcast_add(b)?;
+                    match act {
+                        Act::None => y,
+                        Act::Relu => crate::ops::relu(&y)?,
+                        Act::Sigmoid => crate::ops::sigmoid(&y)?,
+                    }
+                }
+            };
+        }
+        return Ok(h.detach());
+    }
+    let xs = xs.contiguous()?;
+    let owned: Vec<(Tensor, Tensor)> = layers
+        .iter()
+        .map(|(w, b, _)| Ok((w.contiguous()?, b.contiguous()?)))
+        .collect::<Result<_>>()?;
+    let (xg, xl) = xs.storage_and_layout();
+    let x = cpu_f32(&xg, xl)?;
+    let guards: Vec<_> = owned
+        .iter()
+        .map(|(w, b)| (w.storage_and_layout(), b.storage_and_layout()))
+        .collect();
+    let mut packed = Vec::with_capacity(layers.len());
+    let mut biases = Vec::with_capacity(layers.len());
+    for ((((wg, wl), (bg, bl)), (w, _)), (_, _, act)) in guards.iter().zip(&owned).zip(layers) {
+        let (o, i) = w.dims2()?;
+        // B = Wᵀ (i × o), as `lin_fwd` packs it.
+        packed.push(PackedB::pack(i, o, Strided::new(cpu_f32(wg, wl)?, 1, i)));
+        biases.push((cpu_f32(bg, bl)?, *act));
+    }
+    let o_last = width;
+    let t = threads();
+    // About four tasks per thread, whole register tiles each.
+    let per = n.div_ceil(4 * t).next_multiple_of(sgemm::MR).max(sgemm::MR);
+    let tasks = n.div_ceil(per);
+    let mut y: Vec<f32> = Vec::with_capacity(n * o_last);
+    let out = SendPtr(y.as_mut_ptr());
+    let task = |bufs: &mut (Vec<f32>, Vec<f32>), k: usize| {
+        let (r0, r1) = (k * per, ((k + 1) * per).min(n));
+        let m = r1 - r0;
+        let (cur, next) = bufs;
+        let mut a_rs = d;
+        for (l, (pb, (bias, act))) in packed.iter().zip(&biases).enumerate() {
+            let o = pb.n();
+            let epi = Epilogue {
+                col_bias: Some(bias),
+                act: *act,
+                ..Epilogue::default()
+            };
+            let a = if l == 0 { &x[r0 * d..r1 * d] } else { &cur[..m * a_rs] };
+            if l + 1 == layers.len() {
+                // SAFETY: rows r0..r1 of `y` (capacity n·o_last) belong to this
+                // task alone; the product writes every element of them.
+                unsafe {
+                    sgemm::gemm_packed_raw(
+                        m,
+                        Strided::new(a, a_rs, 1),
+                        pb,
+                        out.get().add(r0 * o),
+                        m * o,
+                        (o, 1),
+                        &epi,
+                        false,
+                    )
+                };
+            } else {
+                next.resize(m * o, 0.0);
+                sgemm::gemm_packed(m, Strided::new(a, a_rs, 1), pb, &mut next[..m * o], (o, 1), &epi, false);
+                std::mem::swap(cur, next);
+                a_rs = o;
+            }
+        }
+    };
+    if tasks > 1 && t > 1 {
+        (0..tasks)
+            .into_par_iter()
+            .for_each_init(|| (Vec::new(), Vec::new()), |bufs, k| task(bufs, k));
+    } else {
+        let mut bufs = (Vec::new(), Vec::new());
+        (0..tasks).for_each(|k| task(&mut bufs, k));
+    }
+    // SAFETY: the tasks wrote all n·o_last elements.
+    unsafe { y.set_len(n * o_last) };
+    Tensor::from_vec(y, (n, o_last), xs.device())
+}
+
+/// The f32 elements of a contiguous CPU storage.
+fn cpu_f32<'a>(s: &'a Storage, l: &Layout) -> Result<&'a [f32]> {
+    match s {
+        Storage::Cpu(c) => contiguous::<f32>(c, l, "linear_chain"),
+        _ => candle_core::bail!("linear_chain: not a CPU tensor"),
+    }
+}
+
 // ---------------------------------------------------------------- sigmoid
 
 /// `σ(x)` per element in one vectorised pass (candle's sigmoid calls a

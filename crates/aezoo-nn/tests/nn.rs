@@ -2183,3 +2183,90 @@ fn lingering_workers_stay_bounded_never_hold_a_job_and_end() {
     // tests of this binary start regions of their own, hence the long bound.
     assert!(lingerers_end_within(120), "linger jobs still queued after 120 s");
 }
+
+/// `(w (o × i), b (o))` from the test generator.
+fn layer_params(o: usize, i: usize, seed: u64, dtype: DType) -> (Tensor, Tensor) {
+    let w = (u(&[o, i], seed) - 0.5).unwrap().to_dtype(dtype).unwrap();
+    let b = (u(&[o], seed + 1) - 0.5).unwrap().to_dtype(dtype).unwrap();
+    (w, b)
+}
+
+/// The stack one layer at a time through `fused::linear`, a layer that
+/// reads fewer columns than the one before gives it reading a narrowed copy.
+fn chain_by_layers(xs: &Tensor, layers: &[(&Tensor, &Tensor, Act)]) -> Tensor {
+    let mut h = xs.flatten_from(1).unwrap();
+    for (w, b, act) in layers {
+        let i = w.dim(1).unwrap();
+        let input = h.narrow(1, 0, i).unwrap().contiguous().unwrap();
+        h = fused::linear(&input, w, b, *act).unwrap();
+    }
+    h
+}
+
+#[test]
+fn linear_chain_matches_the_layers_one_by_one() {
+    use Act;
+    // (input shape, [(out, in, act)]): ae-mlp's stack at small widths, a
+    // VAE whose decoder reads the first half of its statistics, one layer;
+    // row counts below, at and past a register tile and a task.
+    let stacks: Vec<(Vec<usize>, Vec<(usize, usize, Act)>)> = vec![
+        (
+            vec![1, 1, 7, 5],
+            vec![
+                (16, 35, Act::Relu),
+                (8, 16, Act::None),
+                (16, 8, Act::Relu),
+                (35, 16, Act::Sigmoid),
+            ],
+        ),
+        (
+            vec![13, 1, 7, 5],
+            vec![
+                (40, 35, Act::Relu),
+                (12, 40, Act::None),
+                (40, 6, Act::Relu),
+                (35, 40, Act::Sigmoid),
+            ],
+        ),
+        (vec![257, 300], vec![(70, 300, Act::Relu), (9, 70, Act::Sigmoid)]),
+        (vec![6, 20], vec![(33, 20, Act::None)]),
+    ];
+    for (k, (shape, dims)) in stacks.iter().enumerate() {
+        for dtype in [DType::F32, DType::F64] {
+            let xs = u(shape, 40 + k as u64).to_dtype(dtype).unwrap();
+            let params: Vec<_> = dims
+                .iter()
+                .enumerate()
+                .map(|(l, &(o, i, _))| layer_params(o, i, 100 * k as u64 + 2 * l as u64, dtype))
+                .collect();
+            let links: Vec<_> = params.iter().zip(dims).map(|((w, b), &(_, _, a))| (w, b, a)).collect();
+            let got = fused::linear_chain(&xs, &links).unwrap();
+            let want = chain_by_layers(&xs, &links);
+            assert_eq!(got.dims(), want.dims(), "stack {k} {dtype:?}");
+            let (g, w) = (
+                got.to_dtype(DType::F64)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap(),
+                want.to_dtype(DType::F64)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap(),
+            );
+            // The same products, blocks and epilogue: the same bits.
+            assert_eq!(g, w, "stack {k} {dtype:?}");
+        }
+    }
+    // Widths that do not follow each other are refused, naming the layer.
+    let xs = u(&[4, 10], 1);
+    let (w0, b0) = layer_params(8, 10, 1, DType::F32);
+    let (w1, b1) = layer_params(3, 9, 2, DType::F32);
+    let err = fused::linear_chain(&xs, &[(&w0, &b0, Act::Relu), (&w1, &b1, Act::None)]).unwrap_err();
+    assert!(err.to_string().contains("layer 1"), "{err}");
+    let err = fused::linear_chain(&xs, &[(&w1, &b1, Act::None)]).unwrap_err();
+    assert!(err.to_string().contains("layer 0"), "{err}");
+}

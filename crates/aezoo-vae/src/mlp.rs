@@ -2,7 +2,7 @@
 //! (mean, log-variance), `z → 400 → 784` logits, Bernoulli likelihood,
 //! β-weighted KL.
 
-use aezoo_nn::layers::{linear, Linear, LinearConfig};
+use aezoo_nn::layers::{linear, linear_chain, Linear, LinearConfig};
 use aezoo_nn::{Act, Autoencoder, Batch, Family, Rng, StepCtx, StepOutput};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -112,6 +112,21 @@ impl Autoencoder for MlpVae {
 
     fn decode(&self, z: &Tensor) -> Result<Tensor> {
         self.decode_act(z, Act::Sigmoid)
+    }
+
+    /// The decoded posterior mean, encoder and decoder as one
+    /// [`linear_chain`] (one parallel region, no gradient): the decoder's
+    /// first layer reads the mean, the first `latent` columns of `stats`.
+    fn reconstruct(&self, xs: &Tensor) -> Result<Tensor> {
+        let links: Vec<(&Linear, Act)> = self
+            .enc
+            .iter()
+            .map(|l| (l, Act::Relu))
+            .chain([(&self.stats, Act::None)])
+            .chain(self.dec.iter().map(|l| (l, Act::Relu)))
+            .chain([(&self.out, Act::Sigmoid)])
+            .collect();
+        linear_chain(xs, &links)?.reshape(xs.shape())
     }
 
     fn step(&self, batch: &Batch, ctx: &mut StepCtx) -> Result<StepOutput> {

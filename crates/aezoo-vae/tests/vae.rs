@@ -371,3 +371,37 @@ mod flex {
         assert!(e.contains("unknown field `gamma`"), "{e}");
     }
 }
+
+#[test]
+fn mlp_vae_reconstruct_in_one_chain_is_decode_of_the_mean() {
+    // reconstruct reads the posterior mean as the first columns of the
+    // statistics layer inside one fused stack: the bits of decode(encode).
+    for hidden in [vec![20], vec![]] {
+        let cfg = MlpVaeConfig {
+            image: [1, 5, 6],
+            hidden: hidden.clone(),
+            latent: 3,
+            beta: 1.0,
+        };
+        for dtype in [DType::F32, DType::F64] {
+            let store = ParamStore::init(5);
+            let m = MlpVae::new(&cfg, store.var_builder(dtype, &Device::Cpu)).unwrap();
+            let x = uniform_input(&[9, 1, 5, 6], 0.0, 1.0, 3)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let got = m.reconstruct(&x).unwrap();
+            let want = m.decode(&m.encode(&x).unwrap()).unwrap();
+            assert_eq!(got.dims(), [9, 1, 5, 6]);
+            let v = |t: &Tensor| {
+                t.to_dtype(DType::F64)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap()
+            };
+            assert_eq!(v(&got), v(&want), "hidden {hidden:?} {dtype:?}");
+        }
+    }
+}
