@@ -25,6 +25,8 @@ p.add_argument("--threads", type=int, default=2)
 p.add_argument("--infer-reps", type=int, default=0,
                help="only time recon on one batch of 1000 random images this many times, print median/min "
                     "(the twin of `cargo run --release -p aezoo-train --example infer_speed -- <entry> <reps>`)")
+p.add_argument("--seed", type=int, default=0,
+               help="seed of the initial weights and noise (data order: 42 + seed); `cargo xtask quality --twins` varies it")
 p.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
 p.add_argument("--configs", default=os.path.join(os.path.dirname(__file__), "..", "..", "configs"))
 A = p.parse_args()
@@ -294,14 +296,14 @@ def main():
         return
     train = idx_images(f"{A.data}/train-images-idx3-ubyte.gz")
     test = idx_images(f"{A.data}/t10k-images-idx3-ubyte.gz")
-    torch.manual_seed(0)
+    torch.manual_seed(A.seed)
     model = FAMILIES[fam](M)
     opt = torch.optim.Adam(model.parameters(), lr=T["lr"])
     bs = T["batch_size"]
     noise = CFG["data"].get("noise")
     n = train.shape[0]
     steps = A.steps or (n + bs - 1) // bs
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(42))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(42 + A.seed))
     step_s = 0.0
     model.train()
     for s in range(steps):

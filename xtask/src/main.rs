@@ -19,7 +19,7 @@
 //! cargo xtask show-video <entry> [-o DIR]            GIFs: test clips beside reconstructions, per-epoch progression
 //! cargo xtask rd-video <entry> [--levels 2,4,…]      codebook-size sweep of a video entry → rate vs PSNR/SSIM
 //! cargo xtask list                                  the zoo's entries
-//! cargo xtask quality [--seeds N] [--torch-ref PY]  vae-conv under the PyTorch bench protocol
+//! cargo xtask quality [--entry E] [--seeds N] [--torch-ref PY | --twins]  test MSE per seed beside PyTorch's
 //! cargo xtask bench [--steps N] [--rounds R]      aezoo beside its PyTorch twins, alternating rounds → BENCH.md
 //! cargo xtask aezoo <anything>                      any aezoo subcommand
 //! ```
@@ -80,10 +80,11 @@ fn usage() -> &'static str {
      \n                          the per-epoch progression, the loss curve\
      \n  rd-video <entry> [--levels 2,4,8,16,32,64,128] [--epochs N]\
      \n                          one model per codebook size K: rate against PSNR/SSIM (CSV, table, plots)\
-     \n  quality [--seeds N] [--torch-ref PATH]\
-     \n                          vae-conv, 1 epoch of full Fashion-MNIST, batch 128, Adam 1e-3:\
-     \n                          test MSE per seed, beside PyTorch's when PATH (shared/bench/pytorch_ref.py)\
-     \n                          is given (run through scripts/torch_ref_seeded.py with the same seeds)\
+     \n  quality [--entry vae-conv] [--seeds N] [--torch-ref PATH | --twins]\
+     \n                          an image entry, 1 epoch of full Fashion-MNIST, batch 128, Adam 1e-3:\
+     \n                          test MSE per seed, beside PyTorch's when PATH (shared/bench/pytorch_ref.py,\
+     \n                          vae-conv only) is given (run through scripts/torch_ref_seeded.py with the\
+     \n                          same seeds), or with --twins through scripts/bench/torch_twins.py --seed\
      \n  bench [--steps N] [--rounds 3] [--entries a,b] [--out BENCH.md] [--python python3]\
      \n                          each image entry timed by aezoo and by its PyTorch twin\
      \n                          (scripts/bench/torch_twins.py), alternating for N rounds: train and\
@@ -94,24 +95,34 @@ fn usage() -> &'static str {
 fn quality(args: &[String]) -> Result<()> {
     let mut seeds = 5u64;
     let mut torch_ref: Option<PathBuf> = None;
+    let mut twins = false;
+    let mut entry = "vae-conv".to_string();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--seeds" => seeds = it.next().context("--seeds N")?.parse().context("--seeds N")?,
             "--torch-ref" => torch_ref = Some(PathBuf::from(it.next().context("--torch-ref PATH")?)),
+            "--twins" => twins = true,
+            "--entry" => entry = it.next().context("--entry NAME")?.clone(),
             other => bail!("quality: unknown option {other}\n{}", usage()),
         }
+    }
+    if torch_ref.is_some() && twins {
+        bail!("quality: --torch-ref and --twins each name the PyTorch side; give one");
+    }
+    if torch_ref.is_some() && entry != "vae-conv" {
+        bail!("quality: shared/bench/pytorch_ref.py has vae-conv's twin only; use --twins for {entry}");
     }
     let out = root().join("runs/quality");
     let mut ours = Vec::new();
     for seed in 0..seeds {
-        let dir = out.join(format!("vae-conv-seed{seed}"));
+        let dir = out.join(format!("{entry}-seed{seed}"));
         if dir.exists() {
             std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clear {}", dir.display()))?;
         }
         aezoo(&[
             "train".into(),
-            "vae-conv".into(),
+            entry.clone(),
             "--epochs".into(),
             "1".into(),
             "--batch-size".into(),
@@ -128,20 +139,29 @@ fn quality(args: &[String]) -> Result<()> {
         ours.push(m);
     }
     let mut torch = Vec::new();
-    if let Some(script) = &torch_ref {
+    if torch_ref.is_some() || twins {
         for seed in 0..seeds {
-            let o = Command::new("python3")
-                .arg(root().join("scripts/torch_ref_seeded.py"))
-                .arg(script)
-                .arg("vae")
-                .env("SEED", seed.to_string())
-                .output()
-                .with_context(|| format!("cannot run python3 {}", script.display()))?;
+            let mut cmd = Command::new("python3");
+            match &torch_ref {
+                Some(script) => cmd
+                    .arg(root().join("scripts/torch_ref_seeded.py"))
+                    .arg(script)
+                    .arg("vae")
+                    .env("SEED", seed.to_string()),
+                None => cmd
+                    .arg(root().join("scripts/bench/torch_twins.py"))
+                    .arg(&entry)
+                    .args(["--seed", &seed.to_string()]),
+            };
+            let o = cmd.output().context("cannot run python3 (the PyTorch side)")?;
             let text = String::from_utf8_lossy(&o.stdout);
-            let field = |key: &str| {
-                text.split_whitespace()
+            let json: Option<serde_json::Value> = text.lines().rev().find_map(|l| serde_json::from_str(l).ok());
+            let field = |key: &str| match &json {
+                Some(v) => v[key.trim_end_matches('=')].as_f64(),
+                None => text
+                    .split_whitespace()
                     .find_map(|w| w.strip_prefix(key))
-                    .and_then(|v| v.parse::<f64>().ok())
+                    .and_then(|v| v.parse::<f64>().ok()),
             };
             match field("test_mse=") {
                 Some(v) => torch.push((v, field("train_img_s=").unwrap_or(f64::NAN))),
@@ -155,7 +175,7 @@ fn quality(args: &[String]) -> Result<()> {
             }
         }
     }
-    println!("\nvae-conv, 1 epoch, batch 128, Adam 1e-3 (bench protocol); test MSE per pixel");
+    println!("\n{entry}, 1 epoch, batch 128, Adam 1e-3 (bench protocol); test MSE per pixel");
     println!("| seed | aezoo test MSE | PyTorch test MSE | aezoo train img/s | PyTorch train img/s |");
     println!("|---|---|---|---|---|");
     let dash = || "—".to_string();

@@ -1341,15 +1341,7 @@ fn conv_bwd_implicit(
         }
         acc
     };
-    sum_partials(
-        slots
-            .into_par_iter()
-            .enumerate()
-            .fold(init, work)
-            .map(|(pwt, pb, ..)| (pwt, pb)),
-        k * o,
-        o,
-    )
+    sum_partials(slots, init, work, |(pwt, pb, ..)| (pwt, pb), (k * o, o))
 }
 
 /// `dst (c × r) = srcᵀ` for `src` of `r` rows of `c` (a kernel gradient
@@ -1363,20 +1355,41 @@ fn transpose_into<T: Copy>(src: &[T], c: usize, dst: &mut [T]) {
     }
 }
 
-/// The sum of the tasks' `(dWᵀ, db)` partial sums.
-fn sum_partials<T: Float>(
-    parts: impl ParallelIterator<Item = (Vec<T>, Vec<T>)>,
-    nw: usize,
-    nb: usize,
+/// The sum over `jobs` of the `(dWᵀ, db)` partials `work` accumulates,
+/// the same bits in every run: the jobs are cut into at most
+/// `2 · threads` contiguous runs (a function of their count and the thread
+/// count only), each run folded in order by one task, and the runs'
+/// partials added in run order. rayon's `fold` + `reduce` grouped jobs by
+/// the schedule — which worker stole what — so a seeded training run's
+/// f32 weight gradients, and its test MSE, changed from run to run.
+fn sum_partials<J: Send, A: Send, T: Float>(
+    jobs: Vec<J>,
+    init: impl Fn() -> A + Sync + Send,
+    work: impl Fn(A, (usize, J)) -> A + Sync + Send,
+    take: impl Fn(A) -> (Vec<T>, Vec<T>) + Sync + Send,
+    (nw, nb): (usize, usize),
 ) -> (Vec<T>, Vec<T>) {
-    parts.reduce(
-        || (vec![T::default(); nw], vec![T::default(); nb]),
-        |(mut aw, mut ab), (bw, bb)| {
-            aw.iter_mut().zip(bw).for_each(|(a, v)| *a += v);
-            ab.iter_mut().zip(bb).for_each(|(a, v)| *a += v);
-            (aw, ab)
-        },
-    )
+    let per = jobs.len().div_ceil(2 * threads()).max(1);
+    let mut runs: Vec<Vec<(usize, J)>> = Vec::new();
+    for (i, job) in jobs.into_iter().enumerate() {
+        if i % per == 0 {
+            runs.push(Vec::with_capacity(per));
+        }
+        runs.last_mut().expect("pushed above").push((i, job));
+    }
+    let parts: Vec<(Vec<T>, Vec<T>)> = runs
+        .into_par_iter()
+        .map(|run| take(run.into_iter().fold(init(), &work)))
+        .collect();
+    let mut parts = parts.into_iter();
+    let Some((mut aw, mut ab)) = parts.next() else {
+        return (vec![T::default(); nw], vec![T::default(); nb]);
+    };
+    for (bw, bb) in parts {
+        aw.iter_mut().zip(bw).for_each(|(a, v)| *a += v);
+        ab.iter_mut().zip(bb).for_each(|(a, v)| *a += v);
+    }
+    (aw, ab)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1566,15 +1579,11 @@ fn conv_bwd<T: Float>(
     };
     let slots = per_image_slots(dx, img, b);
     let (pw, pb) = if per_image {
-        let parts = slots
-            .into_par_iter()
-            .enumerate()
-            .fold(init, |mut acc, job| {
-                work(job, &mut acc);
-                acc
-            })
-            .map(|(pw, pb, ..)| (pw, pb));
-        sum_partials(parts, nw, o)
+        let work = |mut acc, job| {
+            work(job, &mut acc);
+            acc
+        };
+        sum_partials(slots, init, work, |(pw, pb, ..)| (pw, pb), (nw, o))
     } else {
         let mut acc = init();
         slots.into_iter().enumerate().for_each(|job| work(job, &mut acc));
@@ -1876,15 +1885,7 @@ fn convt_bwd_implicit(
         im.weights(dz, &x[i0 * ci * hw..(i0 + n) * ci * hw], n, g, ci, inner, sc, pwt);
         acc
     };
-    sum_partials(
-        slots
-            .into_par_iter()
-            .enumerate()
-            .fold(init, work)
-            .map(|(pwt, pb, ..)| (pwt, pb)),
-        okk * ci,
-        o,
-    )
+    sum_partials(slots, init, work, |(pwt, pb, ..)| (pwt, pb), (okk * ci, o))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -2010,15 +2011,11 @@ fn convt_bwd<T: Float>(
     };
     let slots = per_image_slots(dx, ci * hw, b);
     let (pw, pb) = if per_image {
-        let parts = slots
-            .into_par_iter()
-            .enumerate()
-            .fold(init, |mut acc, job| {
-                work(job, &mut acc);
-                acc
-            })
-            .map(|(pw, pb, ..)| (pw, pb));
-        sum_partials(parts, nw, o)
+        let work = |mut acc, job| {
+            work(job, &mut acc);
+            acc
+        };
+        sum_partials(slots, init, work, |(pw, pb, ..)| (pw, pb), (nw, o))
     } else {
         let mut acc = init();
         slots.into_iter().enumerate().for_each(|job| work(job, &mut acc));

@@ -190,6 +190,13 @@ pub fn threads() -> usize {
 ///   on 2 cores its spinning thread took a core from the rayon workers
 ///   (16 % of `vae-mlp`'s CPU samples); a set
 ///   `CANDLE_BARRIER_POOL_SPIN_LIMIT` wins;
+/// - candle's own element-wise pool gets no threads (`CANDLE_NUM_THREADS=1`):
+///   what of a step still runs through candle's element-wise ops runs on the
+///   calling rayon worker, instead of waking a third thread that competes
+///   with the workers for the two cores (training `ae-linear` +27 %,
+///   `ae-sparse` +16 %, `ae-mlp` +13 %, `vae-mlp` +8 %, the conv entries
+///   +0–6 %, inference unchanged; ARCHITECTURE.md); candle's GEMM and conv
+///   keep rayon's thread count; a set `CANDLE_NUM_THREADS` wins;
 /// - rayon's global pool with large stacks ([`init_global`]);
 /// - subnormals flushed on every compute thread
 ///   ([`crate::fused::flush_denormals`]).
@@ -205,6 +212,10 @@ pub fn tune_process() {
     if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
         // Before candle's pool starts (it reads the variable then).
         std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "100");
+    }
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // Read only by candle's barrier pool, when it first starts.
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
     init_global();
     crate::fused::flush_denormals();

@@ -1108,6 +1108,83 @@ fn f32_convs_through_sgemm_match_the_f64_composite() {
     }
 }
 
+#[test]
+fn conv_weight_gradients_are_the_same_bits_in_every_run() {
+    // A seeded training run is one result: the per-task partial sums of a
+    // conv's weight and bias gradients are grouped by the job count alone,
+    // not by which rayon worker stole which images (rayon's fold + reduce
+    // had changed the f32 sums, and `vae-beta`'s test MSE, between runs).
+    // Batches of 64 so the jobs split across the threads; each case's
+    // gradients, repeated, must equal the first run's bit for bit.
+    type Case = Box<dyn Fn(&[Tensor]) -> Result<Tensor>>;
+    let cases: Vec<(&str, Vec<usize>, Vec<usize>, usize, Case)> = vec![
+        // stride 1, 32 outputs, K = 144: the implicit GEMM's backward
+        (
+            "conv2d s1",
+            vec![64, 16, 14, 14],
+            vec![32, 16, 3, 3],
+            32,
+            Box::new(|a| fused::conv2d(&a[0], &a[1], &a[2], 1, 1, 1, Act::Relu)),
+        ),
+        // stride 2: per-image unfolding
+        (
+            "conv2d s2",
+            vec![64, 8, 28, 28],
+            vec![16, 8, 3, 3],
+            16,
+            Box::new(|a| fused::conv2d(&a[0], &a[1], &a[2], 1, 2, 1, Act::Relu)),
+        ),
+        (
+            "conv2d + pool",
+            vec![64, 8, 14, 14],
+            vec![16, 8, 3, 3],
+            16,
+            Box::new(|a| fused::conv2d_pool2(&a[0], &a[1], &a[2], 1, 1, 1, Act::Relu)),
+        ),
+        (
+            "conv_transpose2d s2",
+            vec![64, 32, 7, 7],
+            vec![32, 16, 4, 4],
+            16,
+            Box::new(|a| fused::conv_transpose2d(&a[0], &a[1], &a[2], 1, 0, 2, 1, Act::Relu)),
+        ),
+    ];
+    for (what, xs_shape, w_shape, o, f) in &cases {
+        for dtype in [DType::F32, DType::F64] {
+            let vars: Vec<candle_core::Var> = [(xs_shape.clone(), 400), (w_shape.clone(), 401), (vec![*o], 402)]
+                .into_iter()
+                .map(|(shape, seed)| candle_core::Var::from_tensor(&u(&shape, seed).to_dtype(dtype).unwrap()).unwrap())
+                .collect();
+            let inputs: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+            let grads = || -> Vec<Vec<f64>> {
+                let ys = f(&inputs).unwrap();
+                let cot = u(ys.dims(), 403).to_dtype(dtype).unwrap();
+                let g = (ys * cot).unwrap().sum_all().unwrap().backward().unwrap();
+                vars.iter()
+                    .map(|v| {
+                        g.get(v)
+                            .unwrap()
+                            .flatten_all()
+                            .unwrap()
+                            .to_dtype(DType::F64)
+                            .unwrap()
+                            .to_vec1()
+                            .unwrap()
+                    })
+                    .collect()
+            };
+            let first = grads();
+            for rep in 1..8 {
+                let again = grads();
+                for (name, (a, b)) in ["dx", "dW", "db"].iter().zip(first.iter().zip(&again)) {
+                    let same = a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits());
+                    assert!(same, "{what} {dtype:?}: {name} of run {rep} differs from run 0's");
+                }
+            }
+        }
+    }
+}
+
 /// An f32 result and its f64 twin agree in value, and in the gradients of
 /// each `(f32, f64)` pair of variables under one random cotangent.
 fn compare_f32_with_f64(what: &str, y32: &Tensor, y64: &Tensor, vars: [(&candle_core::Var, &candle_core::Var); 3]) {
