@@ -48,14 +48,33 @@ pub struct MlpAe {
     cfg: MlpAeConfig,
 }
 
+/// Each of `layers` with the activation after it: `hidden`, and `last`
+/// after the last one.
+fn with_acts(layers: &[Linear], hidden: Activation, last: Activation) -> impl Iterator<Item = (&Linear, Activation)> {
+    let n = layers.len();
+    layers
+        .iter()
+        .enumerate()
+        .map(move |(i, l)| (l, if i + 1 < n { hidden } else { last }))
+}
+
 impl MlpAe {
+    /// The encoder's layers and activations, down to the code.
+    fn encoder_acts(&self) -> impl Iterator<Item = (&Linear, Activation)> {
+        with_acts(&self.encoder, self.cfg.activation, self.cfg.code_activation)
+    }
+
+    /// The decoder's layers and activations, ending in `out`.
+    fn decoder_acts(&self, out: Activation) -> impl Iterator<Item = (&Linear, Activation)> {
+        with_acts(&self.decoder, self.cfg.activation, out)
+    }
+
     /// The decoder, ending in `out` (sigmoid for images, identity for logits).
     fn decode_with(&self, z: &Tensor, out: Activation) -> Result<Tensor> {
         // z: (b, k) -> (b, c, h, w)
         let mut h = z.clone();
-        let last = self.decoder.len() - 1;
-        for (i, layer) in self.decoder.iter().enumerate() {
-            h = if i < last { self.cfg.activation } else { out }.after(layer, &h)?;
+        for (layer, act) in self.decoder_acts(out) {
+            h = act.after(layer, &h)?;
         }
         let [c, hh, w] = self.cfg.image;
         h.reshape((z.dim(0)?, c, hh, w))
@@ -113,14 +132,8 @@ impl Autoencoder for MlpAe {
     fn encode(&self, xs: &Tensor) -> Result<Tensor> {
         // xs: (b, c, h, w) -> (b, k)
         let mut h = xs.flatten_from(1)?;
-        let last = self.encoder.len() - 1;
-        for (i, layer) in self.encoder.iter().enumerate() {
-            h = if i < last {
-                self.cfg.activation
-            } else {
-                self.cfg.code_activation
-            }
-            .after(layer, &h)?;
+        for (layer, act) in self.encoder_acts() {
+            h = act.after(layer, &h)?;
         }
         Ok(h)
     }
@@ -132,23 +145,7 @@ impl Autoencoder for MlpAe {
     /// Encoder and decoder as one [`linear_chain`] (one parallel region,
     /// no gradient), where every activation fuses into its layer.
     fn reconstruct(&self, xs: &Tensor) -> Result<Tensor> {
-        let (last_enc, last_dec) = (self.encoder.len() - 1, self.decoder.len() - 1);
-        let acts = self.encoder.iter().enumerate().map(|(i, l)| {
-            let a = if i < last_enc {
-                self.cfg.activation
-            } else {
-                self.cfg.code_activation
-            };
-            (l, a)
-        });
-        let acts = acts.chain(self.decoder.iter().enumerate().map(|(i, l)| {
-            let a = if i < last_dec {
-                self.cfg.activation
-            } else {
-                Activation::Sigmoid
-            };
-            (l, a)
-        }));
+        let acts = self.encoder_acts().chain(self.decoder_acts(Activation::Sigmoid));
         let links: Option<Vec<_>> = acts.map(|(l, a)| a.fused().map(|a| (l, a))).collect();
         match links {
             Some(links) => linear_chain(xs, &links)?.reshape(xs.shape()),

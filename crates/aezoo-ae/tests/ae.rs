@@ -3,7 +3,7 @@
 //! finite-difference check of each whole model in every variant.
 
 use aezoo_ae::{Activation, ConvAe, ConvAeConfig, ConvDecoder, MlpAe, MlpAeConfig, ReconLoss};
-use aezoo_nn::gradcheck::{uniform_input, GradCheck};
+use aezoo_nn::gradcheck::{uniform_input, values_f64, GradCheck};
 use aezoo_nn::{Autoencoder, Batch, Family, ParamStore, Rng, StepCtx};
 use candle_core::{DType, Device, Tensor};
 
@@ -229,14 +229,7 @@ fn mlp_reconstruct_in_one_chain_is_decode_of_encode() {
             let got = m.reconstruct(&x).unwrap();
             let want = m.decode(&m.encode(&x).unwrap()).unwrap();
             assert_eq!(got.dims(), [7, 1, 6, 5]);
-            let v = |t: &Tensor| {
-                t.to_dtype(DType::F64)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f64>()
-                    .unwrap()
-            };
+            let v = |t: &Tensor| values_f64(t).unwrap();
             assert_eq!(v(&got), v(&want), "hidden {hidden:?} {dtype:?}");
         }
     }

@@ -2356,10 +2356,11 @@ pub fn linear_shaped(xs: &Tensor, weight: &Tensor, bias: &Tensor, act: Act, out:
 // ---------------------------------------------------------- linear chain
 
 /// A stack of linear layers for inference: `h ← act_l(h[:, ..i_l] ·
-/// W_lᵀ + b_l)` for each `(W_l (o_l × i_l), b_l, act_l)` in turn, `xs` read
-/// flattened to `(n, d)` with `i_0 = d`, a later layer reading the first
-/// `i_l ≤ o_{l−1}` columns (a VAE's decoder reads the posterior mean, the
-/// first half of its statistics layer). Returns `(n, o_last)`.
+/// W_lᵀ + b_l)` for each `(W_l (o_l × i_l), b_l, act_l)` in turn (`b_l`
+/// optional), `xs` read flattened to `(n, d)` with `i_0 = d`, a later layer
+/// reading the first `i_l ≤ o_{l−1}` columns (a VAE's decoder reads the
+/// posterior mean, the first half of its statistics layer). Returns
+/// `(n, o_last)`.
 ///
 /// The result is outside the autograd graph: no gradient flows back to
 /// `xs` or the layers (evaluation, reconstruction, encoding). In f32 with
@@ -2370,66 +2371,73 @@ pub fn linear_shaped(xs: &Tensor, weight: &Tensor, bias: &Tensor, act: Act, out:
 /// in cache for the next product. Each element is summed as the layer by
 /// layer [`linear`] sums it (the same packed panels, `k` blocks and
 /// epilogue): the same bits (test `linear_chain_matches_the_layers_one_by_one`).
-/// Elsewhere (f64, no AVX2, `AEZOO_NO_FUSED`) it runs the layers one by one.
-pub fn linear_chain(xs: &Tensor, layers: &[(&Tensor, &Tensor, Act)]) -> Result<Tensor> {
+/// Elsewhere (f64, no AVX2, `AEZOO_NO_FUSED`, other devices) it runs the
+/// layers one by one: [`linear`] where it applies, else the composite.
+pub fn linear_chain(xs: &Tensor, layers: &[(&Tensor, Option<&Tensor>, Act)]) -> Result<Tensor> {
+    if layers.is_empty() {
+        candle_core::bail!("linear_chain: no layers");
+    }
     let n = xs.dim(0)?;
     let d = xs.dims()[1..].iter().product::<usize>();
     let mut width = d;
     for (l, (w, b, _)) in layers.iter().enumerate() {
         let (o, i) = w.dims2()?;
         let fits = if l == 0 { i == width } else { i <= width };
-        if !fits || b.dims() != [o] {
+        if !fits || b.is_some_and(|b| b.dims() != [o]) {
             candle_core::bail!(
                 "linear_chain: layer {l} has weight {:?} and bias {:?} after {width} features",
                 w.dims(),
-                b.dims()
+                b.map(Tensor::dims)
             );
         }
         width = o;
     }
-    if layers.is_empty() {
-        candle_core::bail!("linear_chain: no layers");
-    }
     let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-    let fast =
-        applies(xs) && sgemm::available() && f32_cpu(xs) && layers.iter().all(|(w, b, _)| f32_cpu(w) && f32_cpu(b));
+    let fast = applies(xs)
+        && sgemm::available()
+        && f32_cpu(xs)
+        && layers.iter().all(|(w, b, _)| f32_cpu(w) && b.is_none_or(f32_cpu));
     if !fast {
         let mut h = xs.flatten_from(1)?.detach();
         for (w, b, act) in layers {
             let i = w.dim(1)?;
             let input = if h.dim(1)? == i { h.clone() } else { h.narrow(1, 0, i)? };
-            h = match (applies(&input), *act) {
-                (true, _) => linear(&input, w, b, *act)?,
-                (false, act) => {
-                    let y = input.matmul(&w.t()?)?.broadcast_add(b)?;
-                    match act {
-                        Act::None => y,
-                        Act::Relu => crate::ops::relu(&y)?,
-                        Act::Sigmoid => crate::ops::sigmoid(&y)?,
-                    }
+            h = match b {
+                Some(b) if applies(&input) => linear(&input, w, b, *act)?,
+                _ => {
+                    let y = input.matmul(&w.t()?)?;
+                    let y = match b {
+                        Some(b) => y.broadcast_add(b)?,
+                        None => y,
+                    };
+                    crate::layers::apply_act(y, *act)?
                 }
             };
         }
         return Ok(h.detach());
     }
     let xs = xs.contiguous()?;
-    let owned: Vec<(Tensor, Tensor)> = layers
+    let owned: Vec<(Tensor, Option<Tensor>)> = layers
         .iter()
-        .map(|(w, b, _)| Ok((w.contiguous()?, b.contiguous()?)))
+        .map(|(w, b, _)| Ok((w.contiguous()?, b.map(Tensor::contiguous).transpose()?)))
         .collect::<Result<_>>()?;
     let (xg, xl) = xs.storage_and_layout();
     let x = cpu_f32(&xg, xl)?;
     let guards: Vec<_> = owned
         .iter()
-        .map(|(w, b)| (w.storage_and_layout(), b.storage_and_layout()))
+        .map(|(w, b)| (w.storage_and_layout(), b.as_ref().map(Tensor::storage_and_layout)))
         .collect();
     let mut packed = Vec::with_capacity(layers.len());
     let mut biases = Vec::with_capacity(layers.len());
-    for ((((wg, wl), (bg, bl)), (w, _)), (_, _, act)) in guards.iter().zip(&owned).zip(layers) {
+    for ((((wg, wl), b), (w, _)), (_, _, act)) in guards.iter().zip(&owned).zip(layers) {
         let (o, i) = w.dims2()?;
         // B = Wᵀ (i × o), as `lin_fwd` packs it.
         packed.push(PackedB::pack(i, o, Strided::new(cpu_f32(wg, wl)?, 1, i)));
-        biases.push((cpu_f32(bg, bl)?, *act));
+        let bias = match b {
+            Some((bg, bl)) => Some(cpu_f32(bg, bl)?),
+            None => None,
+        };
+        biases.push((bias, *act));
     }
     let o_last = width;
     let t = threads();
@@ -2446,7 +2454,7 @@ pub fn linear_chain(xs: &Tensor, layers: &[(&Tensor, &Tensor, Act)]) -> Result<T
         for (l, (pb, (bias, act))) in packed.iter().zip(&biases).enumerate() {
             let o = pb.n();
             let epi = Epilogue {
-                col_bias: Some(bias),
+                col_bias: *bias,
                 act: *act,
                 ..Epilogue::default()
             };

@@ -129,6 +129,12 @@ where
     GradCheck::default().check(f, inputs)
 }
 
+/// Every element of `xs`, in any float dtype, as f64 in row-major order
+/// (exact for f32 and f16: the tests compare these bit for bit).
+pub fn values_f64(xs: &Tensor) -> Result<Vec<f64>> {
+    xs.to_dtype(DType::F64)?.flatten_all()?.to_vec1()
+}
+
 /// A seeded f64 tensor uniform in `[lo, hi)`, for gradcheck inputs.
 pub fn uniform_input(shape: &[usize], lo: f64, hi: f64, seed: u64) -> Result<Tensor> {
     Rng::new(seed).rand_uniform(shape, lo, hi, DType::F64, &Device::Cpu)

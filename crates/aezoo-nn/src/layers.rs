@@ -82,31 +82,18 @@ pub fn linear(in_dim: usize, out_dim: usize, cfg: LinearConfig, vb: VarBuilder) 
 /// `layers` applied in turn to `xs` read flattened to `(n, d)`, each after
 /// the activation beside it, for inference: one [`fused::linear_chain`]
 /// (no gradient flows back; see there), a later layer reading the first
-/// columns it needs of the one before. Layers without a bias run one by one.
+/// columns it needs of the one before.
 pub fn linear_chain(xs: &Tensor, layers: &[(&Linear, Act)]) -> Result<Tensor> {
-    let links: Option<Vec<_>> = layers
+    let links: Vec<_> = layers
         .iter()
-        .map(|(l, act)| l.bias.as_ref().map(|b| (&l.weight, b, *act)))
+        .map(|(l, act)| (&l.weight, l.bias.as_ref(), *act))
         .collect();
-    if let Some(links) = links {
-        return fused::linear_chain(xs, &links);
-    }
-    let mut h = xs.flatten_from(1)?.detach();
-    for (l, act) in layers {
-        let i = l.weight.dim(1)?;
-        let input = if h.dim(1)? == i { h.clone() } else { h.narrow(1, 0, i)? };
-        h = l.forward_act(&input, *act)?;
-    }
-    Ok(h.detach())
+    fused::linear_chain(xs, &links)
 }
 
 impl Linear {
     pub fn weight(&self) -> &Tensor {
         &self.weight
-    }
-
-    pub fn bias(&self) -> Option<&Tensor> {
-        self.bias.as_ref()
     }
 
     /// `act(xs · Wᵀ + b)`: one fused node on the CPU ([`crate::fused`]).

@@ -2,7 +2,7 @@
 //! layer the zoo uses, the candle 0.11 ops we replaced failing that same check,
 //! TensorFlow SAME padding, the RNG, PyTorch-style init and the parameter store.
 
-use aezoo_nn::gradcheck::{distinct_input, uniform_input, GradCheck};
+use aezoo_nn::gradcheck::{distinct_input, uniform_input, values_f64, GradCheck};
 use aezoo_nn::layers::{self, Conv2dConfig, ConvTranspose2dConfig, GroupNormConfig, LinearConfig};
 use aezoo_nn::same_pad::{same_out_len, same_pad, same_pad_amounts};
 use aezoo_nn::{ops, ParamStore, Rng};
@@ -1160,18 +1160,7 @@ fn conv_weight_gradients_are_the_same_bits_in_every_run() {
                 let ys = f(&inputs).unwrap();
                 let cot = u(ys.dims(), 403).to_dtype(dtype).unwrap();
                 let g = (ys * cot).unwrap().sum_all().unwrap().backward().unwrap();
-                vars.iter()
-                    .map(|v| {
-                        g.get(v)
-                            .unwrap()
-                            .flatten_all()
-                            .unwrap()
-                            .to_dtype(DType::F64)
-                            .unwrap()
-                            .to_vec1()
-                            .unwrap()
-                    })
-                    .collect()
+                vars.iter().map(|v| values_f64(g.get(v).unwrap()).unwrap()).collect()
             };
             let first = grads();
             for rep in 1..8 {
@@ -2270,12 +2259,12 @@ fn layer_params(o: usize, i: usize, seed: u64, dtype: DType) -> (Tensor, Tensor)
 
 /// The stack one layer at a time through `fused::linear`, a layer that
 /// reads fewer columns than the one before gives it reading a narrowed copy.
-fn chain_by_layers(xs: &Tensor, layers: &[(&Tensor, &Tensor, Act)]) -> Tensor {
+fn chain_by_layers(xs: &Tensor, layers: &[(&Tensor, Option<&Tensor>, Act)]) -> Tensor {
     let mut h = xs.flatten_from(1).unwrap();
     for (w, b, act) in layers {
         let i = w.dim(1).unwrap();
         let input = h.narrow(1, 0, i).unwrap().contiguous().unwrap();
-        h = fused::linear(&input, w, b, *act).unwrap();
+        h = fused::linear(&input, w, b.expect("a bias"), *act).unwrap();
     }
     h
 }
@@ -2316,24 +2305,15 @@ fn linear_chain_matches_the_layers_one_by_one() {
                 .enumerate()
                 .map(|(l, &(o, i, _))| layer_params(o, i, 100 * k as u64 + 2 * l as u64, dtype))
                 .collect();
-            let links: Vec<_> = params.iter().zip(dims).map(|((w, b), &(_, _, a))| (w, b, a)).collect();
+            let links: Vec<_> = params
+                .iter()
+                .zip(dims)
+                .map(|((w, b), &(_, _, a))| (w, Some(b), a))
+                .collect();
             let got = fused::linear_chain(&xs, &links).unwrap();
             let want = chain_by_layers(&xs, &links);
             assert_eq!(got.dims(), want.dims(), "stack {k} {dtype:?}");
-            let (g, w) = (
-                got.to_dtype(DType::F64)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f64>()
-                    .unwrap(),
-                want.to_dtype(DType::F64)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f64>()
-                    .unwrap(),
-            );
+            let (g, w) = (values_f64(&got).unwrap(), values_f64(&want).unwrap());
             // The same products, blocks and epilogue: the same bits.
             assert_eq!(g, w, "stack {k} {dtype:?}");
         }
@@ -2342,8 +2322,8 @@ fn linear_chain_matches_the_layers_one_by_one() {
     let xs = u(&[4, 10], 1);
     let (w0, b0) = layer_params(8, 10, 1, DType::F32);
     let (w1, b1) = layer_params(3, 9, 2, DType::F32);
-    let err = fused::linear_chain(&xs, &[(&w0, &b0, Act::Relu), (&w1, &b1, Act::None)]).unwrap_err();
+    let err = fused::linear_chain(&xs, &[(&w0, Some(&b0), Act::Relu), (&w1, Some(&b1), Act::None)]).unwrap_err();
     assert!(err.to_string().contains("layer 1"), "{err}");
-    let err = fused::linear_chain(&xs, &[(&w1, &b1, Act::None)]).unwrap_err();
+    let err = fused::linear_chain(&xs, &[(&w1, Some(&b1), Act::None)]).unwrap_err();
     assert!(err.to_string().contains("layer 0"), "{err}");
 }

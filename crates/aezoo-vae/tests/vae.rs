@@ -3,7 +3,7 @@
 //! hand computation, a finite-difference check of the whole model, sampling.
 
 use aezoo_metrics::{bce_with_logits, kld, Reduction};
-use aezoo_nn::gradcheck::{uniform_input, GradCheck};
+use aezoo_nn::gradcheck::{uniform_input, values_f64, GradCheck};
 use aezoo_nn::{Autoencoder, Batch, Family, ParamStore, Rng, StepCtx};
 use aezoo_vae::{ConvVae, ConvVaeConfig, MlpVae, MlpVaeConfig};
 use candle_core::{DType, Device, Tensor};
@@ -393,14 +393,7 @@ fn mlp_vae_reconstruct_in_one_chain_is_decode_of_the_mean() {
             let got = m.reconstruct(&x).unwrap();
             let want = m.decode(&m.encode(&x).unwrap()).unwrap();
             assert_eq!(got.dims(), [9, 1, 5, 6]);
-            let v = |t: &Tensor| {
-                t.to_dtype(DType::F64)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f64>()
-                    .unwrap()
-            };
+            let v = |t: &Tensor| values_f64(t).unwrap();
             assert_eq!(v(&got), v(&want), "hidden {hidden:?} {dtype:?}");
         }
     }
