@@ -7,7 +7,7 @@
 //! bottleneck: a denoiser, not a compressor).
 
 use aezoo_nn::layers::{conv2d, conv_transpose2d, Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
-use aezoo_nn::{ops, Act, Autoencoder, Batch, Family, StepCtx, StepOutput};
+use aezoo_nn::{Act, Autoencoder, Batch, Family, StepCtx, StepOutput};
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
@@ -147,7 +147,7 @@ impl ConvAe {
             let act = if i < last { Act::Relu } else { out };
             x = match up {
                 Up::Transposed(t) => t.forward_act(&x, act)?,
-                Up::Upsample(c) => c.forward_act(&ops::upsample_nearest2d(&x, 2, 2)?, act)?,
+                Up::Upsample(c) => c.forward_up_act(&x, 2, act)?,
                 Up::Conv(c) => c.forward_act(&x, act)?,
             };
         }

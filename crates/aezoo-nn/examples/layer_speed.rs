@@ -6,7 +6,9 @@
 //! tunes it (`aezoo_nn::pool::tune_process`) — and prints the median
 //! milliseconds and GFLOP/s (forward FLOPs, twice that for the backward). The figures in ARCHITECTURE.md's
 //! fast-path table come from it; `AEZOO_NO_SGEMM=1` or `AEZOO_NO_FUSED=1`
-//! times the slower paths.
+//! times the slower paths; `ONLY=<text>` times only the lines whose name
+//! contains it. The `up+conv` lines count the FLOPs of the
+//! upsampled conv they stand for (the sub-pixel form does 4/9 of them).
 //!
 //!     cargo run --release -p aezoo-nn --example layer_speed [vae|denoise|codec|mlp]
 
@@ -37,6 +39,9 @@ fn time_median(reps: usize, f: impl Fn()) -> f64 {
 
 /// Median forward and backward milliseconds of `f` over `reps` calls.
 fn bench(name: &str, flops_fwd: f64, f: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>, x: &Var, reps: usize) {
+    if std::env::var("ONLY").is_ok_and(|only| !name.contains(&only)) {
+        return;
+    }
     let r = {
         let y = f(x.as_tensor()).unwrap();
         Tensor::randn(0f32, 1.0, y.dims(), &Device::Cpu).unwrap()
@@ -158,7 +163,23 @@ fn main() {
                 &x,
                 reps / 2,
             );
-            let (w, bb) = conv(32, 1, 3);
+            // The decoder's blocks as they run: 2× upsampling into the conv,
+            // in sub-pixel form (`AEZOO_NO_FUSED=1`: upsample, then conv).
+            for (hw, name) in [
+                (7, "ae-denoise up+conv 32->32 7->14"),
+                (14, "ae-denoise up+conv 32->32 14->28"),
+            ] {
+                let (x, (w, bb)) = (var(&[b, 32, hw, hw]), conv(32, 32, 3));
+                let l = 4 * hw * hw;
+                bench(
+                    name,
+                    flops(b, 32, l, 288),
+                    &|x| aezoo_nn::subpixel::upsample_conv2d(x, 2, w.as_tensor(), bb.as_tensor(), 1, Act::Relu),
+                    &x,
+                    reps / 2,
+                );
+            }
+            let (x, (w, bb)) = (var(&[b, 32, 28, 28]), conv(32, 1, 3));
             bench(
                 "ae-denoise head 32->1 28x28",
                 flops(b, 1, 784, 288),

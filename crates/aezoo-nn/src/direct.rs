@@ -406,6 +406,27 @@ impl Implicit {
         sc: &mut ImplicitScratch,
         out: &mut [f32],
     ) {
+        let (oc, m) = (wt.n(), self.m);
+        self.forward_with(xs, n, g, wt, bias, act, parallel, sc, |by_oc| {
+            swap_outer(by_oc, oc, n, m, out)
+        });
+    }
+
+    /// [`Implicit::forward`] handing the products to `store` as they come,
+    /// `(oc, n, oh·ow)`: channel `c` of image `j` at `(c·n + j)·oh·ow`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward_with(
+        &self,
+        xs: &[f32],
+        n: usize,
+        g: &Geometry,
+        wt: &crate::sgemm::PackedB,
+        bias: Option<&[f32]>,
+        act: crate::Act,
+        parallel: bool,
+        sc: &mut ImplicitScratch,
+        store: impl FnOnce(&[f32]),
+    ) {
         use crate::sgemm::{self, Epilogue, Index, Lhs};
         let (oc, m) = (wt.n(), self.m);
         sc.planes_of(xs, n, g, &self.planes);
@@ -424,7 +445,7 @@ impl Implicit {
         };
         // yᵀ (n·m × oc), stored transposed: (oc, n, m), then (n, oc, m).
         sgemm::gemm_packed(n * m, a, wt, &mut by_oc, (1, n * m), &epi, parallel);
-        swap_outer(&by_oc, oc, n, m, out);
+        store(&by_oc);
         sc.by_oc = by_oc;
     }
 

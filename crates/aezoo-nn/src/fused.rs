@@ -946,6 +946,97 @@ struct ConvCfg {
     act: Act,
     /// A 2×2, stride-2 max pool after the activation.
     pool: bool,
+    /// The outputs are sub-pixel phases, interleaved into the image they
+    /// stand for ([`crate::subpixel`]).
+    shuffle: Option<Shuffle>,
+}
+
+/// The largest upsampling factor a fused [`Shuffle`] takes.
+pub const SHUFFLE_MAX: usize = 4;
+
+/// How a conv's `f²·o` output channels, `f²` phases of `o` channels each
+/// (phase `f·qy + qx` major), are interleaved into `(o, f·h, f·w)` for an
+/// input of `h × w`: `y[c][f·i + qy][f·j + qx] = z[(f·qy + qx)·o + c][i +
+/// oy[qy]][j + ox[qx]]`. The conv's other outputs are never read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shuffle {
+    pub f: usize,
+    pub oy: [usize; SHUFFLE_MAX],
+    pub ox: [usize; SHUFFLE_MAX],
+}
+
+impl Shuffle {
+    /// Checks the phases against the conv's geometry and output channels.
+    fn check(&self, g: &Geometry, o: usize) -> Result<()> {
+        let f = self.f;
+        if !(1..=SHUFFLE_MAX).contains(&f) || !o.is_multiple_of(f * f) {
+            candle_core::bail!("conv2d + sub-pixel shuffle: {o} outputs are not {f}² phases");
+        }
+        let fits = |off: &[usize; SHUFFLE_MAX], n: usize, small: usize| off[..f].iter().all(|&s| s + n <= small);
+        if !fits(&self.oy, g.h, g.oh) || !fits(&self.ox, g.w, g.ow) {
+            candle_core::bail!(
+                "conv2d + sub-pixel shuffle: the {}x{} phase planes do not hold {}x{} outputs at {:?} / {:?}",
+                g.oh,
+                g.ow,
+                g.h,
+                g.w,
+                &self.oy[..f],
+                &self.ox[..f]
+            );
+        }
+        Ok(())
+    }
+}
+
+multiversion! {
+    /// One image's `(o/f², f·h, f·w)` output from its phase planes, phase
+    /// channel `c`'s `(g.oh, g.ow)` plane at `src[c·stride..]`.
+    fn shuffle_into<T: Float>(s: &Shuffle, g: &Geometry, src: &[T], stride: usize, out: &mut [T]) {
+        let (f, h, w) = (s.f, g.h, g.w);
+        let o = out.len() / (f * f * h * w);
+        for c in 0..o {
+            for (y, dst) in out[c * f * f * h * w..(c + 1) * f * f * h * w].chunks_exact_mut(f * w).enumerate() {
+                let (qy, i) = (y % f, y / f);
+                let row = |qx: usize| &src[((qy * f + qx) * o + c) * stride + (i + s.oy[qy]) * g.ow + s.ox[qx]..][..w];
+                if f == 2 {
+                    let (a, b) = (row(0), row(1));
+                    for ((d, &u), &v) in dst.chunks_exact_mut(2).zip(a).zip(b) {
+                        d[0] = u;
+                        d[1] = v;
+                    }
+                } else {
+                    for qx in 0..f {
+                        for (x, &v) in row(qx).iter().enumerate() {
+                            dst[x * f + qx] = v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One image's `dz` (`(o, g.oh, g.ow)`, the phase planes) from the
+/// interleaved `dy` and output `y` (`(o/f², f·h, f·w)`): `dy · act'(y)`
+/// over the image in one pass, then gathered back into the phases, zero
+/// where no output reads.
+fn unshuffle_dz<T: Float>(s: &Shuffle, g: &Geometry, dy: &[T], y: Option<&[T]>, act: Act, dz: &mut [T]) {
+    let (f, h, w, l) = (s.f, g.h, g.w, g.oh * g.ow);
+    let o = dy.len() / (f * f * h * w);
+    let mut scratch = Vec::new();
+    let dzy = dz_chunk(dy, y, act, &mut scratch);
+    dz.fill(T::default());
+    for (r, row) in dzy.chunks_exact(f * w).enumerate() {
+        // Output row `yy` of channel `c`.
+        let (c, yy) = (r / (f * h), r % (f * h));
+        let (qy, i) = (yy % f, yy / f);
+        for qx in 0..f {
+            let start = ((qy * f + qx) * o + c) * l + (i + s.oy[qy]) * g.ow + s.ox[qx];
+            for (d, px) in dz[start..start + w].iter_mut().zip(row.chunks_exact(f)) {
+                *d = px[qx];
+            }
+        }
+    }
 }
 
 /// `act(conv2d(x, W, padding, stride, dilation) + b)`, then the optional
@@ -966,6 +1057,9 @@ impl ConvCfg {
             candle_core::bail!("conv2d: input has {c} channels, the kernel expects {kc}");
         }
         let g = Geometry::for_conv(c, h, w, kh, kw, self.stride, self.padding, self.dilation)?;
+        if let Some(s) = &self.shuffle {
+            s.check(&g, o)?;
+        }
         if self.pool && (g.oh < 2 || g.ow < 2) {
             candle_core::bail!(
                 "conv2d + max_pool2d: the {}x{} output is smaller than the 2x2 window",
@@ -976,13 +1070,31 @@ impl ConvCfg {
         Ok((b, o, g))
     }
 
-    /// Outputs per image and channel: `oh·ow`, or `(oh/2)·(ow/2)` pooled.
+    /// Outputs per image and channel: `oh·ow`, `(oh/2)·(ow/2)` pooled, or
+    /// `h·w` per phase channel shuffled (`(f·h)·(f·w)` per output channel).
     fn out_plane(&self, g: &Geometry) -> usize {
         if self.pool {
             (g.oh / 2) * (g.ow / 2)
+        } else if self.shuffle.is_some() {
+            g.h * g.w
         } else {
             g.oh * g.ow
         }
+    }
+
+    /// The output's shape for a batch of `b` and `o` output channels.
+    fn out_shape(&self, b: usize, o: usize, g: &Geometry) -> Shape {
+        match (self.pool, &self.shuffle) {
+            (true, _) => Shape::from((b, o, g.oh / 2, g.ow / 2)),
+            (false, Some(s)) => Shape::from((b, o / (s.f * s.f), s.f * g.h, s.f * g.w)),
+            (false, None) => Shape::from((b, o, g.oh, g.ow)),
+        }
+    }
+
+    /// Whether each image's conv output goes through a buffer of its own
+    /// before the stored output (pool or shuffle).
+    fn post(&self) -> bool {
+        self.pool || self.shuffle.is_some()
     }
 }
 
@@ -1120,18 +1232,13 @@ fn conv_fwd<T: Float>(
     {
         conv_fwd_implicit(x32, b, &g, cfg, im, pb, b32, out32, &mut argmax);
         drop(argmax);
-        let shape = if cfg.pool {
-            Shape::from((b, o, g.oh / 2, g.ow / 2))
-        } else {
-            Shape::from((b, o, g.oh, g.ow))
-        };
-        return Ok((T::storage(out), shape));
+        return Ok((T::storage(out), cfg.out_shape(b, o, &g)));
     }
     // Scratch per task: the unfolded image, the pre-pool activations, the
     // phase-split or channels-last image.
     let run = |(i, (y, arg)): (usize, (&mut [T], Option<&mut [u8]>)),
                (cols, pre, split): &mut (Vec<T>, Vec<T>, Vec<T>)| {
-        let full: &mut [T] = if arg.is_some() { &mut pre[..] } else { &mut *y };
+        let full: &mut [T] = if cfg.post() { &mut pre[..] } else { &mut *y };
         let xi = &x[i * img..(i + 1) * img];
         if direct {
             full.fill(T::default());
@@ -1154,13 +1261,15 @@ fn conv_fwd<T: Float>(
         }
         if let Some(arg) = arg {
             pool2_record(pre, g.oh, g.ow, y, arg);
+        } else if let Some(s) = &cfg.shuffle {
+            shuffle_into(s, &g, pre, l, y);
         }
     };
     let jobs = out.chunks_mut(o * pl).zip(per_image_slots(&mut argmax, o * pl, b));
     let init = || {
         (
             vec![T::default(); if direct { 0 } else { k * l }],
-            vec![T::default(); if cfg.pool { o * l } else { 0 }],
+            vec![T::default(); if cfg.post() { o * l } else { 0 }],
             Vec::new(),
         )
     };
@@ -1173,12 +1282,7 @@ fn conv_fwd<T: Float>(
         let mut scratch = init();
         jobs.enumerate().for_each(|job| run(job, &mut scratch));
     }
-    let shape = if cfg.pool {
-        Shape::from((b, o, g.oh / 2, g.ow / 2))
-    } else {
-        Shape::from((b, o, g.oh, g.ow))
-    };
-    Ok((T::storage(out), shape))
+    Ok((T::storage(out), cfg.out_shape(b, o, &g)))
 }
 
 /// [`conv_fwd`] through the implicit GEMM (f32): chunks of images per
@@ -1225,7 +1329,16 @@ fn conv_fwd_implicit(
                         );
                     }
                 }
-                None => im.forward(xs, n, g, pb, Some(bias), cfg.act, inner, sc, ys),
+                None => match &cfg.shuffle {
+                    // The products' (o, n, l) planes interleaved straight
+                    // into the images: no phase-plane output is stored.
+                    Some(s) => im.forward_with(xs, n, g, pb, Some(bias), cfg.act, inner, sc, |by_oc| {
+                        for (j, y) in ys.chunks_exact_mut(per).enumerate() {
+                            shuffle_into(s, g, &by_oc[j * l..], n * l, y);
+                        }
+                    }),
+                    None => im.forward(xs, n, g, pb, Some(bias), cfg.act, inner, sc, ys),
+                },
             }
         },
     );
@@ -1302,6 +1415,8 @@ fn conv_bwd_implicit(
             let dzi = &mut dz[j * o * l..(j + 1) * o * l];
             if cfg.pool {
                 unpool2(dyi, yi, &argmax[i * o * pl..(i + 1) * o * pl], cfg.act, g.oh, g.ow, dzi);
+            } else if let Some(s) = &cfg.shuffle {
+                unshuffle_dz(s, g, dyi, yi, cfg.act, dzi);
             } else {
                 dz_into(dyi, yi, cfg.act, dzi);
             }
@@ -1514,6 +1629,10 @@ fn conv_bwd<T: Float>(
                 dzbuf,
             );
             dzbuf
+        } else if let Some(s) = &cfg.shuffle {
+            dzbuf.resize(o * l, T::default());
+            unshuffle_dz(s, &g, dyi, yi, cfg.act, dzbuf);
+            dzbuf
         } else {
             dz_chunk(dyi, yi, cfg.act, dzbuf)
         };
@@ -1681,6 +1800,7 @@ fn conv2d_fused(
     dilation: usize,
     act: Act,
     pool: bool,
+    shuffle: Option<Shuffle>,
 ) -> Result<Tensor> {
     let cfg = ConvCfg {
         padding,
@@ -1688,6 +1808,7 @@ fn conv2d_fused(
         dilation,
         act,
         pool,
+        shuffle,
     };
     let op = Conv2dFused {
         cfg,
@@ -1707,7 +1828,22 @@ pub fn conv2d(
     dilation: usize,
     act: Act,
 ) -> Result<Tensor> {
-    conv2d_fused(xs, kernel, bias, padding, stride, dilation, act, false)
+    conv2d_fused(xs, kernel, bias, padding, stride, dilation, act, false, None)
+}
+
+/// `act(conv2d(xs, kernel) + bias)` (stride 1) with its `f²·o` outputs
+/// interleaved as `shuffle` says into `(b, o, f·h, f·w)`, as one node (CPU,
+/// f32/f64): the sub-pixel form of an upsampling conv
+/// ([`crate::subpixel`]), its phase planes never stored whole.
+pub fn conv2d_shuffled(
+    xs: &Tensor,
+    kernel: &Tensor,
+    bias: &Tensor,
+    padding: usize,
+    act: Act,
+    shuffle: Shuffle,
+) -> Result<Tensor> {
+    conv2d_fused(xs, kernel, bias, padding, 1, 1, act, false, Some(shuffle))
 }
 
 /// `max_pool2d(act(conv2d(xs, kernel) + bias), 2, 2)` as one node (CPU,
@@ -1723,7 +1859,7 @@ pub fn conv2d_pool2(
     dilation: usize,
     act: Act,
 ) -> Result<Tensor> {
-    conv2d_fused(xs, kernel, bias, padding, stride, dilation, act, true)
+    conv2d_fused(xs, kernel, bias, padding, stride, dilation, act, true, None)
 }
 
 // ---------------------------------------------------------------- conv_transpose2d

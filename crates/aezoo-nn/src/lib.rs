@@ -21,6 +21,7 @@ pub mod same_pad;
 pub mod sgemm;
 pub mod spec;
 pub mod ssim;
+pub mod subpixel;
 
 pub use fused::Act;
 pub use model::{Autoencoder, Batch, Family, StepCtx, StepOutput};

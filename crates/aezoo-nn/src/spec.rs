@@ -689,29 +689,39 @@ impl Module for Sequential {
         // A conv, transposed conv or linear layer followed by ReLU or
         // Sigmoid runs as one fused node (`forward_act`): the activation is
         // applied in the layer's epilogue and its gradient inside the
-        // layer's backward, instead of a pass and a tensor of its own.
+        // layer's backward, instead of a pass and a tensor of its own. An
+        // upsampling followed by a conv runs as the conv's sub-pixel form
+        // (`forward_up_act`), with the conv's activation likewise.
+        let layers = &self.layers;
+        let act_at = |i: usize| match layers.get(i) {
+            Some(Layer::ReLU) => Some(Act::Relu),
+            Some(Layer::Sigmoid) => Some(Act::Sigmoid),
+            _ => None,
+        };
         let mut x = xs.clone();
-        let mut layers = self.layers.iter().peekable();
-        while let Some(layer) = layers.next() {
-            let act = match layers.peek() {
-                Some(Layer::ReLU) => Some(Act::Relu),
-                Some(Layer::Sigmoid) => Some(Act::Sigmoid),
-                _ => None,
-            };
-            let fused = match (layer, act) {
+        let mut i = 0;
+        while i < layers.len() {
+            if let (Layer::Upsample(f), Some(Layer::Conv2d(m))) = (&layers[i], layers.get(i + 1)) {
+                let act = act_at(i + 2);
+                x = m.forward_up_act(&x, *f, act.unwrap_or_default())?;
+                i += 2 + usize::from(act.is_some());
+                continue;
+            }
+            let fused = match (&layers[i], act_at(i + 1)) {
                 (Layer::Conv2d(m), Some(a)) => Some(m.forward_act(&x, a)?),
                 (Layer::ConvT2d(m), Some(a)) => Some(m.forward_act(&x, a)?),
                 (Layer::Linear(m), Some(a)) => Some(m.forward_act(&x, a)?),
                 _ => None,
             };
             x = match fused {
+                // The activation ran inside the layer: skip it.
                 Some(y) => {
-                    // The activation ran inside the layer: skip it.
-                    layers.next();
+                    i += 1;
                     y
                 }
-                None => layer.forward(&x)?,
+                None => layers[i].forward(&x)?,
             };
+            i += 1;
         }
         Ok(x)
     }

@@ -1038,6 +1038,78 @@ fn fused_convs_with_one_output_channel_take_the_direct_kernels_and_match() {
     }
 }
 
+/// The composite reference of an upsample-then-conv block: nearest
+/// upsampling by `f`, then [`plain_conv`] at stride 1.
+fn plain_up_conv(x: &Tensor, f: usize, wt: &Tensor, bias: &Tensor, p: usize, act: Act) -> Tensor {
+    plain_conv(&ops::upsample_nearest2d(x, f, f).unwrap(), wt, bias, p, 1, 1, act)
+}
+
+#[test]
+fn upsample_conv2d_in_sub_pixel_form_matches_upsample_then_conv() {
+    use aezoo_nn::subpixel;
+    // Factors 2, 3 and 4; odd and even kernels; paddings 0 to k − 1; odd
+    // sizes; one output channel (the direct kernel) and several.
+    for (b, c, o, h, w, f, k, p) in [
+        (2, 3, 4, 5, 4, 2, 3, 1),
+        (1, 3, 4, 4, 5, 2, 5, 2),
+        (2, 2, 3, 3, 3, 2, 1, 0),
+        (1, 2, 3, 4, 3, 2, 4, 1),
+        (1, 2, 1, 3, 4, 2, 3, 1),
+        (1, 2, 3, 3, 4, 3, 3, 0),
+        (1, 3, 2, 3, 3, 4, 3, 1),
+        (1, 2, 2, 2, 3, 2, 3, 2),
+    ] {
+        let (x, wt, bias) = (u(&[b, c, h, w], 320), u(&[o, c, k, k], 321), u(&[o], 322));
+        let what = format!("upsample×{f} conv b{b} c{c} o{o} {h}x{w} k{k} p{p}");
+        // (Under AEZOO_NO_SUBPIXEL=1 every case is the fallback, still checked.)
+        assert!(
+            !subpixel::enabled() || subpixel::applies(&x, f, &wt, p),
+            "{what}: takes the fallback"
+        );
+        for act in [Act::None, Act::Relu, Act::Sigmoid] {
+            let fast = subpixel::upsample_conv2d(&x, f, &wt, &bias, p, act).unwrap();
+            let plain = plain_up_conv(&x, f, &wt, &bias, p, act);
+            assert!(max_abs_diff(&fast, &plain) < 1e-12, "{what} {act:?}: forward differs");
+            let g = move |a: &[Tensor]| subpixel::upsample_conv2d(&a[0], f, &a[1], &a[2], p, act);
+            assert_grad(&format!("{what} {act:?}"), g, &[x.clone(), wt.clone(), bias.clone()]);
+        }
+    }
+    // Factor 1 is no upsampling: the fallback, still the same function.
+    let (x, wt, bias) = (u(&[1, 2, 4, 4], 323), u(&[3, 2, 3, 3], 324), u(&[3], 325));
+    assert!(!subpixel::applies(&x, 1, &wt, 1));
+    let y = subpixel::upsample_conv2d(&x, 1, &wt, &bias, 1, Act::Relu).unwrap();
+    assert!(max_abs_diff(&y, &plain_up_conv(&x, 1, &wt, &bias, 1, Act::Relu)) < 1e-12);
+    // The layer method and a layer list take it too (`UpS_2` then a conv).
+    let store = ParamStore::init(9);
+    let cfg = Conv2dConfig {
+        padding: 1,
+        ..Default::default()
+    };
+    let conv = layers::conv2d(2, 3, 3, cfg, store.var_builder(DType::F64, &Device::Cpu).pp("c")).unwrap();
+    let y = conv.forward_up_act(&x, 2, Act::Sigmoid).unwrap();
+    let z = ops::sigmoid(&conv.forward(&ops::upsample_nearest2d(&x, 2, 2).unwrap()).unwrap()).unwrap();
+    assert!(max_abs_diff(&y, &z) < 1e-12, "Conv2d::forward_up_act differs");
+}
+
+#[test]
+fn upsample_conv2d_in_f32_through_sgemm_matches_the_f64_composite() {
+    // ae-denoise's decoder block at a small batch: 32 → 32 channels, 3 × 3
+    // after 2× upsampling of 7 × 7 (the phase conv has 128 outputs and
+    // K = 128: the implicit GEMM), and vae-flex-sd's 4× factor.
+    for (c, o, h, f) in [(32, 32, 7, 2), (16, 16, 3, 4)] {
+        let (x, wt, bias) = (u(&[2, c, h, h], 326), u(&[o, c, 3, 3], 327), u(&[o], 328));
+        let f32v = |t: &Tensor| candle_core::Var::from_tensor(&t.to_dtype(DType::F32).unwrap()).unwrap();
+        let f64v = |t: &Tensor| candle_core::Var::from_tensor(t).unwrap();
+        let (xv, wv, bv) = (f32v(&x), f32v(&wt), f32v(&bias));
+        let (x64, w64, b64) = (f64v(&x), f64v(&wt), f64v(&bias));
+        let y = aezoo_nn::subpixel::upsample_conv2d(xv.as_tensor(), f, wv.as_tensor(), bv.as_tensor(), 1, Act::Relu)
+            .unwrap();
+        let plain = plain_up_conv(x64.as_tensor(), f, w64.as_tensor(), b64.as_tensor(), 1, Act::Relu);
+        let what = format!("f32 upsample×{f} conv c{c} o{o} {h}x{h}");
+        compare_f32_with_f64(&what, &y, &plain, [(&xv, &x64), (&wv, &w64), (&bv, &b64)]);
+    }
+}
+
 #[test]
 fn f32_convs_through_sgemm_match_the_f64_composite() {
     // Sixteen or more outputs and K ≥ 64: in f32 with AVX2 the forward is
