@@ -412,8 +412,8 @@ impl Implicit {
         });
     }
 
-    /// [`Implicit::forward`] handing the products to `store` as they come,
-    /// `(oc, n, oh·ow)`: channel `c` of image `j` at `(c·n + j)·oh·ow`.
+    /// [`Implicit::forward`] handing the finished product to `store` (once)
+    /// as `(oc, n, oh·ow)`: channel `c` of image `j` at `(c·n + j)·oh·ow`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn forward_with(
         &self,

@@ -221,7 +221,7 @@ impl Conv2d {
     /// `act(conv2d(upsample_nearest2d(xs, f, f)) + b)`: on the CPU, for a
     /// stride-1 undilated conv, one conv on `xs` with the `f²` sub-pixel
     /// kernels ([`crate::subpixel::upsample_conv2d`]: no upsampled copy,
-    /// 4/9 of the multiply-adds for 3 × 3); elsewhere upsample then conv.
+    /// about half the multiply-adds for 3 × 3); elsewhere upsample then conv.
     pub fn forward_up_act(&self, xs: &Tensor, factor: usize, act: Act) -> Result<Tensor> {
         let c = &self.cfg;
         if let Some(b) = &self.bias {

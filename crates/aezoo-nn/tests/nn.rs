@@ -1048,7 +1048,7 @@ fn plain_up_conv(x: &Tensor, f: usize, wt: &Tensor, bias: &Tensor, p: usize, act
 fn upsample_conv2d_in_sub_pixel_form_matches_upsample_then_conv() {
     use aezoo_nn::subpixel;
     // Factors 2, 3 and 4; odd and even kernels; paddings 0 to k − 1; odd
-    // sizes; one output channel (the direct kernel) and several.
+    // sizes; one output channel and several.
     for (b, c, o, h, w, f, k, p) in [
         (2, 3, 4, 5, 4, 2, 3, 1),
         (1, 3, 4, 4, 5, 2, 5, 2),
@@ -1079,7 +1079,18 @@ fn upsample_conv2d_in_sub_pixel_form_matches_upsample_then_conv() {
     assert!(!subpixel::applies(&x, 1, &wt, 1));
     let y = subpixel::upsample_conv2d(&x, 1, &wt, &bias, 1, Act::Relu).unwrap();
     assert!(max_abs_diff(&y, &plain_up_conv(&x, 1, &wt, &bias, 1, Act::Relu)) < 1e-12);
-    // The layer method and a layer list take it too (`UpS_2` then a conv).
+    // A non-square kernel: the two axes' plans pad differently (0 and 1).
+    let (x, wt, bias) = (u(&[2, 2, 3, 4], 329), u(&[3, 2, 1, 4], 330), u(&[3], 331));
+    assert!(!subpixel::enabled() || subpixel::applies(&x, 2, &wt, 0));
+    let y = subpixel::upsample_conv2d(&x, 2, &wt, &bias, 0, Act::Relu).unwrap();
+    assert!(
+        max_abs_diff(&y, &plain_up_conv(&x, 2, &wt, &bias, 0, Act::Relu)) < 1e-12,
+        "1x4 kernel differs"
+    );
+    let g = |a: &[Tensor]| subpixel::upsample_conv2d(&a[0], 2, &a[1], &a[2], 0, Act::Relu);
+    assert_grad("upsample×2 conv 1x4 kernel", g, &[x, wt, bias]);
+    // The layer method takes it too (`UpS_2` then a conv).
+    let x = u(&[1, 2, 4, 4], 323);
     let store = ParamStore::init(9);
     let cfg = Conv2dConfig {
         padding: 1,
@@ -1093,11 +1104,18 @@ fn upsample_conv2d_in_sub_pixel_form_matches_upsample_then_conv() {
 
 #[test]
 fn upsample_conv2d_in_f32_through_sgemm_matches_the_f64_composite() {
-    // ae-denoise's decoder block at a small batch: 32 → 32 channels, 3 × 3
-    // after 2× upsampling of 7 × 7 (the phase conv has 128 outputs and
-    // K = 128: the implicit GEMM), and vae-flex-sd's 4× factor.
-    for (c, o, h, f) in [(32, 32, 7, 2), (16, 16, 3, 4)] {
-        let (x, wt, bias) = (u(&[2, c, h, h], 326), u(&[o, c, 3, 3], 327), u(&[o], 328));
+    // ae-denoise's decoder block: 32 → 32 channels, 3 × 3 after 2×
+    // upsampling of 7 × 7 (the phase conv has 128 outputs and K = 128: the
+    // implicit GEMM), at batch 2 (one image per product) and 12 (several:
+    // ~512 output pixels a product), and vae-flex-sd's 4× factor.
+    for (b, c, o, h, f) in [(2, 32, 32, 7, 2), (12, 32, 32, 7, 2), (2, 16, 16, 3, 4)] {
+        // The kernel at PyTorch's init scale (bound 1/√(c·9)): the f32 sums'
+        // rounding stays below the shared absolute tolerance (with u(−1, 1)
+        // weights the outputs reach ~30 and differ by ~1.4e-5 through the
+        // `gemm` crate's summation order, the simd test's baseline level).
+        let bound = 1.0 / ((c * 9) as f64).sqrt();
+        let (x, bias) = (u(&[b, c, h, h], 326), u(&[o], 328));
+        let wt = (u(&[o, c, 3, 3], 327) * bound).unwrap();
         let f32v = |t: &Tensor| candle_core::Var::from_tensor(&t.to_dtype(DType::F32).unwrap()).unwrap();
         let f64v = |t: &Tensor| candle_core::Var::from_tensor(t).unwrap();
         let (xv, wv, bv) = (f32v(&x), f32v(&wt), f32v(&bias));
@@ -1105,7 +1123,7 @@ fn upsample_conv2d_in_f32_through_sgemm_matches_the_f64_composite() {
         let y = aezoo_nn::subpixel::upsample_conv2d(xv.as_tensor(), f, wv.as_tensor(), bv.as_tensor(), 1, Act::Relu)
             .unwrap();
         let plain = plain_up_conv(x64.as_tensor(), f, w64.as_tensor(), b64.as_tensor(), 1, Act::Relu);
-        let what = format!("f32 upsample×{f} conv c{c} o{o} {h}x{h}");
+        let what = format!("f32 upsample×{f} conv b{b} c{c} o{o} {h}x{h}");
         compare_f32_with_f64(&what, &y, &plain, [(&xv, &x64), (&wv, &w64), (&bv, &b64)]);
     }
 }
@@ -1536,6 +1554,35 @@ mod grammar {
 
     fn map(c: usize, h: usize, w: usize) -> FeatShape {
         FeatShape::Map { c, h, w }
+    }
+
+    #[test]
+    fn upsampling_into_a_conv_in_a_list_equals_the_layers_one_at_a_time() {
+        // `UpS_2` then a conv (with and without its activation) runs in
+        // sub-pixel form (`Sequential::forward`): against upsample, conv and
+        // activation applied by hand with the list's own parameters.
+        for (items, act) in [
+            (&["UpS_2", "C2d_2_3_3_1_1", "ReLU"][..], Act::Relu),
+            (&["UpS_2", "C2d_2_3_3_1_1"][..], Act::None),
+            (&["UpS_2", "C2d_2_3_3_1_1", "Sigm", "UpS_2"][..], Act::Sigmoid),
+        ] {
+            let store = ParamStore::init(3);
+            let seq = Sequential::new(
+                "decoder",
+                &strings(items),
+                map(2, 5, 4),
+                store.var_builder(DType::F64, &Device::Cpu),
+            )
+            .unwrap();
+            let x = u(&[2, 2, 5, 4], 332);
+            let vars: std::collections::BTreeMap<String, Tensor> = store.tensors().into_iter().collect();
+            let mut want = plain_up_conv(&x, 2, &vars["1.weight"], &vars["1.bias"], 1, act);
+            if items.len() == 4 {
+                want = ops::upsample_nearest2d(&want, 2, 2).unwrap();
+            }
+            let got = seq.forward(&x).unwrap();
+            assert!(max_abs_diff(&got, &want) < 1e-12, "{items:?}: differs");
+        }
     }
 
     #[test]
