@@ -944,23 +944,33 @@ struct ConvCfg {
     stride: usize,
     dilation: usize,
     act: Act,
-    /// A 2×2, stride-2 max pool after the activation.
-    pool: bool,
-    /// The outputs are sub-pixel phases, interleaved into the image they
-    /// stand for ([`crate::subpixel`]).
-    shuffle: Option<Shuffle>,
+    post: Post,
+}
+
+/// What becomes of a fused conv's activations before they are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Post {
+    /// Stored as they are.
+    Plain,
+    /// A 2×2, stride-2 max pool.
+    Pool2,
+    /// Sub-pixel phases, interleaved into the image they stand for
+    /// ([`crate::subpixel`]).
+    Shuffle(Shuffle),
 }
 
 /// The largest upsampling factor a fused [`Shuffle`] takes.
 pub const SHUFFLE_MAX: usize = 4;
 
 /// How a conv's `f²·o` output channels, `f²` phases of `o` channels each
-/// (phase `f·qy + qx` major), are interleaved into `(o, f·h, f·w)` for an
-/// input of `h × w`: `y[c][f·i + qy][f·j + qx] = z[(f·qy + qx)·o + c][i +
-/// oy[qy]][j + ox[qx]]`. The conv's other outputs are never read.
+/// (phase `f·qy + qx` major), are interleaved into `(o, oh, ow)`:
+/// `y[c][f·i + qy][f·j + qx] = z[(f·qy + qx)·o + c][i + oy[qy]][j + ox[qx]]`.
+/// The conv's other outputs are never read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Shuffle {
     pub f: usize,
+    pub oh: usize,
+    pub ow: usize,
     pub oy: [usize; SHUFFLE_MAX],
     pub ox: [usize; SHUFFLE_MAX],
 }
@@ -972,14 +982,17 @@ impl Shuffle {
         if !(1..=SHUFFLE_MAX).contains(&f) || !o.is_multiple_of(f * f) {
             candle_core::bail!("conv2d + sub-pixel shuffle: {o} outputs are not {f}² phases");
         }
-        let fits = |off: &[usize; SHUFFLE_MAX], n: usize, small: usize| off[..f].iter().all(|&s| s + n <= small);
-        if !fits(&self.oy, g.h, g.oh) || !fits(&self.ox, g.w, g.ow) {
+        // Phase q of an axis of `out` outputs holds ⌈(out − q)/f⌉ of them.
+        let fits = |off: &[usize; SHUFFLE_MAX], out: usize, small: usize| {
+            (0..f.min(out)).all(|q| off[q] + (out - q).div_ceil(f) <= small)
+        };
+        if !fits(&self.oy, self.oh, g.oh) || !fits(&self.ox, self.ow, g.ow) {
             candle_core::bail!(
-                "conv2d + sub-pixel shuffle: the {}x{} phase planes do not hold {}x{} outputs at {:?} / {:?}",
+                "conv2d + sub-pixel shuffle: the {}x{} phase planes do not hold a {}x{} output at {:?} / {:?}",
                 g.oh,
                 g.ow,
-                g.h,
-                g.w,
+                self.oh,
+                self.ow,
                 &self.oy[..f],
                 &self.ox[..f]
             );
@@ -989,26 +1002,25 @@ impl Shuffle {
 }
 
 multiversion! {
-    /// One image's `(o/f², f·h, f·w)` output from its phase planes, phase
+    /// One image's `(o/f², oh, ow)` output from its phase planes, phase
     /// channel `c`'s `(g.oh, g.ow)` plane at `src[c·stride..]`.
     fn shuffle_into<T: Float>(s: &Shuffle, g: &Geometry, src: &[T], stride: usize, out: &mut [T]) {
-        let (f, h, w) = (s.f, g.h, g.w);
-        let o = out.len() / (f * f * h * w);
-        for c in 0..o {
-            for (y, dst) in out[c * f * f * h * w..(c + 1) * f * f * h * w].chunks_exact_mut(f * w).enumerate() {
-                let (qy, i) = (y % f, y / f);
-                let row = |qx: usize| &src[((qy * f + qx) * o + c) * stride + (i + s.oy[qy]) * g.ow + s.ox[qx]..][..w];
-                if f == 2 {
-                    let (a, b) = (row(0), row(1));
-                    for ((d, &u), &v) in dst.chunks_exact_mut(2).zip(a).zip(b) {
-                        d[0] = u;
-                        d[1] = v;
-                    }
-                } else {
-                    for qx in 0..f {
-                        for (x, &v) in row(qx).iter().enumerate() {
-                            dst[x * f + qx] = v;
-                        }
+        let (f, oh, ow) = (s.f, s.oh, s.ow);
+        let o = out.len() / (oh * ow);
+        for (r, dst) in out.chunks_exact_mut(ow).enumerate() {
+            // Output row `y` of channel `c`.
+            let (c, y) = (r / oh, r % oh);
+            let (qy, i) = (y % f, y / f);
+            let row = |qx: usize| &src[((qy * f + qx) * o + c) * stride + (i + s.oy[qy]) * g.ow + s.ox[qx]..];
+            if f == 2 && ow % 2 == 0 {
+                for ((d, &u), &v) in dst.chunks_exact_mut(2).zip(row(0)).zip(row(1)) {
+                    d[0] = u;
+                    d[1] = v;
+                }
+            } else {
+                for qx in 0..f.min(ow) {
+                    for (d, &v) in dst[qx..].iter_mut().step_by(f).zip(row(qx)) {
+                        *d = v;
                     }
                 }
             }
@@ -1017,23 +1029,23 @@ multiversion! {
 }
 
 /// One image's `dz` (`(o, g.oh, g.ow)`, the phase planes) from the
-/// interleaved `dy` and output `y` (`(o/f², f·h, f·w)`): `dy · act'(y)`
-/// over the image in one pass, then gathered back into the phases, zero
-/// where no output reads.
+/// interleaved `dy` and output `y` (`(o/f², oh, ow)`): `dy · act'(y)` over
+/// the image in one pass, then gathered back into the phases, zero where no
+/// output reads.
 fn unshuffle_dz<T: Float>(s: &Shuffle, g: &Geometry, dy: &[T], y: Option<&[T]>, act: Act, dz: &mut [T]) {
-    let (f, h, w, l) = (s.f, g.h, g.w, g.oh * g.ow);
-    let o = dy.len() / (f * f * h * w);
+    let (f, oh, ow, l) = (s.f, s.oh, s.ow, g.oh * g.ow);
+    let o = dy.len() / (oh * ow);
     let mut scratch = Vec::new();
     let dzy = dz_chunk(dy, y, act, &mut scratch);
     dz.fill(T::default());
-    for (r, row) in dzy.chunks_exact(f * w).enumerate() {
+    for (r, row) in dzy.chunks_exact(ow).enumerate() {
         // Output row `yy` of channel `c`.
-        let (c, yy) = (r / (f * h), r % (f * h));
+        let (c, yy) = (r / oh, r % oh);
         let (qy, i) = (yy % f, yy / f);
-        for qx in 0..f {
+        for qx in 0..f.min(ow) {
             let start = ((qy * f + qx) * o + c) * l + (i + s.oy[qy]) * g.ow + s.ox[qx];
-            for (d, px) in dz[start..start + w].iter_mut().zip(row.chunks_exact(f)) {
-                *d = px[qx];
+            for (d, &v) in dz[start..].iter_mut().zip(row[qx..].iter().step_by(f)) {
+                *d = v;
             }
         }
     }
@@ -1057,10 +1069,10 @@ impl ConvCfg {
             candle_core::bail!("conv2d: input has {c} channels, the kernel expects {kc}");
         }
         let g = Geometry::for_conv(c, h, w, kh, kw, self.stride, self.padding, self.dilation)?;
-        if let Some(s) = &self.shuffle {
+        if let Post::Shuffle(s) = &self.post {
             s.check(&g, o)?;
         }
-        if self.pool && (g.oh < 2 || g.ow < 2) {
+        if self.post == Post::Pool2 && (g.oh < 2 || g.ow < 2) {
             candle_core::bail!(
                 "conv2d + max_pool2d: the {}x{} output is smaller than the 2x2 window",
                 g.oh,
@@ -1070,31 +1082,53 @@ impl ConvCfg {
         Ok((b, o, g))
     }
 
-    /// Outputs per image and channel: `oh·ow`, `(oh/2)·(ow/2)` pooled, or
-    /// `h·w` per phase channel shuffled (`(f·h)·(f·w)` per output channel).
-    fn out_plane(&self, g: &Geometry) -> usize {
-        if self.pool {
-            (g.oh / 2) * (g.ow / 2)
-        } else if self.shuffle.is_some() {
-            g.h * g.w
-        } else {
-            g.oh * g.ow
+    /// One image's stored output `(channels, rows, columns)` for `o` conv
+    /// output channels.
+    fn out_dims(&self, o: usize, g: &Geometry) -> (usize, usize, usize) {
+        match self.post {
+            Post::Plain => (o, g.oh, g.ow),
+            Post::Pool2 => (o, g.oh / 2, g.ow / 2),
+            Post::Shuffle(s) => (o / (s.f * s.f), s.oh, s.ow),
         }
     }
 
-    /// The output's shape for a batch of `b` and `o` output channels.
+    /// Stored outputs per image.
+    fn out_image(&self, o: usize, g: &Geometry) -> usize {
+        let (c, h, w) = self.out_dims(o, g);
+        c * h * w
+    }
+
+    /// The output's shape for a batch of `b` and `o` conv output channels.
     fn out_shape(&self, b: usize, o: usize, g: &Geometry) -> Shape {
-        match (self.pool, &self.shuffle) {
-            (true, _) => Shape::from((b, o, g.oh / 2, g.ow / 2)),
-            (false, Some(s)) => Shape::from((b, o / (s.f * s.f), s.f * g.h, s.f * g.w)),
-            (false, None) => Shape::from((b, o, g.oh, g.ow)),
+        let (c, h, w) = self.out_dims(o, g);
+        Shape::from((b, c, h, w))
+    }
+
+    /// One image's `dz` (`(o, g.oh, g.ow)`) into `dz`, from its stored
+    /// output's `dy` and `y` (and, pooled, its window maxima `arg`).
+    fn dz_into_image<T: Float>(&self, g: &Geometry, (dy, y, arg): (&[T], Option<&[T]>, &[u8]), dz: &mut [T]) {
+        match &self.post {
+            Post::Plain => dz_into(dy, y, self.act, dz),
+            Post::Pool2 => unpool2(dy, y, arg, self.act, g.oh, g.ow, dz),
+            Post::Shuffle(s) => unshuffle_dz(s, g, dy, y, self.act, dz),
         }
     }
 
-    /// Whether each image's conv output goes through a buffer of its own
-    /// before the stored output (pool or shuffle).
-    fn post(&self) -> bool {
-        self.pool || self.shuffle.is_some()
+    /// [`ConvCfg::dz_into_image`] for `o` conv outputs into `scratch`, or
+    /// `dy` itself where there is nothing to do (no activation, stored as is).
+    fn dz_image<'a, T: Float>(
+        &self,
+        g: &Geometry,
+        o: usize,
+        (dy, y, arg): (&'a [T], Option<&[T]>, &[u8]),
+        scratch: &'a mut Vec<T>,
+    ) -> &'a [T] {
+        if self.post == Post::Plain {
+            return dz_chunk(dy, y, self.act, scratch);
+        }
+        scratch.resize(o * g.oh * g.ow, T::default());
+        self.dz_into_image(g, (dy, y, arg), scratch);
+        scratch
     }
 }
 
@@ -1197,12 +1231,12 @@ fn conv_fwd<T: Float>(
         contiguous::<T>(w, lw, "conv2d")?,
         contiguous::<T>(bias, lb, "conv2d")?,
     );
-    let (k, l, img, pl) = (g.c * g.kh * g.kw, g.oh * g.ow, g.c * g.h * g.w, cfg.out_plane(&g));
-    let mut out = vec![T::default(); b * o * pl];
+    let (k, l, img, per) = (g.c * g.kh * g.kw, g.oh * g.ow, g.c * g.h * g.w, cfg.out_image(o, &g));
+    let mut out = vec![T::default(); b * per];
     let mut argmax = lock(&op.argmax);
     argmax.clear();
-    if cfg.pool {
-        argmax.resize(b * o * pl, 0);
+    if cfg.post == Post::Pool2 {
+        argmax.resize(b * per, 0);
     }
     let (per_image, par) = par_for(b);
     let u = Unfold::new(&g);
@@ -1238,7 +1272,7 @@ fn conv_fwd<T: Float>(
     // phase-split or channels-last image.
     let run = |(i, (y, arg)): (usize, (&mut [T], Option<&mut [u8]>)),
                (cols, pre, split): &mut (Vec<T>, Vec<T>, Vec<T>)| {
-        let full: &mut [T] = if cfg.post() { &mut pre[..] } else { &mut *y };
+        let full: &mut [T] = if cfg.post == Post::Plain { &mut *y } else { &mut pre[..] };
         let xi = &x[i * img..(i + 1) * img];
         if direct {
             full.fill(T::default());
@@ -1259,17 +1293,17 @@ fn conv_fwd<T: Float>(
                 bias_act(full, bias, l, cfg.act);
             }
         }
-        if let Some(arg) = arg {
-            pool2_record(pre, g.oh, g.ow, y, arg);
-        } else if let Some(s) = &cfg.shuffle {
-            shuffle_into(s, &g, pre, l, y);
+        match (&cfg.post, arg) {
+            (Post::Pool2, Some(arg)) => pool2_record(pre, g.oh, g.ow, y, arg),
+            (Post::Shuffle(s), _) => shuffle_into(s, &g, pre, l, y),
+            _ => {}
         }
     };
-    let jobs = out.chunks_mut(o * pl).zip(per_image_slots(&mut argmax, o * pl, b));
+    let jobs = out.chunks_mut(per).zip(per_image_slots(&mut argmax, per, b));
     let init = || {
         (
             vec![T::default(); if direct { 0 } else { k * l }],
-            vec![T::default(); if cfg.post() { o * l } else { 0 }],
+            vec![T::default(); if cfg.post == Post::Plain { 0 } else { o * l }],
             Vec::new(),
         )
     };
@@ -1299,11 +1333,11 @@ fn conv_fwd_implicit(
     out: &mut [f32],
     argmax: &mut [u8],
 ) {
-    let (o, l, img, pl) = (pb.n(), g.oh * g.ow, g.c * g.h * g.w, cfg.out_plane(g));
+    let (o, l, img) = (pb.n(), g.oh * g.ow, g.c * g.h * g.w);
     let chunk = im.chunk(b, threads());
     let inner = b.div_ceil(chunk) < threads();
-    let per = o * pl;
-    let args: Vec<Option<&mut [u8]>> = if cfg.pool {
+    let per = cfg.out_image(o, g);
+    let args: Vec<Option<&mut [u8]>> = if cfg.post == Post::Pool2 {
         argmax.chunks_mut(chunk * per).map(Some).collect()
     } else {
         (0..b.div_ceil(chunk)).map(|_| None).collect()
@@ -1314,8 +1348,8 @@ fn conv_fwd_implicit(
         |(sc, pre), (ci, (ys, arg))| {
             let n = ys.len() / per;
             let xs = &x[ci * chunk * img..(ci * chunk + n) * img];
-            match arg {
-                Some(arg) => {
+            match (&cfg.post, arg) {
+                (_, Some(arg)) => {
                     pre.resize(n * o * l, 0.0);
                     im.forward(xs, n, g, pb, Some(bias), cfg.act, inner, sc, pre);
                     for j in 0..n {
@@ -1329,16 +1363,14 @@ fn conv_fwd_implicit(
                         );
                     }
                 }
-                None => match &cfg.shuffle {
-                    // The products' (o, n, l) planes interleaved straight
-                    // into the images: no phase-plane output is stored.
-                    Some(s) => im.forward_with(xs, n, g, pb, Some(bias), cfg.act, inner, sc, |by_oc| {
-                        for (j, y) in ys.chunks_exact_mut(per).enumerate() {
-                            shuffle_into(s, g, &by_oc[j * l..], n * l, y);
-                        }
-                    }),
-                    None => im.forward(xs, n, g, pb, Some(bias), cfg.act, inner, sc, ys),
-                },
+                // The products' (o, n, l) planes interleaved straight into
+                // the images: no phase-plane output is stored.
+                (Post::Shuffle(s), None) => im.forward_with(xs, n, g, pb, Some(bias), cfg.act, inner, sc, |by_oc| {
+                    for (j, y) in ys.chunks_exact_mut(per).enumerate() {
+                        shuffle_into(s, g, &by_oc[j * l..], n * l, y);
+                    }
+                }),
+                (_, None) => im.forward(xs, n, g, pb, Some(bias), cfg.act, inner, sc, ys),
             }
         },
     );
@@ -1374,7 +1406,7 @@ fn conv_bwd_implicit(
     (u, wk, wk_rows): (&Unfold, &[f32], Option<&PackedB>),
     dx: &mut [f32],
 ) -> (Vec<f32>, Vec<f32>) {
-    let (k, l, img, pl) = (g.c * g.kh * g.kw, g.oh * g.ow, g.c * g.h * g.w, cfg.out_plane(g));
+    let (k, l, img, per) = (g.c * g.kh * g.kw, g.oh * g.ow, g.c * g.h * g.w, cfg.out_image(o, g));
     let chunk = im.chunk(b, threads());
     let nchunks = b.div_ceil(chunk);
     let inner = nchunks < threads();
@@ -1408,18 +1440,10 @@ fn conv_bwd_implicit(
         dz.resize(n * o * l, 0.0);
         for j in 0..n {
             let i = i0 + j;
-            let (dyi, yi) = (
-                &dy[i * o * pl..(i + 1) * o * pl],
-                y.map(|y| &y[i * o * pl..(i + 1) * o * pl]),
-            );
+            let r = i * per..(i + 1) * per;
             let dzi = &mut dz[j * o * l..(j + 1) * o * l];
-            if cfg.pool {
-                unpool2(dyi, yi, &argmax[i * o * pl..(i + 1) * o * pl], cfg.act, g.oh, g.ow, dzi);
-            } else if let Some(s) = &cfg.shuffle {
-                unshuffle_dz(s, g, dyi, yi, cfg.act, dzi);
-            } else {
-                dz_into(dyi, yi, cfg.act, dzi);
-            }
+            let arg = argmax.get(r.clone()).unwrap_or_default();
+            cfg.dz_into_image(g, (&dy[r.clone()], y.map(|y| &y[r]), arg), dzi);
             for (oo, row) in dzi.chunks(l).enumerate() {
                 pb[oo] += sum(row);
             }
@@ -1525,9 +1549,9 @@ fn conv_bwd<T: Float>(
         contiguous::<T>(w, lw, "conv2d-grad")?,
         contiguous::<T>(dy, ly, "conv2d-grad")?,
     );
-    let (k, l, img, pl) = (g.c * g.kh * g.kw, g.oh * g.ow, g.c * g.h * g.w, cfg.out_plane(&g));
+    let (k, l, img, per) = (g.c * g.kh * g.kw, g.oh * g.ow, g.c * g.h * g.w, cfg.out_image(o, &g));
     let argmax = lock(&grad.op.argmax);
-    if cfg.pool && argmax.len() != b * o * pl {
+    if cfg.post == Post::Pool2 && argmax.len() != b * per {
         candle_core::bail!("conv2d + max_pool2d: the backward ran without its forward's window maxima");
     }
     let (nx, nw) = (if grad.need_dx { b * img } else { 0 }, o * k);
@@ -1613,29 +1637,9 @@ fn conv_bwd<T: Float>(
     type Acc<T> = (Vec<T>, Vec<T>, Vec<T>, Vec<T>, Vec<T>, Vec<T>);
     let work = |(i, dxi): (usize, Option<&mut [T]>), acc: &mut Acc<T>| {
         let (pw, pb, cols, dcols, dzbuf, split) = acc;
-        let (dyi, yi) = (
-            &dy[i * o * pl..(i + 1) * o * pl],
-            y.map(|y| &y[i * o * pl..(i + 1) * o * pl]),
-        );
-        let dzi: &[T] = if cfg.pool {
-            dzbuf.resize(o * l, T::default());
-            unpool2(
-                dyi,
-                yi,
-                &argmax[i * o * pl..(i + 1) * o * pl],
-                cfg.act,
-                g.oh,
-                g.ow,
-                dzbuf,
-            );
-            dzbuf
-        } else if let Some(s) = &cfg.shuffle {
-            dzbuf.resize(o * l, T::default());
-            unshuffle_dz(s, &g, dyi, yi, cfg.act, dzbuf);
-            dzbuf
-        } else {
-            dz_chunk(dyi, yi, cfg.act, dzbuf)
-        };
+        let r = i * per..(i + 1) * per;
+        let arg = argmax.get(r.clone()).unwrap_or_default();
+        let dzi = cfg.dz_image(&g, o, (&dy[r.clone()], y.map(|y| &y[r]), arg), dzbuf);
         for (oo, row) in dzi.chunks(l).enumerate() {
             pb[oo] += sum(row);
         }
@@ -1799,16 +1803,14 @@ fn conv2d_fused(
     stride: usize,
     dilation: usize,
     act: Act,
-    pool: bool,
-    shuffle: Option<Shuffle>,
+    post: Post,
 ) -> Result<Tensor> {
     let cfg = ConvCfg {
         padding,
         stride,
         dilation,
         act,
-        pool,
-        shuffle,
+        post,
     };
     let op = Conv2dFused {
         cfg,
@@ -1828,11 +1830,11 @@ pub fn conv2d(
     dilation: usize,
     act: Act,
 ) -> Result<Tensor> {
-    conv2d_fused(xs, kernel, bias, padding, stride, dilation, act, false, None)
+    conv2d_fused(xs, kernel, bias, padding, stride, dilation, act, Post::Plain)
 }
 
 /// `act(conv2d(xs, kernel) + bias)` (stride 1) with its `f²·o` outputs
-/// interleaved as `shuffle` says into `(b, o, f·h, f·w)`, as one node (CPU,
+/// interleaved as `shuffle` says into `(b, o, oh, ow)`, as one node (CPU,
 /// f32/f64): the sub-pixel form of an upsampling conv
 /// ([`crate::subpixel`]), its phase planes never stored whole.
 pub fn conv2d_shuffled(
@@ -1843,7 +1845,7 @@ pub fn conv2d_shuffled(
     act: Act,
     shuffle: Shuffle,
 ) -> Result<Tensor> {
-    conv2d_fused(xs, kernel, bias, padding, 1, 1, act, false, Some(shuffle))
+    conv2d_fused(xs, kernel, bias, padding, 1, 1, act, Post::Shuffle(shuffle))
 }
 
 /// `max_pool2d(act(conv2d(xs, kernel) + bias), 2, 2)` as one node (CPU,
@@ -1859,7 +1861,7 @@ pub fn conv2d_pool2(
     dilation: usize,
     act: Act,
 ) -> Result<Tensor> {
-    conv2d_fused(xs, kernel, bias, padding, stride, dilation, act, true, None)
+    conv2d_fused(xs, kernel, bias, padding, stride, dilation, act, Post::Pool2)
 }
 
 // ---------------------------------------------------------------- conv_transpose2d

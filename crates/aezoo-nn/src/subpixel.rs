@@ -20,22 +20,18 @@
 //! the same function (up to rounding) with 16 multiply-adds per small pixel
 //! and channel pair instead of 36 (the phase planes' extra row and column
 //! make it 0.51 of the multiply-adds at 14 × 14, 0.58 at 7 × 7), and no upsampled copy of `x` written or
-//! read. For a "same" conv (`k = 2p + 1`, output `f·h × f·w`) the interleave
-//! happens inside the conv's node ([`fused::conv2d_shuffled`]): the implicit
-//! GEMM's products are stored straight into the upsampled image and its
-//! backward gathers `dy ⊙ act'(y)` back into phase planes, so `z` is never
-//! stored whole; other paddings take the conv, then the [`Interleave`] op.
-//! The gradient flows through the fused conv's hand-written backward,
-//! candle's matmul (for `W`) and the interleave's scatter. The parameters
+//! read. The interleave happens inside the conv's node
+//! ([`fused::conv2d_shuffled`]): the implicit GEMM's products are stored
+//! straight into the upsampled image and its backward gathers `dy ⊙ act'(y)`
+//! back into phase planes, so `z` is never stored whole. The gradient flows
+//! through that hand-written backward and candle's matmul (for `W`). The parameters
 //! stay the layer's own `(O, C, k, k)` kernel: `Wₚ` is derived in every
 //! call, so weights load and save as for the plain layer. For `f = 4`
 //! (`vae-flex-sd`'s `UpS_4`) a 3 × 3 kernel gives sixteen 2 × 2 kernels, the
 //! same ratio. Off: `AEZOO_NO_SUBPIXEL=1` or `AEZOO_NO_FUSED=1` (then, and in
 //! any case this does not cover, upsample then conv).
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
+use candle_core::{Result, Tensor};
 
 use crate::fused::{self, Act};
 
@@ -57,10 +53,11 @@ struct Plan {
 }
 
 impl Plan {
-    /// `None` for a factor below 2, a padding of the kernel's size or more,
-    /// or no output (the fallback then upsamples).
+    /// `None` for a factor below 2 or above [`fused::SHUFFLE_MAX`], a
+    /// padding of the kernel's size or more, or no output (the fallback then
+    /// upsamples).
     fn new(f: usize, k: usize, p: usize, n: usize) -> Option<Self> {
-        if f < 2 || k == 0 || p >= k || n == 0 {
+        if !(2..=fused::SHUFFLE_MAX).contains(&f) || k == 0 || p >= k || n == 0 {
             return None;
         }
         let out = (f * n + 2 * p + 1).checked_sub(k).filter(|&o| o > 0)?;
@@ -157,23 +154,19 @@ pub fn upsample_conv2d(
     // The fused conv pads both axes alike: the larger of the two plans'
     // paddings, each axis's phase offsets shifted by the difference.
     let pad = py.pad.max(px.pad);
-    let (_, _, h, w) = xs.dims4()?;
-    let starts = |p: &Plan| (0..factor).map(|q| p.offset(q) + pad - p.pad).collect::<Vec<_>>();
-    // A "same" conv (`f·h × f·w` out): the interleave inside the conv's node.
-    if factor <= fused::SHUFFLE_MAX && py.out == factor * h && px.out == factor * w {
-        let (mut oy, mut ox) = ([0; fused::SHUFFLE_MAX], [0; fused::SHUFFLE_MAX]);
-        oy[..factor].copy_from_slice(&starts(&py));
-        ox[..factor].copy_from_slice(&starts(&px));
-        return fused::conv2d_shuffled(xs, &pk, &pb, pad, act, fused::Shuffle { f: factor, oy, ox });
-    }
-    let z = fused::conv2d(xs, &pk, &pb, pad, 1, 1, act)?;
-    z.apply_op1(Interleave {
+    let starts = |p: &Plan| {
+        let mut at = [0; fused::SHUFFLE_MAX];
+        (0..factor).for_each(|q| at[q] = p.offset(q) + pad - p.pad);
+        at
+    };
+    let shuffle = fused::Shuffle {
         f: factor,
         oh: py.out,
         ow: px.out,
         oy: starts(&py),
         ox: starts(&px),
-    })
+    };
+    fused::conv2d_shuffled(xs, &pk, &pb, pad, act, shuffle)
 }
 
 /// The `f²` phase kernels `(f²·o, c, kph, kpw)`, phase `f·qy + qx` major, as
@@ -212,150 +205,4 @@ fn phase_bias(bias: &Tensor, f: usize) -> Result<Tensor> {
         .broadcast_as((f * f, o))?
         .contiguous()?
         .reshape(f * f * o)
-}
-
-/// `(b, f²·o, sh, sw)` phase planes → `(b, o, oh, ow)`:
-/// `y[n, c, f·i + qy, f·j + qx] = z[n, (f·qy + qx)·o + c, i + oy[qy], j + ox[qx]]`.
-#[derive(Clone, Debug)]
-struct Interleave {
-    f: usize,
-    oh: usize,
-    ow: usize,
-    oy: Vec<usize>,
-    ox: Vec<usize>,
-}
-
-impl Interleave {
-    /// `(b, o, sh, sw)` of the phase planes of shape `s`.
-    fn dims(&self, s: &Shape) -> Result<(usize, usize, usize, usize)> {
-        let (b, on, sh, sw) = s.dims4()?;
-        let phases = self.f * self.f;
-        if on % phases != 0 {
-            candle_core::bail!("subpixel interleave: {on} channels are not {phases} phases");
-        }
-        Ok((b, on / phases, sh, sw))
-    }
-
-    /// Walks one channel's output a row and phase at a time: `f(src, dst, n)`
-    /// for `n` pixels contiguous in the phase planes from offset `src` (phase
-    /// `(qy, qx)`'s plane at `(f·qy + qx)·plane`) and every `f`-th pixel of
-    /// the output plane from offset `dst`.
-    fn rows(&self, sw: usize, plane: usize, mut each: impl FnMut(usize, usize, usize)) {
-        let f = self.f;
-        for y in 0..self.oh {
-            let (qy, i) = (y % f, y / f);
-            for qx in 0..f.min(self.ow) {
-                let n = (self.ow + f - 1 - qx) / f;
-                each(
-                    (qy * f + qx) * plane + (i + self.oy[qy]) * sw + self.ox[qx],
-                    y * self.ow + qx,
-                    n,
-                );
-            }
-        }
-    }
-}
-
-fn interleave_fwd<T: Copy + Default + Send + Sync>(op: &Interleave, z: &[T], l: &Layout) -> Result<Vec<T>> {
-    let (b, o, sh, sw) = op.dims(l.shape())?;
-    let (f, plane, out_plane) = (op.f, o * sh * sw, op.oh * op.ow);
-    let z = &z[l.start_offset()..][..b * f * f * plane];
-    let mut out = vec![T::default(); b * o * out_plane];
-    // One task per image: its (o, oh, ow) from its (f², o, sh, sw) planes.
-    out.par_chunks_mut(o * out_plane)
-        .zip(z.par_chunks(f * f * plane))
-        .for_each(|(dst, src)| {
-            for c in 0..o {
-                let (src, dst) = (&src[c * sh * sw..], &mut dst[c * out_plane..][..out_plane]);
-                op.rows(sw, plane, |s, d, n| {
-                    for (x, &v) in src[s..s + n].iter().enumerate() {
-                        dst[d + f * x] = v;
-                    }
-                });
-            }
-        });
-    Ok(out)
-}
-
-fn interleave_bwd<T: Copy + Default + Send + Sync>(
-    op: &Interleave,
-    g: &[T],
-    lg: &Layout,
-    sh: usize,
-    sw: usize,
-) -> Result<Vec<T>> {
-    let (b, o, oh, ow) = lg.shape().dims4()?;
-    debug_assert_eq!((oh, ow), (op.oh, op.ow));
-    let (f, plane, out_plane) = (op.f, o * sh * sw, oh * ow);
-    let g = &g[lg.start_offset()..][..b * o * out_plane];
-    // The phase-plane pixels the forward does not read get a zero gradient.
-    let mut dz = vec![T::default(); b * f * f * plane];
-    dz.par_chunks_mut(f * f * plane)
-        .zip(g.par_chunks(o * out_plane))
-        .for_each(|(dst, src)| {
-            for c in 0..o {
-                let (src, dst) = (&src[c * out_plane..][..out_plane], &mut dst[c * sh * sw..]);
-                op.rows(sw, plane, |s, d, n| {
-                    for (x, v) in dst[s..s + n].iter_mut().enumerate() {
-                        *v = src[d + f * x];
-                    }
-                });
-            }
-        });
-    Ok(dz)
-}
-
-impl CustomOp1 for Interleave {
-    fn name(&self) -> &'static str {
-        "aezoo-subpixel-interleave"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        if !l.is_contiguous() {
-            candle_core::bail!("aezoo-subpixel-interleave: input must be contiguous");
-        }
-        let (b, o, _, _) = self.dims(l.shape())?;
-        let out = match s {
-            CpuStorage::F32(v) => CpuStorage::F32(interleave_fwd(self, v, l)?),
-            CpuStorage::F64(v) => CpuStorage::F64(interleave_fwd(self, v, l)?),
-            other => candle_core::bail!("aezoo-subpixel-interleave: unsupported dtype {:?}", other.dtype()),
-        };
-        Ok((out, Shape::from((b, o, self.oh, self.ow))))
-    }
-
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let (_, _, sh, sw) = arg.dims4()?;
-        let op = InterleaveGrad {
-            op: self.clone(),
-            sh,
-            sw,
-        };
-        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&op)?))
-    }
-}
-
-/// The interleave's backward: the output gradient scattered back into the
-/// phase planes.
-#[derive(Clone, Debug)]
-struct InterleaveGrad {
-    op: Interleave,
-    sh: usize,
-    sw: usize,
-}
-
-impl CustomOp1 for InterleaveGrad {
-    fn name(&self) -> &'static str {
-        "aezoo-subpixel-interleave-grad"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (b, o, _, _) = l.shape().dims4()?;
-        let phases = self.op.f * self.op.f;
-        let out = match s {
-            CpuStorage::F32(v) => CpuStorage::F32(interleave_bwd(&self.op, v, l, self.sh, self.sw)?),
-            CpuStorage::F64(v) => CpuStorage::F64(interleave_bwd(&self.op, v, l, self.sh, self.sw)?),
-            other => candle_core::bail!("aezoo-subpixel-interleave-grad: unsupported dtype {:?}", other.dtype()),
-        };
-        Ok((out, Shape::from((b, phases * o, self.sh, self.sw))))
-    }
 }

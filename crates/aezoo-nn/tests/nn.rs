@@ -1116,15 +1116,13 @@ fn upsample_conv2d_in_f32_through_sgemm_matches_the_f64_composite() {
         let bound = 1.0 / ((c * 9) as f64).sqrt();
         let (x, bias) = (u(&[b, c, h, h], 326), u(&[o], 328));
         let wt = (u(&[o, c, 3, 3], 327) * bound).unwrap();
-        let f32v = |t: &Tensor| candle_core::Var::from_tensor(&t.to_dtype(DType::F32).unwrap()).unwrap();
-        let f64v = |t: &Tensor| candle_core::Var::from_tensor(t).unwrap();
-        let (xv, wv, bv) = (f32v(&x), f32v(&wt), f32v(&bias));
-        let (x64, w64, b64) = (f64v(&x), f64v(&wt), f64v(&bias));
-        let y = aezoo_nn::subpixel::upsample_conv2d(xv.as_tensor(), f, wv.as_tensor(), bv.as_tensor(), 1, Act::Relu)
-            .unwrap();
-        let plain = plain_up_conv(x64.as_tensor(), f, w64.as_tensor(), b64.as_tensor(), 1, Act::Relu);
+        let v = twin_vars([&x, &wt, &bias]);
+        let [x32, w32, b32] = v.each_ref().map(|(a, _)| a.as_tensor());
+        let [x64, w64, b64] = v.each_ref().map(|(_, a)| a.as_tensor());
+        let y = aezoo_nn::subpixel::upsample_conv2d(x32, f, w32, b32, 1, Act::Relu).unwrap();
+        let plain = plain_up_conv(x64, f, w64, b64, 1, Act::Relu);
         let what = format!("f32 upsample×{f} conv b{b} c{c} o{o} {h}x{h}");
-        compare_f32_with_f64(&what, &y, &plain, [(&xv, &x64), (&wv, &w64), (&bv, &b64)]);
+        compare_f32_with_f64(&what, &y, &plain, &v);
     }
 }
 
@@ -1143,58 +1141,35 @@ fn f32_convs_through_sgemm_match_the_f64_composite() {
         (1, 16, 16, 8, 8, 2, 3, 0),
     ] {
         let (x, wt, bias) = (u(&[b, c, h, w], 390), u(&[o, c, k, k], 391), u(&[o], 392));
-        let f32v = |t: &Tensor| candle_core::Var::from_tensor(&t.to_dtype(DType::F32).unwrap()).unwrap();
-        let (xv, wv, bv) = (f32v(&x), f32v(&wt), f32v(&bias));
-        let y = fused::conv2d(xv.as_tensor(), wv.as_tensor(), bv.as_tensor(), p, s, 1, Act::Relu).unwrap();
-        let (x64, w64, b64) = (
-            candle_core::Var::from_tensor(&x).unwrap(),
-            candle_core::Var::from_tensor(&wt).unwrap(),
-            candle_core::Var::from_tensor(&bias).unwrap(),
-        );
-        let plain = ops::conv2d_candle(x64.as_tensor(), w64.as_tensor(), p, s, 1, 1)
+        let v = twin_vars([&x, &wt, &bias]);
+        let [x32, w32, b32] = v.each_ref().map(|(a, _)| a.as_tensor());
+        let [x64, w64, b64] = v.each_ref().map(|(_, a)| a.as_tensor());
+        let y = fused::conv2d(x32, w32, b32, p, s, 1, Act::Relu).unwrap();
+        let plain = ops::conv2d_candle(x64, w64, p, s, 1, 1)
             .unwrap()
-            .broadcast_add(&b64.as_tensor().reshape((1, o, 1, 1)).unwrap())
+            .broadcast_add(&b64.reshape((1, o, 1, 1)).unwrap())
             .unwrap()
             .relu()
             .unwrap();
         let what = format!("f32 conv2d b{b} c{c} o{o} {h}x{w} k{k} s{s} p{p}");
-        compare_f32_with_f64(&what, &y, &plain, [(&xv, &x64), (&wv, &w64), (&bv, &b64)]);
+        compare_f32_with_f64(&what, &y, &plain, &v);
         // The transposed conv back to c channels: its forward, dx and dW
         // through sgemm with the kernel packed once.
         let (xt, wt2, bt) = (u(&[b, o, h, w], 394), u(&[o, c + 16, k, k], 395), u(&[c + 16], 396));
-        let (xtv, wtv, btv) = (f32v(&xt), f32v(&wt2), f32v(&bt));
-        let (xt64, wt64, bt64) = (
-            candle_core::Var::from_tensor(&xt).unwrap(),
-            candle_core::Var::from_tensor(&wt2).unwrap(),
-            candle_core::Var::from_tensor(&bt).unwrap(),
-        );
+        let vt = twin_vars([&xt, &wt2, &bt]);
+        let [xt32, wt32, bt32] = vt.each_ref().map(|(a, _)| a.as_tensor());
+        let [xt64, wt64, bt64] = vt.each_ref().map(|(_, a)| a.as_tensor());
         // An output padding where the stride is 3.
         let op = usize::from(s == 3);
-        let yt = fused::conv_transpose2d(
-            xtv.as_tensor(),
-            wtv.as_tensor(),
-            btv.as_tensor(),
-            p,
-            op,
-            s,
-            1,
-            Act::Relu,
-        )
-        .unwrap();
+        let yt = fused::conv_transpose2d(xt32, wt32, bt32, p, op, s, 1, Act::Relu).unwrap();
         let pt = xt64
-            .as_tensor()
-            .conv_transpose2d(wt64.as_tensor(), p, op, s, 1)
+            .conv_transpose2d(wt64, p, op, s, 1)
             .unwrap()
-            .broadcast_add(&bt64.as_tensor().reshape((1, c + 16, 1, 1)).unwrap())
+            .broadcast_add(&bt64.reshape((1, c + 16, 1, 1)).unwrap())
             .unwrap()
             .relu()
             .unwrap();
-        compare_f32_with_f64(
-            &format!("{what} transposed"),
-            &yt,
-            &pt,
-            [(&xtv, &xt64), (&wtv, &wt64), (&btv, &bt64)],
-        );
+        compare_f32_with_f64(&format!("{what} transposed"), &yt, &pt, &vt);
     }
 }
 
@@ -1264,9 +1239,16 @@ fn conv_weight_gradients_are_the_same_bits_in_every_run() {
     }
 }
 
+/// Each of `ts` (f64) as an f32 variable and an f64 variable: the pairs
+/// [`compare_f32_with_f64`] checks.
+fn twin_vars<const N: usize>(ts: [&Tensor; N]) -> [(candle_core::Var, candle_core::Var); N] {
+    let var = |t: Tensor| candle_core::Var::from_tensor(&t).unwrap();
+    ts.map(|t| (var(t.to_dtype(DType::F32).unwrap()), var(t.clone())))
+}
+
 /// An f32 result and its f64 twin agree in value, and in the gradients of
 /// each `(f32, f64)` pair of variables under one random cotangent.
-fn compare_f32_with_f64(what: &str, y32: &Tensor, y64: &Tensor, vars: [(&candle_core::Var, &candle_core::Var); 3]) {
+fn compare_f32_with_f64(what: &str, y32: &Tensor, y64: &Tensor, vars: &[(candle_core::Var, candle_core::Var)]) {
     let d = max_abs_diff(&y32.to_dtype(DType::F64).unwrap(), y64);
     assert!(d < 1e-5, "{what}: forward differs by {d}");
     let r = u(y32.dims(), 393);
