@@ -1,6 +1,6 @@
 """PyTorch's Conv3d / ConvTranspose3d on the layer shapes of `video-ae-small`
 (batch 8 clips of 20 × 64 × 64), forward and backward, best of 3 — the
-reference for `cargo run --release -p aezoo-nn --example conv3d_speed`.
+reference for `cargo run --release -p aezoo-cli --example conv3d_speed`.
 
     python3 scripts/bench/conv3d_torch.py [BATCH]      # torch 2.x, CPU, all threads
 """

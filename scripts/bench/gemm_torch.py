@@ -1,4 +1,4 @@
-"""PyTorch's `x @ W.t()` on the shapes of `cargo run --release -p aezoo-nn --example gemm_split`
+"""PyTorch's `x @ W.t()` on the shapes of `cargo run --release -p aezoo-cli --example gemm_split`
 (f32, GFLOP/s, best of 5 rounds), on 2 threads and on 1.
 
 usage: python3 scripts/bench/gemm_torch.py [--threads 2]

@@ -1,4 +1,4 @@
-"""PyTorch's side of `cargo run --release -p aezoo-nn --example layer_speed mlp`:
+"""PyTorch's side of `cargo run --release -p aezoo-cli --example layer_speed mlp`:
 ae-mlp's inference chain (784 -> 128 ReLU -> 64 -> 128 ReLU -> 784 sigmoid) at
 the bench's batch of 1000, f32, under no_grad, the median of 400 calls, and each
 layer alone (the last also without its sigmoid), and the layers of ae-sparse

@@ -24,7 +24,7 @@ p.add_argument("--steps", type=int, default=0, help="training steps (0: one epoc
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--infer-reps", type=int, default=0,
                help="only time recon on one batch of 1000 random images this many times, print median/min "
-                    "(the twin of `cargo run --release -p aezoo-train --example infer_speed -- <entry> <reps>`)")
+                    "(the twin of `cargo run --release -p aezoo-cli --example infer_speed -- <entry> <reps>`)")
 p.add_argument("--seed", type=int, default=0,
                help="seed of the initial weights and noise (data order: 42 + seed); `cargo xtask quality --twins` varies it")
 p.add_argument("--data", default="/usr/share/datasets/fashion-mnist")

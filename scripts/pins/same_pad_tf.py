@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""TensorFlow SAME-padding references pinned in crates/aezoo-nn/tests/nn.rs.
+"""TensorFlow SAME-padding references pinned in crates/aezoo-nn/tests/nn/.
 
 usage: python3 scripts/pins/same_pad_tf.py   (needs tensorflow-cpu)
 

@@ -1,5 +1,7 @@
 //! `aezoo`: train, evaluate and sample the autoencoder zoo from the command line.
 
+mod process;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -505,14 +507,13 @@ fn init_logging() {
 }
 
 fn main() -> ExitCode {
-    // Allocator, candle's pool, rayon's stacks, subnormals flushed
-    // (ARCHITECTURE.md, fast paths).
-    aezoo_nn::pool::tune_process();
+    // Allocator, candle's pool, rayon's stacks, subnormals flushed.
+    process::tune();
     let cli = Cli::parse();
     init_logging();
     // The whole command runs on a worker of the compute pool, so the
-    // parallel regions of a step never park this thread (aezoo_nn::pool).
-    match aezoo_nn::pool::on_worker(|| run(cli)) {
+    // parallel regions of a step never park this thread (aezoo_nn::runtime).
+    match aezoo_nn::runtime::on_worker(|| run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Our library errors already carry their causes in their message:
@@ -552,10 +553,10 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::RdVideo(a) => cmd_rd_video(a),
         Cmd::Bench(a) => {
             if a.peak {
-                let flops = aezoo_nn::simd::measured_peak_flops(0.5);
+                let flops = aezoo_nn::runtime::measured_peak_flops(0.5);
                 println!(
                     "{}",
-                    serde_json::json!({ "peak_flops": flops, "threads": aezoo_nn::pool::threads() })
+                    serde_json::json!({ "peak_flops": flops, "threads": aezoo_nn::runtime::threads() })
                 );
                 return Ok(());
             }

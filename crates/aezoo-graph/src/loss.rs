@@ -9,20 +9,16 @@
 //! pos_weight q = (n² − ΣA) / ΣA      norm = n² / (2 (n² − ΣA))   (A without I)
 //! ```
 //!
-//! On the CPU the whole thing is one autograd node: the `n × n` logits are
-//! made a block of rows at a time with a GEMM, never all at once, and the
-//! gradient `dZ = G Z + Gᵀ Z` with `G = norm/n² · ∂wce/∂x` is accumulated in
-//! the same pass (one `exp` per entry for both), kept for the backward.
+//! On the CPU the whole thing is one autograd node
+//! ([`aezoo_nn::ops::inner_product_wce`]: the `n × n` logits made a block of
+//! rows at a time, never all at once, the gradient in the same pass).
 //! Elsewhere (or with `AEZOO_NO_FUSED=1`) it is the composite of candle ops,
 //! which the tests check it against.
 
 use std::sync::Arc;
 
-use aezoo_nn::fused::{self, gemm, Float};
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
-use gemm::Parallelism;
-use rayon::prelude::*;
+use aezoo_nn::ops::{self, LinkPattern};
+use candle_core::{Result, Tensor};
 
 use crate::sparse::Csr;
 
@@ -31,6 +27,8 @@ use crate::sparse::Csr;
 #[derive(Clone, Debug)]
 pub struct ReconTarget {
     labels: Arc<Csr>,
+    /// The same pattern for the fused loss.
+    pattern: Arc<LinkPattern>,
     /// Weight of a positive (edge) entry against a non-edge.
     pub pos_weight: f64,
     /// The loss scale `n² / (2 (n² − ΣA))`.
@@ -41,10 +39,13 @@ impl ReconTarget {
     /// The target for a graph with `n` nodes and these (training) edges.
     pub fn new(n: usize, edges: &[(u32, u32)]) -> Self {
         let labels = Csr::adjacency_with_self_loops(n, edges);
+        let pattern = LinkPattern::new(labels.indptr.clone(), labels.indices.clone())
+            .expect("Csr rows are sorted and unique (from_triplets)");
         let nn = (n * n) as f64;
         let sum_a = 2.0 * edges.len() as f64;
         Self {
             labels: Arc::new(labels),
+            pattern: Arc::new(pattern),
             pos_weight: (nn - sum_a) / sum_a,
             norm: nn / ((nn - sum_a) * 2.0),
         }
@@ -67,11 +68,8 @@ pub fn recon_loss(z: &Tensor, t: &ReconTarget) -> Result<Tensor> {
     if n != t.num_nodes() {
         candle_core::bail!("recon_loss: {n} codes for a graph of {} nodes", t.num_nodes())
     }
-    if fused::applies(z) {
-        z.contiguous()?.apply_op1(ReconLoss {
-            t: t.clone(),
-            grad: std::sync::Mutex::new(None),
-        })
+    if ops::fused_applies(z) {
+        ops::inner_product_wce(z, &t.pattern, t.pos_weight, t.norm)
     } else {
         recon_loss_composite(z, t)
     }
@@ -86,204 +84,4 @@ pub fn recon_loss_composite(z: &Tensor, t: &ReconTarget) -> Result<Tensor> {
     let softplus_neg = (((x.abs()?.neg()?.exp()? + 1.0)?.log()?) + x.neg()?.relu()?)?;
     let l = ((y.affine(-1.0, 1.0)? * &x)? + (y.affine(t.pos_weight - 1.0, 1.0)? * softplus_neg)?)?;
     l.mean_all()? * t.norm
-}
-
-/// Rows of logits made at once (bounded memory: `BLOCK · n` values).
-const BLOCK: usize = 256;
-
-/// `logits[r, c] = z_{b0+r} · z_{b0+c}` for the `m` rows from `b0` and the
-/// columns from `b0` on (the upper triangle of block rows).
-fn logits_block<T: Float>(z: &[T], n: usize, d: usize, b0: usize, m: usize, out: &mut [T]) {
-    let w = n - b0;
-    gemm(
-        m,
-        w,
-        d,
-        out,
-        (w, 1),
-        false,
-        &z[b0 * d..],
-        (d, 1),
-        &z[b0 * d..],
-        (1, d),
-        Parallelism::Rayon(rayon::current_num_threads().max(1)),
-    );
-}
-
-/// Calls `f(j, label)` for every column `j` in `from..n` of row `i`,
-/// label = whether `(i, j)` is in `labels`.
-#[inline]
-fn for_row(labels: &Csr, i: usize, from: usize, n: usize, mut f: impl FnMut(usize, bool)) {
-    let pos = labels.row(i).0;
-    let mut k = pos.partition_point(|&p| (p as usize) < from);
-    for j in from..n {
-        let hit = k < pos.len() && pos[k] as usize == j;
-        if hit {
-            k += 1;
-        }
-        f(j, hit);
-    }
-}
-
-/// The element-wise maths of the loss in the input's own precision
-/// (`e^−|x|` and `ln(1 + e)` from [`Float`]: polynomial f32 forms that
-/// vectorise, glibc's `log1pf` having been half of a training step; the sums
-/// are f64).
-trait LossFloat: Float + std::ops::Div<Output = Self> {
-    fn neg_(self) -> Self;
-    fn relu_(self) -> Self;
-}
-
-macro_rules! loss_float {
-    ($t:ty) => {
-        impl LossFloat for $t {
-            #[inline]
-            fn neg_(self) -> Self {
-                -self
-            }
-            #[inline]
-            fn relu_(self) -> Self {
-                self.max(0.0)
-            }
-        }
-    };
-}
-loss_float!(f32);
-loss_float!(f64);
-
-/// The loss and, when asked, `dZ`, in one pass over the logits: one
-/// `exp(−|x|)` per entry serves both softplus and sigmoid. The logits and
-/// the labels are symmetric, so only the upper triangle is visited, each
-/// entry off the diagonal blocks counting twice:
-/// `dZ_i += 2 G_ij z_j` and `dZ_j += 2 G_ij z_i` for `i < j`.
-fn loss_and_grad<T: LossFloat>(z: &[T], n: usize, d: usize, t: &ReconTarget, want_grad: bool) -> (f64, Option<Vec<T>>) {
-    let q = t.pos_weight;
-    let c = t.norm / (n * n) as f64;
-    let par = Parallelism::Rayon(rayon::current_num_threads().max(1));
-    let mut block = vec![T::default(); BLOCK.min(n) * n];
-    let mut dz = if want_grad {
-        vec![T::default(); n * d]
-    } else {
-        Vec::new()
-    };
-    let mut total = 0f64;
-    for b0 in (0..n).step_by(BLOCK) {
-        let m = BLOCK.min(n - b0);
-        let w = n - b0;
-        let g = &mut block[..m * w];
-        logits_block(z, n, d, b0, m, g);
-        let sums: Vec<f64> = g
-            .par_chunks_mut(w)
-            .enumerate()
-            .map(|(r, row)| {
-                let mut s = 0f64;
-                let (qt, ct) = (T::from_f64(q), T::from_f64(c));
-                let (one, two) = (T::ONE, T::from_f64(2.0));
-                for_row(&t.labels, b0 + r, b0, n, |j, y| {
-                    let x = row[j - b0];
-                    let e = x.exp_neg_abs();
-                    let softplus_pos = x.relu_() + e.ln_1p_unit(); // softplus(x)
-                    let sig = if x >= T::default() {
-                        one / (one + e)
-                    } else {
-                        e / (one + e)
-                    }; // σ(x)
-                    let (l, dl) = if y {
-                        // q·softplus(−x) = q·(softplus(x) − x);  d/dx = −q·σ(−x) = −q·(1 − σ(x))
-                        (qt * (softplus_pos - x), (qt * (one - sig)).neg_())
-                    } else {
-                        (softplus_pos, sig)
-                    };
-                    let k = if j < b0 + m { one } else { two };
-                    s += (k * l).to_f64();
-                    row[j - b0] = k * ct * dl;
-                });
-                s
-            })
-            .collect();
-        total += sums.iter().sum::<f64>();
-        if want_grad {
-            // dZ[B] += G_B · Z[b0..] ;  dZ[b0..] += G_Bᵀ · Z[B]
-            gemm(
-                m,
-                d,
-                w,
-                &mut dz[b0 * d..],
-                (d, 1),
-                true,
-                g,
-                (w, 1),
-                &z[b0 * d..],
-                (d, 1),
-                par,
-            );
-            gemm(
-                w,
-                d,
-                m,
-                &mut dz[b0 * d..],
-                (d, 1),
-                true,
-                g,
-                (1, w),
-                &z[b0 * d..],
-                (d, 1),
-                par,
-            );
-        }
-    }
-    (t.norm * total / (n * n) as f64, want_grad.then_some(dz))
-}
-
-/// The fused loss node. Its forward also computes `dZ` (one pass over the
-/// logits for both) and keeps it for the backward.
-struct ReconLoss {
-    t: ReconTarget,
-    grad: std::sync::Mutex<Option<Tensor>>,
-}
-
-fn slice<'a, T: Float>(s: &'a CpuStorage, l: &Layout, name: &str) -> Result<&'a [T]> {
-    let Some((o0, o1)) = l.contiguous_offsets() else {
-        candle_core::bail!("{name}: z must be contiguous")
-    };
-    match T::slice(s) {
-        Some(v) => Ok(&v[o0..o1]),
-        None => candle_core::bail!("{name}: unsupported dtype {:?}", s.dtype()),
-    }
-}
-
-impl ReconLoss {
-    fn run<T: LossFloat>(&self, s: &CpuStorage, l: &Layout) -> Result<f64> {
-        let (n, d) = l.shape().dims2()?;
-        let (loss, dz) = loss_and_grad(slice::<T>(s, l, "aezoo-gae-recon-loss")?, n, d, &self.t, true);
-        let dz = match T::storage(dz.expect("asked for")) {
-            CpuStorage::F32(v) => Tensor::from_vec(v, (n, d), &candle_core::Device::Cpu)?,
-            CpuStorage::F64(v) => Tensor::from_vec(v, (n, d), &candle_core::Device::Cpu)?,
-            _ => unreachable!("Float is f32 or f64"),
-        };
-        *self.grad.lock().expect("not poisoned") = Some(dz);
-        Ok(loss)
-    }
-}
-
-impl CustomOp1 for ReconLoss {
-    fn name(&self) -> &'static str {
-        "aezoo-gae-recon-loss"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let out = match s.dtype() {
-            DType::F32 => CpuStorage::F32(vec![self.run::<f32>(s, l)? as f32]),
-            DType::F64 => CpuStorage::F64(vec![self.run::<f64>(s, l)?]),
-            other => candle_core::bail!("{}: unsupported dtype {other:?}", self.name()),
-        };
-        Ok((out, Shape::from(())))
-    }
-
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let Some(dz) = self.grad.lock().expect("not poisoned").clone() else {
-            candle_core::bail!("aezoo-gae-recon-loss: no forward pass to differentiate")
-        };
-        Ok(Some(dz.broadcast_mul(grad_res)?))
-    }
 }

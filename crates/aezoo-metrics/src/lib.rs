@@ -20,6 +20,7 @@
 pub mod ranking;
 pub mod rd;
 
+use aezoo_nn::ops;
 use candle_core::{DType, Device, Result, Tensor};
 
 /// How a per-element loss is reduced.
@@ -81,12 +82,12 @@ pub fn bce(p: &Tensor, t: &Tensor, r: Reduction) -> Result<Tensor> {
 /// `binary_cross_entropy_with_logits`).
 ///
 /// On the CPU (f32/f64) the per-element loss is one fused node
-/// (`aezoo_nn::fused::bce_with_logits`; `AEZOO_NO_FUSED=1` switches back);
+/// (`aezoo_nn::ops::bce_with_logits_fused`; `AEZOO_NO_FUSED=1` switches back);
 /// [`bce_with_logits_composite`] is the plain form it is tested against.
 pub fn bce_with_logits(logits: &Tensor, t: &Tensor, r: Reduction) -> Result<Tensor> {
     same_shape(logits, t, "bce_with_logits")?;
-    if aezoo_nn::fused::applies(logits) && logits.dtype() == t.dtype() {
-        return reduce(&aezoo_nn::fused::bce_with_logits(logits, t)?, r);
+    if ops::fused_applies(logits) && logits.dtype() == t.dtype() {
+        return reduce(&ops::bce_with_logits_fused(logits, t)?, r);
     }
     bce_with_logits_composite(logits, t, r)
 }
@@ -202,13 +203,13 @@ fn gaussian_filter(xs: &Tensor, win: &[f64]) -> Result<Tensor> {
 
 /// Per-image SSIM `(b,)` of `(b, c, h, w)` images: the mean of the SSIM map
 /// over channels and valid positions. Differentiable in both arguments. On
-/// the CPU one fused node (`aezoo_nn::ssim`), elsewhere [`ssim_composite`].
+/// the CPU one fused node (`aezoo_nn::ops::ssim_planes_fused`), elsewhere [`ssim_composite`].
 pub fn ssim(x: &Tensor, y: &Tensor, cfg: SsimConfig) -> Result<Tensor> {
-    if aezoo_nn::fused::applies(x) && x.dtype() == y.dtype() {
+    if ops::fused_applies(x) && x.dtype() == y.dtype() {
         same_shape(x, y, "ssim")?;
         let win = gaussian_window(cfg.window, cfg.sigma);
         let (c1, c2) = ((cfg.k1 * cfg.data_range).powi(2), (cfg.k2 * cfg.data_range).powi(2));
-        return aezoo_nn::ssim::ssim_planes(x, y, &win, c1, c2)?.mean(1);
+        return ops::ssim_planes_fused(x, y, &win, c1, c2)?.mean(1);
     }
     ssim_composite(x, y, cfg)
 }

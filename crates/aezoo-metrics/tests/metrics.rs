@@ -311,7 +311,7 @@ fn grad_ssim_both_arguments() {
 
 #[test]
 fn fused_ssim_matches_the_composite_in_value_and_gradients() {
-    // On the CPU `ssim` is one node (aezoo_nn::ssim); `ssim_composite` is
+    // On the CPU `ssim` is one node (aezoo_nn::ops::ssim_planes_fused); `ssim_composite` is
     // the candle-op form it replaced. Both arguments carry gradients.
     for (shape, seed) in [([3usize, 2, 13, 12], 40u64), ([2, 1, 28, 28], 42), ([1, 3, 11, 17], 44)] {
         let x = candle_core::Var::from_tensor(&uniform_input(&shape, 0.0, 1.0, seed).unwrap()).unwrap();

@@ -24,7 +24,8 @@ use candle_core::{DType, Module, Result, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use crate::conv3d::Conv3dOpts;
-use crate::fused::{self, Act};
+use crate::Act;
+use aezoo_kernels as fused;
 
 pub use candle_nn::{Conv2dConfig, ConvTranspose2dConfig};
 
@@ -80,15 +81,26 @@ pub fn linear(in_dim: usize, out_dim: usize, cfg: LinearConfig, vb: VarBuilder) 
 }
 
 /// `layers` applied in turn to `xs` read flattened to `(n, d)`, each after
-/// the activation beside it, for inference: one [`fused::linear_chain`]
-/// (no gradient flows back; see there), a later layer reading the first
-/// columns it needs of the one before.
+/// the activation beside it, for inference: on the CPU in f32 one
+/// `aezoo_kernels::linear_chain` (one parallel region, each task carrying
+/// its rows through every layer), elsewhere layer by layer; a later layer
+/// reads the first columns it needs of the one before. No gradient flows
+/// back to `xs` or the layers.
 pub fn linear_chain(xs: &Tensor, layers: &[(&Linear, Act)]) -> Result<Tensor> {
     let links: Vec<_> = layers
         .iter()
         .map(|(l, act)| (&l.weight, l.bias.as_ref(), *act))
         .collect();
-    fused::linear_chain(xs, &links)
+    if let Some(y) = fused::linear_chain(xs, &links)? {
+        return Ok(y);
+    }
+    let mut h = xs.flatten_from(1)?.detach();
+    for (l, act) in layers {
+        let i = l.weight.dim(1)?;
+        let input = if h.dim(1)? == i { h } else { h.narrow(1, 0, i)? };
+        h = l.forward_act(&input, *act)?;
+    }
+    Ok(h.detach())
 }
 
 impl Linear {
@@ -96,7 +108,7 @@ impl Linear {
         &self.weight
     }
 
-    /// `act(xs · Wᵀ + b)`: one fused node on the CPU ([`crate::fused`]).
+    /// `act(xs · Wᵀ + b)`: one fused node on the CPU (`aezoo_kernels::linear`).
     pub fn forward_act(&self, xs: &Tensor, act: Act) -> Result<Tensor> {
         if let (Some(b), 2) = (&self.bias, xs.rank()) {
             if fused::applies(xs) {
@@ -183,7 +195,7 @@ impl Conv2d {
         &self.cfg
     }
 
-    /// `act(conv2d(xs) + b)`: one fused node on the CPU ([`crate::fused`]).
+    /// `act(conv2d(xs) + b)`: one fused node on the CPU (`aezoo_kernels::conv2d`).
     pub fn forward_act(&self, xs: &Tensor, act: Act) -> Result<Tensor> {
         let c = &self.cfg;
         if let Some(b) = &self.bias {
@@ -206,7 +218,7 @@ impl Conv2d {
 
 impl Conv2d {
     /// `max_pool2d(act(conv2d(xs) + b), 2, 2)`: one fused node on the CPU
-    /// ([`fused::conv2d_pool2`]), the conv and [`crate::ops::max_pool2d`]
+    /// (`aezoo_kernels::conv2d_pool2`), the conv and [`crate::ops::max_pool2d`]
     /// elsewhere.
     pub fn forward_act_pool2(&self, xs: &Tensor, act: Act) -> Result<Tensor> {
         let c = &self.cfg;
@@ -220,15 +232,15 @@ impl Conv2d {
 
     /// `act(conv2d(upsample_nearest2d(xs, f, f)) + b)`: on the CPU, for a
     /// stride-1 undilated conv, one conv on `xs` with the `f²` sub-pixel
-    /// kernels ([`crate::subpixel::upsample_conv2d`]: no upsampled copy,
+    /// kernels ([`crate::ops::upsample_conv2d`]: no upsampled copy,
     /// about half the multiply-adds for 3 × 3); elsewhere upsample then conv.
     pub fn forward_up_act(&self, xs: &Tensor, factor: usize, act: Act) -> Result<Tensor> {
         let c = &self.cfg;
         if let Some(b) = &self.bias {
             if (c.groups, c.stride, c.dilation) == (1, 1, 1)
-                && crate::subpixel::applies(xs, factor, &self.weight, c.padding)
+                && fused::upsample_conv2d_applies(xs, factor, &self.weight, c.padding)
             {
-                return crate::subpixel::upsample_conv2d(xs, factor, &self.weight, b, c.padding, act);
+                return fused::upsample_conv2d(xs, factor, &self.weight, b, c.padding, act);
             }
         }
         self.forward_act(&crate::ops::upsample_nearest2d(xs, factor, factor)?, act)
@@ -266,7 +278,7 @@ pub fn conv_transpose2d(
 }
 
 impl ConvTranspose2d {
-    /// `act(conv_transpose2d(xs) + b)`: one fused node on the CPU ([`crate::fused`]).
+    /// `act(conv_transpose2d(xs) + b)`: one fused node on the CPU (`aezoo_kernels::conv_transpose2d`).
     pub fn forward_act(&self, xs: &Tensor, act: Act) -> Result<Tensor> {
         let c = &self.cfg;
         if let Some(b) = &self.bias {

@@ -1,29 +1,25 @@
-//! aezoo-nn: the core layers every aezoo model is built from — gradient-correct
-//! ops on candle 0.11, PyTorch-faithful layer init, TensorFlow `same_pad`, a
-//! seeded RNG, the parameter store, the finite-difference gradient checker,
-//! and the [`model::Autoencoder`] / [`model::Family`] traits.
+//! aezoo-nn: the layers every aezoo model is built from — gradient-correct
+//! ops on candle 0.11 (dispatching to `aezoo-kernels` on the CPU),
+//! PyTorch-faithful layer init, TensorFlow `same_pad`, the layer grammar,
+//! a seeded RNG, the parameter store, Adam, the finite-difference gradient
+//! checker, and the [`model::Autoencoder`] / [`model::Family`] traits. It is
+//! the only crate that calls the kernels.
 
-#[macro_use]
-pub mod simd;
+#![forbid(unsafe_code)]
 
-pub mod conv;
 pub mod conv3d;
-mod direct;
-pub mod fused;
 pub mod gradcheck;
 pub mod layers;
 pub mod model;
 pub mod ops;
+pub mod optim;
 pub mod params;
-pub mod pool;
 pub mod rng;
+pub mod runtime;
 pub mod same_pad;
-pub mod sgemm;
 pub mod spec;
-pub mod ssim;
-pub mod subpixel;
 
-pub use fused::Act;
+pub use aezoo_kernels::Act;
 pub use model::{Autoencoder, Batch, Family, StepCtx, StepOutput};
 pub use params::ParamStore;
 pub use rng::Rng;

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::EntryConfig;
 use crate::error::{Result, TrainError};
-use crate::optim::Adam;
+use aezoo_nn::optim::Adam;
 use crate::trainer::{build_fresh, load_data};
 
 /// One entry's measurements.

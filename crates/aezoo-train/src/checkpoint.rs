@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::EntryConfig;
 use crate::error::{io_err, Result, TrainError};
-use crate::optim::Adam;
+use aezoo_nn::optim::Adam;
 
 pub const STATE_FORMAT: u32 = 1;
 

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{io_err, Result, TrainError};
-use crate::optim::AdamConfig;
+use aezoo_nn::optim::AdamConfig;
 use crate::precision::Precision;
 
 /// One zoo entry.

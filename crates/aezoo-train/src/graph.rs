@@ -24,7 +24,7 @@ use tracing_indicatif::span_ext::IndicatifSpanExt;
 
 use crate::config::{parse_json, EntryConfig};
 use crate::error::{io_err, Result, TrainError};
-use crate::optim::Adam;
+use aezoo_nn::optim::Adam;
 use crate::plot::{save_loss_plot, Series};
 use crate::registry::{self, PROTOCOLS};
 

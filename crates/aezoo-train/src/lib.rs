@@ -12,7 +12,6 @@ pub mod error;
 pub mod eval;
 pub mod graph;
 pub mod infer;
-pub mod optim;
 pub mod plot;
 pub mod precision;
 pub mod rd_image;

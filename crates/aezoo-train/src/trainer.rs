@@ -25,7 +25,7 @@ use crate::checkpoint::{self, OptimizerState, TrainerState, STATE_FORMAT};
 use crate::config::EntryConfig;
 use crate::error::{io_err, Result, TrainError};
 use crate::eval::{evaluate, EvalMetrics};
-use crate::optim::Adam;
+use aezoo_nn::optim::Adam;
 use crate::precision::LossScaler;
 use crate::registry;
 use crate::runlog::{EpochRecord, RunLog, StepRecord};

@@ -20,7 +20,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::fused::{by_dtype, contiguous, Float};
+use crate::float::Float;
+use crate::scaffold::{by_dtype, contiguous};
 
 /// The window and constants of one SSIM.
 #[derive(Clone, Debug)]

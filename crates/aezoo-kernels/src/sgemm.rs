@@ -21,7 +21,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use crate::fused::Act;
+use crate::float::Act;
 
 /// Rows of `C` in a register tile.
 pub const MR: usize = 6;
@@ -128,8 +128,7 @@ impl Epilogue<'static> {
 /// (`AEZOO_NO_SGEMM=1`); otherwise callers use the `gemm` crate.
 pub fn available() -> bool {
     static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let off =
-        *OFF.get_or_init(|| matches!(std::env::var("AEZOO_NO_SGEMM").as_deref(), Ok(v) if v != "0" && !v.is_empty()));
+    let off = *OFF.get_or_init(|| aezoo_env::flag("AEZOO_NO_SGEMM"));
     !off && crate::simd::level() >= 1
 }
 
@@ -728,14 +727,14 @@ unsafe fn tile<V: Vector, const R: usize>(
 }
 
 /// `σ(x) = 1 / (1 + e^−x)` for every lane of a tile, the operations of
-/// [`crate::fused::exp_f32`] and `Float::sigmoid` one by one (no fused
+/// [`crate::exp_f32`] and `Float::sigmoid` one by one (no fused
 /// multiply-adds), so it gives their bits. Each step runs over the whole
 /// tile before the next, so the tile's independent chains (about 80 cycles
 /// of latency each) overlap: row by row, the sigmoid cost a third of a
 /// 128 → 784 layer.
 #[inline(always)]
 unsafe fn sigmoid<V: Vector, const R: usize>(tile: &mut [[V; 2]; R]) {
-    use crate::fused::exp_consts::{LN2_HI, LN2_LO, LOG2E, ROUND};
+    use crate::float::exp_consts::{LN2_HI, LN2_LO, LOG2E, ROUND};
     // SAFETY: the vector operations of the kernel's instruction set.
     unsafe {
         let c = |v: f32| V::set1(v);
@@ -781,7 +780,7 @@ trait Vector: Copy {
     /// `a·b + c`, one rounding.
     unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
     unsafe fn add(self, o: Self) -> Self;
-    /// `max(x, 0)` with NaN → 0 (as `fused::relu_of`).
+    /// `max(x, 0)` with NaN → 0 (as `float::relu_of`).
     unsafe fn relu(self) -> Self;
     unsafe fn sub(self, o: Self) -> Self;
     unsafe fn mul(self, o: Self) -> Self;

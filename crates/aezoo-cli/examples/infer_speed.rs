@@ -4,7 +4,10 @@
 //! of many repetitions (a steadier figure than the bench's ten batches on a
 //! shared machine, and a loop long enough to profile):
 //!
-//!     cargo run --release -p aezoo-train --example infer_speed -- ae-mlp [reps]
+//!     cargo run --release -p aezoo-cli --example infer_speed -- ae-mlp [reps]
+
+#[path = "../src/process.rs"]
+mod process;
 use std::time::Instant;
 
 use aezoo_train::trainer::build_fresh;
@@ -12,9 +15,9 @@ use aezoo_train::EntryConfig;
 use candle_core::{Device, Tensor};
 
 fn main() -> anyhow::Result<()> {
-    aezoo_nn::pool::tune_process();
+    process::tune();
     // On a pool worker, as `aezoo`'s main runs every command.
-    aezoo_nn::pool::on_worker(run)
+    aezoo_nn::runtime::on_worker(run)
 }
 
 fn run() -> anyhow::Result<()> {

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Tensor, Var};
-use rayon::prelude::*;
+use aezoo_kernels::adam::{self, AdamFloat};
 use serde::{Deserialize, Serialize};
 
 fn default_betas() -> (f64, f64) {
@@ -154,43 +154,6 @@ struct OnePass<'a> {
     moments: &'a Mutex<HostMoments>,
 }
 
-/// Elements per parallel chunk of the update.
-const ADAM_CHUNK: usize = 1 << 14;
-
-/// f32 / f64, as the update needs them.
-trait AdamFloat:
-    Copy
-    + Send
-    + Sync
-    + std::ops::Add<Output = Self>
-    + std::ops::Sub<Output = Self>
-    + std::ops::Mul<Output = Self>
-    + std::ops::Div<Output = Self>
-{
-    fn of(x: f64) -> Self;
-    fn sqrt(self) -> Self;
-}
-
-impl AdamFloat for f32 {
-    fn of(x: f64) -> Self {
-        x as f32
-    }
-    #[inline(always)]
-    fn sqrt(self) -> Self {
-        f32::sqrt(self)
-    }
-}
-
-impl AdamFloat for f64 {
-    fn of(x: f64) -> Self {
-        x
-    }
-    #[inline(always)]
-    fn sqrt(self) -> Self {
-        f64::sqrt(self)
-    }
-}
-
 /// The update's constants in the parameter's dtype:
 /// `[β1, β2, 1−β1, 1−β2, 1/√(1−β2ᵗ), eps, step, l2, decay]`.
 fn consts<T: AdamFloat>(k: &Coefs) -> [T; 9] {
@@ -208,44 +171,6 @@ fn consts<T: AdamFloat>(k: &Coefs) -> [T; 9] {
         decay,
     ]
     .map(T::of)
-}
-
-aezoo_nn::multiversion! {
-    /// One chunk of the update; branch-free, so it vectorises (sqrt and div
-    /// included).
-    fn adam_kernel<T: AdamFloat>(c: [T; 9], p: &mut [T], g: &[T], m: &mut [T], v: &mut [T]) {
-        let [b1, b2, c1, c2, inv_bc2, eps, step, l2, decay] = c;
-        for (((pj, &gj), mj), vj) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-            let gj = gj + *pj * l2;
-            *mj = *mj * b1 + gj * c1;
-            *vj = *vj * b2 + gj * gj * c2;
-            let denom = vj.sqrt() * inv_bc2 + eps;
-            *pj = *pj * decay - (*mj / denom) * step;
-        }
-    }
-}
-
-fn one_pass<T: AdamFloat>(k: &Coefs, p: &mut [T], g: &[T], m: &mut [T], v: &mut [T]) -> Result<()> {
-    if g.len() != p.len() || m.len() != p.len() || v.len() != p.len() {
-        candle_core::bail!(
-            "aezoo-adam: parameter of {} elements, gradient {}, moments {} and {}",
-            p.len(),
-            g.len(),
-            m.len(),
-            v.len()
-        );
-    }
-    let c = consts::<T>(k);
-    if p.len() > ADAM_CHUNK {
-        aezoo_nn::pool::keep_warm();
-        p.par_chunks_mut(ADAM_CHUNK)
-            .zip(g.par_chunks(ADAM_CHUNK))
-            .zip(m.par_chunks_mut(ADAM_CHUNK).zip(v.par_chunks_mut(ADAM_CHUNK)))
-            .for_each(|((p, g), (m, v))| adam_kernel(c, p, g, m, v));
-    } else {
-        adam_kernel(c, p, g, m, v);
-    }
-    Ok(())
 }
 
 impl candle_core::InplaceOp2 for OnePass<'_> {
@@ -266,8 +191,8 @@ impl candle_core::InplaceOp2 for OnePass<'_> {
         };
         let ((d0, d1), (g0, g1)) = (span(ld)?, span(lg)?);
         match (dst, g, &mut *lock(self.moments)) {
-            (S::F32(p), S::F32(g), HostMoments::F32 { m, v }) => one_pass(self.k, &mut p[d0..d1], &g[g0..g1], m, v),
-            (S::F64(p), S::F64(g), HostMoments::F64 { m, v }) => one_pass(self.k, &mut p[d0..d1], &g[g0..g1], m, v),
+            (S::F32(p), S::F32(g), HostMoments::F32 { m, v }) => adam::update(consts(self.k), &mut p[d0..d1], &g[g0..g1], m, v),
+            (S::F64(p), S::F64(g), HostMoments::F64 { m, v }) => adam::update(consts(self.k), &mut p[d0..d1], &g[g0..g1], m, v),
             _ => candle_core::bail!("aezoo-adam: parameter, gradient and moments must all be f32 or all f64"),
         }
     }

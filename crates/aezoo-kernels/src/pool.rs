@@ -9,7 +9,7 @@
 //! on them itself while the other workers steal; nobody sleeps. PyTorch
 //! gets the same effect from OpenMP's spinning team. `aezoo bench ae-mlp`
 //! against `AEZOO_ON_POOL=0`: 64.6k → 86.6k training images/s
-//! (ARCHITECTURE.md, fast paths).
+//! (docs/perf.md).
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -24,7 +24,7 @@ const WORKER_STACK: usize = 64 << 20;
 /// calling thread, to compare).
 pub fn enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| !matches!(std::env::var("AEZOO_ON_POOL").as_deref(), Ok("0")))
+    *ON.get_or_init(|| aezoo_env::flag("AEZOO_ON_POOL"))
 }
 
 /// Builds rayon's global pool with workers whose stacks are as large as a
@@ -103,7 +103,7 @@ fn now_ns() -> u64 {
 /// to compare).
 pub fn lingering() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| !matches!(std::env::var("AEZOO_LINGER").as_deref(), Ok("0")))
+    *ON.get_or_init(|| aezoo_env::flag("AEZOO_LINGER"))
 }
 
 /// Called where a parallel region starts: keeps every other worker of the
@@ -112,7 +112,7 @@ pub fn lingering() -> bool {
 /// on a VM a sleeping vCPU is halted, and waking it for the next region
 /// took 0.1 to several ms when the host was busy — most of the spread of
 /// `aezoo bench`'s inference, whose batches are ~2 ms of parallel work
-/// between serial sums (ARCHITECTURE.md, fast paths). A linger job runs
+/// between serial sums (docs/perf.md). A linger job runs
 /// rayon's work (`rayon::yield_now`) and otherwise yields the CPU to any
 /// runnable thread (`sched_yield`: the vCPU stays up without taking the
 /// core from anyone); it re-queues itself every [`SLICE_NS`], so a worker
@@ -178,45 +178,45 @@ pub fn threads() -> usize {
     rayon::current_num_threads()
 }
 
-/// Sets up this process the way aezoo's speed figures are measured; call
-/// it first thing in `main`, before any other thread exists (the `aezoo`
-/// binary and the timing examples do):
-///
-/// - glibc's allocator keeps large buffers in the heap: by default it
-///   returns each to the kernel on free and page-faults it back on the next
-///   op, which a training step's tensors hit every time
-///   (`vae-conv` 724 → 885 training images/s, ARCHITECTURE.md);
-/// - candle's CPU pool spins 100 pauses after an op, not 25,000 (~1.7 ms):
-///   on 2 cores its spinning thread took a core from the rayon workers
-///   (16 % of `vae-mlp`'s CPU samples); a set
-///   `CANDLE_BARRIER_POOL_SPIN_LIMIT` wins;
-/// - candle's own element-wise pool gets no threads (`CANDLE_NUM_THREADS=1`):
-///   what of a step still runs through candle's element-wise ops runs on the
-///   calling rayon worker, instead of waking a third thread that competes
-///   with the workers for the two cores (training `ae-linear` +27 %,
-///   `ae-sparse` +16 %, `ae-mlp` +13 %, `vae-mlp` +8 %, the conv entries
-///   +0–6 %, inference unchanged; ARCHITECTURE.md); candle's GEMM and conv
-///   keep rayon's thread count; a set `CANDLE_NUM_THREADS` wins;
-/// - rayon's global pool with large stacks ([`init_global`]);
-/// - subnormals flushed on every compute thread
-///   ([`crate::fused::flush_denormals`]).
-pub fn tune_process() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator parameters; the caller runs
-    // this before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
-    }
-    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
-        // Before candle's pool starts (it reads the variable then).
-        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "100");
-    }
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        // Read only by candle's barrier pool, when it first starts.
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
-    }
+/// Sets up the compute threads before anything else uses rayon: the
+/// global pool with large stacks ([`init_global`]) and subnormals flushed on
+/// every thread ([`flush_denormals`]). The `aezoo` binary calls it from its
+/// process set-up (allocator, candle's pool), the timing examples too.
+pub fn init() {
     init_global();
-    crate::fused::flush_denormals();
+    flush_denormals();
+}
+
+/// Flushes subnormal floats to zero (x86 MXCSR FTZ + DAZ) on the calling
+/// thread and on every thread of rayon's global pool; threads started later
+/// inherit it from their parent (candle's element-wise pool among them).
+/// Returns whether it was set.
+///
+/// Why: Adam's second moment `v` of a weight whose gradient is tiny (a
+/// saturated sigmoid, a dead ReLU) falls below 1.2·10⁻³⁸, and every multiply
+/// on a subnormal takes a microcode assist of ~100 cycles: on `ae-mlp` the
+/// optimiser step went from 0.66 to 2.2 ms (`aezoo bench ae-mlp`). TensorFlow
+/// flushes by default for the same reason; PyTorch offers it as
+/// `torch.set_flush_denormal(True)`. The results differ only for magnitudes
+/// below 1.2·10⁻³⁸ (f32). Off: `AEZOO_KEEP_DENORMALS=1`. A no-op off x86-64.
+pub fn flush_denormals() -> bool {
+    if aezoo_env::flag("AEZOO_KEEP_DENORMALS") {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[allow(deprecated)]
+        fn set() {
+            // SAFETY: MXCSR bits 15 (FTZ) and 6 (DAZ) change only how
+            // subnormal SSE/AVX results and inputs are treated.
+            unsafe { std::arch::x86_64::_mm_setcsr(std::arch::x86_64::_mm_getcsr() | 0x8040) }
+        }
+        set();
+        rayon::broadcast(|_| set());
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }

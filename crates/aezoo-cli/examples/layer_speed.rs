@@ -3,16 +3,19 @@
 //! (`vae-conv`, `ae-denoise`) or 64 (`codec-mnist`) — and `ae-mlp`'s
 //! inference chain at the bench's batch of 1000 (forward only), f32, all of rayon's
 //! threads, on a pool worker with the process tuned as the `aezoo` binary
-//! tunes it (`aezoo_nn::pool::tune_process`) — and prints the median
-//! milliseconds and GFLOP/s (forward FLOPs, twice that for the backward). The figures in ARCHITECTURE.md's
+//! tunes it (`src/process.rs`) — and prints the median
+//! milliseconds and GFLOP/s (forward FLOPs, twice that for the backward). The figures in docs/perf.md's
 //! fast-path table come from it; `AEZOO_NO_SGEMM=1` or `AEZOO_NO_FUSED=1`
 //! times the slower paths; `ONLY=<text>` times only the lines whose name
 //! contains it. The `up+conv` lines count the FLOPs of the
 //! upsampled conv they stand for (the sub-pixel form does 4/9 of them).
 //!
-//!     cargo run --release -p aezoo-nn --example layer_speed [vae|denoise|codec|mlp]
+//!     cargo run --release -p aezoo-cli --example layer_speed [vae|denoise|codec|mlp]
 
-use aezoo_nn::fused::{self, Act};
+#[path = "../src/process.rs"]
+mod process;
+
+use aezoo_kernels::{self as fused, Act};
 use candle_core::{Device, Tensor, Var};
 use std::time::Instant;
 
@@ -71,9 +74,9 @@ fn bench(name: &str, flops_fwd: f64, f: &dyn Fn(&Tensor) -> candle_core::Result<
 }
 
 fn main() {
-    aezoo_nn::pool::tune_process();
+    process::tune();
     let which = std::env::args().nth(1).unwrap_or_default();
-    aezoo_nn::pool::on_worker(|| {
+    aezoo_nn::runtime::on_worker(|| {
         let dev = Device::Cpu;
         let var = |s: &[usize]| Var::from_tensor(&Tensor::randn(0f32, 0.1, s, &dev).unwrap()).unwrap();
         let conv = |c: usize, o: usize, k: usize| (var(&[o, c, k, k]), var(&[o]));
@@ -174,7 +177,7 @@ fn main() {
                 bench(
                     name,
                     flops(b, 32, l, 288),
-                    &|x| aezoo_nn::subpixel::upsample_conv2d(x, 2, w.as_tensor(), bb.as_tensor(), 1, Act::Relu),
+                    &|x| fused::upsample_conv2d(x, 2, w.as_tensor(), bb.as_tensor(), 1, Act::Relu),
                     &x,
                     reps / 2,
                 );

@@ -3,11 +3,12 @@
 //! convs per temporal tap) and the fast path (vol2col + GEMM), and prints
 //! GFLOP/s per layer.
 //!
-//!     cargo run --release -p aezoo-nn --example conv3d_speed [-- BATCH]
+//!     cargo run --release -p aezoo-cli --example conv3d_speed [-- BATCH]
 
 use std::time::Instant;
 
-use aezoo_nn::conv3d::{conv3d_gemm, conv3d_taps, conv_transpose3d_gemm, conv_transpose3d_taps, Conv3dOpts};
+use aezoo_kernels::{conv3d_gemm, conv_transpose3d_gemm, Conv3dOpts};
+use aezoo_nn::conv3d::{conv3d_taps, conv_transpose3d_taps};
 use candle_core::{Device, Result, Tensor, Var};
 
 type Conv = fn(&Tensor, &Tensor, Option<&Tensor>, Conv3dOpts) -> Result<Tensor>;

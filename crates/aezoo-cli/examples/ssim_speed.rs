@@ -1,16 +1,19 @@
 //! Times `1 − mean SSIM` of a `codec-mnist` batch (64 images of 28 × 28)
-//! forward and backward: the fused CPU node (`aezoo_nn::ssim`, behind
+//! forward and backward: the fused CPU node (`aezoo_kernels::ssim_planes`, behind
 //! `ssim`) against the composite of candle ops (`ssim_composite`).
 //!
-//!     cargo run --release -p aezoo-metrics --example ssim_speed
+//!     cargo run --release -p aezoo-cli --example ssim_speed
+
+#[path = "../src/process.rs"]
+mod process;
 
 use aezoo_metrics::{ssim, ssim_composite, SsimConfig};
 use candle_core::{Device, Result, Tensor, Var};
 use std::time::Instant;
 
 fn main() {
-    aezoo_nn::pool::tune_process();
-    aezoo_nn::pool::on_worker(|| {
+    process::tune();
+    aezoo_nn::runtime::on_worker(|| {
         let dev = Device::Cpu;
         let x = Var::from_tensor(&Tensor::rand(0f32, 1.0, (64, 1, 28, 28), &dev).unwrap()).unwrap();
         let y = Tensor::rand(0f32, 1.0, (64, 1, 28, 28), &dev).unwrap();

@@ -1,14 +1,14 @@
 //! Times `y = x · Wᵀ` on the linear layers' shapes (`ae-mlp`, `vae-mlp`:
 //! batches of 128 for training, 1000 for inference) three ways on all of
 //! rayon's threads — the `gemm` crate's own threading, the per-thread split
-//! of `aezoo_nn::fused::gemm`, and one thread — and prints GFLOP/s (f32).
+//! of `aezoo_kernels::gemm`, and one thread — and prints GFLOP/s (f32).
 //! `python3 scripts/bench/gemm_torch.py` prints PyTorch's on the same shapes.
 //!
-//!     cargo run --release -p aezoo-nn --example gemm_split
+//!     cargo run --release -p aezoo-cli --example gemm_split
 
 use std::time::Instant;
 
-use aezoo_nn::fused::gemm;
+use aezoo_kernels::gemm;
 use gemm::Parallelism;
 
 /// Best of 5 rounds of `reps` calls, in GFLOP/s.

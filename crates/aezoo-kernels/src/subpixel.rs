@@ -21,7 +21,7 @@
 //! and channel pair instead of 36 (the phase planes' extra row and column
 //! make it 0.51 of the multiply-adds at 14 × 14, 0.58 at 7 × 7), and no upsampled copy of `x` written or
 //! read. The interleave happens inside the conv's node
-//! ([`fused::conv2d_shuffled`]): the implicit GEMM's products are stored
+//! ([`crate::conv2d_shuffled`]): the implicit GEMM's products are stored
 //! straight into the upsampled image and its backward gathers `dy ⊙ act'(y)`
 //! back into phase planes, so `z` is never stored whole. The gradient flows
 //! through that hand-written backward and candle's matmul (for `W`). The parameters
@@ -33,7 +33,8 @@
 
 use candle_core::{Result, Tensor};
 
-use crate::fused::{self, Act};
+use crate::conv::{self, Shuffle, SHUFFLE_MAX};
+use crate::float::Act;
 
 /// The sub-pixel plan of `conv(upsample_f(x), W)` along one axis of length
 /// `n`, for a factor `f`, a kernel of `k` taps and padding `p`: per output
@@ -53,11 +54,11 @@ struct Plan {
 }
 
 impl Plan {
-    /// `None` for a factor below 2 or above [`fused::SHUFFLE_MAX`], a
+    /// `None` for a factor below 2 or above [`SHUFFLE_MAX`], a
     /// padding of the kernel's size or more, or no output (the fallback then
     /// upsamples).
     fn new(f: usize, k: usize, p: usize, n: usize) -> Option<Self> {
-        if !(2..=fused::SHUFFLE_MAX).contains(&f) || k == 0 || p >= k || n == 0 {
+        if !(2..=SHUFFLE_MAX).contains(&f) || k == 0 || p >= k || n == 0 {
             return None;
         }
         let out = (f * n + 2 * p + 1).checked_sub(k).filter(|&o| o > 0)?;
@@ -105,13 +106,10 @@ impl Plan {
 }
 
 /// Whether the sub-pixel form is on: the fused path on and
-/// `AEZOO_NO_SUBPIXEL` unset or `0`.
+/// `AEZOO_NO_SUBPIXEL` off.
 pub fn enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    fused::enabled()
-        && *ON.get_or_init(
-            || !matches!(std::env::var("AEZOO_NO_SUBPIXEL").as_deref(), Ok(v) if v != "0" && !v.is_empty()),
-        )
+    crate::enabled() && *ON.get_or_init(|| !aezoo_env::flag("AEZOO_NO_SUBPIXEL"))
 }
 
 /// The plans of both axes where [`upsample_conv2d`] takes the sub-pixel
@@ -120,7 +118,7 @@ fn plans(xs: &Tensor, factor: usize, kernel: &Tensor, padding: usize) -> Option<
     let (_, _, kh, kw) = kernel.dims4().ok()?;
     let (_, _, h, w) = xs.dims4().ok()?;
     let (py, px) = (Plan::new(factor, kh, padding, h)?, Plan::new(factor, kw, padding, w)?);
-    (enabled() && fused::applies(xs)).then_some((py, px))
+    (enabled() && crate::applies(xs)).then_some((py, px))
 }
 
 /// Whether [`upsample_conv2d`] takes the sub-pixel path for this input,
@@ -130,9 +128,9 @@ pub fn applies(xs: &Tensor, factor: usize, kernel: &Tensor, padding: usize) -> b
 }
 
 /// `act(conv2d(upsample_nearest2d(xs, f, f), kernel) + bias)` with stride 1,
-/// dilation 1, groups 1 and `padding` on both axes: on the CPU (f32/f64) the
-/// sub-pixel form above; with it off, upsample then [`fused::conv2d`];
-/// elsewhere upsample then [`crate::ops::conv2d`].
+/// dilation 1, groups 1 and `padding` on both axes, in the sub-pixel form
+/// above, where [`applies`] (the caller upsamples then convolves
+/// elsewhere: `aezoo_nn::ops::upsample_conv2d`).
 pub fn upsample_conv2d(
     xs: &Tensor,
     factor: usize,
@@ -143,30 +141,29 @@ pub fn upsample_conv2d(
 ) -> Result<Tensor> {
     // xs: (b, c, h, w), kernel: (o, c, kh, kw) -> (b, o, f·h + 2p + 1 - kh, f·w + 2p + 1 - kw)
     let Some((py, px)) = plans(xs, factor, kernel, padding) else {
-        let up = crate::ops::upsample_nearest2d(xs, factor, factor)?;
-        if fused::applies(&up) {
-            return fused::conv2d(&up, kernel, bias, padding, 1, 1, act);
-        }
-        let ys = crate::ops::conv2d(&up, kernel, Some(bias), padding, 1, 1, 1)?;
-        return crate::layers::apply_act(ys, act);
+        candle_core::bail!(
+            "upsample_conv2d: factor {factor}, kernel {:?}, padding {padding} on input {:?} has no sub-pixel form here",
+            kernel.dims(),
+            xs.dims()
+        );
     };
     let (pk, pb) = (phase_kernels(kernel, &py, &px)?, phase_bias(bias, factor)?);
     // The fused conv pads both axes alike: the larger of the two plans'
     // paddings, each axis's phase offsets shifted by the difference.
     let pad = py.pad.max(px.pad);
     let starts = |p: &Plan| {
-        let mut at = [0; fused::SHUFFLE_MAX];
+        let mut at = [0; SHUFFLE_MAX];
         (0..factor).for_each(|q| at[q] = p.offset(q) + pad - p.pad);
         at
     };
-    let shuffle = fused::Shuffle {
+    let shuffle = Shuffle {
         f: factor,
         oh: py.out,
         ow: px.out,
         oy: starts(&py),
         ox: starts(&px),
     };
-    fused::conv2d_shuffled(xs, &pk, &pb, pad, act, shuffle)
+    conv::conv2d_shuffled(xs, &pk, &pb, pad, act, shuffle)
 }
 
 /// The `f²` phase kernels `(f²·o, c, kph, kpw)`, phase `f·qy + qx` major, as

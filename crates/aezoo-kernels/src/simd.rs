@@ -51,10 +51,7 @@ static CAP: AtomicU8 = AtomicU8::new(u8::MAX);
 pub fn level() -> u8 {
     static DETECTED: OnceLock<u8> = OnceLock::new();
     let detected = *DETECTED.get_or_init(|| {
-        let cap = std::env::var("AEZOO_SIMD")
-            .ok()
-            .and_then(|v| v.parse::<u8>().ok())
-            .unwrap_or(2);
+        let cap = aezoo_env::level("AEZOO_SIMD").unwrap_or(2);
         detected().min(cap)
     });
     detected.min(CAP.load(Ordering::Relaxed))

@@ -364,5 +364,16 @@ pub fn conv_transpose2d_gemm(
     let x2 = xs.transpose(0, 1)?.contiguous()?.reshape((ci, b * h * w))?;
     let w2t = kernel.reshape((ci, o * kh * kw))?.t()?;
     let cols = w2t.matmul(&x2)?;
-    crate::ops::add_channel_bias(col2im(&cols, g, b)?, bias)
+    add_channel_bias(col2im(&cols, g, b)?, bias)
+}
+
+/// `ys + bias` over the channel axis of `(b, c, h, w)`.
+pub fn add_channel_bias(ys: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    match bias {
+        Some(b) => {
+            let c = b.dim(0)?;
+            ys.broadcast_add(&b.reshape((1, c, 1, 1))?)
+        }
+        None => Ok(ys),
+    }
 }
