@@ -24,6 +24,8 @@
 //! cargo xtask aezoo <anything>                      any aezoo subcommand
 //! ```
 
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 

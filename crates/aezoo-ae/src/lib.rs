@@ -8,6 +8,8 @@
 //!   upsampling decoder (Masci et al. 2011); the denoising autoencoder
 //!   (Vincent et al. 2008) is an entry of it trained on noised inputs.
 
+#![forbid(unsafe_code)]
+
 mod common;
 mod conv;
 mod mlp;

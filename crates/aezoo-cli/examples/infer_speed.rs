@@ -4,14 +4,14 @@
 //! of many repetitions (a steadier figure than the bench's ten batches on a
 //! shared machine, and a loop long enough to profile):
 //!
-//!     cargo run --release -p aezoo-cli --example infer_speed -- ae-mlp [reps]
+//!     cargo run --release -p aezoo-cli --example infer_speed -- ae-mlp [reps] [--gap-us N] [--mse]
 
 #[path = "../src/process.rs"]
 mod process;
 use std::time::Instant;
 
 use aezoo_train::trainer::build_fresh;
-use aezoo_train::EntryConfig;
+use aezoo_zoo::ZOO;
 use candle_core::{Device, Tensor};
 
 fn main() -> anyhow::Result<()> {
@@ -21,26 +21,42 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn run() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let entry = args.get(1).map(String::as_str).unwrap_or("ae-mlp");
-    let reps: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(200);
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../configs/{entry}.json"));
-    let cfg = EntryConfig::from_file(&path)?;
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    // `--gap-us N`: sleep N µs before each repetition; `--mse`: also sum the
+    // squared error of each reconstruction.
+    let gap_us: Option<u64> = match args.iter().position(|a| a == "--gap-us") {
+        Some(i) => {
+            let v = args.get(i + 1).ok_or_else(|| anyhow::anyhow!("--gap-us N"))?.parse()?;
+            args.drain(i..i + 2);
+            Some(v)
+        }
+        None => None,
+    };
+    let mse = match args.iter().position(|a| a == "--mse") {
+        Some(i) => {
+            args.remove(i);
+            true
+        }
+        None => false,
+    };
+    let entry = args.first().map(String::as_str).unwrap_or("ae-mlp");
+    let reps: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(200);
+    let (cfg, _) = ZOO.resolve_entry(entry)?;
     let dev = Device::Cpu;
-    let built = build_fresh(&cfg, &dev)?;
+    let built = build_fresh(&cfg, &ZOO, &dev)?;
     let x = Tensor::rand(0f32, 1.0, (1000, 1, 28, 28), &dev)?;
     for _ in 0..5 {
         built.model.reconstruct(&x)?;
     }
     let mut t = Vec::with_capacity(reps);
     for _ in 0..reps {
-        if let Ok(g) = std::env::var("GAP_US") {
-            std::thread::sleep(std::time::Duration::from_micros(g.parse()?));
+        if let Some(g) = gap_us {
+            std::thread::sleep(std::time::Duration::from_micros(g));
         }
         let t0 = Instant::now();
         let y = built.model.reconstruct(&x)?;
         t.push(t0.elapsed().as_secs_f64());
-        if std::env::var_os("MSE").is_some() {
+        if mse {
             (y - &x)?
                 .sqr()?
                 .to_dtype(candle_core::DType::F64)?

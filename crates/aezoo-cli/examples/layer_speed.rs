@@ -6,11 +6,11 @@
 //! tunes it (`src/process.rs`) — and prints the median
 //! milliseconds and GFLOP/s (forward FLOPs, twice that for the backward). The figures in docs/perf.md's
 //! fast-path table come from it; `AEZOO_NO_SGEMM=1` or `AEZOO_NO_FUSED=1`
-//! times the slower paths; `ONLY=<text>` times only the lines whose name
+//! times the slower paths; `--only <text>` times only the lines whose name
 //! contains it. The `up+conv` lines count the FLOPs of the
 //! upsampled conv they stand for (the sub-pixel form does 4/9 of them).
 //!
-//!     cargo run --release -p aezoo-cli --example layer_speed [vae|denoise|codec|mlp]
+//!     cargo run --release -p aezoo-cli --example layer_speed [vae|denoise|codec|mlp] [--only TEXT]
 
 #[path = "../src/process.rs"]
 mod process;
@@ -40,9 +40,21 @@ fn time_median(reps: usize, f: impl Fn()) -> f64 {
     )
 }
 
+/// `--only TEXT`: time only the lines whose name contains it.
+fn only() -> Option<&'static str> {
+    static ONLY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    ONLY.get_or_init(|| {
+        let args: Vec<String> = std::env::args().collect();
+        args.iter()
+            .position(|a| a == "--only")
+            .and_then(|i| args.get(i + 1).cloned())
+    })
+    .as_deref()
+}
+
 /// Median forward and backward milliseconds of `f` over `reps` calls.
 fn bench(name: &str, flops_fwd: f64, f: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>, x: &Var, reps: usize) {
-    if std::env::var("ONLY").is_ok_and(|only| !name.contains(&only)) {
+    if only().is_some_and(|only| !name.contains(only)) {
         return;
     }
     let r = {

@@ -4,8 +4,8 @@
 //!
 //! - glibc's allocator keeps large buffers in the heap: by default it
 //!   returns each to the kernel on free and page-faults it back on the next
-//!   op, which a training step's tensors hit every time (`vae-conv` 724 →
-//!   885 training images/s, docs/perf.md);
+//!   op, which a training step's tensors hit every time
+//!   (`aezoo_nn::runtime::retain_freed_memory`);
 //! - candle's CPU pool spins 100 pauses after an op, not 25,000 (~1.7 ms):
 //!   on 2 cores its spinning thread took a core from the rayon workers; a
 //!   set `CANDLE_BARRIER_POOL_SPIN_LIMIT` wins;
@@ -18,14 +18,7 @@
 
 /// Sets up this process; see the module docs.
 pub fn tune() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator parameters; the caller runs
-    // this before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
-    }
+    aezoo_nn::runtime::retain_freed_memory();
     if aezoo_env::foreign("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
         // Before candle's pool starts (it reads the variable then).
         std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "100");

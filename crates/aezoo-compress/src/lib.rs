@@ -15,6 +15,8 @@
 //! The same interval masses drive the entropy coder, so the rate term is the
 //! file size the coder reaches, up to its few bytes of overhead.
 
+#![forbid(unsafe_code)]
+
 use aezoo_metrics::{mae, ssim, Reduction, SsimConfig};
 use aezoo_nn::spec::{FeatShape, Sequential};
 use aezoo_nn::{Autoencoder, Batch, Family, StepCtx, StepOutput};

@@ -4,6 +4,8 @@
 //! bundled real subsets), folders of PNG/JPEG images, seeded batching and
 //! the noise transform.
 
+#![forbid(unsafe_code)]
+
 pub mod bundled;
 pub mod dataset;
 pub mod error;

@@ -148,26 +148,19 @@ pub struct Locator {
     pub download: bool,
 }
 
-fn env_flag(name: &str) -> bool {
-    std::env::var(name)
-        .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
-        .unwrap_or(false)
-}
-
 impl Locator {
     /// The chain as a user's environment defines it.
     pub fn from_env(explicit: Option<PathBuf>, download: bool) -> Self {
-        let user_cache = std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        let user_cache = aezoo_env::path("XDG_CACHE_HOME")
+            .or_else(|| aezoo_env::path("HOME").map(|h| h.join(".cache")))
             .map(|c| c.join("aezoo"));
         Self {
             explicit,
-            env_dir: std::env::var_os("AEZOO_DATA").map(PathBuf::from),
+            env_dir: aezoo_env::path("AEZOO_DATA"),
             user_cache,
             system_roots: vec![PathBuf::from(SYSTEM_ROOT)],
             hub_cache: Some(hub::default_cache_dir()),
-            download: (download || env_flag("AEZOO_DOWNLOAD")) && !env_flag("HF_HUB_OFFLINE"),
+            download: (download || aezoo_env::flag("AEZOO_DOWNLOAD")) && !aezoo_env::flag("HF_HUB_OFFLINE"),
         }
     }
 

@@ -223,6 +223,10 @@ fn debian_fashion_mnist_is_found_where_installed() {
         assert_eq!(b.train.image(4999), s.train.image(4999));
         assert_eq!(b.test.labels(), &s.test.labels()[..1000]);
     } else {
+        assert!(
+            !aezoo_env::flag("AEZOO_REQUIRE_DATA"),
+            "AEZOO_REQUIRE_DATA is set: Debian's dataset-fashion-mnist is not installed"
+        );
         assert_eq!(s.source, Source::Bundled);
     }
 }

@@ -206,7 +206,10 @@ pub fn path(name: &'static str) -> Option<PathBuf> {
 /// defaults for the libraries it links).
 pub fn foreign(name: &'static str) -> Option<OsString> {
     let v = var(name);
-    assert!(v.kind == Kind::Foreign, "{name} is not a foreign variable in aezoo_env::VARS");
+    assert!(
+        v.kind == Kind::Foreign,
+        "{name} is not a foreign variable in aezoo_env::VARS"
+    );
     std::env::var_os(name)
 }
 

@@ -5,6 +5,8 @@
 //! operator with a backward pass, the GCN layer, and the GAE / VGAE families
 //! with the inner-product decoder and its re-weighted loss.
 
+#![forbid(unsafe_code)]
+
 pub mod data;
 pub mod loss;
 pub mod model;

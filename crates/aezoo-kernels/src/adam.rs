@@ -83,4 +83,3 @@ pub fn update<T: AdamFloat>(c: [T; 9], p: &mut [T], g: &[T], m: &mut [T], v: &mu
     }
     Ok(())
 }
-

@@ -27,13 +27,12 @@ use rayon::prelude::*;
 use crate::direct;
 use crate::elementwise::{bias_act, dz_chunk, dz_into};
 use crate::float::{sum, Act, Float};
-use crate::par::{gemm, lin_par, par_for, threads};
 use crate::im2col::Geometry;
 use crate::maxpool::{pool2_record, unpool2};
+use crate::par::{gemm, lin_par, par_for, threads};
 use crate::scaffold::{self, contiguous, packed_storage, per_image_slots, sum_partials, transpose_into, FusedLayer};
 use crate::sgemm::{self, Epilogue, PackedB, Strided};
 use crate::unfold::Unfold;
-
 
 /// The fixed settings of a fused conv2d.
 #[derive(Clone, Copy, Debug)]
@@ -233,7 +232,6 @@ impl ConvCfg {
 fn lock(m: &Mutex<Vec<u8>>) -> std::sync::MutexGuard<'_, Vec<u8>> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
-
 
 fn conv_fwd<T: Float>(
     op: &Conv2dFused,
@@ -492,7 +490,6 @@ fn conv_bwd_implicit(
     sum_partials(slots, init, work, |(pwt, pb, ..)| (pwt, pb), (k * o, o))
 }
 
-
 fn conv_bwd<T: Float>(
     op: &Conv2dFused,
     need_dx: bool,
@@ -528,9 +525,7 @@ fn conv_bwd<T: Float>(
     let imp_w =
         (T::as_f32(w).is_some() && !direct && direct::Implicit::suits(&g, o)).then(|| direct::Implicit::new(&g));
     let imp_x = match T::as_f32(w) {
-        Some(w32)
-            if need_dx && !direct && g.stride == 1 && g.dilation == 1 && g.kh == g.kw && g.padding < g.kh =>
-        {
+        Some(w32) if need_dx && !direct && g.stride == 1 && g.dilation == 1 && g.kh == g.kw && g.padding < g.kh => {
             let flipped = Geometry::for_conv(o, g.oh, g.ow, g.kh, g.kw, 1, g.kh - 1 - g.padding, 1)
                 .ok()
                 .filter(|f| f.oh == g.h && f.ow == g.w && direct::Implicit::suits(f, g.c));
@@ -776,4 +771,3 @@ pub fn conv2d_pool2(
 ) -> Result<Tensor> {
     conv2d_fused(xs, kernel, bias, padding, stride, dilation, act, Post::Pool2)
 }
-

@@ -18,12 +18,11 @@ use rayon::prelude::*;
 use crate::direct;
 use crate::elementwise::{bias_act, dz_chunk, dz_into};
 use crate::float::{sum, Act, Float};
-use crate::par::{gemm, par_for, threads};
 use crate::im2col::Geometry;
+use crate::par::{gemm, par_for, threads};
 use crate::scaffold::{self, contiguous, packed_storage, per_image_slots, sum_partials, transpose_into, FusedLayer};
 use crate::sgemm::{self, Epilogue, PackedB, Strided};
 use crate::unfold::Unfold;
-
 
 /// `act(conv_transpose2d(x, W) + b)`; `(b, ci, h, w)` by `(ci, o, kh, kw)`.
 #[derive(Clone, Copy, Debug)]
@@ -369,4 +368,3 @@ pub fn conv_transpose2d(
     };
     scaffold::apply(op, xs, kernel, bias)
 }
-

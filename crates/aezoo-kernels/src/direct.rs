@@ -29,8 +29,8 @@
 //! [`crate::sgemm`] through a table of tap offsets, for stride-1
 //! convolutions with many channels.
 
-use crate::im2col::Geometry;
 use crate::float::Float;
+use crate::im2col::Geometry;
 
 /// Whether the direct kernels serve geometry `g` with `oc` output channels:
 /// dilation 1, stride at most 4, one output channel. (With one *input*

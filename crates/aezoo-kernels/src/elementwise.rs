@@ -39,7 +39,6 @@ multiversion! {
     }
 }
 
-
 multiversion! {
     /// `dz = dy ⊙ act'(y)` into `dz`.
     pub(crate) fn act_grad_into<T: Float>(dy: &[T], y: &[T], act: Act, dz: &mut [T]) {
@@ -72,7 +71,6 @@ pub(crate) fn dz_chunk<'a, T: Float>(dy: &'a [T], y: Option<&[T]>, act: Act, scr
     }
 }
 
-
 /// for the identity).
 pub(crate) fn dz_into<T: Float>(dy: &[T], y: Option<&[T]>, act: Act, dz: &mut [T]) {
     match y {
@@ -82,8 +80,6 @@ pub(crate) fn dz_into<T: Float>(dy: &[T], y: Option<&[T]>, act: Act, dz: &mut [T
 }
 
 /// The stride-1 `dx` of [`conv_bwd_implicit`]: the geometry of the flipped
-
-
 
 /// `σ(x)` per element in one vectorised pass (candle's sigmoid calls a
 /// scalar `expf` per element); the backward reads the output,
@@ -151,8 +147,6 @@ impl CustomOp2 for SigmoidGrad {
 pub fn sigmoid(xs: &Tensor) -> Result<Tensor> {
     xs.contiguous()?.apply_op1(Sigmoid)
 }
-
-
 
 /// `max(x, 0) − x·t + ln(1 + e^−|x|)` per element, one pass (the composite
 /// form is nine candle ops forward and more backward, each a pass over the

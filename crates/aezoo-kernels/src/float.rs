@@ -14,9 +14,6 @@ pub enum Act {
     Sigmoid,
 }
 
-
-
-
 /// The float types the fused kernels run on.
 pub trait Float:
     Copy
@@ -166,8 +163,6 @@ pub fn exp_f32(x: f32) -> f32 {
     p * two_n
 }
 
-
-
 /// The sum of `xs` in 16 lanes (a single running sum is one dependent add
 /// per element; lanes let the compiler vectorise).
 #[inline]
@@ -189,8 +184,6 @@ pub(crate) fn sum<T: Float>(xs: &[T]) -> T {
     s
 }
 
-
-
 /// `max(z, 0)`, with NaN mapped to 0 as a select (vectorises).
 #[inline(always)]
 pub(crate) fn relu_of<T: Float>(z: T) -> T {
@@ -200,7 +193,6 @@ pub(crate) fn relu_of<T: Float>(z: T) -> T {
         T::default()
     }
 }
-
 
 /// `d · act'` at an output whose activated value is `y`.
 #[inline(always)]

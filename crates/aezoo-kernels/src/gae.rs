@@ -31,7 +31,9 @@ impl Pattern {
         let ok = !indptr.is_empty()
             && indptr.windows(2).all(|w| w[0] <= w[1])
             && indptr.last() == Some(&indices.len())
-            && indptr.windows(2).all(|w| indices[w[0]..w[1]].windows(2).all(|c| c[0] < c[1]));
+            && indptr
+                .windows(2)
+                .all(|w| indices[w[0]..w[1]].windows(2).all(|c| c[0] < c[1]));
         if !ok {
             candle_core::bail!("inner_product_wce: the label pattern is not sorted compressed rows");
         }

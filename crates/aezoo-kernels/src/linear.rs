@@ -8,12 +8,12 @@
 use candle_core::{CpuStorage, DType, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
+use crate::applies;
 use crate::elementwise::{act_grad_into, bias_act_rows, dz_chunk, zip_chunks};
 use crate::float::{Act, Float};
 use crate::par::{gemm, lin_par, threads, SendPtr, PAR_ELEMS};
 use crate::scaffold::{self, contiguous, packed_storage, FusedLayer};
 use crate::sgemm::{self, Epilogue, PackedB, Strided};
-use crate::applies;
 
 /// `act(x·Wᵀ + b)`; `(n, i)` by `(o, i)` and `(o,)`. An input of higher
 /// rank is read flattened to `(n, i)`, and the output may carry any shape
@@ -187,7 +187,6 @@ pub fn linear_shaped(xs: &Tensor, weight: &Tensor, bias: &Tensor, act: Act, out:
     scaffold::apply(LinearFused { act, out }, xs, weight, bias)
 }
 
-
 /// A stack of linear layers for inference: `h ← act_l(h[:, ..i_l] ·
 /// W_lᵀ + b_l)` for each `(W_l (o_l × i_l), b_l, act_l)` in turn (`b_l`
 /// optional), `xs` read flattened to `(n, d)` with `i_0 = d`, a later layer
@@ -320,4 +319,3 @@ fn cpu_f32<'a>(s: &'a Storage, l: &Layout) -> Result<&'a [f32]> {
         _ => candle_core::bail!("linear_chain: not a CPU tensor"),
     }
 }
-

@@ -256,7 +256,6 @@ impl CustomOp2 for MaxPool2dGrad {
     }
 }
 
-
 multiversion! {
     /// The 2×2, stride-2 max pool of one image's `(o, oh, ow)` activations into
     /// `(o, oh/2, ow/2)` (floor), recording each window's first maximum as
@@ -335,4 +334,3 @@ multiversion! {
         }
     }
 }
-

@@ -220,3 +220,27 @@ pub fn flush_denormals() -> bool {
         false
     }
 }
+
+/// Has glibc's allocator keep large freed buffers in the heap instead of
+/// returning each to the kernel and page-faulting it back on the next op,
+/// which a training step's tensors hit every time (`vae-conv` 724 → 885
+/// training images/s, docs/perf.md): mmap and trim thresholds of 1 GiB, a
+/// 64 MiB top pad. A binary's process set-up calls it (`aezoo-cli`'s
+/// `process::tune`); returns whether it applied (glibc only).
+pub fn retain_freed_memory() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only changes allocator parameters, under the main
+        // arena's lock; glibc initialises malloc before `main` runs.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+            libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+        }
+        true
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}

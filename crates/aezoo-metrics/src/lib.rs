@@ -17,6 +17,8 @@
 //!
 //! Image metrics take `(b, c, h, w)` and return one value per image `(b,)`.
 
+#![forbid(unsafe_code)]
+
 pub mod ranking;
 pub mod rd;
 

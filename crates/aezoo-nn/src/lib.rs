@@ -20,6 +20,6 @@ pub mod same_pad;
 pub mod spec;
 
 pub use aezoo_kernels::Act;
-pub use model::{Autoencoder, Batch, Family, StepCtx, StepOutput};
+pub use model::{Autoencoder, Batch, Codebook, Family, StepCtx, StepOutput};
 pub use params::ParamStore;
 pub use rng::Rng;

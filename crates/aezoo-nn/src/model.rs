@@ -4,7 +4,7 @@
 //! Images travel as `(batch, channels, height, width)` f32 tensors in `[0, 1]`
 //! everywhere outside a model; a model that works on flat vectors flattens
 //! inside. A family is an [`Autoencoder`] plus a [`Family`] impl that builds
-//! it from its serde config; the trainer's registry holds one line per family.
+//! it from its serde config; the zoo's family table holds one line per family.
 
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -130,6 +130,28 @@ pub trait Autoencoder: Send + Sync {
         let _ = (n, rng);
         candle_core::bail!("this model family has no prior to sample from")
     }
+
+    /// For a model of clips (`(b, T, h, w)`, one channel per frame): `T`.
+    /// Clip tools (`aezoo show-video`) ask this, not the channel count.
+    fn clip_frames(&self) -> Option<usize> {
+        None
+    }
+
+    /// The values of a learned scalar codebook, if the model quantises its
+    /// code to one (`aezoo rd-video` starts a sweep from them).
+    fn codebook_levels(&self) -> Option<Result<Tensor>> {
+        None
+    }
+}
+
+/// A family config's learned scalar codebook of `K` levels, which tools
+/// may resize (`aezoo rd-video` trains one model per `K`).
+pub trait Codebook {
+    /// `K`.
+    fn levels(&self) -> usize;
+    /// Sets `K`, and where the new levels start (`(lo, hi)`: spread evenly
+    /// over it; `None`: the family's own default).
+    fn set_levels(&mut self, levels: usize, init_range: Option<(f64, f64)>) -> Result<()>;
 }
 
 /// A model family: its serde config and how to build it.
@@ -150,4 +172,11 @@ pub trait Family: Autoencoder + Sized + 'static {
 
     /// `(channels, height, width)` of the images the config expects.
     fn image_shape(cfg: &Self::Config) -> [usize; 3];
+
+    /// The config's codebook, for families whose code is quantised to a
+    /// learned set of levels (a capability; none by default).
+    fn codebook(cfg: &mut Self::Config) -> Option<&mut dyn Codebook> {
+        let _ = cfg;
+        None
+    }
 }

@@ -126,12 +126,7 @@ pub fn conv3d(xs: &Tensor, kernel: &Tensor, bias: Option<&Tensor>, opts: Conv3dO
 /// 3-D transposed convolution of `(b, ci, t, h, w)` by `(ci, o, kt, kh, kw)`
 /// plus an optional bias; GEMM + col2vol on the CPU, temporal taps of 2-D
 /// transposed convolutions elsewhere or with `AEZOO_NO_FUSED=1`.
-pub fn conv_transpose3d(
-    xs: &Tensor,
-    kernel: &Tensor,
-    bias: Option<&Tensor>,
-    opts: Conv3dOpts,
-) -> Result<Tensor> {
+pub fn conv_transpose3d(xs: &Tensor, kernel: &Tensor, bias: Option<&Tensor>, opts: Conv3dOpts) -> Result<Tensor> {
     if xs.device().is_cpu() && aezoo_kernels::enabled() {
         return aezoo_kernels::conv_transpose3d_gemm(xs, kernel, bias, opts);
     }

@@ -13,9 +13,9 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
+use aezoo_kernels::adam::{self, AdamFloat};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Tensor, Var};
-use aezoo_kernels::adam::{self, AdamFloat};
 use serde::{Deserialize, Serialize};
 
 fn default_betas() -> (f64, f64) {
@@ -191,8 +191,12 @@ impl candle_core::InplaceOp2 for OnePass<'_> {
         };
         let ((d0, d1), (g0, g1)) = (span(ld)?, span(lg)?);
         match (dst, g, &mut *lock(self.moments)) {
-            (S::F32(p), S::F32(g), HostMoments::F32 { m, v }) => adam::update(consts(self.k), &mut p[d0..d1], &g[g0..g1], m, v),
-            (S::F64(p), S::F64(g), HostMoments::F64 { m, v }) => adam::update(consts(self.k), &mut p[d0..d1], &g[g0..g1], m, v),
+            (S::F32(p), S::F32(g), HostMoments::F32 { m, v }) => {
+                adam::update(consts(self.k), &mut p[d0..d1], &g[g0..g1], m, v)
+            }
+            (S::F64(p), S::F64(g), HostMoments::F64 { m, v }) => {
+                adam::update(consts(self.k), &mut p[d0..d1], &g[g0..g1], m, v)
+            }
             _ => candle_core::bail!("aezoo-adam: parameter, gradient and moments must all be f32 or all f64"),
         }
     }

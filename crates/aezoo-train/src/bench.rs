@@ -17,8 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::EntryConfig;
 use crate::error::{Result, TrainError};
-use aezoo_nn::optim::Adam;
 use crate::trainer::{build_fresh, load_data};
+use crate::zoo::Zoo;
+use aezoo_nn::optim::Adam;
 
 /// One entry's measurements.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -71,12 +72,12 @@ pub fn peak_rss_mb() -> Option<f64> {
 /// Two full training steps (forward, backward, Adam) of `cfg` at `batch`
 /// images of noise-free random pixels; returns this process's peak RSS in
 /// bytes. `aezoo max-batch` runs it in a fresh process per batch size.
-pub fn probe_batch(cfg: &EntryConfig, batch: usize) -> Result<u64> {
+pub fn probe_batch(cfg: &EntryConfig, zoo: &Zoo, batch: usize) -> Result<u64> {
     let mut cfg = cfg.clone();
     cfg.train.batch_size = batch;
     let dev = Device::Cpu;
-    let built = build_fresh(&cfg, &dev)?;
-    let [c, h, w] = crate::registry::family(&cfg.family, &cfg.entry)?.check(&cfg.model, &cfg.entry)?;
+    let built = build_fresh(&cfg, zoo, &dev)?;
+    let [c, h, w] = zoo.image_shape(&cfg)?;
     let mut adam = Adam::new(built.params.vars(), cfg.train.lr, cfg.train.optimizer.clone())?;
     let mut rng = Rng::new(0);
     for _ in 0..2 {
@@ -92,16 +93,16 @@ pub fn probe_batch(cfg: &EntryConfig, batch: usize) -> Result<u64> {
 
 /// Runs the protocol on `cfg` (its data set replaced by Fashion-MNIST);
 /// `steps == 0` means one epoch.
-pub fn run(cfg: &EntryConfig, locator: &Locator, steps: usize) -> Result<BenchResult> {
-    if cfg.is_graph() {
+pub fn run(cfg: &EntryConfig, zoo: &Zoo, locator: &Locator, steps: usize) -> Result<BenchResult> {
+    if zoo.pipeline_of(cfg).is_some() {
         return Err(TrainError::Other(format!("{}: bench covers image entries", cfg.entry)));
     }
     let mut cfg = cfg.clone();
     cfg.data.dataset = "fashion-mnist".into();
     cfg.data.folder = None;
     let dev = Device::Cpu;
-    let splits = load_data(&cfg, locator)?;
-    let built = build_fresh(&cfg, &dev)?;
+    let splits = load_data(&cfg, zoo, locator)?;
+    let built = build_fresh(&cfg, zoo, &dev)?;
     let t = &cfg.train;
     let mut adam = Adam::new(built.params.vars(), t.lr, t.optimizer.clone())?;
     let mut rng = Rng::new(t.seed);

@@ -182,7 +182,7 @@ pub fn load(run_dir: &Path) -> Result<Checkpoint> {
             msg: format!("format {} is not supported (expected {STATE_FORMAT})", state.format),
         });
     }
-    let config = EntryConfig::from_file(&dir.join("config.json"))?;
+    let config = EntryConfig::read(&dir.join("config.json"))?;
     Ok(Checkpoint { dir, state, config })
 }
 

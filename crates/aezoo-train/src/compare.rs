@@ -21,9 +21,9 @@ use serde_json::Value;
 use crate::config::{parse_json, parse_value, EntryConfig};
 use crate::error::{io_err, Result, TrainError};
 use crate::eval::{evaluate_entry, EvalMetrics};
-use crate::registry::{self, PROTOCOLS};
 use crate::trainer::{load_data, recon_strip, train, TrainOptions, STRIP_IMAGES};
 use crate::weights;
+use crate::zoo::Zoo;
 
 /// One row of a protocol.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -76,23 +76,20 @@ impl Row {
 }
 
 impl Protocol {
-    /// A built-in protocol by name, or a protocol file.
-    pub fn resolve(name_or_path: &str) -> Result<Self> {
+    /// A built-in protocol of `zoo` by name, or a protocol file.
+    pub fn resolve(name_or_path: &str, zoo: &Zoo) -> Result<Self> {
         let p = Path::new(name_or_path);
         if name_or_path.ends_with(".json") || p.is_file() {
             let text = std::fs::read_to_string(p).map_err(io_err(p))?;
             return parse_json::<Self>(&text, name_or_path)?.checked(name_or_path);
         }
-        let (name, text) = PROTOCOLS
-            .iter()
-            .find(|(n, _)| *n == name_or_path)
-            .ok_or_else(|| TrainError::Config {
-                origin: "compare".into(),
-                msg: format!(
-                    "unknown protocol `{name_or_path}`; built-in: {}",
-                    PROTOCOLS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
-                ),
-            })?;
+        let (name, text) = zoo.protocol(name_or_path).ok_or_else(|| TrainError::Config {
+            origin: "compare".into(),
+            msg: format!(
+                "unknown protocol `{name_or_path}`; built-in: {}",
+                zoo.protocol_names().join(", ")
+            ),
+        })?;
         let origin = format!("<built-in>/configs/protocols/{name}.json");
         parse_json::<Self>(text, &origin)?.checked(&origin)
     }
@@ -124,8 +121,8 @@ pub fn merge(base: &mut Value, patch: &Value) {
 }
 
 /// The config a row trains with.
-pub fn row_config(protocol: &Protocol, row: &Row, quick: bool) -> Result<EntryConfig> {
-    let (cfg, _) = registry::resolve_entry(&row.entry)?;
+pub fn row_config(protocol: &Protocol, row: &Row, quick: bool, zoo: &Zoo) -> Result<EntryConfig> {
+    let (cfg, _) = zoo.resolve_entry(&row.entry)?;
     let mut v = serde_json::to_value(&cfg).expect("config serialises");
     let patch = |v: &mut Value, section: &str, p: &Option<Value>| {
         if let Some(p) = p {
@@ -148,7 +145,7 @@ pub fn row_config(protocol: &Protocol, row: &Row, quick: bool) -> Result<EntryCo
     }
     let origin = format!("protocol {} row {}", protocol.name, row.key());
     let cfg: EntryConfig = parse_value(&v, &origin, "config")?;
-    cfg.validate(&origin)?;
+    zoo.validate(&cfg, &origin)?;
     Ok(cfg)
 }
 
@@ -223,7 +220,7 @@ pub fn tag(protocol: &str, quick: bool) -> String {
 }
 
 /// Trains and evaluates every row of `protocol`.
-pub fn run(protocol: &Protocol, opts: &CompareOptions) -> Result<CompareResult> {
+pub fn run(protocol: &Protocol, zoo: &Zoo, opts: &CompareOptions) -> Result<CompareResult> {
     let tag = tag(&protocol.name, opts.quick);
     let out_dir = opts.results_dir.join(&tag);
     std::fs::create_dir_all(&out_dir).map_err(io_err(&out_dir))?;
@@ -237,7 +234,7 @@ pub fn run(protocol: &Protocol, opts: &CompareOptions) -> Result<CompareResult> 
         if !opts.only.is_empty() && !opts.only.iter().any(|o| *o == row.entry || o == row.key()) {
             continue;
         }
-        let cfg = row_config(protocol, row, opts.quick)?;
+        let cfg = row_config(protocol, row, opts.quick, zoo)?;
         let run_dir = opts.runs_dir.join(&tag).join(row.key());
         if run_dir.exists() {
             std::fs::remove_dir_all(&run_dir).map_err(io_err(&run_dir))?;
@@ -250,9 +247,9 @@ pub fn run(protocol: &Protocol, opts: &CompareOptions) -> Result<CompareResult> 
         let t0 = Instant::now();
         let mut topts = TrainOptions::new(&run_dir, locator.clone());
         topts.device = opts.device.clone();
-        let outcome = train(&cfg, &topts)?;
-        let loaded = weights::load(&run_dir, &opts.device)?;
-        let splits = load_data(&cfg, &locator)?;
+        let outcome = train(&cfg, zoo, &topts)?;
+        let loaded = weights::load(&run_dir, zoo, &opts.device)?;
+        let splits = load_data(&cfg, zoo, &locator)?;
         let (test, test_clean) = evaluate_entry(loaded.model.as_ref(), &splits.test, &cfg, &opts.device)?;
         let wall_seconds = t0.elapsed().as_secs_f64();
         // The strip: the first test images of the split, the same for every entry.
@@ -421,54 +418,4 @@ pub fn markdown(r: &CompareResult) -> String {
     }
     s.push('\n');
     s
-}
-
-/// Rewrites `RESULTS.md` from every `results/<tag>/results.json` present:
-/// full protocols first (zoo, then the rest by name), quick runs after.
-pub fn write_results_md(results_dir: &Path, path: &Path) -> Result<()> {
-    let mut all: Vec<CompareResult> = Vec::new();
-    let mut graphs: Vec<(String, crate::graph::GraphCompareResult)> = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(results_dir) {
-        for e in rd.filter_map(|e| e.ok()) {
-            let f = e.path().join("results.json");
-            if let Ok(text) = std::fs::read_to_string(&f) {
-                let origin = f.display().to_string();
-                let v: Value = parse_json(&text, &origin)?;
-                if v.get("seeds").is_some() {
-                    let tag = e.file_name().to_string_lossy().to_string();
-                    graphs.push((tag, parse_json(&text, &origin)?));
-                } else {
-                    all.push(parse_json(&text, &origin)?);
-                }
-            }
-        }
-    }
-    graphs.sort_by(|a, b| a.0.cmp(&b.0));
-    all.sort_by_key(|r| (r.quick, r.protocol != "zoo", r.protocol.clone()));
-    let mut s = String::from(
-        "# Results\n\nWritten by `cargo xtask compare` (see `aezoo compare --help`); every figure below is re-made by the command named in its section. Each row trains the entry from scratch under the stated protocol, then evaluates it; test MSE is per pixel, images in [0, 1]; PSNR and SSIM (Gaussian window 11, σ 1.5) are means over test images.\n\n",
-    );
-    for r in &all {
-        let cmd = match (r.quick, r.protocol.as_str()) {
-            (true, p) => format!("cargo xtask compare --protocol {p} --quick"),
-            (false, p) => format!("cargo xtask compare --protocol {p}"),
-        };
-        s.push_str(&markdown(r));
-        s.push_str(&format!("\nRe-make: `{cmd}`\n\n"));
-    }
-    for (tag, r) in &graphs {
-        let rel = results_dir
-            .file_name()
-            .map(|d| format!("{}/{tag}", d.to_string_lossy()))
-            .unwrap_or_else(|| tag.clone());
-        s.push_str(&crate::graph::markdown(r, &rel));
-        let cmd = if r.protocol == "graphs" {
-            "cargo xtask compare --graphs".to_string()
-        } else {
-            format!("cargo xtask compare --graphs --protocol {}", r.protocol)
-        };
-        s.push_str(&format!("\nRe-make: `{cmd}`\n\n"));
-    }
-    write_atomic(path, s.as_bytes())?;
-    Ok(())
 }

@@ -3,7 +3,7 @@
 //! Every struct refuses unknown keys, and every error names the file and the
 //! JSON path of the field (`configs/vae-conv.json: train.lr: invalid type…`).
 //! The `model` section is kept as JSON here and parsed by the family's own
-//! config struct through the registry, so this file knows no family.
+//! config struct through the [`crate::zoo::Zoo`], so this file knows no family.
 
 use std::path::Path;
 
@@ -12,8 +12,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{io_err, Result, TrainError};
-use aezoo_nn::optim::AdamConfig;
 use crate::precision::Precision;
+use aezoo_nn::optim::AdamConfig;
 
 /// One zoo entry.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -172,30 +172,26 @@ pub fn parse_value<T: DeserializeOwned>(v: &serde_json::Value, origin: &str, sec
 }
 
 impl EntryConfig {
-    /// Reads and validates a config file.
-    pub fn from_file(path: &Path) -> Result<Self> {
+    /// Reads and parses a config file (serde's checks only: a [`crate::zoo::Zoo`]
+    /// validates it, knowing its family).
+    pub fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-        Self::from_str_named(&text, &path.display().to_string())
+        Self::parse(&text, &path.display().to_string())
     }
 
-    /// Parses and validates config text; `origin` names it in errors.
-    pub fn from_str_named(text: &str, origin: &str) -> Result<Self> {
-        let cfg: EntryConfig = parse_json(text, origin)?;
-        cfg.validate(origin)?;
-        Ok(cfg)
+    /// Parses config text (serde's checks only); `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        parse_json(text, origin)
     }
 
-    /// Checks values serde cannot (and the family's model section, through the
-    /// registry).
-    pub fn validate(&self, origin: &str) -> Result<()> {
+    /// Checks the values serde cannot, for an image entry (the family's
+    /// `model` section is checked by the family: [`crate::zoo::Zoo::validate`]).
+    pub fn validate_image(&self, origin: &str) -> Result<()> {
         let bad = |msg: String| TrainError::Config {
             origin: origin.to_string(),
             msg,
         };
         let t = &self.train;
-        if let Some(g) = crate::registry::graph_family(&self.family) {
-            return self.validate_graph(g, origin);
-        }
         if t.batch_size == 0 {
             return Err(bad("train.batch_size: required for image entries, must be >= 1".into()));
         }
@@ -250,45 +246,6 @@ impl EntryConfig {
                 return Err(bad(format!("data.noise.std: must be >= 0, got {}", n.std)));
             }
         }
-        crate::registry::family(&self.family, origin)?.check(&self.model, origin)?;
-        Ok(())
-    }
-
-    /// Whether this is a graph autoencoder entry.
-    pub fn is_graph(&self) -> bool {
-        crate::registry::graph_family(&self.family).is_some()
-    }
-
-    fn validate_graph(&self, fam: &dyn crate::registry::DynGraphFamily, origin: &str) -> Result<()> {
-        let bad = |msg: String| TrainError::Config {
-            origin: origin.to_string(),
-            msg,
-        };
-        let t = &self.train;
-        if t.epochs == 0 {
-            return Err(bad("train.epochs: must be >= 1".into()));
-        }
-        if !(t.lr.is_finite() && t.lr > 0.0) {
-            return Err(bad(format!("train.lr: must be a positive number, got {}", t.lr)));
-        }
-        t.optimizer
-            .validate()
-            .map_err(|m| bad(format!("train.optimizer.{m}")))?;
-        if t.batch_size != 0 {
-            return Err(bad(
-                "train.batch_size: graph entries train on the whole graph; remove it".into(),
-            ));
-        }
-        let d = &self.data;
-        if d.train_limit.is_some() || d.test_limit.is_some() || d.noise.is_some() || d.folder.is_some() {
-            return Err(bad(
-                "data: graph entries take only `dataset` (a graph name or an edge-list path)".into(),
-            ));
-        }
-        if d.dataset.trim().is_empty() {
-            return Err(bad("data.dataset: empty".into()));
-        }
-        fam.check(&self.model, origin)?;
         Ok(())
     }
 

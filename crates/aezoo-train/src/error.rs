@@ -35,8 +35,10 @@ pub enum TrainError {
     #[error(transparent)]
     Data(#[from] aezoo_data::DataError),
 
+    /// An error of a family's or pipeline's own type (a graph file that
+    /// does not parse, …), its message kept.
     #[error(transparent)]
-    Graph(#[from] aezoo_graph::GraphError),
+    Family(Box<dyn std::error::Error + Send + Sync>),
 
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
@@ -47,7 +49,15 @@ pub enum TrainError {
 
 pub type Result<T> = std::result::Result<T, TrainError>;
 
-pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> TrainError {
+impl TrainError {
+    /// A family's or pipeline's own error.
+    pub fn family(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        TrainError::Family(Box::new(e))
+    }
+}
+
+/// Maps an I/O error on `path` to [`TrainError::Io`].
+pub fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> TrainError {
     let path = path.into();
     move |source| TrainError::Io { path, source }
 }

@@ -1,28 +1,29 @@
-//! aezoo-train: the trainer library — the zoo registry, entry configs, Adam,
-//! the training loop with checkpoints and exact resume, evaluation, run logs
-//! and pictures. It knows no model family by name except in the registry's
-//! one-line-per-family table.
+//! aezoo-train: the trainer library — entry configs, the training loop
+//! ([`Learner`] with its observers) with checkpoints and exact resume,
+//! evaluation, run logs and pictures, weights folders, the compare and bench
+//! protocols. It names no model family: families come in through a
+//! [`Zoo`] (the `aezoo-zoo` crate's tables), which every command passes in.
+
+#![forbid(unsafe_code)]
 
 pub mod bench;
 pub mod checkpoint;
-pub mod codec;
 pub mod compare;
 pub mod config;
 pub mod error;
 pub mod eval;
-pub mod graph;
 pub mod infer;
+pub mod observers;
 pub mod plot;
 pub mod precision;
-pub mod rd_image;
-pub mod rd_video;
-pub mod registry;
 pub mod runlog;
 pub mod tensorboard;
 pub mod trainer;
 pub mod weights;
+pub mod zoo;
 
 pub use config::EntryConfig;
 pub use error::{Result, TrainError};
 pub use eval::{evaluate, EvalMetrics};
-pub use trainer::{train, TrainOptions, TrainOutcome};
+pub use trainer::{train, Learner, TrainOptions, TrainOutcome};
+pub use zoo::{ConfigOrigin, DynFamily, PipelineFamily, Registered, Zoo};

@@ -1,12 +1,16 @@
-//! The training loop: any registered family, one protocol.
+//! The training loop of image entries, in the shape of burn's `Learner`:
+//! [`Learner::new`] resumes a run from its newest checkpoint or initialises
+//! a fresh one, [`Learner::fit`] runs epochs of steps and ends each with an
+//! evaluation, and everything a run leaves besides its weights is written
+//! by [`Observer`]s ([`crate::observers`]: the progress bar,
+//! `metrics.jsonl`, TensorBoard, the pictures, the checkpoints).
 //!
 //! Per step: a seeded batch (optionally noised), the family's `step`, a
-//! finite-loss check, backward, Adam. Per epoch: evaluation on the test split,
-//! `metrics.jsonl` lines, `loss.png`, `reconstructions.png`, the run's weights
-//! and a checkpoint. A run stopped at any step (Ctrl-C, `max_steps`, a kill)
-//! and resumed from its last checkpoint ends with the same weights as a run
-//! that was never stopped: the data order depends only on (seed, epoch), the
-//! sampling generator's state and Adam's moments are checkpointed, and
+//! finite-loss check, backward, Adam. Per epoch: evaluation on the test
+//! split. A run stopped at any step (Ctrl-C, `max_steps`, a kill) and
+//! resumed from its last checkpoint ends with the same weights as a run
+//! that was never stopped: the data order depends only on (seed, epoch),
+//! the sampling generator's state and Adam's moments are checkpointed, and
 //! evaluation draws from its own stream.
 
 use std::path::{Path, PathBuf};
@@ -15,20 +19,19 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use aezoo_data::{DatasetId, EpochPlan, Locator, Splits};
+use aezoo_nn::optim::Adam;
 use aezoo_nn::params::write_atomic;
 use aezoo_nn::{Autoencoder, Batch, ParamStore, Rng, StepCtx};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
-use tracing_indicatif::span_ext::IndicatifSpanExt;
 
 use crate::checkpoint::{self, OptimizerState, TrainerState, STATE_FORMAT};
 use crate::config::EntryConfig;
 use crate::error::{io_err, Result, TrainError};
 use crate::eval::{evaluate, EvalMetrics};
-use aezoo_nn::optim::Adam;
+use crate::observers::{Checkpoints, MetricsLog, Observer, Pictures, ProgressBar, TensorBoard};
 use crate::precision::LossScaler;
-use crate::registry;
-use crate::runlog::{EpochRecord, RunLog, StepRecord};
+use crate::zoo::Zoo;
 
 /// The RNG stream random crops are drawn from (apart from sampling's).
 const CROP_STREAM: u64 = 0xc0_0000_0000_0000;
@@ -102,18 +105,18 @@ pub struct Built {
 }
 
 /// Builds the entry's model with fresh parameters seeded by `train.seed`.
-pub fn build_fresh(cfg: &EntryConfig, dev: &Device) -> Result<Built> {
+pub fn build_fresh(cfg: &EntryConfig, zoo: &Zoo, dev: &Device) -> Result<Built> {
     let params = ParamStore::init(cfg.train.seed);
     let vb = params.var_builder(DType::F32, dev);
-    let model = registry::family(&cfg.family, &cfg.entry)?.build(&cfg.model, &cfg.entry, vb)?;
+    let model = zoo.family_of(cfg)?.build(&cfg.model, &cfg.entry, vb)?;
     Ok(Built { model, params })
 }
 
 /// Loads the entry's data through the chain, applies the config's limits and
 /// checks the image shape against the model's.
-pub fn load_data(cfg: &EntryConfig, locator: &Locator) -> Result<Splits> {
+pub fn load_data(cfg: &EntryConfig, zoo: &Zoo, locator: &Locator) -> Result<Splits> {
     let mut splits = if cfg.data.dataset == crate::config::FOLDER {
-        load_folder(cfg, locator)?.splits
+        load_folder(cfg, zoo, locator)?.splits
     } else if cfg.data.dataset == crate::config::MOVING_MNIST {
         let mm = cfg.data.moving_mnist.clone().unwrap_or_default();
         aezoo_data::moving_mnist::load(locator, &mm, cfg.train.seed)?
@@ -126,7 +129,7 @@ pub fn load_data(cfg: &EntryConfig, locator: &Locator) -> Result<Splits> {
     if let Some(n) = cfg.data.test_limit {
         splits.test = splits.test.take(n);
     }
-    let want = registry::family(&cfg.family, &cfg.entry)?.check(&cfg.model, &cfg.entry)?;
+    let want = zoo.image_shape(cfg)?;
     if splits.train.image_shape() != want {
         return Err(TrainError::Config {
             origin: cfg.entry.clone(),
@@ -150,7 +153,7 @@ pub fn load_data(cfg: &EntryConfig, locator: &Locator) -> Result<Splits> {
 
 /// An image-folder entry's data: the folder of `data.folder.path`, else
 /// `--data DIR`, at the model's image shape, split by `train.seed`.
-pub fn load_folder(cfg: &EntryConfig, locator: &Locator) -> Result<aezoo_data::FolderSet> {
+pub fn load_folder(cfg: &EntryConfig, zoo: &Zoo, locator: &Locator) -> Result<aezoo_data::FolderSet> {
     let fcfg = cfg.data.folder.clone().unwrap_or_default();
     let dir = fcfg
         .path
@@ -160,7 +163,7 @@ pub fn load_folder(cfg: &EntryConfig, locator: &Locator) -> Result<aezoo_data::F
             origin: cfg.entry.clone(),
             msg: "data.dataset is \"folder\": give the folder with --data DIR (or data.folder.path)".into(),
         })?;
-    let shape = registry::family(&cfg.family, &cfg.entry)?.check(&cfg.model, &cfg.entry)?;
+    let shape = zoo.image_shape(cfg)?;
     Ok(aezoo_data::folder::load_folder(&dir, shape, &fcfg, cfg.train.seed)?)
 }
 
@@ -206,410 +209,517 @@ pub fn init_from(params: &ParamStore, path: &Path) -> Result<()> {
 }
 
 /// Trains `cfg` (from scratch, or from the run folder's checkpoint when
-/// `opts.resume`).
-pub fn train(cfg: &EntryConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
-    let run_dir = &opts.run_dir;
-    let dev = &opts.device;
-    let t = &cfg.train;
+/// `opts.resume`) with the standard observers.
+pub fn train(cfg: &EntryConfig, zoo: &Zoo, opts: &TrainOptions) -> Result<TrainOutcome> {
+    Learner::new(cfg, zoo, opts)?.fit()
+}
 
-    let splits = load_data(cfg, &opts.locator)?;
-    let data_desc = splits.describe();
-    if splits.source.is_bundled() {
-        // A bundled source that is not an IDX set by name is Moving MNIST
-        // generated from the bundled MNIST digits: the hint is MNIST's.
-        let id = DatasetId::parse(&cfg.data.dataset).unwrap_or(DatasetId::Mnist);
-        tracing::warn!("data: {data_desc}; a small real subset. For {}", id.how_to_get_full());
-    } else {
-        tracing::info!("data: {data_desc}");
-    }
+/// Where a run stands: the model, its parameters and optimiser, the data,
+/// and the position in the schedule — what a checkpoint holds and what
+/// observers read.
+pub struct RunState {
+    pub cfg: EntryConfig,
+    pub run_dir: PathBuf,
+    pub device: Device,
+    pub splits: Splits,
+    /// `splits.describe()`, as logged.
+    pub data: String,
+    pub model: Box<dyn Autoencoder>,
+    pub params: ParamStore,
+    pub adam: Adam,
+    /// Dynamic loss scaling (f16 only).
+    pub scaler: Option<LossScaler>,
+    /// The training stream (sampling, noise).
+    pub rng: Rng,
+    /// Epochs completed.
+    pub epoch: usize,
+    /// The next batch of the current epoch.
+    pub batch: usize,
+    /// Optimiser steps taken.
+    pub step: u64,
+    /// Training time over the whole run, resumes included.
+    pub train_seconds: f64,
+}
 
-    let Built { model, params } = build_fresh(cfg, dev)?;
-    if let (Some(path), false) = (&opts.init_from, opts.resume) {
-        init_from(&params, path)?;
-    }
-    let compute = t
-        .precision
-        .resolve(dev, model.mixed_precision())
-        .map_err(|m| TrainError::Config {
-            origin: cfg.entry.clone(),
-            msg: format!("train.precision: {m}"),
-        })?;
-    if compute != DType::F32 && !(dev.is_cuda() || dev.is_metal()) {
-        tracing::warn!(
-            "train.precision {}: candle's CPU kernels have no fast half-precision paths, so this trains slower than f32 here (it is meant for GPUs)",
-            t.precision.as_str()
-        );
-    }
-    // The run folder exists only once data and model are ready.
-    std::fs::create_dir_all(run_dir).map_err(io_err(run_dir))?;
-    let vars = params.vars();
-    let mut adam = Adam::new(vars.clone(), t.lr, t.optimizer.clone())?;
-    let mut scaler = (compute == DType::F16).then(LossScaler::new);
-    let nparams = params.num_params();
-
-    let (mut epoch, mut start_batch, mut step, mut rng, mut train_seconds);
-    let mut log;
-    if opts.resume {
-        let ck = checkpoint::load(run_dir)?;
-        if ck.config.model != cfg.model || ck.config.family != cfg.family {
-            return Err(TrainError::Checkpoint {
-                path: ck.dir.clone(),
-                msg: "the checkpoint was made with a different model config".into(),
-            });
+impl RunState {
+    /// The trainer state a checkpoint records now.
+    pub fn trainer_state(&self) -> TrainerState {
+        TrainerState {
+            format: STATE_FORMAT,
+            entry: self.cfg.entry.clone(),
+            epoch: self.epoch,
+            batch_in_epoch: self.batch,
+            step: self.step,
+            rng: self.rng.state(),
+            optimizer: OptimizerState {
+                kind: "adam".into(),
+                step: self.adam.step_count(),
+                lr: self.adam.lr(),
+                moments_file: "optimizer.safetensors".into(),
+            },
+            train_seconds: self.train_seconds,
+            loss_scale: self.scaler.as_ref().map(LossScaler::state),
         }
-        rng = ck.restore(&params, &mut adam)?;
-        if let (Some(sc), Some(state)) = (&mut scaler, ck.state.loss_scale) {
-            *sc = LossScaler::from_state(state);
+    }
+
+    /// Writes a checkpoint of the current state.
+    pub fn checkpoint(&self) -> Result<PathBuf> {
+        checkpoint::save(
+            &self.run_dir,
+            &self.params,
+            &self.adam,
+            &self.cfg,
+            &self.trainer_state(),
+        )
+    }
+}
+
+/// One optimiser step, as observers see it.
+#[derive(Debug)]
+pub struct StepEvent<'a> {
+    /// The epoch it belongs to (0-based) and its batch index in it.
+    pub epoch: usize,
+    pub batch: usize,
+    /// Batches in the epoch.
+    pub batches: usize,
+    /// Steps done, this one included.
+    pub step: u64,
+    pub loss: f64,
+    pub terms: &'a [(String, f64)],
+    /// Mean loss over this epoch's batches so far (of this process).
+    pub running_loss: f64,
+    pub lr: f64,
+    pub images: usize,
+    pub seconds: f64,
+    /// The run stops after this step (Ctrl-C, `max_steps`).
+    pub stopping: bool,
+}
+
+impl StepEvent<'_> {
+    /// Whether this was the epoch's last batch.
+    pub fn ends_epoch(&self) -> bool {
+        self.batch + 1 == self.batches
+    }
+}
+
+/// An evaluated epoch, as observers see it.
+#[derive(Debug)]
+pub struct EpochEvent<'a> {
+    /// Epochs completed, this one included (1-based).
+    pub epoch: usize,
+    pub step: u64,
+    pub train_loss: f64,
+    pub train_terms: &'a [(String, f64)],
+    pub metrics: &'a EvalMetrics,
+    pub train_images_per_s: f64,
+    pub train_seconds: f64,
+}
+
+/// The training loop with its observers.
+pub struct Learner {
+    run: RunState,
+    observers: Vec<Box<dyn Observer>>,
+    /// The half-precision dtype networks compute in, or f32.
+    compute: DType,
+    max_steps: Option<u64>,
+    stop: Option<Arc<AtomicBool>>,
+    images_this_run: usize,
+    seconds_this_run: f64,
+    /// This epoch's loss sums.
+    sums: EpochSums,
+    last_metrics: Option<EvalMetrics>,
+}
+
+impl Learner {
+    /// Loads the data and builds the model, then resumes the run folder's
+    /// newest checkpoint (`opts.resume`) or starts a fresh run there, with
+    /// the standard observers: progress bar, `metrics.jsonl`, checkpoints,
+    /// and as `opts` asks, TensorBoard events and pictures.
+    pub fn new(cfg: &EntryConfig, zoo: &Zoo, opts: &TrainOptions) -> Result<Self> {
+        let run_dir = &opts.run_dir;
+        let dev = &opts.device;
+        let t = &cfg.train;
+        let splits = load_data(cfg, zoo, &opts.locator)?;
+        let data = splits.describe();
+        if splits.source.is_bundled() {
+            // A bundled source that is not an IDX set by name is Moving MNIST
+            // generated from the bundled MNIST digits: the hint is MNIST's.
+            let id = DatasetId::parse(&cfg.data.dataset).unwrap_or(DatasetId::Mnist);
+            tracing::warn!("data: {data}; a small real subset. For {}", id.how_to_get_full());
+        } else {
+            tracing::info!("data: {data}");
         }
-        adam.set_lr(t.lr);
-        epoch = ck.state.epoch;
-        start_batch = ck.state.batch_in_epoch;
-        step = ck.state.step;
-        train_seconds = ck.state.train_seconds;
-        log = RunLog::resume(run_dir, step)?;
-        tracing::info!(
-            "resuming {} from {} (epoch {}, batch {}, step {step})",
-            cfg.entry,
-            ck.dir.display(),
-            epoch + 1,
-            start_batch
-        );
-    } else {
-        if checkpoint::latest(run_dir).is_some() {
+        let Built { model, params } = build_fresh(cfg, zoo, dev)?;
+        if let (Some(path), false) = (&opts.init_from, opts.resume) {
+            init_from(&params, path)?;
+        }
+        let compute = t
+            .precision
+            .resolve(dev, model.mixed_precision())
+            .map_err(|m| TrainError::Config {
+                origin: cfg.entry.clone(),
+                msg: format!("train.precision: {m}"),
+            })?;
+        if compute != DType::F32 && !(dev.is_cuda() || dev.is_metal()) {
+            tracing::warn!(
+                "train.precision {}: candle's CPU kernels have no fast half-precision paths, so this trains slower than f32 here (it is meant for GPUs)",
+                t.precision.as_str()
+            );
+        }
+        // The run folder exists only once data and model are ready.
+        std::fs::create_dir_all(run_dir).map_err(io_err(run_dir))?;
+        let adam = Adam::new(params.vars(), t.lr, t.optimizer.clone())?;
+        let scaler = (compute == DType::F16).then(LossScaler::new);
+        let mut run = RunState {
+            cfg: cfg.clone(),
+            run_dir: run_dir.clone(),
+            device: dev.clone(),
+            splits,
+            data,
+            model,
+            params,
+            adam,
+            scaler,
+            rng: Rng::derived(t.seed, 1),
+            epoch: 0,
+            batch: 0,
+            step: 0,
+            train_seconds: 0.0,
+        };
+        if opts.resume {
+            let ck = checkpoint::load(run_dir)?;
+            if ck.config.model != cfg.model || ck.config.family != cfg.family {
+                return Err(TrainError::Checkpoint {
+                    path: ck.dir.clone(),
+                    msg: "the checkpoint was made with a different model config".into(),
+                });
+            }
+            run.rng = ck.restore(&run.params, &mut run.adam)?;
+            if let (Some(sc), Some(state)) = (&mut run.scaler, ck.state.loss_scale) {
+                *sc = LossScaler::from_state(state);
+            }
+            run.adam.set_lr(t.lr);
+            run.epoch = ck.state.epoch;
+            run.batch = ck.state.batch_in_epoch;
+            run.step = ck.state.step;
+            run.train_seconds = ck.state.train_seconds;
+            tracing::info!(
+                "resuming {} from {} (epoch {}, batch {}, step {})",
+                cfg.entry,
+                ck.dir.display(),
+                run.epoch + 1,
+                run.batch,
+                run.step
+            );
+        } else if checkpoint::latest(run_dir).is_some() {
             return Err(TrainError::Checkpoint {
                 path: run_dir.clone(),
                 msg: "this run folder already has checkpoints: pass --resume to continue it, or choose another --out"
                     .into(),
             });
         }
-        rng = Rng::derived(t.seed, 1);
-        epoch = 0;
-        start_batch = 0;
-        step = 0;
-        train_seconds = 0.0;
-        log = RunLog::create(run_dir)?;
+        let mut observers: Vec<Box<dyn Observer>> = vec![
+            Box::new(ProgressBar::default()),
+            Box::new(MetricsLog::open(run_dir, opts.resume.then_some(run.step))?),
+        ];
+        write_atomic(&run_dir.join("config.json"), cfg.to_json().as_bytes())?;
+        if opts.tensorboard {
+            observers.push(Box::new(TensorBoard::create(run_dir)?));
+        }
+        observers.push(Box::new(Checkpoints));
+        if opts.plots {
+            observers.push(Box::new(Pictures));
+        }
+        tracing::info!(
+            "training {} ({}, {} parameters) for {} epochs, batch {}, lr {}, seed {}, {} → {}",
+            cfg.entry,
+            cfg.family,
+            run.params.num_params(),
+            t.epochs,
+            t.batch_size,
+            t.lr,
+            t.seed,
+            match compute {
+                DType::F32 => "f32".to_string(),
+                dt => format!("mixed precision ({dt:?} networks, f32 weights and loss)"),
+            },
+            run_dir.display()
+        );
+        Ok(Self {
+            run,
+            observers,
+            compute,
+            max_steps: opts.max_steps,
+            stop: opts.stop.clone(),
+            images_this_run: 0,
+            seconds_this_run: 0.0,
+            sums: EpochSums::default(),
+            last_metrics: None,
+        })
     }
-    write_atomic(&run_dir.join("config.json"), cfg.to_json().as_bytes())?;
-    let mut tb = if opts.tensorboard {
-        let w = crate::tensorboard::EventWriter::create(&run_dir.join("tensorboard"))?;
-        tracing::info!("TensorBoard events: {}", w.path().display());
-        Some(w)
-    } else {
-        None
-    };
-    tracing::info!(
-        "training {} ({}, {nparams} parameters) for {} epochs, batch {}, lr {}, seed {}, {} → {}",
-        cfg.entry,
-        cfg.family,
-        t.epochs,
-        t.batch_size,
-        t.lr,
-        t.seed,
-        match compute {
-            DType::F32 => "f32".to_string(),
-            dt => format!("mixed precision ({dt:?} networks, f32 weights and loss)"),
-        },
-        run_dir.display()
-    );
 
-    let n = splits.train.epoch_len();
-    let strip_idx: Vec<usize> = (0..STRIP_IMAGES.min(splits.test.len())).collect();
-    let mut last_metrics: Option<EvalMetrics> = None;
-    let mut images_seen_this_run = 0usize;
-    let mut seconds_this_run = 0f64;
+    /// Adds an observer (called after the standard ones).
+    pub fn observe(&mut self, o: Box<dyn Observer>) {
+        self.observers.push(o);
+    }
 
-    let outcome = |completed: bool,
-                   epochs_done: usize,
-                   steps: u64,
-                   metrics: Option<EvalMetrics>,
-                   images: usize,
-                   seconds: f64,
-                   train_seconds: f64| TrainOutcome {
-        run_dir: run_dir.clone(),
-        completed,
-        epochs_done,
-        steps,
-        metrics,
-        train_images_per_s: images as f64 / seconds.max(1e-9),
-        train_seconds,
-        data: data_desc.clone(),
-        params: nparams,
-    };
-    let stop_requested = || opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
-    let state_at =
-        |epoch: usize, batch: usize, step: u64, rng: &Rng, adam: &Adam, scaler: &Option<LossScaler>, secs: f64| {
-            TrainerState {
-                format: STATE_FORMAT,
-                entry: cfg.entry.clone(),
-                epoch,
-                batch_in_epoch: batch,
-                step,
-                rng: rng.state(),
-                optimizer: OptimizerState {
-                    kind: "adam".into(),
-                    step: adam.step_count(),
-                    lr: adam.lr(),
-                    moments_file: "optimizer.safetensors".into(),
-                },
-                train_seconds: secs,
-                loss_scale: scaler.as_ref().map(LossScaler::state),
-            }
-        };
+    /// The run's state.
+    pub fn run(&self) -> &RunState {
+        &self.run
+    }
 
-    while epoch < t.epochs {
-        adam.set_lr(t.lr_at(epoch));
-        let plan = EpochPlan::new(n, t.batch_size, t.seed, epoch as u64, t.shuffle);
-        let nb = plan.num_batches();
-        let span = tracing::info_span!(
-            "epoch",
-            "indicatif.pb_show" = tracing::field::Empty,
-            epoch = %format_args!("{}/{}", epoch + 1, t.epochs)
-        );
-        span.pb_set_style(
-            &indicatif::ProgressStyle::with_template(
-                "{span_fields} {wide_bar:.cyan/blue} {pos}/{len} batches {msg} [{elapsed_precise}<{eta_precise}]",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        span.pb_set_length(nb as u64);
-        span.pb_set_position(start_batch as u64);
-        let entered = span.enter();
-        let (mut loss_sum, mut loss_n) = (0f64, 0usize);
-        let mut term_sums: Vec<(String, f64)> = Vec::new();
+    fn stop_requested(&self) -> bool {
+        self.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst))
+            || self.max_steps.is_some_and(|m| self.run.step >= m)
+    }
 
-        for bi in start_batch..nb {
-            let t0 = Instant::now();
-            let idx = plan.batch(bi);
-            // Random-crop folders: windows drawn from a stream fixed by (seed, epoch, batch),
-            // so a resumed run cuts the same crops.
-            let clean = if splits.train.has_crops() {
-                let mut crop_rng = Rng::derived(t.seed, CROP_STREAM ^ ((epoch as u64) << 32 | bi as u64));
-                splits.train.random_crops(idx, &mut crop_rng, dev)?
-            } else {
-                splits.train.batch(idx, dev)?
-            };
-            let batch = match &cfg.data.noise {
-                Some(noise) => Batch {
-                    input: noise.apply(&clean, &mut rng)?,
-                    target: clean,
-                },
-                None => Batch::autoencode(clean),
-            };
-            let out = model.step(&batch, &mut StepCtx::train(&mut rng).computing_in(compute))?;
-            let loss_v = scalar(&out.loss)?;
-            if !loss_v.is_finite() {
-                return Err(TrainError::NonFinite {
-                    epoch: epoch + 1,
-                    step: step + 1,
-                    what: "the loss".into(),
-                    value: loss_v,
-                });
-            }
-            match &mut scaler {
-                None => adam.step(&out.loss.backward()?)?,
-                Some(sc) => {
-                    let scale = sc.scale();
-                    let mut grads = sc.scale_loss(&out.loss)?.backward()?;
-                    if sc.unscale(&mut grads, &vars)? {
-                        adam.step(&grads)?;
-                    } else {
-                        tracing::warn!(
-                            "step {}: f16 gradients overflowed at loss scale {scale}; step skipped, scale now {}",
-                            step + 1,
-                            sc.scale()
-                        );
-                    }
-                }
-            }
-            step += 1;
-            let dt = t0.elapsed().as_secs_f64();
-            train_seconds += dt;
-            seconds_this_run += dt;
-            images_seen_this_run += idx.len();
-            loss_sum += loss_v as f64 * idx.len() as f64;
-            loss_n += idx.len();
-            let mut terms = Vec::with_capacity(out.terms.len());
-            for (name, tv) in &out.terms {
-                let v = scalar(tv)? as f64;
-                terms.push((name.to_string(), v));
-                match term_sums.iter_mut().find(|(k, _)| k == name) {
-                    Some((_, s)) => *s += v * idx.len() as f64,
-                    None => term_sums.push((name.to_string(), v * idx.len() as f64)),
-                }
-            }
-            tracing::Span::current().pb_inc(1);
-            if step % 10 == 0 || bi + 1 == nb {
-                tracing::Span::current().pb_set_message(&format!("loss {:.4}", loss_sum / loss_n as f64));
-            }
-            if t.log_every > 0 && (step % t.log_every as u64 == 0 || step == 1) {
-                if let Some(tb) = &mut tb {
-                    let mut v = vec![
-                        ("train/loss".to_string(), loss_v as f64),
-                        ("train/lr".to_string(), adam.lr()),
-                        ("train/images_per_s".to_string(), idx.len() as f64 / dt),
-                    ];
-                    v.extend(terms.iter().map(|(k, x)| (format!("train/loss/{k}"), *x)));
-                    tb.scalars(step, &v)?;
-                }
-                log.step(&StepRecord {
-                    epoch: epoch + 1,
-                    step,
-                    loss: loss_v as f64,
-                    terms,
-                    lr: adam.lr(),
-                    images_per_s: idx.len() as f64 / dt,
-                })?;
-            }
-            let stop_now = stop_requested() || opts.max_steps.is_some_and(|m| step >= m);
-            let periodic = t.checkpoint_every > 0 && step % t.checkpoint_every as u64 == 0;
-            if (stop_now || periodic) && bi + 1 < nb {
-                checkpoint::save(
-                    run_dir,
-                    &params,
-                    &adam,
-                    cfg,
-                    &state_at(epoch, bi + 1, step, &rng, &adam, &scaler, train_seconds),
-                )?;
-            }
-            if stop_now && bi + 1 < nb {
-                drop(entered);
+    fn outcome(&self, completed: bool) -> TrainOutcome {
+        TrainOutcome {
+            run_dir: self.run.run_dir.clone(),
+            completed,
+            epochs_done: self.run.epoch,
+            steps: self.run.step,
+            metrics: self.last_metrics.clone(),
+            train_images_per_s: self.images_this_run as f64 / self.seconds_this_run.max(1e-9),
+            train_seconds: self.run.train_seconds,
+            data: self.run.data.clone(),
+            params: self.run.params.num_params(),
+        }
+    }
+
+    /// Runs the remaining epochs (or until stopped) and returns the outcome.
+    pub fn fit(mut self) -> Result<TrainOutcome> {
+        let epochs = self.run.cfg.train.epochs;
+        while self.run.epoch < epochs {
+            if !self.run_epoch()? {
                 tracing::info!(
-                    "stopped at epoch {}, step {step}; resume with --resume {}",
-                    epoch + 1,
-                    run_dir.display()
+                    "stopped at epoch {}, step {}; resume with --resume {}",
+                    self.run.epoch + 1,
+                    self.run.step,
+                    self.run.run_dir.display()
                 );
-                return Ok(outcome(
-                    false,
-                    epoch,
-                    step,
-                    last_metrics,
-                    images_seen_this_run,
-                    seconds_this_run,
-                    train_seconds,
-                ));
+                return Ok(self.outcome(false));
+            }
+            self.end_epoch()?;
+            if self.stop_requested() && self.run.epoch < epochs {
+                tracing::info!(
+                    "stopped after epoch {}; resume with --resume {}",
+                    self.run.epoch,
+                    self.run.run_dir.display()
+                );
+                return Ok(self.outcome(false));
             }
         }
-        drop(entered);
-        drop(span);
+        if self.last_metrics.is_none() {
+            // Resumed a finished run: report the saved weights' metrics.
+            let r = &self.run;
+            let t = &r.cfg.train;
+            self.last_metrics = Some(evaluate(
+                r.model.as_ref(),
+                &r.splits.test,
+                t.eval_batch_size,
+                r.cfg.data.noise,
+                t.seed,
+                &r.device,
+            )?);
+            r.params.save(&r.run_dir.join("model.safetensors"))?;
+        }
+        Ok(self.outcome(true))
+    }
 
-        // End of epoch: evaluate, log, draw, save.
-        let te = Instant::now();
-        let metrics = evaluate(
-            model.as_ref(),
-            &splits.test,
-            t.eval_batch_size,
-            cfg.data.noise,
+    /// The current epoch's remaining batches; false when the run stopped
+    /// before its end (after a checkpoint).
+    pub fn run_epoch(&mut self) -> Result<bool> {
+        let t = self.run.cfg.train.clone();
+        let epoch = self.run.epoch;
+        self.run.adam.set_lr(t.lr_at(epoch));
+        let plan = EpochPlan::new(
+            self.run.splits.train.epoch_len(),
+            t.batch_size,
             t.seed,
-            dev,
+            epoch as u64,
+            t.shuffle,
+        );
+        let nb = plan.num_batches();
+        for o in &mut self.observers {
+            o.on_epoch_start(&self.run, nb)?;
+        }
+        self.sums = EpochSums::default();
+        for bi in self.run.batch..nb {
+            let t0 = Instant::now();
+            let idx = plan.batch(bi);
+            let (loss, terms) = self.step(epoch, bi, idx)?;
+            let dt = t0.elapsed().as_secs_f64();
+            self.run.train_seconds += dt;
+            self.seconds_this_run += dt;
+            self.images_this_run += idx.len();
+            self.sums.add(loss, &terms, idx.len());
+            self.run.batch = bi + 1;
+            let stopping = self.stop_requested() && bi + 1 < nb;
+            let ev = StepEvent {
+                epoch,
+                batch: bi,
+                batches: nb,
+                step: self.run.step,
+                loss,
+                terms: &terms,
+                running_loss: self.sums.mean(),
+                lr: self.run.adam.lr(),
+                images: idx.len(),
+                seconds: dt,
+                stopping,
+            };
+            for o in &mut self.observers {
+                o.on_step(&self.run, &ev)?;
+            }
+            if stopping {
+                for o in &mut self.observers {
+                    o.on_batches_end(&self.run)?;
+                }
+                return Ok(false);
+            }
+        }
+        for o in &mut self.observers {
+            o.on_batches_end(&self.run)?;
+        }
+        Ok(true)
+    }
+
+    /// One optimiser step on batch `bi` of `epoch` (images `idx`): the loss
+    /// and its terms.
+    fn step(&mut self, epoch: usize, bi: usize, idx: &[usize]) -> Result<(f64, Vec<(String, f64)>)> {
+        let r = &mut self.run;
+        let (t, dev) = (&r.cfg.train, &r.device);
+        // Random-crop folders: windows drawn from a stream fixed by (seed,
+        // epoch, batch), so a resumed run cuts the same crops.
+        let clean = if r.splits.train.has_crops() {
+            let mut crop_rng = Rng::derived(t.seed, CROP_STREAM ^ ((epoch as u64) << 32 | bi as u64));
+            r.splits.train.random_crops(idx, &mut crop_rng, dev)?
+        } else {
+            r.splits.train.batch(idx, dev)?
+        };
+        let batch = match &r.cfg.data.noise {
+            Some(noise) => Batch {
+                input: noise.apply(&clean, &mut r.rng)?,
+                target: clean,
+            },
+            None => Batch::autoencode(clean),
+        };
+        let out = r
+            .model
+            .step(&batch, &mut StepCtx::train(&mut r.rng).computing_in(self.compute))?;
+        let loss_v = scalar(&out.loss)?;
+        if !loss_v.is_finite() {
+            return Err(TrainError::NonFinite {
+                epoch: epoch + 1,
+                step: r.step + 1,
+                what: "the loss".into(),
+                value: loss_v,
+            });
+        }
+        match &mut r.scaler {
+            None => r.adam.step(&out.loss.backward()?)?,
+            Some(sc) => {
+                let scale = sc.scale();
+                let mut grads = sc.scale_loss(&out.loss)?.backward()?;
+                if sc.unscale(&mut grads, &r.params.vars())? {
+                    r.adam.step(&grads)?;
+                } else {
+                    tracing::warn!(
+                        "step {}: f16 gradients overflowed at loss scale {scale}; step skipped, scale now {}",
+                        r.step + 1,
+                        sc.scale()
+                    );
+                }
+            }
+        }
+        r.step += 1;
+        let mut terms = Vec::with_capacity(out.terms.len());
+        for (name, tv) in &out.terms {
+            terms.push((name.to_string(), scalar(tv)? as f64));
+        }
+        Ok((loss_v as f64, terms))
+    }
+
+    /// Ends the epoch whose batches ran: evaluates on the test split, moves
+    /// the schedule to the next epoch, and tells the observers (which write
+    /// the log line, the weights and checkpoint, the pictures).
+    pub fn end_epoch(&mut self) -> Result<()> {
+        let te = Instant::now();
+        let r = &self.run;
+        let t = &r.cfg.train;
+        let metrics = evaluate(
+            r.model.as_ref(),
+            &r.splits.test,
+            t.eval_batch_size,
+            r.cfg.data.noise,
+            t.seed,
+            &r.device,
         )?;
-        let train_loss = loss_sum / loss_n.max(1) as f64;
+        let train_loss = self.sums.mean();
+        let images_per_s = self.images_this_run as f64 / self.seconds_this_run.max(1e-9);
         tracing::info!(
             "epoch {}/{}: train loss {:.5}, test loss {:.5}, test MSE {:.5}, PSNR {:.2} dB, SSIM {:.4} ({:.0} img/s, eval {:.1}s)",
-            epoch + 1,
+            r.epoch + 1,
             t.epochs,
             train_loss,
             metrics.loss,
             metrics.mse,
             metrics.psnr,
             metrics.ssim,
-            images_seen_this_run as f64 / seconds_this_run.max(1e-9),
+            images_per_s,
             te.elapsed().as_secs_f64()
         );
-        log.epoch(&EpochRecord {
-            epoch: epoch + 1,
-            step,
+        self.run.epoch += 1;
+        self.run.batch = 0;
+        let train_terms = self.sums.term_means();
+        let ev = EpochEvent {
+            epoch: self.run.epoch,
+            step: self.run.step,
             train_loss,
-            train_terms: term_sums
-                .iter()
-                .map(|(k, s)| (k.clone(), s / loss_n.max(1) as f64))
-                .collect(),
-            test: metrics.clone(),
-            train_images_per_s: images_seen_this_run as f64 / seconds_this_run.max(1e-9),
-            train_seconds,
-        })?;
-        epoch += 1;
-        start_batch = 0;
-        params.save(&run_dir.join("model.safetensors"))?;
-        checkpoint::save(
-            run_dir,
-            &params,
-            &adam,
-            cfg,
-            &state_at(epoch, 0, step, &rng, &adam, &scaler, train_seconds),
-        )?;
-        if let Some(tb) = &mut tb {
-            let mut v = vec![
-                ("epoch/train_loss".to_string(), train_loss),
-                ("test/loss".to_string(), metrics.loss),
-                ("test/mse".to_string(), metrics.mse),
-                ("test/psnr".to_string(), metrics.psnr),
-                ("test/ssim".to_string(), metrics.ssim),
-            ];
-            v.extend(metrics.terms.iter().map(|(k, x)| (format!("test/loss/{k}"), *x)));
-            tb.scalars(step, &v)?;
+            train_terms: &train_terms,
+            metrics: &metrics,
+            train_images_per_s: images_per_s,
+            train_seconds: self.run.train_seconds,
+        };
+        for o in &mut self.observers {
+            o.on_epoch_end(&self.run, &ev)?;
         }
-        if opts.plots || tb.is_some() {
-            let (png, w, h) = recon_strip(cfg, model.as_ref(), &splits, &strip_idx, dev)?;
-            if opts.plots {
-                write_atomic(&run_dir.join("reconstructions.png"), &png)?;
-                draw_loss(run_dir, cfg, &log)?;
-                record_progress(run_dir, epoch, model.as_ref(), &splits, dev)?;
-            }
-            if let Some(tb) = &mut tb {
-                let image = crate::tensorboard::Summary::Image {
-                    tag: "reconstructions",
-                    png: &png,
-                    height: h,
-                    width: w,
-                    channels: 3,
-                };
-                tb.write(step, &[image])?;
-            }
-        }
-        last_metrics = Some(metrics);
-        if (stop_requested() || opts.max_steps.is_some_and(|m| step >= m)) && epoch < t.epochs {
-            tracing::info!(
-                "stopped after epoch {epoch}; resume with --resume {}",
-                run_dir.display()
-            );
-            return Ok(outcome(
-                false,
-                epoch,
-                step,
-                last_metrics,
-                images_seen_this_run,
-                seconds_this_run,
-                train_seconds,
-            ));
-        }
+        self.last_metrics = Some(metrics);
+        Ok(())
     }
-    if last_metrics.is_none() {
-        // Resumed a finished run: report the saved weights' metrics.
-        last_metrics = Some(evaluate(
-            model.as_ref(),
-            &splits.test,
-            t.eval_batch_size,
-            cfg.data.noise,
-            t.seed,
-            dev,
-        )?);
-        params.save(&run_dir.join("model.safetensors"))?;
-    }
-    Ok(outcome(
-        true,
-        epoch,
-        step,
-        last_metrics,
-        images_seen_this_run,
-        seconds_this_run,
-        train_seconds,
-    ))
 }
 
-fn draw_loss(run_dir: &Path, cfg: &EntryConfig, log: &RunLog) -> Result<()> {
-    let (steps, epochs) = log.loss_series();
-    draw_loss_series(&cfg.entry, &steps, &epochs, &run_dir.join("loss.png"))
+/// The epoch's loss sums over the batches this process ran.
+#[derive(Debug, Default)]
+struct EpochSums {
+    loss: f64,
+    images: usize,
+    terms: Vec<(String, f64)>,
+}
+
+impl EpochSums {
+    fn add(&mut self, loss: f64, terms: &[(String, f64)], n: usize) {
+        self.loss += loss * n as f64;
+        self.images += n;
+        for (name, v) in terms {
+            match self.terms.iter_mut().find(|(k, _)| k == name) {
+                Some((_, s)) => *s += v * n as f64,
+                None => self.terms.push((name.clone(), v * n as f64)),
+            }
+        }
+    }
+
+    fn mean(&self) -> f64 {
+        self.loss / self.images.max(1) as f64
+    }
+
+    fn term_means(&self) -> Vec<(String, f64)> {
+        self.terms
+            .iter()
+            .map(|(k, s)| (k.clone(), s / self.images.max(1) as f64))
+            .collect()
+    }
 }
 
 /// The loss curve of a run: training batches (smoothed) and test epochs.

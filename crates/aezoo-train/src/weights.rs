@@ -10,7 +10,7 @@ use candle_core::{DType, Device};
 
 use crate::config::EntryConfig;
 use crate::error::{io_err, Result, TrainError};
-use crate::registry;
+use crate::zoo::Zoo;
 
 /// A model loaded for inference.
 pub struct Loaded {
@@ -20,8 +20,8 @@ pub struct Loaded {
     pub params: ParamStore,
 }
 
-/// The entry config of a weights folder (`dir/config.json`).
-pub fn read_config(dir: &Path) -> Result<EntryConfig> {
+/// The entry config of a weights folder (`dir/config.json`), validated.
+pub fn read_config(dir: &Path, zoo: &Zoo) -> Result<EntryConfig> {
     let cfg_path = dir.join("config.json");
     if !cfg_path.is_file() {
         return Err(TrainError::Checkpoint {
@@ -29,20 +29,20 @@ pub fn read_config(dir: &Path) -> Result<EntryConfig> {
             msg: "no config.json: not a weights folder (expected config.json and model.safetensors)".into(),
         });
     }
-    EntryConfig::from_file(&cfg_path)
+    zoo.config_from_file(&cfg_path)
 }
 
 /// Loads `dir/config.json` and `dir/model.safetensors`.
-pub fn load(dir: &Path, dev: &Device) -> Result<Loaded> {
+pub fn load(dir: &Path, zoo: &Zoo, dev: &Device) -> Result<Loaded> {
     let cfg_path = dir.join("config.json");
-    let config = read_config(dir)?;
+    let config = read_config(dir, zoo)?;
     let st = dir.join("model.safetensors");
     let params = ParamStore::load(&st, false).map_err(|e| TrainError::Checkpoint {
         path: st.clone(),
         msg: strip_path(&e.to_string(), &st),
     })?;
     let vb = params.var_builder(DType::F32, dev);
-    let fam = registry::family(&config.family, &cfg_path.display().to_string())?;
+    let fam = zoo.family(&config.family, &cfg_path.display().to_string())?;
     let model = fam
         .build(&config.model, &cfg_path.display().to_string(), vb)
         .map_err(|e| match e {
@@ -133,12 +133,6 @@ impl HubSpec {
     }
 }
 
-fn env_flag(name: &str) -> bool {
-    std::env::var(name)
-        .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
-        .unwrap_or(false)
-}
-
 /// Fetches `config.json` and `model.safetensors` (and `metrics.json` when
 /// the repository has one) of a model repository through hf-hub, honouring
 /// its cache (`HF_HUB_CACHE`, `HF_HOME`) and `HF_HUB_OFFLINE`; returns the
@@ -147,7 +141,7 @@ pub fn from_hub(spec: &HubSpec) -> Result<PathBuf> {
     let client = hf_hub::HFClient::builder()
         .build_sync()
         .map_err(|e| TrainError::Other(format!("Hugging Face Hub: cannot create a client: {e}")))?;
-    let offline = env_flag("HF_HUB_OFFLINE");
+    let offline = aezoo_env::flag("HF_HUB_OFFLINE");
     let (owner, name) = hf_hub::split_id(&spec.repo);
     let repo = client.model(owner, name);
     let cache = hf_hub::resolve_cache_dir();
@@ -181,8 +175,12 @@ pub fn from_hub(spec: &HubSpec) -> Result<PathBuf> {
     dir.ok_or_else(|| TrainError::Other(format!("--hub {}: no snapshot folder", spec.repo)))
 }
 
-/// `metrics.json` of a weights folder: test metrics and provenance.
+/// `metrics.json` of a weights folder or run folder: test metrics and
+/// provenance, written (`train`, `export`) and read (`eval --check`,
+/// `export`) through this one struct. A run folder's also says how the run
+/// went (the `run` fields); shipped weights omit them.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WeightsMetrics {
     pub entry: String,
     pub family: String,
@@ -200,17 +198,51 @@ pub struct WeightsMetrics {
     pub lr: f64,
     /// The commit that trained them (from the run), if known.
     pub git_commit: Option<String>,
+    /// How the run that made them went (a run folder's metrics.json;
+    /// shipped weights omit it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunSummary>,
+}
+
+/// How a training run went, in its folder's `metrics.json`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSummary {
+    /// All epochs done.
+    pub completed: bool,
+    pub steps: u64,
+    /// Training throughput of the last process (evaluation excluded).
+    pub train_images_per_s: f64,
+    /// Training time over the whole run, resumes included.
+    pub train_seconds: f64,
+}
+
+impl WeightsMetrics {
+    /// Reads `dir/metrics.json`.
+    pub fn read(dir: &Path) -> Result<Self> {
+        let path = dir.join("metrics.json");
+        let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+        crate::config::parse_json(&text, &path.display().to_string())
+    }
+
+    /// Writes `dir/metrics.json` atomically.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let json = serde_json::to_string_pretty(self).expect("metrics serialise") + "\n";
+        aezoo_nn::params::write_atomic(&dir.join("metrics.json"), json.as_bytes())?;
+        Ok(())
+    }
 }
 
 /// Evaluates a loaded model on its entry's data and records provenance.
 pub fn measure(
     loaded: &Loaded,
+    zoo: &Zoo,
     locator: &aezoo_data::Locator,
     dev: &Device,
     git_commit: Option<String>,
 ) -> Result<WeightsMetrics> {
     let cfg = &loaded.config;
-    let splits = crate::trainer::load_data(cfg, locator)?;
+    let splits = crate::trainer::load_data(cfg, zoo, locator)?;
     let (test, test_clean) = crate::eval::evaluate_entry(loaded.model.as_ref(), &splits.test, cfg, dev)?;
     Ok(WeightsMetrics {
         entry: cfg.entry.clone(),
@@ -224,6 +256,7 @@ pub fn measure(
         batch_size: cfg.train.batch_size,
         lr: cfg.train.lr,
         git_commit,
+        run: None,
     })
 }
 
@@ -257,8 +290,7 @@ pub fn export(loaded: &Loaded, metrics: &WeightsMetrics, dir: &Path) -> Result<(
         aezoo_nn::params::write_atomic(&dst, &bytes)?;
     }
     aezoo_nn::params::write_atomic(&dir.join("config.json"), loaded.config.to_json().as_bytes())?;
-    let json = serde_json::to_string_pretty(metrics).expect("metrics serialise") + "\n";
-    aezoo_nn::params::write_atomic(&dir.join("metrics.json"), json.as_bytes())?;
+    metrics.write(dir)?;
     let cfg = &loaded.config;
     let m = &metrics.test;
     let card = format!(

@@ -9,6 +9,8 @@
 //!   Stable-Diffusion-style VAE whose encoder and decoder are JSON lists of
 //!   layer strings, with a weighted MSE/L1 + KLD + SSIM + sparsity loss.
 
+#![forbid(unsafe_code)]
+
 mod common;
 mod conv;
 mod flex;

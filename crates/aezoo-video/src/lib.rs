@@ -24,11 +24,13 @@
 //! values, and the commitment term; each is logged. Rate: every latent value
 //! is one of K levels, so a clip costs `L·T·(H/8)·(W/8)·log₂K` bits.
 
+#![forbid(unsafe_code)]
+
 use aezoo_metrics::{mse, Reduction};
 use aezoo_nn::conv3d::Conv3dOpts;
 use aezoo_nn::layers::{conv3d, conv_transpose3d, Conv3d, ConvTranspose3d};
 use aezoo_nn::same_pad::same_pad;
-use aezoo_nn::{ops, Autoencoder, Batch, Family, StepCtx, StepOutput};
+use aezoo_nn::{ops, Autoencoder, Batch, Codebook, Family, StepCtx, StepOutput};
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
@@ -70,6 +72,23 @@ pub struct CodebookConfig {
     /// The levels start evenly spaced over this interval.
     #[serde(default = "default_range")]
     pub init_range: [f64; 2],
+}
+
+impl Codebook for CodebookConfig {
+    fn levels(&self) -> usize {
+        self.levels
+    }
+
+    fn set_levels(&mut self, levels: usize, init_range: Option<(f64, f64)>) -> Result<()> {
+        if !(2..=128).contains(&levels) {
+            candle_core::bail!("video-ae: model.codebook.levels {levels} must be between 2 and 128");
+        }
+        self.levels = levels;
+        if let Some((lo, hi)) = init_range {
+            self.init_range = [lo, hi];
+        }
+        Ok(())
+    }
 }
 
 /// The `model` section of a `video-ae` config.
@@ -269,6 +288,10 @@ impl Family for VideoAe {
     fn image_shape(cfg: &VideoAeConfig) -> [usize; 3] {
         cfg.clip
     }
+
+    fn codebook(cfg: &mut VideoAeConfig) -> Option<&mut dyn Codebook> {
+        cfg.codebook.as_mut().map(|c| c as &mut dyn Codebook)
+    }
 }
 
 /// Writes `values` into a parameter tensor in place: the store hands out the
@@ -347,5 +370,13 @@ impl Autoencoder for VideoAe {
 
     fn latent_shape(&self) -> Vec<usize> {
         self.latent.clone()
+    }
+
+    fn clip_frames(&self) -> Option<usize> {
+        Some(self.clip[0])
+    }
+
+    fn codebook_levels(&self) -> Option<Result<Tensor>> {
+        self.levels.as_ref().map(|l| l.to_dtype(DType::F32))
     }
 }

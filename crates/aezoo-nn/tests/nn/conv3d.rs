@@ -300,12 +300,10 @@ fn layers_build_with_pytorch_shapes_and_padding_follows_tensorflow_same() {
 
 #[test]
 fn scalar_quantize_returns_codewords_with_a_straight_through_gradient() {
-    let levels =
-        candle_core::Var::from_tensor(&Tensor::new(&[-1.0f64, 0.0, 0.5, 2.0], &Device::Cpu).unwrap()).unwrap();
-    let x = candle_core::Var::from_tensor(
-        &Tensor::new(&[[-3.0f64, 0.2, 0.3], [0.25, 1.2, 7.0]], &Device::Cpu).unwrap(),
-    )
-    .unwrap();
+    let levels = candle_core::Var::from_tensor(&Tensor::new(&[-1.0f64, 0.0, 0.5, 2.0], &Device::Cpu).unwrap()).unwrap();
+    let x =
+        candle_core::Var::from_tensor(&Tensor::new(&[[-3.0f64, 0.2, 0.3], [0.25, 1.2, 7.0]], &Device::Cpu).unwrap())
+            .unwrap();
     let (q, idx) = ops::scalar_quantize(x.as_tensor(), levels.as_tensor()).unwrap();
     assert_eq!(
         q.to_vec2::<f64>().unwrap(),

@@ -6,7 +6,6 @@ use super::*;
 use aezoo_kernels::{self as fused, Act};
 use aezoo_nn::layers::apply_act;
 
-
 /// The composite reference of a fused conv: candle's conv, the bias
 /// broadcast over its channels, the activation.
 pub(crate) fn plain_conv(x: &Tensor, wt: &Tensor, bias: &Tensor, p: usize, s: usize, dl: usize, act: Act) -> Tensor {
@@ -627,7 +626,6 @@ fn simd_versions_of_the_fused_kernels_compute_the_same_bits() {
     simd::set_cap(u8::MAX);
 }
 
-
 /// `(w (o × i), b (o))` from the test generator.
 fn layer_params(o: usize, i: usize, seed: u64, dtype: DType) -> (Tensor, Tensor) {
     let w = (u(&[o, i], seed) - 0.5).unwrap().to_dtype(dtype).unwrap();
@@ -698,7 +696,11 @@ fn linear_chain_matches_the_layers_one_by_one() {
             assert_eq!(g, w, "stack {k} {dtype:?}");
             // f32 with AVX2 takes the one-region kernel, f64 the layers.
             let fast = fused::linear_chain(&xs, &links).unwrap().is_some();
-            assert_eq!(fast, dtype == DType::F32 && aezoo_kernels::sgemm::available(), "stack {k} {dtype:?}");
+            assert_eq!(
+                fast,
+                dtype == DType::F32 && aezoo_kernels::sgemm::available(),
+                "stack {k} {dtype:?}"
+            );
         }
     }
     // Widths that do not follow each other are refused, naming the layer.

@@ -2,9 +2,9 @@
 //! layers applied by hand, and gradient checks of every token.
 
 use super::*;
-use aezoo_nn::Act;
 use crate::fused::plain_up_conv;
 use aezoo_nn::spec::{parse_list, FeatShape, LayerSpec, Sequential};
+use aezoo_nn::Act;
 
 fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()

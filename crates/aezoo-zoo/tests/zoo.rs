@@ -7,20 +7,29 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use aezoo_data::Locator;
+use aezoo_nn::optim::{Adam, AdamConfig};
 use aezoo_train::checkpoint::{self, read_tensors};
 use aezoo_train::compare::{self, CompareOptions, Protocol};
-use aezoo_train::graph;
-use aezoo_nn::optim::{Adam, AdamConfig};
 use aezoo_train::precision::{LossScaler, Precision};
-use aezoo_train::registry::{self, entry_names};
-use aezoo_train::{train, weights, EntryConfig, TrainError, TrainOptions};
+use aezoo_train::{weights, EntryConfig, TrainError, TrainOptions};
+use aezoo_zoo::{graph, ZOO};
 use candle_core::{DType, Device, Tensor, Var};
 
 // ---------------------------------------------------------------- helpers
 
+/// Trains through the trainer with the zoo's families.
+fn train(cfg: &EntryConfig, o: &TrainOptions) -> aezoo_train::Result<aezoo_train::TrainOutcome> {
+    aezoo_train::train(cfg, &ZOO, o)
+}
+
+/// A built-in entry's model with fresh parameters.
+fn build_fresh(cfg: &EntryConfig) -> aezoo_train::trainer::Built {
+    aezoo_train::trainer::build_fresh(cfg, &ZOO, &Device::Cpu).unwrap()
+}
+
 /// A built-in entry, shrunk to a few steps on the bundled data.
 fn small(entry: &str, epochs: usize, train_limit: usize) -> EntryConfig {
-    let (mut cfg, _) = registry::resolve_entry(entry).unwrap();
+    let (mut cfg, _) = ZOO.resolve_entry(entry).unwrap();
     cfg.train.epochs = epochs;
     cfg.train.batch_size = 32;
     cfg.train.eval_batch_size = 64;
@@ -56,9 +65,7 @@ fn tensors(path: &Path) -> BTreeMap<String, Vec<f32>> {
 }
 
 fn config_err(text: &str) -> String {
-    EntryConfig::from_str_named(text, "configs/test.json")
-        .unwrap_err()
-        .to_string()
+    ZOO.config_from_str(text, "configs/test.json").unwrap_err().to_string()
 }
 
 const GOOD: &str = r#"{
@@ -72,7 +79,7 @@ const GOOD: &str = r#"{
 
 #[test]
 fn configs_refuse_unknown_keys_naming_file_and_field() {
-    EntryConfig::from_str_named(GOOD, "configs/test.json").unwrap();
+    ZOO.config_from_str(GOOD, "configs/test.json").unwrap();
     let e = config_err(&GOOD.replace(r#""entry": "t","#, r#""entry": "t", "epochz": 3,"#));
     assert!(
         e.starts_with("configs/test.json:") && e.contains("unknown field `epochz`"),
@@ -140,7 +147,7 @@ fn flex_on_folder(dir: &Path, precision: &str, epochs: usize) -> EntryConfig {
     "checkpoint_every": 2, "precision": "{precision}"}}}}"#,
         photos.display().to_string()
     );
-    EntryConfig::from_str_named(&text, "flex-mp.json").unwrap()
+    ZOO.config_from_str(&text, "flex-mp.json").unwrap()
 }
 
 #[test]
@@ -193,21 +200,18 @@ fn every_mixed_precision_entry_follows_its_f32_step_and_the_rest_refuse() {
     // bf16). Families without mixed precision must say so.
     use aezoo_nn::{Batch, Rng, StepCtx};
     let mut covered = Vec::new();
-    for name in entry_names() {
-        let (cfg, _) = registry::resolve_entry(name).unwrap();
-        if cfg.is_graph() || name == "vae-flex-sd" || name == "video-ae" {
+    for name in ZOO.entry_names() {
+        let (cfg, _) = ZOO.resolve_entry(name).unwrap();
+        if graph::is_graph(&cfg) || name == "vae-flex-sd" || name == "video-ae" {
             continue; // graphs have no StepCtx; the two large entries cost minutes here
         }
-        let built = aezoo_train::trainer::build_fresh(&cfg, &Device::Cpu).unwrap();
+        let built = build_fresh(&cfg);
         if !built.model.mixed_precision() {
             let e = Precision::Bf16.resolve(&Device::Cpu, false).unwrap_err();
             assert!(e.contains("does not support"), "{name}: {e}");
             continue;
         }
-        let [c, h, w] = registry::family(&cfg.family, name)
-            .unwrap()
-            .check(&cfg.model, name)
-            .unwrap();
+        let [c, h, w] = ZOO.image_shape(&cfg).unwrap();
         let x = aezoo_nn::gradcheck::uniform_input(&[4, c, h, w], 0.05, 0.95, 3)
             .unwrap()
             .to_dtype(DType::F32)
@@ -237,9 +241,7 @@ fn every_mixed_precision_entry_follows_its_f32_step_and_the_rest_refuse() {
     }
     for fam in ["ae-mlp", "ae-conv", "vae-mlp", "vae-conv", "vae-flex"] {
         assert!(
-            covered
-                .iter()
-                .any(|n| registry::resolve_entry(n).unwrap().0.family == fam),
+            covered.iter().any(|n| ZOO.resolve_entry(n).unwrap().0.family == fam),
             "no entry of {fam} was checked: {covered:?}"
         );
     }
@@ -297,7 +299,7 @@ fn precision_resolves_per_device_and_family_and_bad_choices_are_named() {
 
 #[test]
 fn a_step_decay_lowers_the_rate_from_its_epoch_on() {
-    let (cfg, _) = registry::resolve_entry("codec-photo-q2").unwrap();
+    let (cfg, _) = ZOO.resolve_entry("codec-photo-q2").unwrap();
     let t = &cfg.train;
     let d = t.lr_decay.expect("codec-photo-q2 decays");
     assert_eq!(t.lr_at(d.epoch - 1), t.lr);
@@ -306,13 +308,13 @@ fn a_step_decay_lowers_the_rate_from_its_epoch_on() {
 
 #[test]
 fn every_builtin_entry_parses_and_builds() {
-    let names = entry_names();
+    let names = ZOO.entry_names();
     assert!(names.contains(&"ae-linear") && names.contains(&"vae-conv"), "{names:?}");
     for name in names {
-        let (cfg, _) = registry::resolve_entry(name).unwrap();
+        let (cfg, _) = ZOO.resolve_entry(name).unwrap();
         assert_eq!(cfg.entry, name);
-        cfg.validate(name).unwrap();
-        if cfg.is_graph() {
+        ZOO.validate(&cfg, name).unwrap();
+        if graph::is_graph(&cfg) {
             let g = graph::load_graph(&cfg, &Locator::bundled_only()).unwrap();
             let run = graph::GraphRun::new(&cfg, g, None, &Device::Cpu).unwrap();
             assert_eq!(run.embeddings().unwrap().dims(), &[run.graph.num_nodes, 16], "{name}");
@@ -321,19 +323,16 @@ fn every_builtin_entry_parses_and_builds() {
         if cfg.entry == "vae-flex-sd" {
             continue; // 41 M parameters: its build and count are tested in aezoo-nn and aezoo-vae
         }
-        let built = aezoo_train::trainer::build_fresh(&cfg, &Device::Cpu).unwrap();
+        let built = build_fresh(&cfg);
         if cfg.entry == "video-ae" {
             continue; // the GPU entry: one clip is ~0.3 TFLOP; its shapes are tested at small widths in aezoo-video
         }
-        let [c, h, w] = registry::family(&cfg.family, name)
-            .unwrap()
-            .check(&cfg.model, name)
-            .unwrap();
+        let [c, h, w] = ZOO.image_shape(&cfg).unwrap();
         let x = Tensor::zeros((2, c, h, w), DType::F32, &Device::Cpu).unwrap();
         let y = built.model.reconstruct(&x).unwrap();
         assert_eq!(y.dims(), &[2, c, h, w], "{name}");
     }
-    let e = registry::resolve_entry("no-such-entry").err().unwrap().to_string();
+    let e = ZOO.resolve_entry("no-such-entry").err().unwrap().to_string();
     assert!(e.contains("no-such-entry") && e.contains("vae-conv"), "{e}");
 }
 
@@ -537,7 +536,7 @@ fn weights_load_strictly() {
     let cfg = small("ae-linear", 1, 64);
     let d = tempfile::tempdir().unwrap();
     train(&cfg, &opts(d.path())).unwrap();
-    let loaded = weights::load(d.path(), &Device::Cpu).unwrap();
+    let loaded = weights::load(d.path(), &ZOO, &Device::Cpu).unwrap();
     assert_eq!(loaded.config.entry, "ae-linear");
 
     // config.json of another entry over these weights: named tensor missing.
@@ -547,9 +546,12 @@ fn weights_load_strictly() {
         other.path().join("model.safetensors"),
     )
     .unwrap();
-    let (vae, _) = registry::resolve_entry("vae-conv").unwrap();
+    let (vae, _) = ZOO.resolve_entry("vae-conv").unwrap();
     std::fs::write(other.path().join("config.json"), vae.to_json()).unwrap();
-    let e = weights::load(other.path(), &Device::Cpu).err().unwrap().to_string();
+    let e = weights::load(other.path(), &ZOO, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(
         e.contains("model.safetensors") && e.contains("missing tensor `encoder.conv1.weight`"),
         "{e}"
@@ -559,7 +561,10 @@ fn weights_load_strictly() {
     let mut narrow = cfg.clone();
     narrow.model["latent"] = serde_json::json!(16);
     std::fs::write(other.path().join("config.json"), narrow.to_json()).unwrap();
-    let e = weights::load(other.path(), &Device::Cpu).err().unwrap().to_string();
+    let e = weights::load(other.path(), &ZOO, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(
         e.contains("model.safetensors") && e.contains("encoder.fc1.weight"),
         "{e}"
@@ -576,13 +581,13 @@ fn weights_load_strictly() {
     let cut = tempfile::tempdir().unwrap();
     aezoo_nn::params::save_safetensors_atomic(&kept, &cut.path().join("model.safetensors")).unwrap();
     std::fs::copy(d.path().join("config.json"), cut.path().join("config.json")).unwrap();
-    let e = weights::load(cut.path(), &Device::Cpu).err().unwrap().to_string();
+    let e = weights::load(cut.path(), &ZOO, &Device::Cpu).err().unwrap().to_string();
     assert!(e.contains("missing tensor `decoder.fc1.bias`"), "{e}");
 
     // Truncated.
     let bytes = std::fs::read(d.path().join("model.safetensors")).unwrap();
     std::fs::write(cut.path().join("model.safetensors"), &bytes[..bytes.len() - 100]).unwrap();
-    let e = weights::load(cut.path(), &Device::Cpu).err().unwrap().to_string();
+    let e = weights::load(cut.path(), &ZOO, &Device::Cpu).err().unwrap().to_string();
     assert!(
         e.contains("model.safetensors") && e.contains("truncated or corrupted"),
         "{e}"
@@ -590,21 +595,24 @@ fn weights_load_strictly() {
 
     // Not a weights folder.
     let empty = tempfile::tempdir().unwrap();
-    let e = weights::load(empty.path(), &Device::Cpu).err().unwrap().to_string();
+    let e = weights::load(empty.path(), &ZOO, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("config.json"), "{e}");
 }
 
 #[test]
 fn vae_samples_from_its_prior() {
     let cfg = small("vae-conv", 1, 64);
-    let built = aezoo_train::trainer::build_fresh(&cfg, &Device::Cpu).unwrap();
+    let built = build_fresh(&cfg);
     assert!(built.model.is_generative());
     let s = built.model.sample(5, &mut aezoo_nn::Rng::new(1)).unwrap();
     assert_eq!(s.dims(), &[5, 1, 28, 28]);
     let v: Vec<f32> = s.flatten_all().unwrap().to_vec1().unwrap();
     assert!(v.iter().all(|x| (0.0..=1.0).contains(x)));
-    let (lin, _) = registry::resolve_entry("ae-linear").unwrap();
-    let lin = aezoo_train::trainer::build_fresh(&lin, &Device::Cpu).unwrap();
+    let (lin, _) = ZOO.resolve_entry("ae-linear").unwrap();
+    let lin = build_fresh(&lin);
     assert!(!lin.model.is_generative());
     assert!(lin.model.sample(1, &mut aezoo_nn::Rng::new(1)).is_err());
 }
@@ -731,7 +739,7 @@ fn tensorboard_event_files_hold_scalars_and_images() {
     // And the tensorboard package itself reads them (required in CI).
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/check_tensorboard.py");
     let out = std::process::Command::new("python3").arg(&script).arg(&tb).output();
-    let required = std::env::var("AEZOO_REQUIRE_TENSORBOARD").is_ok_and(|v| v == "1");
+    let required = aezoo_env::flag("AEZOO_REQUIRE_TENSORBOARD");
     match out {
         Ok(o) if o.status.success() => {
             let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -767,7 +775,7 @@ fn tiny_protocol(dir: &Path) -> Protocol {
     }"#;
     let p = dir.join("tiny.json");
     std::fs::write(&p, text).unwrap();
-    Protocol::resolve(p.to_str().unwrap()).unwrap()
+    Protocol::resolve(p.to_str().unwrap(), &ZOO).unwrap()
 }
 
 fn compare_opts(dir: &Path, only: &[&str]) -> CompareOptions {
@@ -786,9 +794,9 @@ fn compare_opts(dir: &Path, only: &[&str]) -> CompareOptions {
 fn compare_writes_rows_strips_and_a_table_and_only_keeps_the_other_rows() {
     let dir = tempfile::tempdir().unwrap();
     let protocol = tiny_protocol(dir.path());
-    let first = compare::run(&protocol, &compare_opts(dir.path(), &["ae-linear"])).unwrap();
+    let first = compare::run(&protocol, &ZOO, &compare_opts(dir.path(), &["ae-linear"])).unwrap();
     assert_eq!(first.rows.len(), 1);
-    let second = compare::run(&protocol, &compare_opts(dir.path(), &["ae-denoise"])).unwrap();
+    let second = compare::run(&protocol, &ZOO, &compare_opts(dir.path(), &["ae-denoise"])).unwrap();
     // The row run first is kept, in the protocol's order; `--only ENTRY` runs every row of it.
     let keys: Vec<&str> = second.rows.iter().map(|r| r.key()).collect();
     assert_eq!(keys, ["ae-linear", "ae-denoise", "clean-denoise"]);
@@ -812,7 +820,7 @@ fn compare_writes_rows_strips_and_a_table_and_only_keeps_the_other_rows() {
         assert_eq!(&png[1..4], b"PNG", "{}", r.strip);
         assert!(r.test.mse.is_finite() && r.params > 0 && r.train_images_per_s > 0.0);
     }
-    compare::write_results_md(&dir.path().join("results"), &dir.path().join("RESULTS.md")).unwrap();
+    aezoo_zoo::results::write_results_md(&dir.path().join("results"), &dir.path().join("RESULTS.md")).unwrap();
     let md = std::fs::read_to_string(dir.path().join("RESULTS.md")).unwrap();
     assert!(
         md.contains("## Protocol `tiny`") && md.contains("two rows, a few steps"),
@@ -830,14 +838,14 @@ fn compare_refuses_two_rows_with_one_name() {
     let p = dir.path().join("dup.json");
     let text = r#"{ "name": "dup", "about": "", "rows": [ { "entry": "ae-mlp" }, { "entry": "ae-mlp" } ] }"#;
     std::fs::write(&p, text).unwrap();
-    let e = Protocol::resolve(p.to_str().unwrap()).unwrap_err().to_string();
+    let e = Protocol::resolve(p.to_str().unwrap(), &ZOO).unwrap_err().to_string();
     assert!(
         e.contains("dup.json") && e.contains("rows[1]") && e.contains("`ae-mlp`"),
         "{e}"
     );
     // Built-in protocols are well formed.
     for name in ["zoo", "seed"] {
-        Protocol::resolve(name).unwrap();
+        Protocol::resolve(name, &ZOO).unwrap();
     }
 }
 
@@ -845,7 +853,7 @@ fn compare_refuses_two_rows_with_one_name() {
 
 /// A built-in graph entry shortened to `epochs`.
 fn graph_run(entry: &str, epochs: usize, seed: u64) -> graph::GraphRun {
-    let (mut cfg, _) = registry::resolve_entry(entry).unwrap();
+    let (mut cfg, _) = ZOO.resolve_entry(entry).unwrap();
     cfg.train.epochs = epochs;
     cfg.train.seed = seed;
     let g = graph::load_graph(&cfg, &Locator::bundled_only()).unwrap();
@@ -877,14 +885,14 @@ fn graph_training_is_deterministic_and_learns_link_prediction() {
 
 #[test]
 fn graph_configs_refuse_image_settings_and_unknown_keys() {
-    let (cfg, _) = registry::resolve_entry("vgae-citeseer").unwrap();
+    let (cfg, _) = ZOO.resolve_entry("vgae-citeseer").unwrap();
     let mut bad = cfg.clone();
     bad.data.noise = Some(aezoo_data::GaussianNoise { std: 0.1, clip: true });
-    let e = bad.validate("x").unwrap_err().to_string();
+    let e = ZOO.validate(&bad, "x").unwrap_err().to_string();
     assert!(e.contains("data:") && e.contains("only `dataset`"), "{e}");
     let mut bad = cfg.clone();
     bad.model["dropout"] = 0.5.into();
-    let e = bad.validate("x").unwrap_err().to_string();
+    let e = ZOO.validate(&bad, "x").unwrap_err().to_string();
     assert!(e.contains("model") && e.contains("dropout"), "{e}");
     // A featureless graph cannot feed a model that reads features.
     let g = aezoo_graph::Graph::new("ring", 6, (0..6).map(|i| (i, (i + 1) % 6)).collect(), None).unwrap();
@@ -911,8 +919,8 @@ fn graph_protocol_rows_merge_overrides_and_summaries_are_sample_statistics() {
 
 #[test]
 fn bench_times_an_entry_under_the_reference_protocol() {
-    let (cfg, _) = registry::resolve_entry("ae-linear").unwrap();
-    let r = aezoo_train::bench::run(&cfg, &Locator::bundled_only(), 2).unwrap();
+    let (cfg, _) = ZOO.resolve_entry("ae-linear").unwrap();
+    let r = aezoo_train::bench::run(&cfg, &ZOO, &Locator::bundled_only(), 2).unwrap();
     assert_eq!((r.params, r.steps, r.batch), (50_992, 2, 128));
     assert!(
         r.data.starts_with("fashion-mnist"),
@@ -921,20 +929,20 @@ fn bench_times_an_entry_under_the_reference_protocol() {
     );
     assert!(r.train_img_s > 0.0 && r.infer_img_s > 0.0 && r.peak_rss_mb > 0.0);
     assert!(r.test_mse > 0.0 && r.test_mse < 0.5, "{}", r.test_mse);
-    let (g, _) = registry::resolve_entry("gae-cora").unwrap();
-    assert!(aezoo_train::bench::run(&g, &Locator::bundled_only(), 1).is_err());
+    let (g, _) = ZOO.resolve_entry("gae-cora").unwrap();
+    assert!(aezoo_train::bench::run(&g, &ZOO, &Locator::bundled_only(), 1).is_err());
 }
 
 #[test]
 fn rate_points_group_into_one_codec() {
     // `codec-photo` stands for its rate points, in rate order; an entry is itself.
     assert_eq!(
-        registry::expand_group("codec-photo"),
+        ZOO.expand_group("codec-photo"),
         ["codec-photo-q1", "codec-photo-q2", "codec-photo-q3"]
     );
-    assert_eq!(registry::expand_group("codec-mnist"), ["codec-mnist"]);
-    assert_eq!(registry::expand_group("no-such"), ["no-such"]);
-    use aezoo_train::rd_image::codec_group;
+    assert_eq!(ZOO.expand_group("codec-mnist"), ["codec-mnist"]);
+    assert_eq!(ZOO.expand_group("no-such"), ["no-such"]);
+    use aezoo_zoo::rd_image::codec_group;
     assert_eq!(codec_group("codec-photo-q12"), "codec-photo");
     assert_eq!(codec_group("codec-mnist"), "codec-mnist");
     assert_eq!(codec_group("x-qa"), "x-qa");

@@ -2,8 +2,9 @@
 //! weights folder, the decoder's fingerprint that `.aez` files carry, and the
 //! export of `encoder.safetensors` / `decoder.safetensors` beside the full
 //! model (each loadable alone: a decoder-only program needs no encoder
-//! weights). The only place outside the registry that names the `codec`
-//! family, because compressing needs the concrete codec, not the trait.
+//! weights); compressing an image into `.aez` bytes and back. Compressing
+//! needs the concrete codec, not the trait, so this module names the
+//! `codec` family.
 
 use std::path::{Path, PathBuf};
 
@@ -12,9 +13,11 @@ use aezoo_nn::params::save_safetensors_atomic;
 use aezoo_nn::{Family, ParamStore};
 use candle_core::{DType, Device, Tensor};
 
-use crate::config::{parse_value, EntryConfig};
-use crate::error::{Result, TrainError};
-use crate::weights::read_config;
+use aezoo_train::config::{parse_value, EntryConfig};
+use aezoo_train::error::{Result, TrainError};
+use aezoo_train::weights::read_config;
+
+use crate::ZOO;
 
 /// The file of the decoding half in an exported codec folder.
 pub const DECODER_FILE: &str = "decoder.safetensors";
@@ -26,7 +29,7 @@ fn is_encoder(name: &str) -> bool {
 }
 
 fn codec_config(dir: &Path) -> Result<(EntryConfig, CodecConfig)> {
-    let config = read_config(dir)?;
+    let config = read_config(dir, &ZOO)?;
     let origin = dir.join("config.json").display().to_string();
     if config.family != Codec::NAME {
         return Err(TrainError::Config {

@@ -22,11 +22,139 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use tracing_indicatif::span_ext::IndicatifSpanExt;
 
-use crate::config::{parse_json, EntryConfig};
-use crate::error::{io_err, Result, TrainError};
+use std::marker::PhantomData;
+
+use aezoo_graph::GraphFamily;
 use aezoo_nn::optim::Adam;
-use crate::plot::{save_loss_plot, Series};
-use crate::registry::{self, PROTOCOLS};
+use aezoo_train::config::{parse_json, parse_value, EntryConfig};
+use aezoo_train::error::{io_err, Result, TrainError};
+use aezoo_train::plot::{save_loss_plot, Series};
+use aezoo_train::PipelineFamily;
+use candle_nn::VarBuilder;
+
+use crate::{PROTOCOLS, ZOO};
+
+/// A graph family with its config type erased.
+pub trait DynGraphFamily: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn about(&self) -> &'static str;
+    /// Parses the `model` section; returns whether it reads node features.
+    fn check(&self, model: &serde_json::Value, origin: &str) -> Result<bool>;
+    /// Builds the model for inputs of width `in_dim` on `vb`.
+    fn build(
+        &self,
+        model: &serde_json::Value,
+        origin: &str,
+        in_dim: usize,
+        vb: VarBuilder,
+    ) -> Result<Box<dyn GraphAutoencoder>>;
+}
+
+/// `F` as a [`DynGraphFamily`].
+pub struct RegisteredGraph<F>(PhantomData<fn() -> F>);
+
+impl<F> RegisteredGraph<F> {
+    pub const NEW: Self = Self(PhantomData);
+}
+
+impl<F: GraphFamily> DynGraphFamily for RegisteredGraph<F> {
+    fn name(&self) -> &'static str {
+        F::NAME
+    }
+    fn about(&self) -> &'static str {
+        F::ABOUT
+    }
+    fn check(&self, model: &serde_json::Value, origin: &str) -> Result<bool> {
+        let cfg: F::Config = parse_value(model, origin, "model")?;
+        Ok(F::uses_features(&cfg))
+    }
+    fn build(
+        &self,
+        model: &serde_json::Value,
+        origin: &str,
+        in_dim: usize,
+        vb: VarBuilder,
+    ) -> Result<Box<dyn GraphAutoencoder>> {
+        let cfg: F::Config = parse_value(model, origin, "model")?;
+        let m = F::new(&cfg, in_dim, vb).map_err(|e| TrainError::Config {
+            origin: origin.to_string(),
+            msg: format!("model: {e}"),
+        })?;
+        Ok(Box::new(m))
+    }
+}
+
+/// Every graph autoencoder family, one line each.
+pub static GRAPH_FAMILIES: &[&dyn DynGraphFamily] = &[
+    &RegisteredGraph::<aezoo_graph::Gae>::NEW,
+    &RegisteredGraph::<aezoo_graph::Vgae>::NEW,
+];
+
+/// The graph families as the [`aezoo_train::Zoo`] knows them: a separate
+/// pipeline, whose entries take `train`, `eval`, `encode-graph` and
+/// `compare --graphs`.
+pub static FAMILIES: &[PipelineFamily] = &[
+    PipelineFamily {
+        name: aezoo_graph::Gae::NAME,
+        about: aezoo_graph::Gae::ABOUT,
+        pipeline: "graph",
+        commands: "`train`, `eval`, `encode-graph` and `compare --graphs`",
+        validate,
+    },
+    PipelineFamily {
+        name: aezoo_graph::Vgae::NAME,
+        about: aezoo_graph::Vgae::ABOUT,
+        pipeline: "graph",
+        commands: "`train`, `eval`, `encode-graph` and `compare --graphs`",
+        validate,
+    },
+];
+
+/// The graph family called `name`, if it is one.
+pub fn graph_family(name: &str) -> Option<&'static dyn DynGraphFamily> {
+    GRAPH_FAMILIES.iter().copied().find(|f| f.name() == name)
+}
+
+/// Whether `cfg` is a graph entry (its family is in [`GRAPH_FAMILIES`]).
+pub fn is_graph(cfg: &EntryConfig) -> bool {
+    graph_family(&cfg.family).is_some()
+}
+
+/// Checks a graph entry: full-batch training settings only, and the
+/// family's `model` section.
+pub fn validate(cfg: &EntryConfig, origin: &str) -> Result<()> {
+    let bad = |msg: String| TrainError::Config {
+        origin: origin.to_string(),
+        msg,
+    };
+    let fam = graph_family(&cfg.family).ok_or_else(|| bad(format!("`{}` is not a graph family", cfg.family)))?;
+    let t = &cfg.train;
+    if t.epochs == 0 {
+        return Err(bad("train.epochs: must be >= 1".into()));
+    }
+    if !(t.lr.is_finite() && t.lr > 0.0) {
+        return Err(bad(format!("train.lr: must be a positive number, got {}", t.lr)));
+    }
+    t.optimizer
+        .validate()
+        .map_err(|m| bad(format!("train.optimizer.{m}")))?;
+    if t.batch_size != 0 {
+        return Err(bad(
+            "train.batch_size: graph entries train on the whole graph; remove it".into(),
+        ));
+    }
+    let d = &cfg.data;
+    if d.train_limit.is_some() || d.test_limit.is_some() || d.noise.is_some() || d.folder.is_some() {
+        return Err(bad(
+            "data: graph entries take only `dataset` (a graph name or an edge-list path)".into(),
+        ));
+    }
+    if d.dataset.trim().is_empty() {
+        return Err(bad("data.dataset: empty".into()));
+    }
+    fam.check(&cfg.model, origin)?;
+    Ok(())
+}
 
 /// ROC AUC and average precision of scored edges against non-edges, in [0, 1].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -47,7 +175,7 @@ pub fn graph_dirs(locator: &Locator) -> Vec<PathBuf> {
 
 /// The entry's graph, found through the data chain.
 pub fn load_graph(cfg: &EntryConfig, locator: &Locator) -> Result<Graph> {
-    Ok(data::load(&cfg.data.dataset, &graph_dirs(locator))?)
+    data::load(&cfg.data.dataset, &graph_dirs(locator)).map_err(TrainError::family)
 }
 
 /// A graph entry ready to train or evaluate: the graph, its split, the
@@ -68,7 +196,7 @@ impl GraphRun {
     /// Builds the split (seeded by `train.seed`) and the model; with
     /// `weights`, loads them strictly, else initialises from the seed.
     pub fn new(cfg: &EntryConfig, graph: Graph, weights: Option<&Path>, dev: &Device) -> Result<Self> {
-        let fam = registry::graph_family(&cfg.family).ok_or_else(|| TrainError::Config {
+        let fam = graph_family(&cfg.family).ok_or_else(|| TrainError::Config {
             origin: cfg.entry.clone(),
             msg: format!("`{}` is not a graph family", cfg.family),
         })?;
@@ -369,7 +497,7 @@ pub fn save_curves(title: &str, history: &[GraphEpoch], path: &Path) -> Result<(
 
 /// A graph weights folder loaded for evaluation or encoding.
 pub fn load(dir: &Path, locator: &Locator, dev: &Device) -> Result<GraphRun> {
-    let cfg = crate::weights::read_config(dir)?;
+    let cfg = aezoo_train::weights::read_config(dir, &ZOO)?;
     let graph = load_graph(&cfg, locator)?;
     GraphRun::new(&cfg, graph, Some(&dir.join("model.safetensors")), dev)
 }
@@ -377,7 +505,7 @@ pub fn load(dir: &Path, locator: &Locator, dev: &Device) -> Result<GraphRun> {
 /// Writes node embeddings (`embeddings`: `(n, latent)` f32) to a safetensors
 /// file with the entry, graph and adjacency in its metadata.
 pub fn save_embeddings(z: &Tensor, meta: &[(&str, String)], path: &Path) -> Result<()> {
-    crate::infer::save_tensor("embeddings", z, meta, path)
+    aezoo_train::infer::save_tensor("embeddings", z, meta, path)
 }
 
 // ---------------------------------------------------------------- compare --graphs
@@ -507,17 +635,17 @@ pub struct GraphCompareResult {
 
 /// The config a row trains with at `seed`.
 pub fn row_config(row: &GraphRow, seed: u64) -> Result<EntryConfig> {
-    let (cfg, _) = registry::resolve_entry(&row.entry)?;
+    let (cfg, _) = ZOO.resolve_entry(&row.entry)?;
     let mut v = serde_json::to_value(&cfg).expect("config serialises");
     if let Some(m) = &row.model {
-        crate::compare::merge(&mut v["model"], m);
+        aezoo_train::compare::merge(&mut v["model"], m);
     }
     if let Some(t) = &row.train {
-        crate::compare::merge(&mut v["train"], t);
+        aezoo_train::compare::merge(&mut v["train"], t);
     }
     v["train"]["seed"] = seed.into();
-    let cfg: EntryConfig = crate::config::parse_value(&v, row.key(), "config")?;
-    cfg.validate(row.key())?;
+    let cfg: EntryConfig = parse_value(&v, row.key(), "config")?;
+    ZOO.validate(&cfg, row.key())?;
     Ok(cfg)
 }
 

@@ -17,10 +17,13 @@ use aezoo_nn::Autoencoder;
 use candle_core::{DType, Device};
 use serde::Serialize;
 
-use crate::config::EntryConfig;
-use crate::error::{Result, TrainError};
-use crate::eval::{evaluate, EvalMetrics};
-use crate::trainer::{load_data, train, TrainOptions};
+use aezoo_train::config::EntryConfig;
+use aezoo_train::error::{Result, TrainError};
+use aezoo_train::eval::{evaluate, EvalMetrics};
+use aezoo_train::trainer::{load_data, train, TrainOptions};
+use aezoo_train::weights;
+
+use crate::ZOO;
 
 /// One point of the sweep.
 #[derive(Clone, Debug, Serialize)]
@@ -43,23 +46,24 @@ pub struct RdRow {
     pub run_dir: PathBuf,
 }
 
-/// The entry config with `model.codebook.levels = k` and its own entry name.
-pub fn config_for(base: &EntryConfig, k: usize, epochs: Option<usize>) -> Result<EntryConfig> {
+/// The entry config with its codebook resized to `k` levels (spread over
+/// `init_range` when given; the family's capability,
+/// [`aezoo_train::DynFamily::with_codebook`]) and its own entry name.
+pub fn config_for(
+    base: &EntryConfig,
+    k: usize,
+    epochs: Option<usize>,
+    init_range: Option<(f64, f64)>,
+) -> Result<EntryConfig> {
     let mut cfg = base.clone();
-    let cb = cfg
-        .model
-        .get_mut("codebook")
-        .and_then(|c| c.as_object_mut())
-        .ok_or_else(|| TrainError::Config {
-            origin: base.entry.clone(),
-            msg: "model.codebook: rd-video sweeps the codebook size, and this entry has no codebook".into(),
-        })?;
-    cb.insert("levels".into(), serde_json::json!(k));
+    cfg.model = ZOO
+        .family_of(base)?
+        .with_codebook(&base.model, &base.entry, k, init_range)?;
     cfg.entry = format!("{}-k{k}", base.entry);
     if let Some(e) = epochs {
         cfg.train.epochs = e;
     }
-    cfg.validate(&cfg.entry.clone())?;
+    ZOO.validate(&cfg, &cfg.entry.clone())?;
     Ok(cfg)
 }
 
@@ -106,29 +110,24 @@ pub fn sweep(
     // Fine-tuning from trained weights: every tensor but the codebook is
     // copied, and the K new levels start evenly over the trained levels' span.
     let span = match init {
-        Some(p) => {
-            let file = p.join("model.safetensors");
-            let t = candle_core::safetensors::load(&file, &Device::Cpu).map_err(|e| TrainError::Checkpoint {
-                path: file.clone(),
-                msg: format!("not a readable safetensors file ({e})"),
-            })?;
-            let lv = t.get("codebook.levels").ok_or_else(|| TrainError::Checkpoint {
-                path: file.clone(),
-                msg: "no tensor `codebook.levels`: --init needs weights of a quantised video entry".into(),
-            })?;
-            let v: Vec<f32> = lv.to_dtype(DType::F32)?.to_vec1()?;
+        Some(dir) => {
+            let loaded = weights::load(dir, &ZOO, &Device::Cpu)?;
+            let levels = loaded.model.codebook_levels().ok_or_else(|| TrainError::Checkpoint {
+                path: dir.to_path_buf(),
+                msg: format!(
+                    "`{}` ({}) has no codebook: --init needs weights of a quantised entry",
+                    loaded.config.entry, loaded.config.family
+                ),
+            })??;
+            let v: Vec<f32> = levels.to_vec1()?;
             let (lo, hi) = v.iter().fold((f32::MAX, f32::MIN), |(a, b), &x| (a.min(x), b.max(x)));
-            Some((file, [lo as f64, hi as f64]))
+            Some((dir.join("model.safetensors"), (lo as f64, hi as f64)))
         }
         None => None,
     };
     for &k in levels {
-        let mut cfg = config_for(base, k, epochs)?;
-        if let Some((_, [lo, hi])) = &span {
-            if lo < hi {
-                cfg.model["codebook"]["init_range"] = serde_json::json!([lo, hi]);
-            }
-        }
+        let range = span.as_ref().map(|(_, r)| *r).filter(|(lo, hi)| lo < hi);
+        let cfg = config_for(base, k, epochs, range)?;
         let run_dir = out.join(format!("k{k}"));
         let done = run_dir.join("model.safetensors").is_file() && run_dir.join("config.json").is_file();
         if !(reuse && done) {
@@ -136,15 +135,15 @@ pub fn sweep(
             let mut opts = TrainOptions::new(&run_dir, locator.clone());
             opts.device = dev.clone();
             opts.init_from = span.as_ref().map(|(f, _)| f.clone());
-            let outcome = train(&cfg, &opts)?;
+            let outcome = train(&cfg, &ZOO, &opts)?;
             if !outcome.completed {
                 return Err(TrainError::Other(format!(
                     "rd-video: K = {k} stopped before its last epoch; re-run with --reuse to keep the finished points"
                 )));
             }
         }
-        let loaded = crate::weights::load(&run_dir, dev)?;
-        let splits = load_data(&loaded.config, locator)?;
+        let loaded = weights::load(&run_dir, &ZOO, dev)?;
+        let splits = load_data(&loaded.config, &ZOO, locator)?;
         let t = &loaded.config.train;
         let test = evaluate(
             loaded.model.as_ref(),
@@ -222,7 +221,7 @@ pub fn write_outputs(entry: &str, rows: &[RdRow], out: &Path, command: &str) -> 
         .iter()
         .map(|r| (r.entropy_bits_per_clip / 1000.0, r.test.psnr))
         .collect();
-    crate::plot::save_line_plot(
+    aezoo_train::plot::save_line_plot(
         &format!(
             "{entry} — PSNR against rate (K = {})",
             rows.iter().map(|r| r.levels.to_string()).collect::<Vec<_>>().join(", ")
@@ -230,13 +229,13 @@ pub fn write_outputs(entry: &str, rows: &[RdRow], out: &Path, command: &str) -> 
         "kbit per clip",
         "test PSNR (dB)",
         &[
-            crate::plot::Series {
+            aezoo_train::plot::Series {
                 label: "fixed-length code (log2 K per value)",
                 points: &fixed,
                 color: plotters::style::RGBColor(66, 133, 244),
                 smooth: false,
             },
-            crate::plot::Series {
+            aezoo_train::plot::Series {
                 label: "empirical entropy of the levels",
                 points: &entropy,
                 color: plotters::style::RGBColor(219, 68, 55),
@@ -246,11 +245,11 @@ pub fn write_outputs(entry: &str, rows: &[RdRow], out: &Path, command: &str) -> 
         &out.join("rd.png"),
     )?;
     let ssim: Vec<(f64, f64)> = rows.iter().map(|r| (r.bits_per_clip / 1000.0, r.test.ssim)).collect();
-    crate::plot::save_line_plot(
+    aezoo_train::plot::save_line_plot(
         &format!("{entry} — SSIM against rate"),
         "kbit per clip (fixed-length code)",
         "test SSIM",
-        &[crate::plot::Series {
+        &[aezoo_train::plot::Series {
             label: "SSIM",
             points: &ssim,
             color: plotters::style::RGBColor(15, 157, 88),

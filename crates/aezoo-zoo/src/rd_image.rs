@@ -30,7 +30,7 @@ use image::{DynamicImage, GrayImage, ImageBuffer, Rgb, RgbImage};
 use serde::Serialize;
 
 use crate::codec::LoadedCodec;
-use crate::error::{Result, TrainError};
+use aezoo_train::error::{Result, TrainError};
 
 /// One image coded at one setting.
 #[derive(Clone, Debug, Serialize)]
@@ -397,7 +397,7 @@ fn interpolate(points: impl Iterator<Item = (f64, f64)>, x: f64) -> Option<f64> 
 /// (PSNR against bpp; `rd_msssim.png` where MS-SSIM was measured) into `out`.
 pub fn write_outputs(points: &[RdPoint], out: &Path, command: &str) -> Result<Vec<(String, String, Option<f64>)>> {
     use aezoo_nn::params::write_atomic;
-    std::fs::create_dir_all(out).map_err(crate::error::io_err(out))?;
+    std::fs::create_dir_all(out).map_err(aezoo_train::error::io_err(out))?;
     let mut csv =
         String::from("codec,setting,image,width,height,bytes,bpp,psnr_db,ms_ssim,encode_ms_per_mp,decode_ms_per_mp\n");
     for p in points {
@@ -507,18 +507,18 @@ pub fn write_outputs(points: &[RdPoint], out: &Path, command: &str) -> Result<Ve
             .iter()
             .map(|(_, v)| v.iter().map(|p| (p.1, y(p))).collect())
             .collect();
-        let series: Vec<crate::plot::Series> = curves
+        let series: Vec<aezoo_train::plot::Series> = curves
             .iter()
             .zip(&pts)
             .enumerate()
-            .map(|(i, ((name, _), pts))| crate::plot::Series {
+            .map(|(i, ((name, _), pts))| aezoo_train::plot::Series {
                 label: name,
                 points: pts,
                 color: colors[i % colors.len()],
                 smooth: false,
             })
             .collect();
-        crate::plot::save_line_plot(title, "bits per pixel", y_desc, &series, &out.join(file))
+        aezoo_train::plot::save_line_plot(title, "bits per pixel", y_desc, &series, &out.join(file))
     };
     plot("PSNR against rate (mean over images)", "PSNR (dB)", |p| p.2, "rd.png")?;
     if curves.iter().all(|(_, v)| v.iter().all(|p| p.3.is_some())) {

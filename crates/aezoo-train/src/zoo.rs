@@ -1,0 +1,274 @@
+//! The catalogue the trainer reaches families through: a [`Zoo`] is data
+//! (family tables, built-in entry configs, compare protocols) that the
+//! `aezoo-zoo` crate fills and every command passes in, so this crate names
+//! no family and depends on no family crate.
+//!
+//! A family of image autoencoders is a [`DynFamily`] — any `F:
+//! aezoo_nn::Family` through [`Registered`] — which parses and checks its
+//! `model` section, builds the model, and answers capability questions (a
+//! resizable codebook). Families of other pipelines (graph autoencoders) are
+//! [`PipelineFamily`] rows: named here so that image commands refuse their
+//! entries with a pointer, validated by their own pipeline.
+
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+
+use aezoo_nn::{Autoencoder, Family};
+use candle_nn::VarBuilder;
+
+use crate::config::{parse_value, EntryConfig};
+use crate::error::{Result, TrainError};
+
+/// An image family with its config type erased.
+pub trait DynFamily: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn about(&self) -> &'static str;
+    /// Parses the `model` section; returns the image shape it expects.
+    fn check(&self, model: &serde_json::Value, origin: &str) -> Result<[usize; 3]>;
+    /// Builds the model on `vb`.
+    fn build(&self, model: &serde_json::Value, origin: &str, vb: VarBuilder) -> Result<Box<dyn Autoencoder>>;
+    /// The `model` section with its codebook resized to `levels` (its new
+    /// levels spread over `init_range` when given): an error naming the
+    /// family when it has no codebook ([`aezoo_nn::model::Codebook`]).
+    fn with_codebook(
+        &self,
+        model: &serde_json::Value,
+        origin: &str,
+        levels: usize,
+        init_range: Option<(f64, f64)>,
+    ) -> Result<serde_json::Value>;
+}
+
+/// `F` as a [`DynFamily`] (one line of a family table:
+/// `&Registered::<aezoo_vae::ConvVae>::NEW`).
+pub struct Registered<F>(PhantomData<fn() -> F>);
+
+impl<F> Registered<F> {
+    pub const NEW: Self = Self(PhantomData);
+}
+
+fn model_err(origin: &str, e: impl std::fmt::Display) -> TrainError {
+    TrainError::Config {
+        origin: origin.to_string(),
+        msg: format!("model: {e}"),
+    }
+}
+
+impl<F: Family> DynFamily for Registered<F> {
+    fn name(&self) -> &'static str {
+        F::NAME
+    }
+    fn about(&self) -> &'static str {
+        F::ABOUT
+    }
+    fn check(&self, model: &serde_json::Value, origin: &str) -> Result<[usize; 3]> {
+        let cfg: F::Config = parse_value(model, origin, "model")?;
+        Ok(F::image_shape(&cfg))
+    }
+    fn build(&self, model: &serde_json::Value, origin: &str, vb: VarBuilder) -> Result<Box<dyn Autoencoder>> {
+        let cfg: F::Config = parse_value(model, origin, "model")?;
+        let m = F::new(&cfg, vb).map_err(|e| model_err(origin, e))?;
+        Ok(Box::new(m))
+    }
+    fn with_codebook(
+        &self,
+        model: &serde_json::Value,
+        origin: &str,
+        levels: usize,
+        init_range: Option<(f64, f64)>,
+    ) -> Result<serde_json::Value> {
+        let mut cfg: F::Config = parse_value(model, origin, "model")?;
+        let Some(cb) = F::codebook(&mut cfg) else {
+            return Err(TrainError::Config {
+                origin: origin.to_string(),
+                msg: format!("model.codebook: family `{}` has no codebook to resize", F::NAME),
+            });
+        };
+        cb.set_levels(levels, init_range).map_err(|e| model_err(origin, e))?;
+        Ok(serde_json::to_value(&cfg).expect("family configs serialise"))
+    }
+}
+
+/// A family of another pipeline (graph autoencoders train full-batch on one
+/// graph): its name, one line for `aezoo list`, the pipeline and the
+/// commands that take its entries, and how its entries are validated.
+pub struct PipelineFamily {
+    pub name: &'static str,
+    pub about: &'static str,
+    /// The pipeline's name (`graph`).
+    pub pipeline: &'static str,
+    /// The commands that take its entries, for error messages.
+    pub commands: &'static str,
+    /// Validates an entry of this family (everything but `family`).
+    pub validate: fn(&EntryConfig, &str) -> Result<()>,
+}
+
+/// Where an entry's config came from.
+#[derive(Clone, Debug)]
+pub enum ConfigOrigin {
+    File(PathBuf),
+    Builtin(&'static str),
+}
+
+impl std::fmt::Display for ConfigOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigOrigin::File(p) => write!(f, "{}", p.display()),
+            ConfigOrigin::Builtin(n) => write!(f, "<built-in>/configs/{n}.json"),
+        }
+    }
+}
+
+/// The catalogue: every family, built-in entry and compare protocol.
+pub struct Zoo {
+    /// Image autoencoder families, one line each.
+    pub families: &'static [&'static dyn DynFamily],
+    /// Families of other pipelines.
+    pub pipelines: &'static [PipelineFamily],
+    /// Built-in entries: (name, config JSON).
+    pub entries: &'static [(&'static str, &'static str)],
+    /// Compare protocols: (name, protocol JSON).
+    pub protocols: &'static [(&'static str, &'static str)],
+}
+
+impl Zoo {
+    /// The family of another pipeline called `name`, if it is one.
+    pub fn pipeline_family(&self, name: &str) -> Option<&'static PipelineFamily> {
+        self.pipelines.iter().find(|f| f.name == name)
+    }
+
+    /// The pipeline an entry belongs to, when it is not the image trainer's.
+    pub fn pipeline_of(&self, cfg: &EntryConfig) -> Option<&'static str> {
+        self.pipeline_family(&cfg.family).map(|f| f.pipeline)
+    }
+
+    /// The image family called `name`.
+    pub fn family(&self, name: &str, origin: &str) -> Result<&'static dyn DynFamily> {
+        if let Some(g) = self.pipeline_family(name) {
+            return Err(TrainError::Config {
+                origin: origin.to_string(),
+                msg: format!(
+                    "`{}` is a {} family: this command works on image entries; {} entries take {}",
+                    g.name, g.pipeline, g.pipeline, g.commands
+                ),
+            });
+        }
+        self.families
+            .iter()
+            .copied()
+            .find(|f| f.name() == name)
+            .ok_or_else(|| TrainError::UnknownFamily {
+                name: name.to_string(),
+                origin: origin.to_string(),
+                known: self
+                    .families
+                    .iter()
+                    .map(|f| f.name())
+                    .chain(self.pipelines.iter().map(|f| f.name))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    /// The image family of an entry.
+    pub fn family_of(&self, cfg: &EntryConfig) -> Result<&'static dyn DynFamily> {
+        self.family(&cfg.family, &cfg.entry)
+    }
+
+    /// `(channels, height, width)` of an image entry's images.
+    pub fn image_shape(&self, cfg: &EntryConfig) -> Result<[usize; 3]> {
+        self.family_of(cfg)?.check(&cfg.model, &cfg.entry)
+    }
+
+    /// Checks an entry: its pipeline's rules, or the image rules and the
+    /// family's `model` section.
+    pub fn validate(&self, cfg: &EntryConfig, origin: &str) -> Result<()> {
+        if let Some(p) = self.pipeline_family(&cfg.family) {
+            return (p.validate)(cfg, origin);
+        }
+        cfg.validate_image(origin)?;
+        self.family(&cfg.family, origin)?.check(&cfg.model, origin)?;
+        Ok(())
+    }
+
+    /// Parses and validates config text; `origin` names it in errors.
+    pub fn config_from_str(&self, text: &str, origin: &str) -> Result<EntryConfig> {
+        let cfg = EntryConfig::parse(text, origin)?;
+        self.validate(&cfg, origin)?;
+        Ok(cfg)
+    }
+
+    /// Reads, parses and validates a config file.
+    pub fn config_from_file(&self, path: &Path) -> Result<EntryConfig> {
+        let cfg = EntryConfig::read(path)?;
+        self.validate(&cfg, &path.display().to_string())?;
+        Ok(cfg)
+    }
+
+    /// Names of the built-in entries.
+    pub fn entry_names(&self) -> Vec<&'static str> {
+        self.entries.iter().map(|(n, _)| *n).collect()
+    }
+
+    /// Resolves an entry: a path to a `.json` file, else
+    /// `configs/<name>.json` in the current folder (so edits in a checkout
+    /// take effect), else the built-in copy.
+    pub fn resolve_entry(&self, name_or_path: &str) -> Result<(EntryConfig, ConfigOrigin)> {
+        let p = Path::new(name_or_path);
+        if name_or_path.ends_with(".json") || p.is_file() {
+            let cfg = self.config_from_file(p)?;
+            return Ok((cfg, ConfigOrigin::File(p.to_path_buf())));
+        }
+        let local = Path::new("configs").join(format!("{name_or_path}.json"));
+        if local.is_file() {
+            let cfg = self.config_from_file(&local)?;
+            return Ok((cfg, ConfigOrigin::File(local)));
+        }
+        let (name, text) =
+            self.entries
+                .iter()
+                .find(|(n, _)| *n == name_or_path)
+                .ok_or_else(|| TrainError::UnknownEntry {
+                    name: name_or_path.to_string(),
+                    known: self.entry_names().join(", "),
+                })?;
+        let origin = ConfigOrigin::Builtin(name);
+        let cfg = self.config_from_str(text, &origin.to_string())?;
+        Ok((cfg, origin))
+    }
+
+    /// The entries a name stands for: itself when it is an entry, else its
+    /// rate points `<name>-q<N>` in order of N (`codec-photo` →
+    /// `codec-photo-q1`, …), else itself (so the caller reports the unknown
+    /// entry).
+    pub fn expand_group(&self, name: &str) -> Vec<String> {
+        if self.resolve_entry(name).is_ok() {
+            return vec![name.to_string()];
+        }
+        let prefix = format!("{name}-q");
+        let mut points: Vec<(u32, String)> = self
+            .entry_names()
+            .into_iter()
+            .filter_map(|e| {
+                let n = e.strip_prefix(&prefix)?;
+                Some((n.parse().ok()?, e.to_string()))
+            })
+            .collect();
+        points.sort();
+        if points.is_empty() {
+            vec![name.to_string()]
+        } else {
+            points.into_iter().map(|(_, e)| e).collect()
+        }
+    }
+
+    /// The built-in compare protocol called `name`.
+    pub fn protocol(&self, name: &str) -> Option<(&'static str, &'static str)> {
+        self.protocols.iter().copied().find(|(n, _)| *n == name)
+    }
+
+    /// Names of the built-in compare protocols.
+    pub fn protocol_names(&self) -> Vec<&'static str> {
+        self.protocols.iter().map(|(n, _)| *n).collect()
+    }
+}
