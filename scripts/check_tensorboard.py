@@ -5,7 +5,7 @@ usage: python3 scripts/check_tensorboard.py RUN/tensorboard
 
 Prints JSON: {"scalars": {tag: [[step, value], ...]}, "images": {tag: [[step, width, height], ...]}}.
 Exit 2 when tensorboard is not installed, so callers can tell that apart.
-Used by crates/aezoo-train/tests/train.rs (tensorboard_reads_our_event_files).
+Used by crates/aezoo-zoo/tests/zoo.rs (tensorboard_reads_our_event_files).
 """
 import json
 import sys

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference values pinned in crates/aezoo-train/tests/train.rs (Adam).
+"""Reference values pinned in crates/aezoo-nn/tests/nn/optim.rs (Adam).
 
 usage: python3 scripts/pins/adam_ref.py   (needs torch)
 

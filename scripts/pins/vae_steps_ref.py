@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """PyTorch reference for three training steps of a small vae-conv
-(crates/aezoo-train/tests/fixtures/vae_steps_{init,after}.safetensors).
+(crates/aezoo-zoo/tests/fixtures/vae_steps_{init,after}.safetensors).
 
 usage: python3 scripts/pins/vae_steps_ref.py   (needs torch, numpy, safetensors)
 
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-OUT = os.path.join(ROOT, "crates/aezoo-train/tests/fixtures")
+OUT = os.path.join(ROOT, "crates/aezoo-zoo/tests/fixtures")
 M64 = (1 << 64) - 1
 
 

@@ -219,12 +219,10 @@ pub(crate) fn cmd_train(mut a: TrainArgs) -> Result<()> {
             batch_size: cfg.train.batch_size,
             lr: cfg.train.lr,
             git_commit: git_commit(),
-            run: Some(weights::RunSummary {
-                completed: out.completed,
-                steps: out.steps,
-                train_images_per_s: out.train_images_per_s,
-                train_seconds: out.train_seconds,
-            }),
+            completed: Some(out.completed),
+            steps: Some(out.steps),
+            train_images_per_s: Some(out.train_images_per_s),
+            train_seconds: Some(out.train_seconds),
         };
         metrics.write(&run_dir)?;
     }

@@ -391,8 +391,7 @@ fn conv_fwd_implicit(
     );
 }
 
-/// `dz = dy ⊙ act'(y)` of one image into `dz` (`y` the saved output; none
-
+/// The stride-1 `dx` of [`conv_bwd_implicit`]: the geometry of the flipped
 /// convolution (dz padded by `kh − 1 − p` → dx), its implicit form and the
 /// packed flipped kernel.
 type FlippedConv = (Geometry, direct::Implicit, PackedB);

@@ -71,6 +71,7 @@ pub(crate) fn dz_chunk<'a, T: Float>(dy: &'a [T], y: Option<&[T]>, act: Act, scr
     }
 }
 
+/// `dz = dy ⊙ act'(y)` of one image into `dz` (`y` the saved output; none
 /// for the identity).
 pub(crate) fn dz_into<T: Float>(dy: &[T], y: Option<&[T]>, act: Act, dz: &mut [T]) {
     match y {
@@ -78,8 +79,6 @@ pub(crate) fn dz_into<T: Float>(dy: &[T], y: Option<&[T]>, act: Act, dz: &mut [T
         _ => dz.copy_from_slice(dy),
     }
 }
-
-/// The stride-1 `dx` of [`conv_bwd_implicit`]: the geometry of the flipped
 
 /// `σ(x)` per element in one vectorised pass (candle's sigmoid calls a
 /// scalar `expf` per element); the backward reads the output,

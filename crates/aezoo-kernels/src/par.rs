@@ -135,8 +135,6 @@ pub(crate) fn par_for(batch: usize) -> (bool, Parallelism) {
     }
 }
 
-/// The output columns `ox` whose input column `x0 + ox·stride` lies in
-
 /// The `gemm` crate's parallelism for a product on all threads.
 pub(crate) fn lin_par() -> Parallelism {
     match threads() {

@@ -11,6 +11,7 @@ use crate::im2col::Geometry;
 use crate::scaffold::transpose_into;
 use crate::sgemm;
 
+/// The output columns `ox` whose input column `x0 + ox·stride` lies in
 /// `0..w`, as a half-open range.
 #[inline]
 pub(crate) fn valid_cols(x0: isize, stride: usize, w: usize, ow: usize) -> (usize, usize) {

@@ -71,7 +71,7 @@ impl Observer for ProgressBar {
 
     fn on_step(&mut self, _run: &RunState, s: &StepEvent) -> Result<()> {
         tracing::Span::current().pb_inc(1);
-        if s.step % 10 == 0 || s.ends_epoch() {
+        if s.step.is_multiple_of(10) || s.ends_epoch() {
             tracing::Span::current().pb_set_message(&format!("loss {:.4}", s.running_loss));
         }
         Ok(())
@@ -86,7 +86,7 @@ impl Observer for ProgressBar {
 /// Whether step `step` is logged (`train.log_every`, and the first step).
 fn logged(run: &RunState, step: u64) -> bool {
     let every = run.cfg.train.log_every;
-    every > 0 && (step % every as u64 == 0 || step == 1)
+    every > 0 && (step.is_multiple_of(every as u64) || step == 1)
 }
 
 /// `metrics.jsonl`: a line every `train.log_every` steps and one per epoch.
@@ -199,7 +199,7 @@ pub struct Checkpoints;
 impl Observer for Checkpoints {
     fn on_step(&mut self, run: &RunState, s: &StepEvent) -> Result<()> {
         let every = run.cfg.train.checkpoint_every;
-        let periodic = every > 0 && s.step % every as u64 == 0;
+        let periodic = every > 0 && s.step.is_multiple_of(every as u64);
         if (s.stopping || periodic) && !s.ends_epoch() {
             run.checkpoint()?;
         }

@@ -178,7 +178,7 @@ pub fn from_hub(spec: &HubSpec) -> Result<PathBuf> {
 /// `metrics.json` of a weights folder or run folder: test metrics and
 /// provenance, written (`train`, `export`) and read (`eval --check`,
 /// `export`) through this one struct. A run folder's also says how the run
-/// went (the `run` fields); shipped weights omit them.
+/// went (`completed`, `steps`, throughput); shipped weights omit those.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WeightsMetrics {
@@ -198,23 +198,18 @@ pub struct WeightsMetrics {
     pub lr: f64,
     /// The commit that trained them (from the run), if known.
     pub git_commit: Option<String>,
-    /// How the run that made them went (a run folder's metrics.json;
-    /// shipped weights omit it).
+    /// A run folder's: all epochs done (shipped weights omit the run fields).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub run: Option<RunSummary>,
-}
-
-/// How a training run went, in its folder's `metrics.json`.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RunSummary {
-    /// All epochs done.
-    pub completed: bool,
-    pub steps: u64,
-    /// Training throughput of the last process (evaluation excluded).
-    pub train_images_per_s: f64,
-    /// Training time over the whole run, resumes included.
-    pub train_seconds: f64,
+    pub completed: Option<bool>,
+    /// A run folder's: optimiser steps taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<u64>,
+    /// A run folder's: training throughput of its last process (evaluation excluded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_images_per_s: Option<f64>,
+    /// A run folder's: training time over the whole run, resumes included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_seconds: Option<f64>,
 }
 
 impl WeightsMetrics {
@@ -256,7 +251,10 @@ pub fn measure(
         batch_size: cfg.train.batch_size,
         lr: cfg.train.lr,
         git_commit,
-        run: None,
+        completed: None,
+        steps: None,
+        train_images_per_s: None,
+        train_seconds: None,
     })
 }
 

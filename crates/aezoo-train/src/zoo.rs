@@ -95,6 +95,8 @@ impl<F: Family> DynFamily for Registered<F> {
 pub struct PipelineFamily {
     pub name: &'static str,
     pub about: &'static str,
+    /// What its models are, for messages (`graph autoencoder`).
+    pub kind: &'static str,
     /// The pipeline's name (`graph`).
     pub pipeline: &'static str,
     /// The commands that take its entries, for error messages.
@@ -149,7 +151,7 @@ impl Zoo {
                 origin: origin.to_string(),
                 msg: format!(
                     "`{}` is a {} family: this command works on image entries; {} entries take {}",
-                    g.name, g.pipeline, g.pipeline, g.commands
+                    g.name, g.kind, g.pipeline, g.commands
                 ),
             });
         }

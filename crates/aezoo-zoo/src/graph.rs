@@ -97,6 +97,7 @@ pub static FAMILIES: &[PipelineFamily] = &[
     PipelineFamily {
         name: aezoo_graph::Gae::NAME,
         about: aezoo_graph::Gae::ABOUT,
+        kind: "graph autoencoder",
         pipeline: "graph",
         commands: "`train`, `eval`, `encode-graph` and `compare --graphs`",
         validate,
@@ -104,6 +105,7 @@ pub static FAMILIES: &[PipelineFamily] = &[
     PipelineFamily {
         name: aezoo_graph::Vgae::NAME,
         about: aezoo_graph::Vgae::ABOUT,
+        kind: "graph autoencoder",
         pipeline: "graph",
         commands: "`train`, `eval`, `encode-graph` and `compare --graphs`",
         validate,

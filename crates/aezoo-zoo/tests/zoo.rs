@@ -10,10 +10,10 @@ use aezoo_data::Locator;
 use aezoo_nn::optim::{Adam, AdamConfig};
 use aezoo_train::checkpoint::{self, read_tensors};
 use aezoo_train::compare::{self, CompareOptions, Protocol};
-use aezoo_train::precision::{LossScaler, Precision};
+use aezoo_train::precision::Precision;
 use aezoo_train::{weights, EntryConfig, TrainError, TrainOptions};
 use aezoo_zoo::{graph, ZOO};
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 
 // ---------------------------------------------------------------- helpers
 
@@ -245,56 +245,6 @@ fn every_mixed_precision_entry_follows_its_f32_step_and_the_rest_refuse() {
             "no entry of {fam} was checked: {covered:?}"
         );
     }
-}
-
-#[test]
-fn the_loss_scaler_skips_overflowing_steps_halves_and_regrows() {
-    let x = Var::from_slice(&[1f32, -2.0, 0.5], 3, &Device::Cpu).unwrap();
-    let vars = vec![("x".to_string(), x.clone())];
-    let mut sc = LossScaler::new();
-    assert_eq!(sc.scale(), 65536.0);
-    // d/dx Σ 3x = 3 everywhere; the scale is a power of two, so exactly 3 back.
-    let loss = (x.as_tensor() * 3.0).unwrap().sum_all().unwrap();
-    let mut g = sc.scale_loss(&loss).unwrap().backward().unwrap();
-    assert!(sc.unscale(&mut g, &vars).unwrap());
-    assert_eq!(g.get(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap(), [3.0; 3]);
-    // 1e38 · 65536 overflows f32: skipped, scale halved.
-    let loss = (x.as_tensor() * 1e38).unwrap().sum_all().unwrap();
-    let mut g = sc.scale_loss(&loss).unwrap().backward().unwrap();
-    assert!(!sc.unscale(&mut g, &vars).unwrap());
-    assert_eq!((sc.scale(), sc.state().skipped, sc.state().good_steps), (32768.0, 1, 0));
-    // A NaN gradient too.
-    let loss = (x.as_tensor() * f64::NAN).unwrap().sum_all().unwrap();
-    let mut g = sc.scale_loss(&loss).unwrap().backward().unwrap();
-    assert!(!sc.unscale(&mut g, &vars).unwrap());
-    assert_eq!(sc.scale(), 16384.0);
-    // 2,000 finite steps in a row double it (PyTorch's growth_interval).
-    let loss = x.as_tensor().sum_all().unwrap();
-    for i in 1..=2000 {
-        let mut g = sc.scale_loss(&loss).unwrap().backward().unwrap();
-        assert!(sc.unscale(&mut g, &vars).unwrap());
-        assert_eq!(sc.scale(), if i < 2000 { 16384.0 } else { 32768.0 }, "after {i}");
-    }
-}
-
-#[test]
-fn precision_resolves_per_device_and_family_and_bad_choices_are_named() {
-    let cpu = Device::Cpu;
-    assert_eq!(Precision::Auto.resolve(&cpu, true), Ok(DType::F32), "f32 on the CPU");
-    assert_eq!(Precision::Bf16.resolve(&cpu, true), Ok(DType::BF16));
-    assert_eq!(Precision::F16.resolve(&cpu, true), Ok(DType::F16));
-    assert_eq!(Precision::Auto.resolve(&cpu, false), Ok(DType::F32));
-    let e = Precision::Bf16.resolve(&cpu, false).unwrap_err();
-    assert!(e.contains("`bf16`") && e.contains("does not support"), "{e}");
-    // A family without mixed precision, asked for it: a config error, no run folder.
-    let d = tempfile::tempdir().unwrap();
-    let mut cfg = small("codec-mnist", 1, 64);
-    cfg.train.precision = Precision::F16;
-    let e = train(&cfg, &opts(&d.path().join("run"))).unwrap_err().to_string();
-    assert!(e.contains("train.precision") && e.contains("`f16`"), "{e}");
-    assert!(!d.path().join("run").exists());
-    let e = config_err(&GOOD.replace(r#""seed": 0"#, r#""seed": 0, "precision": "fp8""#));
-    assert!(e.contains("train.precision") && e.contains("fp8"), "{e}");
 }
 
 #[test]

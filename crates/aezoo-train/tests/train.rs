@@ -1,0 +1,329 @@
+//! aezoo-train's tests, through a toy family defined here (what adding a
+//! family takes: a struct, `Family`, one table line): the trainer's
+//! `Learner` stopped and resumed ends bit-identical to an uninterrupted run,
+//! observers see every step and epoch in order, the `Zoo` resolves and
+//! refuses entries by their family, and the loss scaler and precision rules.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use aezoo_data::Locator;
+use aezoo_nn::layers::{linear, Linear, LinearConfig};
+use aezoo_nn::{Autoencoder, Batch, Family, StepCtx, StepOutput};
+use aezoo_train::observers::Observer;
+use aezoo_train::precision::{LossScaler, Precision};
+use aezoo_train::trainer::{EpochEvent, RunState, StepEvent};
+use aezoo_train::{DynFamily, EntryConfig, Learner, PipelineFamily, Registered, TrainOptions, Zoo};
+use candle_core::{DType, Device, Module, Result, Tensor, Var};
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+// ---------------------------------------------------------------- a toy family
+
+/// `model` of the toy family: a one-layer code of `latent` values.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TinyConfig {
+    image: [usize; 3],
+    latent: usize,
+}
+
+/// `x → sigmoid(W₂ · relu(W₁ · x))`, mean squared error.
+struct Tiny {
+    enc: Linear,
+    dec: Linear,
+    image: [usize; 3],
+    latent: usize,
+}
+
+impl Autoencoder for Tiny {
+    fn encode(&self, xs: &Tensor) -> Result<Tensor> {
+        self.enc.forward(&xs.flatten_from(1)?)?.relu()
+    }
+    fn decode(&self, z: &Tensor) -> Result<Tensor> {
+        let [c, h, w] = self.image;
+        aezoo_nn::ops::sigmoid(&self.dec.forward(z)?)?.reshape((z.dim(0)?, c, h, w))
+    }
+    fn step(&self, batch: &Batch, _ctx: &mut StepCtx) -> Result<StepOutput> {
+        let recon = self.reconstruct(&batch.input)?;
+        let loss = (&recon - &batch.target)?.sqr()?.mean_all()?;
+        Ok(StepOutput {
+            loss: loss.clone(),
+            terms: vec![("mse", loss)],
+            recon,
+        })
+    }
+    fn latent_shape(&self) -> Vec<usize> {
+        vec![self.latent]
+    }
+}
+
+impl Family for Tiny {
+    type Config = TinyConfig;
+    const NAME: &'static str = "tiny";
+    const ABOUT: &'static str = "a one-layer autoencoder for the trainer's tests";
+
+    fn new(cfg: &TinyConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.image.iter().product();
+        Ok(Self {
+            enc: linear(d, cfg.latent, LinearConfig::default(), vb.pp("enc"))?,
+            dec: linear(cfg.latent, d, LinearConfig::default(), vb.pp("dec"))?,
+            image: cfg.image,
+            latent: cfg.latent,
+        })
+    }
+
+    fn image_shape(cfg: &TinyConfig) -> [usize; 3] {
+        cfg.image
+    }
+}
+
+/// A graph-like family of another pipeline, validated by its own rule.
+fn other_pipeline(_: &EntryConfig, origin: &str) -> aezoo_train::Result<()> {
+    Err(aezoo_train::TrainError::Config {
+        origin: origin.into(),
+        msg: "checked by the other pipeline".into(),
+    })
+}
+
+static FAMILIES: &[&dyn DynFamily] = &[&Registered::<Tiny>::NEW];
+static PIPELINES: &[PipelineFamily] = &[PipelineFamily {
+    name: "other",
+    about: "another pipeline's family",
+    kind: "other",
+    pipeline: "other",
+    commands: "`other-train`",
+    validate: other_pipeline,
+}];
+static ENTRIES: &[(&str, &str)] = &[(
+    "tiny-mnist",
+    r#"{
+  "entry": "tiny-mnist", "family": "tiny",
+  "model": {"image": [1, 28, 28], "latent": 6},
+  "data": {"dataset": "mnist", "train_limit": 200, "test_limit": 64},
+  "train": {"epochs": 2, "batch_size": 32, "eval_batch_size": 64, "lr": 0.01, "seed": 3,
+            "log_every": 2, "checkpoint_every": 3}
+}"#,
+)];
+static ZOO: Zoo = Zoo {
+    families: FAMILIES,
+    pipelines: PIPELINES,
+    entries: ENTRIES,
+    protocols: &[],
+};
+
+// ---------------------------------------------------------------- helpers
+
+fn entry() -> EntryConfig {
+    ZOO.resolve_entry("tiny-mnist").unwrap().0
+}
+
+fn opts(dir: &Path) -> TrainOptions {
+    let mut o = TrainOptions::new(dir, Locator::bundled_only());
+    o.plots = false;
+    o
+}
+
+fn weights(dir: &Path) -> Vec<(String, Vec<u32>)> {
+    let t = aezoo_train::checkpoint::read_tensors(&dir.join("model.safetensors")).unwrap();
+    t.into_iter()
+        .map(|(k, v)| {
+            let bits = v.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            (k, bits.into_iter().map(f32::to_bits).collect())
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------- tests
+
+#[test]
+fn a_stopped_and_resumed_run_ends_with_the_same_bits() {
+    let cfg = entry();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let full = aezoo_train::train(&cfg, &ZOO, &opts(a.path())).unwrap();
+    assert!(full.completed && full.epochs_done == 2 && full.steps == 14, "{full:?}");
+    // Stopped mid-epoch (step 5 of 7), then at the epoch end, then resumed.
+    for stop in [5, 7] {
+        let mut o = opts(b.path());
+        o.max_steps = Some(stop);
+        o.resume = stop != 5;
+        let out = aezoo_train::train(&cfg, &ZOO, &o).unwrap();
+        assert!(!out.completed && out.steps == stop, "{out:?}");
+    }
+    let mut o = opts(b.path());
+    o.resume = true;
+    let rest = aezoo_train::train(&cfg, &ZOO, &o).unwrap();
+    assert!(rest.completed && rest.steps == 14);
+    assert_eq!(weights(a.path()), weights(b.path()));
+    assert_eq!(full.metrics, rest.metrics);
+    // The log reads as if the run had never stopped.
+    let lines = |d: &Path| {
+        std::fs::read_to_string(d.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                for timing in ["images_per_s", "train_images_per_s", "train_seconds"] {
+                    v.as_object_mut().unwrap().remove(timing);
+                }
+                v
+            })
+            .filter(|v| v["kind"] == "step")
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(lines(a.path()), lines(b.path()));
+}
+
+/// Records what the learner tells its observers.
+struct Recorder(Arc<Mutex<Vec<String>>>);
+
+impl Observer for Recorder {
+    fn on_epoch_start(&mut self, run: &RunState, batches: usize) -> aezoo_train::Result<()> {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("start {} {batches} from {}", run.epoch, run.batch));
+        Ok(())
+    }
+    fn on_step(&mut self, run: &RunState, s: &StepEvent) -> aezoo_train::Result<()> {
+        assert_eq!(run.step, s.step);
+        assert!(s.loss.is_finite() && s.terms.len() == 1);
+        self.0.lock().unwrap().push(format!("step {}", s.step));
+        Ok(())
+    }
+    fn on_batches_end(&mut self, _run: &RunState) -> aezoo_train::Result<()> {
+        self.0.lock().unwrap().push("batches end".into());
+        Ok(())
+    }
+    fn on_epoch_end(&mut self, run: &RunState, e: &EpochEvent) -> aezoo_train::Result<()> {
+        assert_eq!((run.epoch, run.batch), (e.epoch, 0));
+        assert!(
+            run.run_dir.join("model.safetensors").is_file(),
+            "checkpoints come first"
+        );
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("end {} mse {}", e.epoch, e.metrics.mse > 0.0));
+        Ok(())
+    }
+}
+
+#[test]
+fn observers_see_every_step_and_epoch_in_order() {
+    let d = tempfile::tempdir().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut learner = Learner::new(&entry(), &ZOO, &opts(d.path())).unwrap();
+    learner.observe(Box::new(Recorder(seen.clone())));
+    let out = learner.fit().unwrap();
+    assert!(out.completed);
+    let mut want = Vec::new();
+    for epoch in 0..2 {
+        want.push(format!("start {epoch} 7 from 0"));
+        want.extend((1..=7).map(|s| format!("step {}", 7 * epoch + s)));
+        want.push("batches end".into());
+        want.push(format!("end {} mse true", epoch + 1));
+    }
+    assert_eq!(*seen.lock().unwrap(), want);
+    for f in [
+        "config.json",
+        "metrics.jsonl",
+        "model.safetensors",
+        "checkpoints/latest",
+    ] {
+        assert!(d.path().join(f).is_file(), "{f}");
+    }
+    assert!(!d.path().join("loss.png").exists(), "plots were off");
+}
+
+#[test]
+fn the_zoo_resolves_entries_by_family_and_refuses_the_rest() {
+    let cfg = entry();
+    assert_eq!(ZOO.image_shape(&cfg).unwrap(), [1, 28, 28]);
+    assert_eq!(ZOO.entry_names(), ["tiny-mnist"]);
+    let e = ZOO.resolve_entry("no-such").unwrap_err().to_string();
+    assert!(e.contains("no-such") && e.contains("tiny-mnist"), "{e}");
+    let text = ENTRIES[0].1;
+    let e = ZOO
+        .config_from_str(&text.replace(r#""family": "tiny""#, r#""family": "nope""#), "t.json")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("nope") && e.contains("tiny, other"), "{e}");
+    let e = ZOO
+        .config_from_str(&text.replace(r#""latent": 6"#, r#""latent": 6, "depth": 2"#), "t.json")
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("t.json: model") && e.contains("depth"), "{e}");
+    // Another pipeline's family: its own validation, and image commands point there.
+    let other = text.replace(r#""family": "tiny""#, r#""family": "other""#);
+    let e = ZOO.config_from_str(&other, "o.json").unwrap_err().to_string();
+    assert!(e.contains("checked by the other pipeline"), "{e}");
+    let cfg = EntryConfig::parse(&other, "o.json").unwrap();
+    assert_eq!(ZOO.pipeline_of(&cfg), Some("other"));
+    let e = ZOO.family_of(&cfg).err().unwrap().to_string();
+    assert!(e.contains("`other-train`"), "{e}");
+    // A family without a codebook says so when asked to resize one.
+    let e = ZOO
+        .family_of(&entry())
+        .unwrap()
+        .with_codebook(&entry().model, "t", 8, None)
+        .unwrap_err();
+    assert!(e.to_string().contains("no codebook"), "{e}");
+}
+
+#[test]
+fn the_loss_scaler_skips_overflowing_steps_halves_and_regrows() {
+    let x = Var::from_slice(&[1f32, -2.0, 0.5], 3, &Device::Cpu).unwrap();
+    let vars = vec![("x".to_string(), x.clone())];
+    let mut sc = LossScaler::new();
+    assert_eq!(sc.scale(), 65536.0);
+    // d/dx Σ 3x = 3 everywhere; the scale is a power of two, so exactly 3 back.
+    let loss = (x.as_tensor() * 3.0).unwrap().sum_all().unwrap();
+    let mut g = sc.scale_loss(&loss).unwrap().backward().unwrap();
+    assert!(sc.unscale(&mut g, &vars).unwrap());
+    assert_eq!(g.get(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap(), [3.0; 3]);
+    // 1e38 · 65536 overflows f32: skipped, scale halved.
+    let loss = (x.as_tensor() * 1e38).unwrap().sum_all().unwrap();
+    let mut g = sc.scale_loss(&loss).unwrap().backward().unwrap();
+    assert!(!sc.unscale(&mut g, &vars).unwrap());
+    assert_eq!((sc.scale(), sc.state().skipped, sc.state().good_steps), (32768.0, 1, 0));
+    // A NaN gradient too.
+    let loss = (x.as_tensor() * f64::NAN).unwrap().sum_all().unwrap();
+    let mut g = sc.scale_loss(&loss).unwrap().backward().unwrap();
+    assert!(!sc.unscale(&mut g, &vars).unwrap());
+    assert_eq!(sc.scale(), 16384.0);
+    // 2,000 finite steps in a row double it (PyTorch's growth_interval).
+    let loss = x.as_tensor().sum_all().unwrap();
+    for i in 1..=2000 {
+        let mut g = sc.scale_loss(&loss).unwrap().backward().unwrap();
+        assert!(sc.unscale(&mut g, &vars).unwrap());
+        assert_eq!(sc.scale(), if i < 2000 { 16384.0 } else { 32768.0 }, "after {i}");
+    }
+}
+
+#[test]
+fn precision_resolves_per_device_and_family_and_bad_choices_are_named() {
+    let cpu = Device::Cpu;
+    assert_eq!(Precision::Auto.resolve(&cpu, true), Ok(DType::F32), "f32 on the CPU");
+    assert_eq!(Precision::Bf16.resolve(&cpu, true), Ok(DType::BF16));
+    assert_eq!(Precision::F16.resolve(&cpu, true), Ok(DType::F16));
+    assert_eq!(Precision::Auto.resolve(&cpu, false), Ok(DType::F32));
+    let e = Precision::Bf16.resolve(&cpu, false).unwrap_err();
+    assert!(e.contains("`bf16`") && e.contains("does not support"), "{e}");
+    // A family without mixed precision, asked for it: a config error, no run folder.
+    let d = tempfile::tempdir().unwrap();
+    let mut cfg = entry();
+    cfg.train.precision = Precision::F16;
+    let e = aezoo_train::train(&cfg, &ZOO, &opts(&d.path().join("run")))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("train.precision") && e.contains("`f16`"), "{e}");
+    assert!(!d.path().join("run").exists());
+    let e = EntryConfig::parse(
+        &ENTRIES[0].1.replace(r#""seed": 3"#, r#""seed": 3, "precision": "fp8""#),
+        "t.json",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("train.precision") && e.contains("fp8"), "{e}");
+}
