@@ -2,7 +2,7 @@
 """A/B of one environment setting: `aezoo bench ENTRY --steps N` without and
 with `NAME=VALUE`, alternating for PAIRS pairs in one run, then the median
 training and inference images/s of each side and their ratio. This is how the
-off switches in ARCHITECTURE.md's fast-path table were measured, e.g.
+off switches in docs/perf.md's fast-path tables were measured, e.g.
 
     cargo build --release -p aezoo-cli
     python3 scripts/bench/ab_env.py AEZOO_LINGER=0 ae-sparse --steps 150 --pairs 3

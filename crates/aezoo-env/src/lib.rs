@@ -212,19 +212,3 @@ pub fn foreign(name: &'static str) -> Option<OsString> {
     );
     std::env::var_os(name)
 }
-
-/// The table as Markdown (README and `aezoo env`).
-pub fn table_markdown() -> String {
-    let mut s = String::from("| variable | kind | read by | what it does |\n|---|---|---|---|\n");
-    for v in VARS {
-        let kind = match v.kind {
-            Kind::Flag { default: true } => "flag, default on",
-            Kind::Flag { default: false } => "flag, default off",
-            Kind::Level => "number",
-            Kind::Path => "path",
-            Kind::Foreign => "set for a library",
-        };
-        s.push_str(&format!("| `{}` | {kind} | {} | {} |\n", v.name, v.read_by, v.doc));
-    }
-    s
-}

@@ -21,7 +21,7 @@ use aezoo_nn::optim::AdamConfig;
 pub struct EntryConfig {
     /// The entry's name (`vae-conv`), also the default run folder name.
     pub entry: String,
-    /// The model family that builds it (a registry key).
+    /// The model family that builds it (a key of the `Zoo`'s tables).
     pub family: String,
     /// One line for listings: what it is and its source.
     #[serde(default)]

@@ -1,7 +1,7 @@
 //! TensorBoard event files, written directly: TFRecord framing (length,
 //! masked CRC-32C of the length, data, masked CRC-32C of the data) around
 //! `tensorflow.Event` protobufs with scalar and PNG-image summaries. No
-//! TensorFlow or protobuf dependency; `tests/train.rs` reads the files back
+//! TensorFlow or protobuf dependency; `aezoo-zoo/tests/zoo.rs` reads the files back
 //! with a decoder of its own and, where it is installed, with the
 //! `tensorboard` Python package.
 //!

@@ -78,6 +78,7 @@ impl<F: Family> DynFamily for Registered<F> {
         init_range: Option<(f64, f64)>,
     ) -> Result<serde_json::Value> {
         let mut cfg: F::Config = parse_value(model, origin, "model")?;
+        let before = serde_json::to_value(&cfg).expect("family configs serialise");
         let Some(cb) = F::codebook(&mut cfg) else {
             return Err(TrainError::Config {
                 origin: origin.to_string(),
@@ -85,7 +86,34 @@ impl<F: Family> DynFamily for Registered<F> {
             });
         };
         cb.set_levels(levels, init_range).map_err(|e| model_err(origin, e))?;
-        Ok(serde_json::to_value(&cfg).expect("family configs serialise"))
+        // The section as written, with only what the capability changed:
+        // defaults the user left out stay out.
+        let after = serde_json::to_value(&cfg).expect("family configs serialise");
+        let mut out = model.clone();
+        if let Some(patch) = changed(&before, &after) {
+            crate::compare::merge(&mut out, &patch);
+        }
+        Ok(out)
+    }
+}
+
+/// What of `b` differs from `a`: the objects' differing keys, recursively;
+/// `b` itself for any other difference; `None` when they are equal.
+fn changed(a: &serde_json::Value, b: &serde_json::Value) -> Option<serde_json::Value> {
+    use serde_json::Value;
+    match (a, b) {
+        _ if a == b => None,
+        (Value::Object(x), Value::Object(y)) => {
+            let diff: serde_json::Map<String, Value> = y
+                .iter()
+                .filter_map(|(k, v)| match x.get(k) {
+                    Some(old) => changed(old, v).map(|d| (k.clone(), d)),
+                    None => Some((k.clone(), v.clone())),
+                })
+                .collect();
+            (!diff.is_empty()).then_some(Value::Object(diff))
+        }
+        _ => Some(b.clone()),
     }
 }
 
