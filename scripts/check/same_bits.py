@@ -57,11 +57,12 @@ def digest(path):
     """A file's content as compared: JSON without timing fields, else bytes."""
     name = os.path.basename(path)
     data = open(path, "rb").read()
+    # Key order is part of the file: objects keep theirs.
+    load = lambda t: json.loads(t, object_pairs_hook=dict)
     if name.endswith(".json"):
-        return json.dumps(strip_timing(json.loads(data)), sort_keys=True)
+        return json.dumps(strip_timing(load(data)))
     if name.endswith(".jsonl"):
-        return "\n".join(json.dumps(strip_timing(json.loads(l)), sort_keys=True)
-                         for l in data.decode().splitlines() if l.strip())
+        return "\n".join(json.dumps(strip_timing(load(l))) for l in data.decode().splitlines() if l.strip())
     return hashlib.sha256(data).hexdigest()
 
 

@@ -156,6 +156,17 @@ fn every_environment_variable_is_in_the_table() {
         unused.is_empty(),
         "variables in the table that nothing reads: {unused:?}"
     );
+    // The README's table lists every AEZOO_* variable.
+    let readme = read(&r.join("README.md"));
+    let undocumented: Vec<&str> = known
+        .iter()
+        .copied()
+        .filter(|n| n.starts_with("AEZOO_") && !readme.contains(&format!("| `{n}` |")))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "README's variable table lacks {undocumented:?}"
+    );
 }
 
 /// `(crate folder, its root source file)` for every crate and xtask.
@@ -226,20 +237,39 @@ fn only_aezoo_nn_calls_the_kernels_and_the_trainer_knows_no_family() {
             "aezoo-train depends on {family}: families come in through a Zoo"
         );
     }
-    let cli = files(&r.join("crates/aezoo-cli/src"), &[".rs"]);
-    for p in cli {
+    // No string in the binary names a built-in entry or an entry group
+    // (`codec-photo` for `codec-photo-q1…`): defaults come from aezoo_zoo.
+    let configs = r.join("configs");
+    let mut names: Vec<String> = files(&configs, &[".json"])
+        .iter()
+        .filter(|p| p.parent() == Some(configs.as_path()))
+        .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .collect();
+    let groups: Vec<String> = names
+        .iter()
+        .filter_map(|n| n.rsplit_once("-q").map(|(g, _)| g.to_string()))
+        .collect();
+    names.extend(groups);
+    assert!(names.len() > 10, "configs/ holds the built-in entries");
+    for p in files(&r.join("crates/aezoo-cli/src"), &[".rs"]) {
         let text = read(&p);
-        for entry in [
-            "\"codec-mnist\"",
-            "\"codec-photo\"",
-            "\"vae-conv\"",
-            "\"video-ae-small\"",
-        ] {
+        for name in &names {
             assert!(
-                !text.contains(entry),
-                "{}: names the entry {entry}; defaults come from aezoo_zoo",
+                !text.contains(&format!("\"{name}\"")),
+                "{}: names the entry `{name}` in a string; defaults come from aezoo_zoo",
                 rel(&p)
             );
         }
+    }
+}
+
+#[test]
+fn the_docs_stay_maps() {
+    // ARCHITECTURE.md is a map and the README a newcomer's page; dated
+    // measurements live in RESULTS.md, BENCH.md and docs/perf.md.
+    let r = root();
+    for (file, limit) in [("ARCHITECTURE.md", 20_000), ("README.md", 15_000)] {
+        let n = read(&r.join(file)).len();
+        assert!(n < limit, "{file} is {n} bytes, over {limit}");
     }
 }

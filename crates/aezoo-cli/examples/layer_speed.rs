@@ -189,7 +189,7 @@ fn main() {
                 bench(
                     name,
                     flops(b, 32, l, 288),
-                    &|x| fused::upsample_conv2d(x, 2, w.as_tensor(), bb.as_tensor(), 1, Act::Relu),
+                    &|x| aezoo_nn::ops::upsample_conv2d(x, 2, w.as_tensor(), bb.as_tensor(), 1, Act::Relu),
                     &x,
                     reps / 2,
                 );

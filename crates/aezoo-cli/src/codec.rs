@@ -21,9 +21,9 @@ pub(crate) struct CompressArgs {
     /// The output: FILE.aez for one image, else a folder (default: <name>.aez beside each image).
     #[arg(short = 'o', long)]
     pub(crate) out: Option<PathBuf>,
-    /// The codec entry (default: the zoo's default codec).
-    #[arg(long)]
-    pub(crate) entry: Option<String>,
+    /// The codec entry.
+    #[arg(long, default_value = default_entry(Task::Compress))]
+    pub(crate) entry: String,
     #[command(flatten)]
     pub(crate) weights: WeightsArgs,
     /// Compute device: cpu, cuda[:N] or metal[:N].
@@ -56,8 +56,7 @@ pub(crate) struct RdArgs {
     /// each; a group name stands for its rate points (`codec-photo` →
     /// `codec-photo-q1`, `-q2`, `-q3`), which make one curve; a weights
     /// folder (holding model.safetensors) stands for itself.
-    /// (Default: the zoo's photo codec group.)
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', default_value = default_entry(Task::RateDistortion))]
     pub(crate) entries: Vec<String>,
     /// JPEG qualities (the `image` crate's encoder, and libjpeg-turbo's
     /// `cjpeg` where installed); the low end is where learned codecs work.
@@ -73,8 +72,7 @@ pub(crate) struct RdArgs {
 
 pub(crate) fn cmd_compress(a: CompressArgs) -> Result<()> {
     let dev = device(&a.device)?;
-    let entry = a.entry.as_deref().unwrap_or(default_entry(Task::Compress));
-    let dir = weights_dir(entry, &a.weights)?;
+    let dir = weights_dir(&a.entry, &a.weights)?;
     let lc = aezoo_zoo::codec::load_codec(&dir, &dev)?;
     let [c, _, _] = lc.codec.synthesis().image();
     let files = expand_images(&a.images)?;
@@ -145,12 +143,7 @@ pub(crate) fn cmd_export_codec(a: ExportArgs) -> Result<()> {
 }
 
 pub(crate) fn cmd_rd(a: RdArgs) -> Result<()> {
-    let named = if a.entries.is_empty() {
-        vec![default_entry(Task::RateDistortion).to_string()]
-    } else {
-        a.entries.clone()
-    };
-    let entries: Vec<String> = named.iter().flat_map(|e| ZOO.expand_group(e)).collect();
+    let entries: Vec<String> = a.entries.iter().flat_map(|e| ZOO.expand_group(e)).collect();
     // An entry name (its default weights), or a weights folder itself.
     let folder = |e: &str| -> Result<PathBuf> {
         let p = Path::new(e);
@@ -171,7 +164,7 @@ pub(crate) fn cmd_rd(a: RdArgs) -> Result<()> {
     let command = format!(
         "aezoo rd --images {} --entries {} --jpeg {} --webp {}",
         a.images.display(),
-        named.join(","),
+        a.entries.join(","),
         q(&a.jpeg),
         q(&a.webp)
     );

@@ -96,7 +96,10 @@ pub(crate) fn cmd_eval(a: EvalArgs) -> Result<()> {
     }
     if a.check {
         let path = loaded.dir.join("metrics.json");
-        let shipped = weights::WeightsMetrics::read(&loaded.dir).context("--check")?;
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("--check: cannot read {}", path.display()))?;
+        let shipped: weights::WeightsMetrics = serde_json::from_str(&text)
+            .with_context(|| format!("--check: {} is not an aezoo metrics.json", path.display()))?;
         if shipped.data != splits.describe() {
             bail!(
                 "--check: {} was measured on `{}`, this machine has `{}`; install that data (see README) to check",

@@ -120,7 +120,7 @@ pub(crate) fn cmd_sample(a: SampleArgs) -> Result<()> {
     let loaded = load_weights(&a.entry, &a.weights, &dev)?;
     if !loaded.model.is_generative() {
         bail!(
-            "`{}` ({}) has no prior to sample from; sampling needs a variational entry such as vae-conv",
+            "`{}` ({}) has no prior to sample from; sampling needs a variational entry (`aezoo list`: the vae families)",
             loaded.config.entry,
             loaded.config.family
         );

@@ -140,6 +140,7 @@ pub(crate) fn cmd_train(mut a: TrainArgs) -> Result<()> {
                 }
             };
             let ck = checkpoint::load(&run_dir)?;
+            ZOO.validate(&ck.config, &ck.dir.join("config.json").display().to_string())?;
             (ck.config, run_dir, true)
         }
         None => {
@@ -224,7 +225,7 @@ pub(crate) fn cmd_train(mut a: TrainArgs) -> Result<()> {
             train_images_per_s: Some(out.train_images_per_s),
             train_seconds: Some(out.train_seconds),
         };
-        metrics.write(&run_dir)?;
+        metrics.write(&run_dir, true)?;
     }
     if let Some(m) = &out.metrics {
         println!(
@@ -283,8 +284,8 @@ pub(crate) fn cmd_list() -> Result<()> {
     for f in ZOO.families {
         println!("  {:<14} {}", f.name(), f.about());
     }
-    for f in ZOO.pipelines {
-        println!("  {:<14} {}", f.name, f.about);
+    for (name, about) in ZOO.pipelines.iter().flat_map(|p| p.families()) {
+        println!("  {name:<14} {about}");
     }
     Ok(())
 }

@@ -108,7 +108,7 @@ pub static VARS: &[Var] = &[
     Var {
         name: "HF_HUB_OFFLINE",
         kind: Kind::Flag { default: false },
-        read_by: "aezoo-data",
+        read_by: "aezoo-data, aezoo-train",
         doc: "hf-hub's own switch: no Hub downloads, the cache only",
     },
     Var {

@@ -1,8 +1,9 @@
 //! aezoo-kernels: the CPU fast paths under aezoo's layers. Each computes the
 //! same function as the composite of candle ops it replaces, with the same
 //! parameters, and has an off switch (`AEZOO_NO_FUSED=1`, and the finer
-//! ones in `aezoo_env::VARS`). `aezoo-nn` is the only crate that calls them;
-//! its tests hold every kernel to the composite and to finite differences.
+//! ones in `aezoo_env::VARS`). `aezoo-nn` is the only crate that calls them
+//! (besides `aezoo-cli`'s timing examples, a dev-dependency); its tests hold
+//! every kernel to the composite and to finite differences.
 //!
 //! What the layers call, by subject:
 //! - fused layers, one autograd node each with a hand-written backward

@@ -14,7 +14,7 @@ use tracing_indicatif::span_ext::IndicatifSpanExt;
 
 use crate::error::Result;
 use crate::runlog::{EpochRecord, RunLog, StepRecord};
-use crate::trainer::{draw_loss_series, recon_strip, record_progress, EpochEvent, RunState, StepEvent, STRIP_IMAGES};
+use crate::trainer::{draw_loss_series, record_progress, EpochEvent, RunState, StepEvent};
 
 /// Told of a run's progress by the [`crate::trainer::Learner`].
 pub trait Observer {
@@ -173,22 +173,16 @@ impl Observer for TensorBoard {
         ];
         v.extend(m.terms.iter().map(|(k, x)| (format!("test/loss/{k}"), *x)));
         self.events.scalars(e.step, &v)?;
-        let (png, width, height) = strip(run)?;
+        let (png, width, height) = e.strip(run)?;
         let image = crate::tensorboard::Summary::Image {
             tag: "reconstructions",
-            png: &png,
-            height,
-            width,
+            png,
+            height: *height,
+            width: *width,
             channels: 3,
         };
         self.events.write(e.step, &[image])
     }
-}
-
-/// The reconstruction strip of the first test images.
-fn strip(run: &RunState) -> Result<(Vec<u8>, u32, u32)> {
-    let idx: Vec<usize> = (0..STRIP_IMAGES.min(run.splits.test.len())).collect();
-    recon_strip(&run.cfg, run.model.as_ref(), &run.splits, &idx, &run.device)
 }
 
 /// The weights and checkpoints: a checkpoint every `train.checkpoint_every`
@@ -219,9 +213,9 @@ impl Observer for Checkpoints {
 pub struct Pictures;
 
 impl Observer for Pictures {
-    fn on_epoch_end(&mut self, run: &RunState, _e: &EpochEvent) -> Result<()> {
-        let (png, ..) = strip(run)?;
-        aezoo_nn::params::write_atomic(&run.run_dir.join("reconstructions.png"), &png)?;
+    fn on_epoch_end(&mut self, run: &RunState, e: &EpochEvent) -> Result<()> {
+        let (png, ..) = e.strip(run)?;
+        aezoo_nn::params::write_atomic(&run.run_dir.join("reconstructions.png"), png)?;
         let (steps, epochs) = RunLog::read_series(&run.run_dir)?;
         draw_loss_series(&run.cfg.entry, &steps, &epochs, &run.run_dir.join("loss.png"))?;
         record_progress(&run.run_dir, run.epoch, run.model.as_ref(), &run.splits, &run.device)

@@ -38,8 +38,6 @@ pub struct EpochRecord {
 pub struct RunLog {
     path: PathBuf,
     file: File,
-    steps: Vec<(f64, f64)>,
-    epochs: Vec<(f64, f64)>,
 }
 
 fn terms_obj(terms: &[(String, f64)]) -> Value {
@@ -51,14 +49,13 @@ impl RunLog {
     pub fn create(run_dir: &Path) -> Result<Self> {
         let path = run_dir.join("metrics.jsonl");
         write_atomic(&path, b"")?;
-        Self::open(path, vec![], vec![])
+        Self::open(path)
     }
 
     /// Reopens a run's log, keeping only lines up to `step`.
     pub fn resume(run_dir: &Path, step: u64) -> Result<Self> {
         let path = run_dir.join("metrics.jsonl");
         let mut kept = String::new();
-        let (mut steps, mut epochs) = (vec![], vec![]);
         if path.exists() {
             let f = File::open(&path).map_err(io_err(&path))?;
             for (i, line) in BufReader::new(f).lines().enumerate() {
@@ -74,27 +71,20 @@ impl RunLog {
                 if s > step {
                     continue;
                 }
-                record_point(&v, &mut steps, &mut epochs);
                 kept.push_str(&line);
                 kept.push('\n');
             }
         }
         write_atomic(&path, kept.as_bytes())?;
-        Self::open(path, steps, epochs)
+        Self::open(path)
     }
 
-    fn open(path: PathBuf, steps: Vec<(f64, f64)>, epochs: Vec<(f64, f64)>) -> Result<Self> {
+    fn open(path: PathBuf) -> Result<Self> {
         let file = File::options().append(true).open(&path).map_err(io_err(&path))?;
-        Ok(Self {
-            path,
-            file,
-            steps,
-            epochs,
-        })
+        Ok(Self { path, file })
     }
 
     fn write(&mut self, v: &Value) -> Result<()> {
-        record_point(v, &mut self.steps, &mut self.epochs);
         let mut line = serde_json::to_string(v).expect("json");
         line.push('\n');
         self.file.write_all(line.as_bytes()).map_err(io_err(&self.path))?;
@@ -126,7 +116,8 @@ impl RunLog {
         }))
     }
 
-    /// The loss series of a finished run's `metrics.jsonl`, read only.
+    /// `(step, batch loss)` and `(step, test loss)` points of a run's
+    /// `metrics.jsonl`, for the loss plot.
     pub fn read_series(run_dir: &Path) -> Result<(Vec<(f64, f64)>, Vec<(f64, f64)>)> {
         let path = run_dir.join("metrics.jsonl");
         let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
@@ -139,11 +130,6 @@ impl RunLog {
             record_point(&v, &mut steps, &mut epochs);
         }
         Ok((steps, epochs))
-    }
-
-    /// `(step, batch loss)` and `(step, test loss)` points for the loss plot.
-    pub fn loss_series(&self) -> (Vec<(f64, f64)>, Vec<(f64, f64)>) {
-        (self.steps.clone(), self.epochs.clone())
     }
 }
 

@@ -305,6 +305,8 @@ impl StepEvent<'_> {
 /// An evaluated epoch, as observers see it.
 #[derive(Debug)]
 pub struct EpochEvent<'a> {
+    /// The reconstruction strip, made once for the observers that show it.
+    strip: std::cell::OnceCell<(Vec<u8>, u32, u32)>,
     /// Epochs completed, this one included (1-based).
     pub epoch: usize,
     pub step: u64,
@@ -313,6 +315,19 @@ pub struct EpochEvent<'a> {
     pub metrics: &'a EvalMetrics,
     pub train_images_per_s: f64,
     pub train_seconds: f64,
+}
+
+impl EpochEvent<'_> {
+    /// The first test images above their reconstructions (PNG bytes, width,
+    /// height), made on first use.
+    pub fn strip(&self, run: &RunState) -> Result<&(Vec<u8>, u32, u32)> {
+        if let Some(s) = self.strip.get() {
+            return Ok(s);
+        }
+        let idx: Vec<usize> = (0..STRIP_IMAGES.min(run.splits.test.len())).collect();
+        let made = recon_strip(&run.cfg, run.model.as_ref(), &run.splits, &idx, &run.device)?;
+        Ok(self.strip.get_or_init(|| made))
+    }
 }
 
 /// The training loop with its observers.
@@ -423,10 +438,13 @@ impl Learner {
             Box::new(MetricsLog::open(run_dir, opts.resume.then_some(run.step))?),
         ];
         write_atomic(&run_dir.join("config.json"), cfg.to_json().as_bytes())?;
-        if opts.tensorboard {
-            observers.push(Box::new(TensorBoard::create(run_dir)?));
-        }
+        let tensorboard = opts.tensorboard.then(|| TensorBoard::create(run_dir)).transpose()?;
+        // The weights and checkpoint first: a failing picture or event file
+        // never costs the epoch's checkpoint.
         observers.push(Box::new(Checkpoints));
+        if let Some(tb) = tensorboard {
+            observers.push(Box::new(tb));
+        }
         if opts.plots {
             observers.push(Box::new(Pictures));
         }
@@ -528,8 +546,17 @@ impl Learner {
     }
 
     /// The current epoch's remaining batches; false when the run stopped
-    /// before its end (after a checkpoint).
+    /// before its end (after a checkpoint). The observers hear the end of
+    /// the batches whatever happened, an error included.
     pub fn run_epoch(&mut self) -> Result<bool> {
+        let finished = self.run_batches();
+        for o in &mut self.observers {
+            o.on_batches_end(&self.run)?;
+        }
+        finished
+    }
+
+    fn run_batches(&mut self) -> Result<bool> {
         let t = self.run.cfg.train.clone();
         let epoch = self.run.epoch;
         self.run.adam.set_lr(t.lr_at(epoch));
@@ -573,14 +600,8 @@ impl Learner {
                 o.on_step(&self.run, &ev)?;
             }
             if stopping {
-                for o in &mut self.observers {
-                    o.on_batches_end(&self.run)?;
-                }
                 return Ok(false);
             }
-        }
-        for o in &mut self.observers {
-            o.on_batches_end(&self.run)?;
         }
         Ok(true)
     }
@@ -674,6 +695,7 @@ impl Learner {
         self.run.batch = 0;
         let train_terms = self.sums.term_means();
         let ev = EpochEvent {
+            strip: std::cell::OnceCell::new(),
             epoch: self.run.epoch,
             step: self.run.step,
             train_loss,

@@ -180,7 +180,6 @@ pub fn from_hub(spec: &HubSpec) -> Result<PathBuf> {
 /// `export`) through this one struct. A run folder's also says how the run
 /// went (`completed`, `steps`, throughput); shipped weights omit those.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct WeightsMetrics {
     pub entry: String,
     pub family: String,
@@ -220,9 +219,19 @@ impl WeightsMetrics {
         crate::config::parse_json(&text, &path.display().to_string())
     }
 
-    /// Writes `dir/metrics.json` atomically.
-    pub fn write(&self, dir: &Path) -> Result<()> {
-        let json = serde_json::to_string_pretty(self).expect("metrics serialise") + "\n";
+    /// Writes `dir/metrics.json` atomically: fields in the struct's order
+    /// (a weights folder's, as `export` writes it), or with `sorted` keys
+    /// at every level (a run folder's, as `train` has always written it).
+    pub fn write(&self, dir: &Path, sorted: bool) -> Result<()> {
+        let json = if sorted {
+            // A `Value`'s maps are ordered by key.
+            let v = serde_json::to_value(self).expect("metrics serialise");
+            serde_json::to_string_pretty(&v)
+        } else {
+            serde_json::to_string_pretty(self)
+        }
+        .expect("metrics serialise")
+            + "\n";
         aezoo_nn::params::write_atomic(&dir.join("metrics.json"), json.as_bytes())?;
         Ok(())
     }
@@ -288,7 +297,7 @@ pub fn export(loaded: &Loaded, metrics: &WeightsMetrics, dir: &Path) -> Result<(
         aezoo_nn::params::write_atomic(&dst, &bytes)?;
     }
     aezoo_nn::params::write_atomic(&dir.join("config.json"), loaded.config.to_json().as_bytes())?;
-    metrics.write(dir)?;
+    metrics.write(dir, false)?;
     let cfg = &loaded.config;
     let m = &metrics.test;
     let card = format!(

@@ -6,9 +6,9 @@
 //! A family of image autoencoders is a [`DynFamily`] — any `F:
 //! aezoo_nn::Family` through [`Registered`] — which parses and checks its
 //! `model` section, builds the model, and answers capability questions (a
-//! resizable codebook). Families of other pipelines (graph autoencoders) are
-//! [`PipelineFamily`] rows: named here so that image commands refuse their
-//! entries with a pointer, validated by their own pipeline.
+//! resizable codebook). Other pipelines (graph autoencoders) are
+//! [`Pipeline`]s with families of their own: named here so that image
+//! commands refuse their entries with a pointer, validated by the pipeline.
 
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
@@ -117,20 +117,20 @@ fn changed(a: &serde_json::Value, b: &serde_json::Value) -> Option<serde_json::V
     }
 }
 
-/// A family of another pipeline (graph autoencoders train full-batch on one
-/// graph): its name, one line for `aezoo list`, the pipeline and the
-/// commands that take its entries, and how its entries are validated.
-pub struct PipelineFamily {
-    pub name: &'static str,
-    pub about: &'static str,
-    /// What its models are, for messages (`graph autoencoder`).
-    pub kind: &'static str,
+/// Another training pipeline and its families (graph autoencoders train
+/// full-batch on one graph): named here so that image commands refuse its
+/// entries with a pointer, and validated by the pipeline itself.
+pub trait Pipeline: Send + Sync {
     /// The pipeline's name (`graph`).
-    pub pipeline: &'static str,
-    /// The commands that take its entries, for error messages.
-    pub commands: &'static str,
-    /// Validates an entry of this family (everything but `family`).
-    pub validate: fn(&EntryConfig, &str) -> Result<()>,
+    fn name(&self) -> &'static str;
+    /// What its models are, for messages (`graph autoencoder`).
+    fn kind(&self) -> &'static str;
+    /// The commands that take its entries, for messages.
+    fn commands(&self) -> &'static str;
+    /// Its families: `(name, one line for aezoo list)`.
+    fn families(&self) -> Vec<(&'static str, &'static str)>;
+    /// Validates an entry of one of its families.
+    fn validate(&self, cfg: &EntryConfig, origin: &str) -> Result<()>;
 }
 
 /// Where an entry's config came from.
@@ -153,8 +153,8 @@ impl std::fmt::Display for ConfigOrigin {
 pub struct Zoo {
     /// Image autoencoder families, one line each.
     pub families: &'static [&'static dyn DynFamily],
-    /// Families of other pipelines.
-    pub pipelines: &'static [PipelineFamily],
+    /// Other pipelines, each with its own families.
+    pub pipelines: &'static [&'static dyn Pipeline],
     /// Built-in entries: (name, config JSON).
     pub entries: &'static [(&'static str, &'static str)],
     /// Compare protocols: (name, protocol JSON).
@@ -162,24 +162,30 @@ pub struct Zoo {
 }
 
 impl Zoo {
-    /// The family of another pipeline called `name`, if it is one.
-    pub fn pipeline_family(&self, name: &str) -> Option<&'static PipelineFamily> {
-        self.pipelines.iter().find(|f| f.name == name)
+    /// The pipeline whose family is called `name`, if another one's.
+    pub fn pipeline_with(&self, name: &str) -> Option<&'static dyn Pipeline> {
+        self.pipelines
+            .iter()
+            .copied()
+            .find(|p| p.families().iter().any(|(f, _)| *f == name))
     }
 
-    /// The pipeline an entry belongs to, when it is not the image trainer's.
+    /// The name of the pipeline an entry belongs to, when it is not the
+    /// image trainer's.
     pub fn pipeline_of(&self, cfg: &EntryConfig) -> Option<&'static str> {
-        self.pipeline_family(&cfg.family).map(|f| f.pipeline)
+        self.pipeline_with(&cfg.family).map(|p| p.name())
     }
 
     /// The image family called `name`.
     pub fn family(&self, name: &str, origin: &str) -> Result<&'static dyn DynFamily> {
-        if let Some(g) = self.pipeline_family(name) {
+        if let Some(p) = self.pipeline_with(name) {
             return Err(TrainError::Config {
                 origin: origin.to_string(),
                 msg: format!(
-                    "`{}` is a {} family: this command works on image entries; {} entries take {}",
-                    g.name, g.kind, g.pipeline, g.commands
+                    "`{name}` is a {} family: this command works on image entries; {} entries take {}",
+                    p.kind(),
+                    p.name(),
+                    p.commands()
                 ),
             });
         }
@@ -194,7 +200,7 @@ impl Zoo {
                     .families
                     .iter()
                     .map(|f| f.name())
-                    .chain(self.pipelines.iter().map(|f| f.name))
+                    .chain(self.pipelines.iter().flat_map(|p| p.families()).map(|(f, _)| f))
                     .collect::<Vec<_>>()
                     .join(", "),
             })
@@ -213,8 +219,8 @@ impl Zoo {
     /// Checks an entry: its pipeline's rules, or the image rules and the
     /// family's `model` section.
     pub fn validate(&self, cfg: &EntryConfig, origin: &str) -> Result<()> {
-        if let Some(p) = self.pipeline_family(&cfg.family) {
-            return (p.validate)(cfg, origin);
+        if let Some(p) = self.pipeline_with(&cfg.family) {
+            return p.validate(cfg, origin);
         }
         cfg.validate_image(origin)?;
         self.family(&cfg.family, origin)?.check(&cfg.model, origin)?;

@@ -13,7 +13,7 @@ use aezoo_nn::{Autoencoder, Batch, Family, StepCtx, StepOutput};
 use aezoo_train::observers::Observer;
 use aezoo_train::precision::{LossScaler, Precision};
 use aezoo_train::trainer::{EpochEvent, RunState, StepEvent};
-use aezoo_train::{DynFamily, EntryConfig, Learner, PipelineFamily, Registered, TrainOptions, Zoo};
+use aezoo_train::{DynFamily, EntryConfig, Learner, Pipeline, Registered, TrainOptions, Zoo};
 use candle_core::{DType, Device, Module, Result, Tensor, Var};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
@@ -87,14 +87,26 @@ fn other_pipeline(_: &EntryConfig, origin: &str) -> aezoo_train::Result<()> {
 }
 
 static FAMILIES: &[&dyn DynFamily] = &[&Registered::<Tiny>::NEW];
-static PIPELINES: &[PipelineFamily] = &[PipelineFamily {
-    name: "other",
-    about: "another pipeline's family",
-    kind: "other",
-    pipeline: "other",
-    commands: "`other-train`",
-    validate: other_pipeline,
-}];
+/// Another pipeline with one family, `other`.
+struct Other;
+
+impl Pipeline for Other {
+    fn name(&self) -> &'static str {
+        "other"
+    }
+    fn kind(&self) -> &'static str {
+        "other"
+    }
+    fn commands(&self) -> &'static str {
+        "`other-train`"
+    }
+    fn families(&self) -> Vec<(&'static str, &'static str)> {
+        vec![("other", "another pipeline's family")]
+    }
+    fn validate(&self, cfg: &EntryConfig, origin: &str) -> aezoo_train::Result<()> {
+        other_pipeline(cfg, origin)
+    }
+}
 static ENTRIES: &[(&str, &str)] = &[(
     "tiny-mnist",
     r#"{
@@ -107,7 +119,7 @@ static ENTRIES: &[(&str, &str)] = &[(
 )];
 static ZOO: Zoo = Zoo {
     families: FAMILIES,
-    pipelines: PIPELINES,
+    pipelines: &[&Other],
     entries: ENTRIES,
     protocols: &[],
 };

@@ -74,19 +74,41 @@ pub struct CodebookConfig {
     pub init_range: [f64; 2],
 }
 
+impl CodebookConfig {
+    /// Checks the ranges: 2 to 128 levels, an increasing finite
+    /// `init_range`, a commitment of at least 0.
+    fn check(&self) -> Result<()> {
+        if !(2..=128).contains(&self.levels) {
+            candle_core::bail!(
+                "video-ae: model.codebook.levels {} must be between 2 and 128",
+                self.levels
+            );
+        }
+        let [lo, hi] = self.init_range;
+        if !(lo < hi) || !lo.is_finite() || !hi.is_finite() || !(self.commitment >= 0.0) {
+            candle_core::bail!(
+                "video-ae: model.codebook.init_range {:?} must be increasing and model.codebook.commitment {} >= 0",
+                self.init_range,
+                self.commitment
+            );
+        }
+        Ok(())
+    }
+}
+
 impl Codebook for CodebookConfig {
     fn levels(&self) -> usize {
         self.levels
     }
 
     fn set_levels(&mut self, levels: usize, init_range: Option<(f64, f64)>) -> Result<()> {
-        if !(2..=128).contains(&levels) {
-            candle_core::bail!("video-ae: model.codebook.levels {levels} must be between 2 and 128");
-        }
-        self.levels = levels;
+        let mut next = self.clone();
+        next.levels = levels;
         if let Some((lo, hi)) = init_range {
-            self.init_range = [lo, hi];
+            next.init_range = [lo, hi];
         }
+        next.check()?;
+        *self = next;
         Ok(())
     }
 }
@@ -228,20 +250,7 @@ impl Family for VideoAe {
             candle_core::bail!("video-ae: model.kernel {k} must be odd (the decoder mirrors it with padding (k-1)/2)");
         }
         if let Some(cb) = &cfg.codebook {
-            if !(2..=128).contains(&cb.levels) {
-                candle_core::bail!(
-                    "video-ae: model.codebook.levels {} must be between 2 and 128",
-                    cb.levels
-                );
-            }
-            let [lo, hi] = cb.init_range;
-            if !(lo < hi) || !lo.is_finite() || !hi.is_finite() || !(cb.commitment >= 0.0) {
-                candle_core::bail!(
-                    "video-ae: model.codebook.init_range {:?} must be increasing and model.codebook.commitment {} >= 0",
-                    cb.init_range,
-                    cb.commitment
-                );
-            }
+            cb.check()?;
         }
         let down = Conv3dOpts {
             stride: [1, 2, 2],

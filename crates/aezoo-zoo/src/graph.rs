@@ -29,7 +29,7 @@ use aezoo_nn::optim::Adam;
 use aezoo_train::config::{parse_json, parse_value, EntryConfig};
 use aezoo_train::error::{io_err, Result, TrainError};
 use aezoo_train::plot::{save_loss_plot, Series};
-use aezoo_train::PipelineFamily;
+use aezoo_train::Pipeline;
 use candle_nn::VarBuilder;
 
 use crate::{PROTOCOLS, ZOO};
@@ -90,36 +90,38 @@ pub static GRAPH_FAMILIES: &[&dyn DynGraphFamily] = &[
     &RegisteredGraph::<aezoo_graph::Vgae>::NEW,
 ];
 
-/// The graph families as the [`aezoo_train::Zoo`] knows them: a separate
-/// pipeline, whose entries take `train`, `eval`, `encode-graph` and
-/// `compare --graphs`.
-pub static FAMILIES: &[PipelineFamily] = &[
-    PipelineFamily {
-        name: aezoo_graph::Gae::NAME,
-        about: aezoo_graph::Gae::ABOUT,
-        kind: "graph autoencoder",
-        pipeline: "graph",
-        commands: "`train`, `eval`, `encode-graph` and `compare --graphs`",
-        validate,
-    },
-    PipelineFamily {
-        name: aezoo_graph::Vgae::NAME,
-        about: aezoo_graph::Vgae::ABOUT,
-        kind: "graph autoencoder",
-        pipeline: "graph",
-        commands: "`train`, `eval`, `encode-graph` and `compare --graphs`",
-        validate,
-    },
-];
+/// The graph pipeline as the [`aezoo_train::Zoo`] knows it: its families
+/// are [`GRAPH_FAMILIES`], its entries take `train`, `eval`,
+/// `encode-graph` and `compare --graphs`.
+pub struct GraphPipeline;
+
+impl Pipeline for GraphPipeline {
+    fn name(&self) -> &'static str {
+        "graph"
+    }
+    fn kind(&self) -> &'static str {
+        "graph autoencoder"
+    }
+    fn commands(&self) -> &'static str {
+        "`train`, `eval`, `encode-graph` and `compare --graphs`"
+    }
+    fn families(&self) -> Vec<(&'static str, &'static str)> {
+        GRAPH_FAMILIES.iter().map(|f| (f.name(), f.about())).collect()
+    }
+    fn validate(&self, cfg: &EntryConfig, origin: &str) -> Result<()> {
+        validate(cfg, origin)
+    }
+}
 
 /// The graph family called `name`, if it is one.
 pub fn graph_family(name: &str) -> Option<&'static dyn DynGraphFamily> {
     GRAPH_FAMILIES.iter().copied().find(|f| f.name() == name)
 }
 
-/// Whether `cfg` is a graph entry (its family is in [`GRAPH_FAMILIES`]).
+/// Whether `cfg` is a graph entry (its family is in [`GRAPH_FAMILIES`]),
+/// as the zoo decides it.
 pub fn is_graph(cfg: &EntryConfig) -> bool {
-    graph_family(&cfg.family).is_some()
+    ZOO.pipeline_of(cfg) == Some(GraphPipeline.name())
 }
 
 /// Checks a graph entry: full-batch training settings only, and the

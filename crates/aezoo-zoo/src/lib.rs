@@ -36,7 +36,7 @@ pub static FAMILIES: &[&dyn DynFamily] = &[
 /// entries and protocols.
 pub static ZOO: Zoo = Zoo {
     families: FAMILIES,
-    pipelines: graph::FAMILIES,
+    pipelines: &[&graph::GraphPipeline],
     entries: BUILTIN,
     protocols: PROTOCOLS,
 };
