@@ -108,10 +108,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Our library errors already carry their causes in their message:
-            // print each cause once.
+            // print each cause once, on one line (a backtrace that candle
+            // appends under RUST_BACKTRACE dropped).
             let mut parts: Vec<String> = Vec::new();
             for cause in e.chain() {
-                let text = cause.to_string();
+                let text = aezoo_nn::limits::one_line(&cause.to_string());
                 if !parts.iter().any(|p| p.contains(&text)) {
                     parts.push(text);
                 }

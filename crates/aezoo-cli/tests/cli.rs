@@ -809,6 +809,32 @@ fn video_config(dir: &Path) -> String {
 }
 
 #[test]
+fn errors_stay_one_line_with_rust_backtrace_set() {
+    // A model error raised through candle (which appends a backtrace to its
+    // text under RUST_BACKTRACE): still one line.
+    let d = tempfile::tempdir().unwrap();
+    let cfg = video_config(d.path());
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[4, 32, 32]", "[4, 30, 30]")
+        .replace(r#""size": 32"#, r#""size": 30"#);
+    std::fs::write(&cfg, text).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_aezoo"))
+        .current_dir(d.path())
+        .args(["train", &cfg, "--out", d.path().join("run").to_str().unwrap()])
+        .env("RUST_BACKTRACE", "1")
+        .env("XDG_CACHE_HOME", d.path().join(".cache"))
+        .env_remove("AEZOO_DATA")
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    assert_one_line_error(&o, &["divisible by 8"]);
+    let err = stderr(&o);
+    let from_error: Vec<&str> = err.lines().skip_while(|l| !l.starts_with("error: ")).collect();
+    assert_eq!(from_error.len(), 1, "{err}");
+}
+
+#[test]
 fn video_train_show_and_rate_sweep() {
     let d = tempfile::tempdir().unwrap();
     let cfg = video_config(d.path());

@@ -44,8 +44,9 @@ pub const MAGIC: [u8; 4] = *b"AEZ\x1a";
 pub const VERSION: u8 = 1;
 /// Latent values are clamped to `±SUPPORT` before coding.
 pub const SUPPORT: i32 = 1 << 12;
-/// The largest image a file may announce (pixels per channel, 32 MP).
-pub const MAX_PIXELS: u64 = 1 << 25;
+/// The largest image a file may announce (pixels per channel, 32 MP): the
+/// workspace's image budget, [`aezoo_nn::limits::MAX_IMAGE_PIXELS`].
+pub const MAX_PIXELS: u64 = aezoo_nn::limits::MAX_IMAGE_PIXELS as u64;
 /// Tiles go through the encoder and decoder this many at a time, so memory
 /// stays that of the image, whatever its size.
 const TILE_CHUNK: usize = 64;

@@ -50,7 +50,7 @@ fn default_val() -> f64 {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FolderConfig {
-    /// The folder (else `--data DIR`).
+    /// The folder, unless `--data DIR` names another (an explicit flag wins).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
     #[serde(default)]
@@ -191,11 +191,21 @@ pub fn load_folder(dir: &Path, [c, h, w]: [usize; 3], cfg: &FolderConfig, seed: 
     }
     let files = image_files(dir)?;
     let mut kept = Vec::with_capacity(files.len());
-    let mut pixels = Vec::with_capacity(files.len() * c * h * w);
+    let per = aezoo_nn::limits::product(&[c, h, w]).unwrap_or(usize::MAX);
+    let total = files.len().saturating_mul(per);
+    if total as u64 > aezoo_nn::limits::MAX_DATASET_BYTES {
+        return Err(DataError::Invalid(format!(
+            "{}: {} images of {c}x{h}x{w} are {total} bytes, above the limit of {} (aezoo_nn::limits)",
+            dir.display(),
+            files.len(),
+            aezoo_nn::limits::MAX_DATASET_BYTES
+        )));
+    }
+    let mut pixels = Vec::with_capacity(total);
     let mut pictures = Vec::new();
     let mut skipped = Vec::new();
     for f in files {
-        match image::open(&f) {
+        match crate::image_file::open_image(&f) {
             Ok(img) => {
                 if cfg.fit == Fit::RandomCrop {
                     // The whole picture at short side `crop_from`; its centre window is the fixed image.
@@ -219,7 +229,10 @@ pub fn load_folder(dir: &Path, [c, h, w]: [usize; 3], cfg: &FolderConfig, seed: 
                 kept.push(f);
             }
             Err(e) => {
-                let why = format!("cannot decode the image ({e})");
+                let why = match e {
+                    DataError::Format { what, .. } => what,
+                    other => other.to_string(),
+                };
                 if cfg.on_error == OnError::Fail {
                     return Err(DataError::Format { path: f, what: why });
                 }

@@ -82,7 +82,11 @@ pub fn read_parquet(path: &Path) -> Result<ImageSet> {
         source,
     })?;
     let reader = SerializedFileReader::new(file).map_err(|e| bad(format!("not a parquet file: {e}")))?;
-    let rows = reader.metadata().file_metadata().num_rows().max(0) as usize;
+    let rows = reader.metadata().file_metadata().num_rows().max(0) as u64;
+    // The footer's row count, within the budget before anything is reserved.
+    aezoo_nn::limits::within("rows of 784 pixels:", rows, aezoo_nn::limits::MAX_DATASET_BYTES / 784)
+        .map_err(|m| bad(format!("num_rows: {m}")))?;
+    let rows = rows as usize;
     let mut pixels = Vec::with_capacity(rows * 784);
     let mut labels = Vec::with_capacity(rows);
     let iter = reader
@@ -107,8 +111,11 @@ pub fn read_parquet(path: &Path) -> Result<ImageSet> {
         }
         let image = image.ok_or_else(|| bad(format!("row {r}: no `image.bytes` column")))?;
         let label = label.ok_or_else(|| bad(format!("row {r}: no integer `label` column")))?;
-        let img = image::load_from_memory(&image)
-            .map_err(|e| bad(format!("row {r}: undecodable image ({e})")))?
+        let img = crate::image_file::decode_image(&image, path)
+            .map_err(|e| match e {
+                DataError::Format { what, .. } => bad(format!("row {r}: {what}")),
+                other => other,
+            })?
             .to_luma8();
         if img.dimensions() != (28, 28) {
             return Err(bad(format!(

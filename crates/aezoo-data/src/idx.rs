@@ -20,8 +20,25 @@ pub struct IdxImages {
     pub pixels: Vec<u8>,
 }
 
-/// Reads the whole file, un-gzipping it if it starts with the gzip magic.
+/// Reads the whole file, un-gzipping it if it starts with the gzip magic;
+/// the file and what it inflates to stay within
+/// [`aezoo_nn::limits::MAX_DECOMPRESSED_BYTES`].
 pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
+    let len = std::fs::metadata(path)
+        .map_err(|source| DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
+    if len > aezoo_nn::limits::MAX_DECOMPRESSED_BYTES {
+        return Err(DataError::Format {
+            path: path.to_path_buf(),
+            what: format!(
+                "{len} bytes, above the limit of {} (aezoo_nn::limits)",
+                aezoo_nn::limits::MAX_DECOMPRESSED_BYTES
+            ),
+        });
+    }
     let raw = std::fs::read(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
         source,
@@ -32,14 +49,28 @@ pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
 /// Un-gzips `raw` if it starts with the gzip magic (`1f 8b`); `path` names it
 /// in errors.
 pub fn decode_maybe_gz(raw: Vec<u8>, path: &Path) -> Result<Vec<u8>> {
+    decode_maybe_gz_within(raw, path, aezoo_nn::limits::MAX_DECOMPRESSED_BYTES)
+}
+
+/// [`decode_maybe_gz`] with the inflated size capped at `limit` bytes: a
+/// stream that inflates past it is an error, and no more than `limit + 1`
+/// bytes are ever held.
+pub fn decode_maybe_gz_within(raw: Vec<u8>, path: &Path, limit: u64) -> Result<Vec<u8>> {
     if raw.len() >= 2 && raw[0] == 0x1f && raw[1] == 0x8b {
-        let mut out = Vec::with_capacity(raw.len() * 4);
+        let mut out = Vec::with_capacity(raw.len().saturating_mul(4).min(limit as usize + 1));
         flate2::read::MultiGzDecoder::new(&raw[..])
+            .take(limit + 1)
             .read_to_end(&mut out)
             .map_err(|e| DataError::Format {
                 path: path.to_path_buf(),
                 what: format!("corrupt or truncated gzip stream ({e})"),
             })?;
+        if out.len() as u64 > limit {
+            return Err(DataError::Format {
+                path: path.to_path_buf(),
+                what: format!("inflates to more than {limit} bytes (aezoo_nn::limits)"),
+            });
+        }
         Ok(out)
     } else {
         Ok(raw)
@@ -83,7 +114,7 @@ fn header(bytes: &[u8], path: &Path, want_ndim: u8, kind: &str) -> Result<Vec<us
 }
 
 fn check_len(bytes: &[u8], path: &Path, hlen: usize, n: usize, what: String) -> Result<()> {
-    let expected = hlen + n;
+    let expected = hlen.saturating_add(n);
     if bytes.len() < expected {
         return Err(DataError::Truncated {
             path: path.to_path_buf(),

@@ -94,8 +94,15 @@ pub fn generate(digits: &ImageSet, n: usize, cfg: &MovingMnistConfig, rng: &mut 
             cfg.step_length
         )));
     }
+    let total = aezoo_nn::limits::product(&[n, t, s, s]).unwrap_or(usize::MAX);
+    if total as u64 > aezoo_nn::limits::MAX_DATASET_BYTES {
+        return Err(DataError::Invalid(format!(
+            "moving-mnist: {n} clips of {t} frames of {s}x{s} are {total} bytes, above the limit of {} (aezoo_nn::limits); lower data.moving_mnist.train_clips, test_clips, frames or size",
+            aezoo_nn::limits::MAX_DATASET_BYTES
+        )));
+    }
     let clip = t * s * s;
-    let mut pixels = vec![0u8; n * clip];
+    let mut pixels = vec![0u8; total];
     let mut labels = Vec::with_capacity(n);
     let (span_y, span_x) = ((s - dh) as f64, (s - dw) as f64);
     for (ci, out) in pixels.chunks_mut(clip).enumerate() {
@@ -145,6 +152,20 @@ pub fn generate(digits: &ImageSet, n: usize, cfg: &MovingMnistConfig, rng: &mut 
 /// Reads a `.npy` file in the published layout `(frames, clips, h, w)`,
 /// `uint8`, C order, into clips of `(frames, h, w)`.
 pub fn load_npy(path: &Path) -> Result<ImageSet> {
+    let io = |source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let len = std::fs::metadata(path).map_err(io)?.len();
+    if len > aezoo_nn::limits::MAX_DATASET_BYTES {
+        return Err(npy_err(
+            path,
+            format!(
+                "{len} bytes, above the limit of {} (aezoo_nn::limits)",
+                aezoo_nn::limits::MAX_DATASET_BYTES
+            ),
+        ));
+    }
     let bytes = std::fs::read(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
         source,
@@ -208,10 +229,9 @@ pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<ImageSet> {
         .ok_or_else(|| npy_err(path, format!("truncated .npy header: {hlen} bytes announced")))?;
     let header = std::str::from_utf8(header).map_err(|_| npy_err(path, ".npy header is not text"))?;
     let descr = header_value(header, "descr").ok_or_else(|| npy_err(path, ".npy header has no 'descr'"))?;
-    if !matches!(
-        descr.trim_matches(|c| c == '\'' || c == '"'),
-        "|u1" | "<u1" | ">u1" | "u1" | "|b1"
-    ) {
+    // Exactly what numpy writes for uint8; a bool array or another
+    // spelling is refused, not reinterpreted.
+    if descr.trim_matches(|c| c == '\'' || c == '"') != "|u1" {
         return Err(npy_err(
             path,
             format!("dtype {descr}: Moving MNIST is uint8 (|u1); convert with arr.astype(np.uint8)"),

@@ -254,11 +254,24 @@ pub fn load_idx_dir(dir: &Path, id: DatasetId, source: Source) -> Result<Splits>
         idx::read_labels(&file(IDX_FILES[1])?)?,
         &file(IDX_FILES[1])?,
     )?;
+    let test_images = file(IDX_FILES[2])?;
     let test = pair(
-        idx::read_images(&file(IDX_FILES[2])?)?,
+        idx::read_images(&test_images)?,
         idx::read_labels(&file(IDX_FILES[3])?)?,
         &file(IDX_FILES[3])?,
     )?;
+    // The splits are of one image shape: a test file of another shape with
+    // the same byte count is refused here, naming it, not later in eval.
+    if test.image_shape() != train.image_shape() {
+        return Err(DataError::Format {
+            path: test_images,
+            what: format!(
+                "images of {:?}, but the training images are {:?}",
+                test.image_shape(),
+                train.image_shape()
+            ),
+        });
+    }
     Ok(Splits {
         name: id.name().into(),
         train,

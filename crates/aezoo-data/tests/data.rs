@@ -120,6 +120,91 @@ fn wrong_magic_extra_bytes_and_corrupt_gzip() {
 }
 
 #[test]
+fn test_images_of_another_shape_are_refused_naming_the_file() {
+    // 14 x 56 test images hold as many bytes as 28 x 28 ones.
+    let d = tmp();
+    write_idx_set(d.path(), 4, 3, false);
+    let wide = IdxImages {
+        count: 3,
+        rows: 14,
+        cols: 56,
+        pixels: vec![7; 3 * 784],
+    };
+    std::fs::write(d.path().join("t10k-images-idx3-ubyte"), idx::encode_images(&wide)).unwrap();
+    let loc = Locator {
+        explicit: Some(d.path().to_path_buf()),
+        ..isolated()
+    };
+    let e = err_of(loc.load(DatasetId::FashionMnist));
+    assert!(
+        e.contains("t10k-images-idx3-ubyte") && e.contains("[1, 14, 56]") && e.contains("[1, 28, 28]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_gzip_that_inflates_past_the_budget_is_refused() {
+    // A megabyte of zeros, about a kilobyte gzipped: past a 64 KiB cap it
+    // is refused (the reader stops there), within it inflated whole.
+    let bomb = gz(&vec![0u8; 1 << 20]);
+    let e = err_of(idx::decode_maybe_gz_within(bomb.clone(), Path::new("bomb.gz"), 1 << 16));
+    assert!(
+        e.contains("bomb.gz") && e.contains("inflates to more than 65536 bytes"),
+        "{e}"
+    );
+    assert_eq!(
+        idx::decode_maybe_gz_within(bomb, Path::new("bomb.gz"), 1 << 20)
+            .unwrap()
+            .len(),
+        1 << 20
+    );
+}
+
+#[test]
+fn an_image_header_beyond_the_budget_is_refused_before_decoding() {
+    // A PNG whose header says 20000 x 20000, with no pixel data behind it.
+    let d = tmp();
+    let p = d.path().join("huge.png");
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend(20000u32.to_be_bytes());
+    ihdr.extend(20000u32.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]);
+    png.extend(13u32.to_be_bytes());
+    png.extend(&ihdr);
+    png.extend(crc32(&ihdr).to_be_bytes());
+    for (kind, body) in [(&b"IDAT"[..], &[0x78u8, 0x9c][..]), (b"IEND", b"")] {
+        let chunk = [kind, body].concat();
+        png.extend((body.len() as u32).to_be_bytes());
+        png.extend(&chunk);
+        png.extend(crc32(&chunk).to_be_bytes());
+    }
+    std::fs::write(&p, &png).unwrap();
+    let e = err_of(aezoo_data::image_file::open_image(&p));
+    assert!(
+        e.contains("huge.png") && e.contains("20000x20000") && e.contains("limits"),
+        "{e}"
+    );
+    // A broken JPEG's decoder error is one line naming the file.
+    let j = d.path().join("broken.jpg");
+    std::fs::write(&j, [0xff, 0xd8, 0xff, 0xdb, 0x00, 0x43, 0x00, 1, 2, 3]).unwrap();
+    let e = err_of(aezoo_data::image_file::open_image(&j));
+    assert!(e.contains("broken.jpg") && !e.contains('\n'), "{e}");
+}
+
+/// CRC-32 (PNG's), bit by bit.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut c = 0xffff_ffffu32;
+    for &b in bytes {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 == 1 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
+        }
+    }
+    !c
+}
+
+#[test]
 fn label_count_must_match_images() {
     let d = tmp();
     write_idx_set(d.path(), 4, 2, false);
@@ -671,6 +756,14 @@ mod moving_mnist {
         assert!(e.contains("expected 4 axes (frames, clips, height, width)"), "{e}");
         let e = err(parse_npy(&good[..40], p).unwrap_err());
         assert!(e.contains("truncated .npy header"), "{e}");
+        // A bool array, or uint8 spelled another way: refused, not reinterpreted.
+        let at = good.windows(5).position(|w| w == b"'|u1'").unwrap();
+        for other in [b"'|b1'", b"'>u1'", b"'<u1'"] {
+            let mut m = good.clone();
+            m[at..at + 5].copy_from_slice(other);
+            let e = err(parse_npy(&m, p).unwrap_err());
+            assert!(e.contains("clips.npy") && e.contains("uint8 (|u1)"), "{e}");
+        }
         // An explicit path without the file names it.
         let d = tmp();
         let loc = Locator {

@@ -131,6 +131,26 @@ fn normalise_edges(mut edges: Vec<(u32, u32)>, n: usize, origin: &str) -> Result
     Ok((edges, repeated))
 }
 
+/// The text without a leading UTF-8 byte-order mark (editors on Windows
+/// write one).
+fn strip_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
+}
+
+/// A node count between 1 and [`aezoo_nn::limits::MAX_GRAPH_NODES`], or an
+/// error at `line` (`how`: where the count comes from).
+fn check_nodes(n: usize, file: &str, line: usize, how: &str) -> Result<()> {
+    let limit = aezoo_nn::limits::MAX_GRAPH_NODES;
+    if n == 0 || n > limit {
+        return Err(GraphError::Parse {
+            file: file.into(),
+            line,
+            msg: format!("{how} {n} nodes; a graph has 1 to {limit} (aezoo_nn::limits)"),
+        });
+    }
+    Ok(())
+}
+
 /// `N nodes` and `F … features` declared in a `#` header line.
 fn header_counts(line: &str) -> (Option<usize>, Option<usize>) {
     let words: Vec<&str> = line
@@ -162,7 +182,7 @@ fn header_counts(line: &str) -> (Option<usize>, Option<usize>) {
 pub fn parse_edges(text: &str, file: &str) -> Result<(Vec<(u32, u32)>, Option<usize>)> {
     let mut edges = Vec::new();
     let mut declared = None;
-    for (i, line) in text.lines().enumerate() {
+    for (i, line) in strip_bom(text).lines().enumerate() {
         let lineno = i + 1;
         let t = line.trim();
         if t.is_empty() {
@@ -171,6 +191,9 @@ pub fn parse_edges(text: &str, file: &str) -> Result<(Vec<(u32, u32)>, Option<us
         if let Some(h) = t.strip_prefix('#') {
             if declared.is_none() {
                 declared = header_counts(h).0;
+                if let Some(n) = declared {
+                    check_nodes(n, file, lineno, "the header declares")?;
+                }
             }
             continue;
         }
@@ -222,7 +245,7 @@ pub fn parse_features(text: &str, file: &str) -> Result<Features> {
     let mut indices: Vec<u32> = Vec::new();
     let (mut nodes, mut dim) = (None, None);
     let mut seen_data = false;
-    let mut lines: Vec<(usize, &str)> = text.lines().enumerate().map(|(i, l)| (i + 1, l)).collect();
+    let mut lines: Vec<(usize, &str)> = strip_bom(text).lines().enumerate().map(|(i, l)| (i + 1, l)).collect();
     // A trailing empty line is the end of the file, not a node.
     while matches!(lines.last(), Some((_, l)) if l.trim().is_empty()) {
         lines.pop();
@@ -232,12 +255,35 @@ pub fn parse_features(text: &str, file: &str) -> Result<Features> {
         if !seen_data {
             if let Some(h) = t.strip_prefix('#') {
                 let (n, f) = header_counts(h);
+                if let Some(n) = n {
+                    check_nodes(n, file, lineno, "the header declares")?;
+                }
+                if let Some(f) = f.filter(|&f| f == 0 || f > aezoo_nn::limits::MAX_GRAPH_FEATURE_VALUES) {
+                    return Err(GraphError::Parse {
+                        file: file.into(),
+                        line: lineno,
+                        msg: format!(
+                            "the header declares {f} features; 1 to {} (aezoo_nn::limits)",
+                            aezoo_nn::limits::MAX_GRAPH_FEATURE_VALUES
+                        ),
+                    });
+                }
                 nodes = nodes.or(n);
                 dim = dim.or(f);
                 continue;
             }
         }
         seen_data = true;
+        if indptr.len() > aezoo_nn::limits::MAX_GRAPH_NODES {
+            return Err(GraphError::Parse {
+                file: file.into(),
+                line: lineno,
+                msg: format!(
+                    "more than {} feature lines (nodes; aezoo_nn::limits)",
+                    aezoo_nn::limits::MAX_GRAPH_NODES
+                ),
+            });
+        }
         let start = indices.len();
         for tok in t.split_whitespace() {
             let j = tok.parse::<u32>().map_err(|_| GraphError::Parse {
@@ -272,17 +318,33 @@ pub fn parse_features(text: &str, file: &str) -> Result<Features> {
         }
     }
     let dim = dim.unwrap_or_else(|| indices.iter().map(|&j| j as usize + 1).max().unwrap_or(0));
+    // The dense matrix the encoder reads: nodes × features, within budget.
+    let limit = aezoo_nn::limits::MAX_GRAPH_FEATURE_VALUES;
+    if rows.saturating_mul(dim) > limit {
+        return Err(GraphError::Invalid {
+            file: file.into(),
+            msg: format!("{rows} nodes × {dim} features is above the limit of {limit} values (aezoo_nn::limits)"),
+        });
+    }
     Ok(Features { dim, indptr, indices })
 }
 
 fn gunzip(bytes: &[u8], file: &str) -> Result<String> {
+    let limit = aezoo_nn::limits::MAX_TEXT_BYTES;
     let mut s = String::new();
     flate2::read::GzDecoder::new(bytes)
+        .take(limit + 1)
         .read_to_string(&mut s)
         .map_err(|e| GraphError::Io {
             file: file.into(),
             msg: format!("cannot decompress: {e}"),
         })?;
+    if s.len() as u64 > limit {
+        return Err(GraphError::Io {
+            file: file.into(),
+            msg: format!("inflates to more than {limit} bytes (aezoo_nn::limits)"),
+        });
+    }
     Ok(s)
 }
 
@@ -315,7 +377,22 @@ fn assemble(name: &str, edges_text: &str, edges_file: &str, feats: Option<(Strin
         }
         (Some(f), _) => f.rows(),
         (None, Some(d)) => d,
-        (None, None) => edges.iter().map(|&(u, v)| u.max(v) as usize + 1).max().unwrap_or(0),
+        (None, None) => {
+            // Without a header the count is the largest id + 1: within budget
+            // before anything of that size exists.
+            let n = edges.iter().map(|&(u, v)| u.max(v) as usize + 1).max().unwrap_or(0);
+            if n > aezoo_nn::limits::MAX_GRAPH_NODES {
+                return Err(GraphError::Invalid {
+                    file: edges_file.into(),
+                    msg: format!(
+                        "node id {} makes {n} nodes, above the limit of {} (aezoo_nn::limits); ids count from 0",
+                        n - 1,
+                        aezoo_nn::limits::MAX_GRAPH_NODES
+                    ),
+                });
+            }
+            n
+        }
     };
     let (edges, repeated) = normalise_edges(edges, n, edges_file)?;
     if edges.is_empty() {
@@ -350,6 +427,20 @@ pub fn bundled(name: &str) -> Option<Result<Graph>> {
 }
 
 fn read_text(path: &Path) -> Result<String> {
+    let io = |e: std::io::Error| GraphError::Io {
+        file: path.display().to_string(),
+        msg: e.to_string(),
+    };
+    let len = std::fs::metadata(path).map_err(io)?.len();
+    if len > aezoo_nn::limits::MAX_TEXT_BYTES {
+        return Err(GraphError::Io {
+            file: path.display().to_string(),
+            msg: format!(
+                "{len} bytes, above the limit of {} (aezoo_nn::limits)",
+                aezoo_nn::limits::MAX_TEXT_BYTES
+            ),
+        });
+    }
     let bytes = std::fs::read(path).map_err(|e| GraphError::Io {
         file: path.display().to_string(),
         msg: e.to_string(),

@@ -31,6 +31,25 @@ impl EdgeSplit {
         Self::with_fractions(g, seed, 0.05, 0.10)
     }
 
+    /// Whether [`EdgeSplit::new`] can split `g`: at least one validation
+    /// and one test edge, and non-edges enough to sample as many; the error
+    /// names the graph's file, before any training.
+    pub fn check(g: &Graph) -> Result<(), crate::GraphError> {
+        let e = g.edges.len();
+        let (n_test, n_val) = ((e as f64 * 0.10).floor() as usize, (e as f64 * 0.05).floor() as usize);
+        let n = g.num_nodes as u64;
+        let non_edges = (n * n.saturating_sub(1) / 2).saturating_sub(e as u64);
+        if n_val == 0 || n_test == 0 || ((n_test + n_val) as u64) > non_edges {
+            return Err(crate::GraphError::Invalid {
+                file: g.source.clone(),
+                msg: format!(
+                    "{e} edges among {n} nodes: link prediction holds out 5 % of the edges for validation and 10 % for test, and as many non-edges; it needs at least 20 edges and that many non-edges"
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// A split with other validation / test fractions (of the edge count, floored).
     pub fn with_fractions(g: &Graph, seed: u64, val_frac: f64, test_frac: f64) -> Self {
         let mut rng = Rng::derived(seed, SPLIT_STREAM);

@@ -111,6 +111,49 @@ fn malformed_edge_lists_are_errors_naming_line_and_token() {
 }
 
 #[test]
+fn node_counts_beyond_the_budget_and_odd_headers_are_clear_errors() {
+    // Declared counts: zero, and one past the budget, both at their line.
+    let e = parse_err_edges("# g: 0 nodes\n0 1\n");
+    assert!(
+        e.contains("g.edges.txt:1") && e.contains("0 nodes") && !e.contains("18446744073709551615"),
+        "{e}"
+    );
+    let e = parse_err_edges("# g: 1000000000000 nodes\n0 1\n");
+    assert!(
+        e.contains(":1") && e.contains("1000000000000 nodes") && e.contains("limits"),
+        "{e}"
+    );
+    let e = parse_features("# g: 2 nodes, 99999999999 features\n0\n1\n", "g.features.txt")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("g.features.txt:1") && e.contains("features") && e.contains("limits"),
+        "{e}"
+    );
+    // Without a header the count is the largest id + 1: refused before use.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("far.edges.txt"), "0 1\n1 20000000\n").unwrap();
+    let e = data::load("far", &[dir.path().to_path_buf()]).unwrap_err().to_string();
+    assert!(
+        e.contains("far.edges.txt") && e.contains("20000001 nodes") && e.contains("limit"),
+        "{e}"
+    );
+    // A UTF-8 byte-order mark is not part of line 1.
+    let (edges, declared) = parse_edges("\u{feff}# g: 3 nodes\n0 1\n1 2\n", "g.edges.txt").unwrap();
+    assert_eq!((edges, declared), (vec![(0, 1), (1, 2)], Some(3)));
+    // Too few edges to hold out validation and test edges: said before any
+    // training, naming the file.
+    std::fs::write(dir.path().join("tiny.edges.txt"), "0 1\n1 2\n2 3\n").unwrap();
+    let g = data::load("tiny", &[dir.path().to_path_buf()]).unwrap();
+    let e = EdgeSplit::check(&g).unwrap_err().to_string();
+    assert!(
+        e.contains("tiny.edges.txt") && e.contains("3 edges") && e.contains("at least 20"),
+        "{e}"
+    );
+    assert!(EdgeSplit::check(&data::bundled("cora").unwrap().unwrap()).is_ok());
+}
+
+#[test]
 fn a_users_graph_loads_from_a_folder_with_errors_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(

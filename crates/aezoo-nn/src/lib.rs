@@ -10,6 +10,7 @@
 pub mod conv3d;
 pub mod gradcheck;
 pub mod layers;
+pub mod limits;
 pub mod model;
 pub mod ops;
 pub mod optim;

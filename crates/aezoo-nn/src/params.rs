@@ -18,6 +18,7 @@ use candle_core::{DType, Device, Result, Shape, Tensor, Var};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 
+use crate::limits;
 use crate::rng::Rng;
 
 #[derive(Debug)]
@@ -33,6 +34,10 @@ enum Source {
 struct Inner {
     source: Source,
     trainable: bool,
+    /// Parameters made so far, against `budget`.
+    made: usize,
+    /// The most parameters the model may have ([`limits::MAX_MODEL_PARAMS`]).
+    budget: usize,
     vars: BTreeMap<String, Var>,
     frozen: BTreeMap<String, Tensor>,
     used: BTreeSet<String>,
@@ -57,6 +62,7 @@ impl ParamStore {
     /// Parameters read from a safetensors file. With `trainable` they become
     /// [`Var`]s (to resume training); otherwise plain tensors (inference).
     pub fn load(path: &Path, trainable: bool) -> Result<Self> {
+        check_file_size(path)?;
         let bytes = std::fs::read(path).map_err(|e| err(format!("{}: cannot read weights: {e}", path.display())))?;
         Self::from_bytes(&bytes, path, trainable)
     }
@@ -72,8 +78,7 @@ impl ParamStore {
         })?;
         let mut tensors = BTreeMap::new();
         for (name, view) in st.tensors() {
-            let t = candle_core::safetensors::Load::load(&view, &Device::Cpu)
-                .map_err(|e| err(format!("{}: tensor `{name}`: {e}", path.display())))?;
+            let t = checked_load(&view, &name, path)?;
             tensors.insert(name, t);
         }
         Ok(Self::with_source(
@@ -90,11 +95,20 @@ impl ParamStore {
             inner: Arc::new(Mutex::new(Inner {
                 source,
                 trainable,
+                made: 0,
+                budget: limits::MAX_MODEL_PARAMS,
                 vars: BTreeMap::new(),
                 frozen: BTreeMap::new(),
                 used: BTreeSet::new(),
             })),
         }
+    }
+
+    /// This store with a smaller parameter budget than
+    /// [`limits::MAX_MODEL_PARAMS`] (a smaller machine, or a test).
+    pub fn with_param_budget(self, max_params: usize) -> Self {
+        self.inner.lock().expect("param store poisoned").budget = max_params.min(limits::MAX_MODEL_PARAMS);
+        self
     }
 
     /// A `VarBuilder` that builds a model on this store.
@@ -182,6 +196,13 @@ impl ParamStore {
         if let Some(t) = inner.frozen.get(name) {
             return check_shape(name, t.clone(), s, None);
         }
+        // The budget, before anything of this size is drawn or converted.
+        let n =
+            limits::elems_within(&format!("parameter `{name}`"), s.dims(), limits::MAX_TENSOR_ELEMS).map_err(err)?;
+        let made = inner.made.saturating_add(n);
+        limits::within("the model's parameter count", made as u64, inner.budget as u64)
+            .map_err(|m| err(format!("parameter `{name}`: {m}")))?;
+        inner.made = made;
         let value = match &mut inner.source {
             Source::Init(rng) => draw(rng, s, h, dtype, dev)?,
             Source::File { path, tensors } => {
@@ -207,6 +228,46 @@ impl ParamStore {
             Ok(value)
         }
     }
+}
+
+/// Refuses a weights file larger than a model within the budget can be
+/// ([`limits::MAX_MODEL_PARAMS`] values of 8 bytes, and a header), before
+/// reading it.
+pub fn check_file_size(path: &Path) -> Result<()> {
+    let len = std::fs::metadata(path)
+        .map_err(|e| err(format!("{}: cannot read weights: {e}", path.display())))?
+        .len();
+    let limit = 8 * limits::MAX_MODEL_PARAMS as u64 + (100 << 20);
+    limits::within("a weights file of bytes", len, limit).map_err(|m| err(format!("{}: {m}", path.display())))
+}
+
+/// One tensor of a weights file, refused unless it is a float type holding
+/// only finite values: an integer tensor would be converted into nonsense
+/// weights, a NaN or Inf would spread through every output.
+pub fn checked_load(view: &safetensors::tensor::TensorView<'_>, name: &str, path: &Path) -> Result<Tensor> {
+    use safetensors::Dtype;
+    let what = |m: String| err(format!("{}: tensor `{name}`: {m}", path.display()));
+    if !matches!(view.dtype(), Dtype::F32 | Dtype::F64 | Dtype::F16 | Dtype::BF16) {
+        return Err(what(format!(
+            "dtype {:?}, expected a float type (F32, F64, F16, BF16)",
+            view.dtype()
+        )));
+    }
+    let t =
+        candle_core::safetensors::Load::load(view, &Device::Cpu).map_err(|e| what(limits::one_line(&e.to_string())))?;
+    let bad = if t.dtype() == DType::F64 {
+        t.flatten_all()?.to_vec1::<f64>()?.iter().position(|v| !v.is_finite())
+    } else {
+        t.to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .position(|v| !v.is_finite())
+    };
+    if let Some(i) = bad {
+        return Err(what(format!("holds NaN or Inf (first at flat index {i})")));
+    }
+    Ok(t)
 }
 
 fn check_shape(name: &str, t: Tensor, s: &Shape, path: Option<&PathBuf>) -> Result<Tensor> {

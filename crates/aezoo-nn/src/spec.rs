@@ -153,6 +153,13 @@ fn parse_one(s: &str) -> std::result::Result<LayerSpec, String> {
     let mut nums = Vec::with_capacity(args.len());
     for (i, a) in args.iter().enumerate() {
         match a.parse::<usize>() {
+            Ok(v) if v as u64 > crate::limits::MAX_CONFIG_SIZE => {
+                return Err(format!(
+                    "argument {} `{a}` is above the limit of {} (aezoo_nn::limits)",
+                    i + 1,
+                    crate::limits::MAX_CONFIG_SIZE
+                ))
+            }
             Ok(v) => nums.push(v),
             Err(_) => {
                 return Err(format!(
@@ -465,11 +472,22 @@ fn infer_shapes(list: &LayerList, input: FeatShape) -> std::result::Result<Vec<F
                 FeatShape::Flat { d: c * h * w }
             }
             LayerSpec::Unflatten { c, h, w } => match cur {
-                FeatShape::Flat { d } if d == c * h * w => FeatShape::Map { c, h, w },
-                FeatShape::Flat { d } => return Err(err(format!("{c}·{h}·{w} = {} is not the {d} inputs", c * h * w))),
+                FeatShape::Flat { d } if crate::limits::product(&[c, h, w]) == Some(d) => FeatShape::Map { c, h, w },
+                FeatShape::Flat { d } => {
+                    let product =
+                        crate::limits::product(&[c, h, w]).map_or("more than a usize".into(), |p| p.to_string());
+                    return Err(err(format!("{c}·{h}·{w} = {product} is not the {d} inputs")));
+                }
                 FeatShape::Map { .. } => return Err(err(format!("needs a flat vector but gets a feature map {cur}"))),
             },
         };
+        // Each layer's output within the tensor budget (per image), so no
+        // later product overflows and no activation outgrows memory.
+        let dims: &[usize] = match &cur {
+            FeatShape::Map { c, h, w } => &[*c, *h, *w],
+            FeatShape::Flat { d } => &[*d],
+        };
+        crate::limits::elems_within("the output", dims, crate::limits::MAX_TENSOR_ELEMS).map_err(err)?;
         shapes.push(cur);
     }
     Ok(shapes)

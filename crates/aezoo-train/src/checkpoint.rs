@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use aezoo_nn::params::write_atomic;
 use aezoo_nn::{ParamStore, Rng};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::config::EntryConfig;
@@ -59,6 +59,48 @@ pub struct TrainerState {
     /// The f16 loss scale (mixed precision with `"precision": "f16"` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss_scale: Option<crate::precision::LossScaleState>,
+    /// The loss sums of the epoch in progress (a checkpoint inside an
+    /// epoch), so a resumed epoch reports the mean over all its batches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch_sums: Option<EpochSums>,
+}
+
+/// The loss of an epoch's batches so far, summed over their images.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EpochSums {
+    /// Σ loss · images.
+    pub loss: f64,
+    pub images: usize,
+    /// Σ term · images, by term, in the order the family reports them.
+    pub terms: Vec<(String, f64)>,
+}
+
+impl EpochSums {
+    /// Adds a batch of `n` images.
+    pub fn add(&mut self, loss: f64, terms: &[(String, f64)], n: usize) {
+        self.loss += loss * n as f64;
+        self.images += n;
+        for (name, v) in terms {
+            match self.terms.iter_mut().find(|(k, _)| k == name) {
+                Some((_, s)) => *s += v * n as f64,
+                None => self.terms.push((name.clone(), v * n as f64)),
+            }
+        }
+    }
+
+    /// The mean loss per image.
+    pub fn mean(&self) -> f64 {
+        self.loss / self.images.max(1) as f64
+    }
+
+    /// The mean of each term per image.
+    pub fn term_means(&self) -> Vec<(String, f64)> {
+        self.terms
+            .iter()
+            .map(|(k, s)| (k.clone(), s / self.images.max(1) as f64))
+            .collect()
+    }
 }
 
 /// A loaded checkpoint.
@@ -155,24 +197,60 @@ fn complete(dir: &Path) -> bool {
     .all(|f| dir.join(f).is_file())
 }
 
+/// The complete checkpoint folders of a run, newest (highest step) first.
+/// A step folder is renamed into place whole, so one that exists is newer
+/// than `latest` says when a kill came between the rename and `latest`'s
+/// update; `latest` is kept for people and older tools.
+pub fn complete_checkpoints(run_dir: &Path) -> Vec<PathBuf> {
+    step_dirs(&ckpt_root(run_dir))
+        .into_iter()
+        .rev()
+        .filter(|d| complete(d))
+        .collect()
+}
+
 /// The newest complete checkpoint folder of a run, if any.
 pub fn latest(run_dir: &Path) -> Option<PathBuf> {
-    let root = ckpt_root(run_dir);
-    if let Ok(name) = std::fs::read_to_string(root.join("latest")) {
-        let dir = root.join(name.trim());
-        if complete(&dir) {
-            return Some(dir);
-        }
-    }
-    step_dirs(&root).into_iter().rev().find(|d| complete(d))
+    complete_checkpoints(run_dir).into_iter().next()
 }
 
 /// Loads the newest checkpoint of `run_dir`.
 pub fn load(run_dir: &Path) -> Result<Checkpoint> {
-    let dir = latest(run_dir).ok_or_else(|| TrainError::Checkpoint {
+    let dir = latest(run_dir).ok_or_else(|| no_checkpoint(run_dir))?;
+    open(dir)
+}
+
+fn no_checkpoint(run_dir: &Path) -> TrainError {
+    TrainError::Checkpoint {
         path: run_dir.to_path_buf(),
-        msg: "no complete checkpoint to resume from (expected checkpoints/latest or checkpoints/step-*/)".into(),
-    })?;
+        msg: "no complete checkpoint to resume from (expected checkpoints/step-*/)".into(),
+    }
+}
+
+/// The newest checkpoint of `run_dir` that `restore` accepts: a damaged one
+/// (unreadable state, config or tensors) is reported and the one before it
+/// is tried, so a run loses at most one checkpoint interval to a torn file.
+pub fn load_restorable(run_dir: &Path, mut restore: impl FnMut(&Checkpoint) -> Result<()>) -> Result<Checkpoint> {
+    let mut first_err = None;
+    for dir in complete_checkpoints(run_dir) {
+        match open(dir.clone()).and_then(|ck| restore(&ck).map(|_| ck)) {
+            Ok(ck) => {
+                if let Some(e) = &first_err {
+                    tracing::warn!("resuming from {} instead: {e}", ck.dir.display());
+                }
+                return Ok(ck);
+            }
+            Err(e) => {
+                tracing::warn!("checkpoint {} is damaged: {e}", dir.display());
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_err.unwrap_or_else(|| no_checkpoint(run_dir)))
+}
+
+/// Reads one checkpoint folder's state and config.
+fn open(dir: PathBuf) -> Result<Checkpoint> {
     let state_path = dir.join("trainer_state.json");
     let text = std::fs::read_to_string(&state_path).map_err(io_err(&state_path))?;
     let state: TrainerState = crate::config::parse_json(&text, &state_path.display().to_string())?;
@@ -184,6 +262,32 @@ pub fn load(run_dir: &Path) -> Result<Checkpoint> {
     }
     let config = EntryConfig::read(&dir.join("config.json"))?;
     Ok(Checkpoint { dir, state, config })
+}
+
+/// Removes what writers killed mid-write left in a run folder: temp files
+/// (`<name>.<pid>.tmp`) of other processes beside the run's files and its
+/// checkpoints, and their half-written checkpoint folders.
+pub fn remove_stale_temps(run_dir: &Path) {
+    let own = format!(".{}.tmp", std::process::id());
+    for dir in [run_dir.to_path_buf(), ckpt_root(run_dir)] {
+        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+        for e in rd.filter_map(|e| e.ok()) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let temp_file = name.ends_with(".tmp") && !name.ends_with(&own) && e.path().is_file();
+            let temp_dir = name.starts_with(".step-") && e.path().is_dir();
+            if temp_file || temp_dir && !name.ends_with(&format!("-{}", std::process::id())) {
+                let removed = if temp_dir {
+                    std::fs::remove_dir_all(e.path())
+                } else {
+                    std::fs::remove_file(e.path())
+                };
+                match removed {
+                    Ok(()) => tracing::info!("removed {}, left by a writer that was killed", e.path().display()),
+                    Err(err) => tracing::warn!("cannot remove {}: {err}", e.path().display()),
+                }
+            }
+        }
+    }
 }
 
 impl Checkpoint {
@@ -202,8 +306,11 @@ impl Checkpoint {
     }
 }
 
-/// Reads every tensor of a safetensors file, with a clear error for a broken one.
+/// Reads every tensor of a safetensors file: float tensors of finite values
+/// only (`aezoo_nn::params::checked_load`), with a clear error for a broken
+/// file.
 pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
+    aezoo_nn::params::check_file_size(path)?;
     let bytes = std::fs::read(path).map_err(io_err(path))?;
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| TrainError::Checkpoint {
         path: path.to_path_buf(),
@@ -211,11 +318,7 @@ pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     })?;
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
-        let t = candle_core::safetensors::Load::load(&view, &Device::Cpu).map_err(|e| TrainError::Checkpoint {
-            path: path.to_path_buf(),
-            msg: format!("tensor `{name}`: {e}"),
-        })?;
-        out.insert(name, t);
+        out.insert(name.clone(), aezoo_nn::params::checked_load(&view, &name, path)?);
     }
     Ok(out)
 }

@@ -171,6 +171,65 @@ pub fn parse_value<T: DeserializeOwned>(v: &serde_json::Value, origin: &str, sec
     })
 }
 
+/// Refuses any integer of a config section above
+/// [`aezoo_nn::limits::MAX_CONFIG_SIZE`], naming its JSON path: sizes
+/// become allocations, and a width of 2⁴⁰ must be an error, not an abort.
+pub fn check_sizes(v: &serde_json::Value, origin: &str, path: &str) -> Result<()> {
+    use serde_json::Value;
+    let limit = aezoo_nn::limits::MAX_CONFIG_SIZE;
+    match v {
+        Value::Number(n) => {
+            let big = match (n.as_u64(), n.as_f64()) {
+                (Some(u), _) => u > limit,
+                (None, Some(f)) => f.abs() > limit as f64 && f.fract() == 0.0,
+                _ => false,
+            };
+            if big {
+                return Err(TrainError::Config {
+                    origin: origin.to_string(),
+                    msg: format!("{path}: {n} is above the limit of {limit} (aezoo_nn::limits)"),
+                });
+            }
+        }
+        Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                check_sizes(x, origin, &format!("{path}[{i}]"))?;
+            }
+        }
+        Value::Object(o) => {
+            for (k, x) in o {
+                check_sizes(x, origin, &format!("{path}.{k}"))?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Refuses images beyond the budget (channels, sides, pixels), naming `what`.
+pub fn check_image_shape(shape: [usize; 3], origin: &str, what: &str) -> Result<()> {
+    use aezoo_nn::limits::{MAX_CHANNELS, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE};
+    let [c, h, w] = shape;
+    let bad = if c == 0 || h == 0 || w == 0 {
+        Some("has a zero size".to_string())
+    } else if c > MAX_CHANNELS {
+        Some(format!("has {c} channels, above the limit of {MAX_CHANNELS}"))
+    } else if h > MAX_IMAGE_SIDE || w > MAX_IMAGE_SIDE {
+        Some(format!("has a side above the limit of {MAX_IMAGE_SIDE}"))
+    } else if h * w > MAX_IMAGE_PIXELS {
+        Some(format!("has {} pixels, above the limit of {MAX_IMAGE_PIXELS}", h * w))
+    } else {
+        None
+    };
+    match bad {
+        Some(m) => Err(TrainError::Config {
+            origin: origin.to_string(),
+            msg: format!("{what} of shape {shape:?} {m} (aezoo_nn::limits)"),
+        }),
+        None => Ok(()),
+    }
+}
+
 impl EntryConfig {
     /// Reads and parses a config file (serde's checks only: a [`crate::zoo::Zoo`]
     /// validates it, knowing its family).

@@ -24,12 +24,14 @@ pub enum TrainError {
     #[error("{}: {msg}", path.display())]
     Checkpoint { path: PathBuf, msg: String },
 
-    #[error("training diverged at epoch {epoch}, step {step}: {what} is {value}; the last checkpoint is kept")]
+    #[error("training diverged at epoch {epoch}, step {step}: {what} is {value}; {kept}")]
     NonFinite {
         epoch: usize,
         step: u64,
         what: String,
         value: f32,
+        /// What of the run is kept: its last checkpoint, or that none was written.
+        kept: String,
     },
 
     #[error(transparent)]

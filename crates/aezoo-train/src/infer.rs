@@ -52,6 +52,7 @@ pub fn load_tensor(name: &str, path: &Path) -> Result<(Tensor, HashMap<String, S
         path: path.to_path_buf(),
         msg,
     };
+    aezoo_nn::params::check_file_size(path)?;
     let bytes = std::fs::read(path).map_err(io_err(path))?;
     let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("not a safetensors file ({e})")))?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
@@ -64,6 +65,9 @@ pub fn load_tensor(name: &str, path: &Path) -> Result<(Tensor, HashMap<String, S
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect();
+    if let Some(i) = vals.iter().position(|v| !v.is_finite()) {
+        return Err(bad(format!("`{name}` holds NaN or Inf (first at flat index {i})")));
+    }
     let t = Tensor::from_vec(vals, view.shape(), &Device::Cpu)?;
     Ok((t, meta.metadata().clone().unwrap_or_default()))
 }

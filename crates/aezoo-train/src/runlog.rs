@@ -4,7 +4,7 @@
 //! reads as if it had never stopped.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use aezoo_nn::params::write_atomic;
@@ -57,21 +57,14 @@ impl RunLog {
         let path = run_dir.join("metrics.jsonl");
         let mut kept = String::new();
         if path.exists() {
-            let f = File::open(&path).map_err(io_err(&path))?;
-            for (i, line) in BufReader::new(f).lines().enumerate() {
-                let line = line.map_err(io_err(&path))?;
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let v: Value = serde_json::from_str(&line).map_err(|e| TrainError::Checkpoint {
-                    path: path.clone(),
-                    msg: format!("line {}: not JSON ({e})", i + 1),
-                })?;
+            let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+            for (i, v) in parse_lines(&text, &path)? {
+                let line = text.lines().nth(i).unwrap_or_default();
                 let s = v.get("step").and_then(Value::as_u64).unwrap_or(u64::MAX);
                 if s > step {
                     continue;
                 }
-                kept.push_str(&line);
+                kept.push_str(line);
                 kept.push('\n');
             }
         }
@@ -122,15 +115,34 @@ impl RunLog {
         let path = run_dir.join("metrics.jsonl");
         let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
         let (mut steps, mut epochs) = (vec![], vec![]);
-        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let v: Value = serde_json::from_str(line).map_err(|e| TrainError::Checkpoint {
-                path: path.clone(),
-                msg: format!("line {}: not JSON ({e})", i + 1),
-            })?;
+        for (_, v) in parse_lines(&text, &path)? {
             record_point(&v, &mut steps, &mut epochs);
         }
         Ok((steps, epochs))
     }
+}
+
+/// The JSON lines of a log with their line indices. A last line that does
+/// not parse is the torn write of a killed run: dropped, with a warning; a
+/// broken line before the last is an error naming it.
+fn parse_lines(text: &str, path: &Path) -> Result<Vec<(usize, Value)>> {
+    let lines: Vec<(usize, &str)> = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).collect();
+    let mut out = Vec::with_capacity(lines.len());
+    for (k, &(i, line)) in lines.iter().enumerate() {
+        match serde_json::from_str::<Value>(line) {
+            Ok(v) => out.push((i, v)),
+            Err(e) if k + 1 == lines.len() => {
+                tracing::warn!("{}: line {} is torn ({e}); dropped", path.display(), i + 1);
+            }
+            Err(e) => {
+                return Err(TrainError::Checkpoint {
+                    path: path.to_path_buf(),
+                    msg: format!("line {}: not JSON ({e})", i + 1),
+                })
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn record_point(v: &Value, steps: &mut Vec<(f64, f64)>, epochs: &mut Vec<(f64, f64)>) {

@@ -25,7 +25,7 @@ use aezoo_nn::{Autoencoder, Batch, ParamStore, Rng, StepCtx};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{self, OptimizerState, TrainerState, STATE_FORMAT};
+use crate::checkpoint::{self, EpochSums, OptimizerState, TrainerState, STATE_FORMAT};
 use crate::config::EntryConfig;
 use crate::error::{io_err, Result, TrainError};
 use crate::eval::{evaluate, EvalMetrics};
@@ -35,6 +35,11 @@ use crate::zoo::Zoo;
 
 /// The RNG stream random crops are drawn from (apart from sampling's).
 const CROP_STREAM: u64 = 0xc0_0000_0000_0000;
+
+/// A weight past this magnitude means the run diverges (a learning rate
+/// far too high): the run stops there, before a checkpoint keeps it. Trained
+/// weights of every zoo entry stay below 10³.
+pub const WEIGHT_LIMIT: f64 = 1e6;
 
 /// How many test images the reconstruction strip shows (the same first
 /// images of the test split for every entry).
@@ -130,6 +135,17 @@ pub fn load_data(cfg: &EntryConfig, zoo: &Zoo, locator: &Locator) -> Result<Spli
         splits.test = splits.test.take(n);
     }
     let want = zoo.image_shape(cfg)?;
+    if splits.test.image_shape() != splits.train.image_shape() {
+        return Err(TrainError::Config {
+            origin: cfg.entry.clone(),
+            msg: format!(
+                "{}: the test images are {:?}, the training images {:?}",
+                splits.name,
+                splits.test.image_shape(),
+                splits.train.image_shape()
+            ),
+        });
+    }
     if splits.train.image_shape() != want {
         return Err(TrainError::Config {
             origin: cfg.entry.clone(),
@@ -151,14 +167,15 @@ pub fn load_data(cfg: &EntryConfig, zoo: &Zoo, locator: &Locator) -> Result<Spli
     Ok(splits)
 }
 
-/// An image-folder entry's data: the folder of `data.folder.path`, else
-/// `--data DIR`, at the model's image shape, split by `train.seed`.
+/// An image-folder entry's data: the folder of `--data DIR` (an explicit
+/// flag wins), else `data.folder.path`, at the model's image shape, split
+/// by `train.seed`.
 pub fn load_folder(cfg: &EntryConfig, zoo: &Zoo, locator: &Locator) -> Result<aezoo_data::FolderSet> {
     let fcfg = cfg.data.folder.clone().unwrap_or_default();
-    let dir = fcfg
-        .path
+    let dir = locator
+        .explicit
         .clone()
-        .or_else(|| locator.explicit.clone())
+        .or_else(|| fcfg.path.clone())
         .ok_or_else(|| TrainError::Config {
             origin: cfg.entry.clone(),
             msg: "data.dataset is \"folder\": give the folder with --data DIR (or data.folder.path)".into(),
@@ -174,10 +191,7 @@ fn scalar(t: &Tensor) -> Result<f32> {
 /// Copies every tensor of `path` whose name and shape match a parameter of
 /// `params` into it; logs what was kept fresh and what was not used.
 pub fn init_from(params: &ParamStore, path: &Path) -> Result<()> {
-    let src = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| TrainError::Checkpoint {
-        path: path.to_path_buf(),
-        msg: format!("not a readable safetensors file ({e})"),
-    })?;
+    let src = checkpoint::read_tensors(path)?;
     let (mut copied, mut fresh) = (0usize, Vec::new());
     let vars = params.vars();
     let unused = src.keys().filter(|k| !vars.iter().any(|(n, _)| n == *k)).count();
@@ -239,6 +253,8 @@ pub struct RunState {
     pub step: u64,
     /// Training time over the whole run, resumes included.
     pub train_seconds: f64,
+    /// The loss sums of the epoch in progress (restored on resume).
+    pub sums: EpochSums,
 }
 
 impl RunState {
@@ -259,6 +275,15 @@ impl RunState {
             },
             train_seconds: self.train_seconds,
             loss_scale: self.scaler.as_ref().map(LossScaler::state),
+            epoch_sums: (self.batch > 0).then(|| self.sums.clone()),
+        }
+    }
+
+    /// What a failed run leaves to resume from, for its error message.
+    pub fn kept(&self) -> String {
+        match checkpoint::latest(&self.run_dir) {
+            Some(dir) => format!("the last checkpoint ({}) is kept", dir.display()),
+            None => "no checkpoint had been written yet; nothing to resume".to_string(),
         }
     }
 
@@ -340,8 +365,6 @@ pub struct Learner {
     stop: Option<Arc<AtomicBool>>,
     images_this_run: usize,
     seconds_this_run: f64,
-    /// This epoch's loss sums.
-    sums: EpochSums,
     last_metrics: Option<EvalMetrics>,
 }
 
@@ -400,16 +423,20 @@ impl Learner {
             batch: 0,
             step: 0,
             train_seconds: 0.0,
+            sums: EpochSums::default(),
         };
+        checkpoint::remove_stale_temps(run_dir);
         if opts.resume {
-            let ck = checkpoint::load(run_dir)?;
-            if ck.config.model != cfg.model || ck.config.family != cfg.family {
-                return Err(TrainError::Checkpoint {
-                    path: ck.dir.clone(),
-                    msg: "the checkpoint was made with a different model config".into(),
-                });
-            }
-            run.rng = ck.restore(&run.params, &mut run.adam)?;
+            let ck = checkpoint::load_restorable(run_dir, |ck| {
+                if ck.config.model != cfg.model || ck.config.family != cfg.family {
+                    return Err(TrainError::Checkpoint {
+                        path: ck.dir.clone(),
+                        msg: "the checkpoint was made with a different model config".into(),
+                    });
+                }
+                run.rng = ck.restore(&run.params, &mut run.adam)?;
+                Ok(())
+            })?;
             if let (Some(sc), Some(state)) = (&mut run.scaler, ck.state.loss_scale) {
                 *sc = LossScaler::from_state(state);
             }
@@ -418,6 +445,12 @@ impl Learner {
             run.batch = ck.state.batch_in_epoch;
             run.step = ck.state.step;
             run.train_seconds = ck.state.train_seconds;
+            run.sums = ck
+                .state
+                .epoch_sums
+                .clone()
+                .filter(|_| run.batch > 0)
+                .unwrap_or_default();
             tracing::info!(
                 "resuming {} from {} (epoch {}, batch {}, step {})",
                 cfg.entry,
@@ -471,7 +504,6 @@ impl Learner {
             stop: opts.stop.clone(),
             images_this_run: 0,
             seconds_this_run: 0.0,
-            sums: EpochSums::default(),
             last_metrics: None,
         })
     }
@@ -571,7 +603,9 @@ impl Learner {
         for o in &mut self.observers {
             o.on_epoch_start(&self.run, nb)?;
         }
-        self.sums = EpochSums::default();
+        if self.run.batch == 0 {
+            self.run.sums = EpochSums::default();
+        }
         for bi in self.run.batch..nb {
             let t0 = Instant::now();
             let idx = plan.batch(bi);
@@ -580,9 +614,15 @@ impl Learner {
             self.run.train_seconds += dt;
             self.seconds_this_run += dt;
             self.images_this_run += idx.len();
-            self.sums.add(loss, &terms, idx.len());
+            self.run.sums.add(loss, &terms, idx.len());
             self.run.batch = bi + 1;
             let stopping = self.stop_requested() && bi + 1 < nb;
+            // The weights are checked where a checkpoint may follow and at
+            // the logged steps: a diverging run stops before it is kept.
+            let every = |n: usize| n > 0 && self.run.step.is_multiple_of(n as u64);
+            if self.run.step == 1 || every(t.log_every) || every(t.checkpoint_every) || stopping || bi + 1 == nb {
+                self.check_weights(epoch)?;
+            }
             let ev = StepEvent {
                 epoch,
                 batch: bi,
@@ -590,7 +630,7 @@ impl Learner {
                 step: self.run.step,
                 loss,
                 terms: &terms,
-                running_loss: self.sums.mean(),
+                running_loss: self.run.sums.mean(),
                 lr: self.run.adam.lr(),
                 images: idx.len(),
                 seconds: dt,
@@ -604,6 +644,30 @@ impl Learner {
             }
         }
         Ok(true)
+    }
+
+    /// Stops a run whose weights grew past [`WEIGHT_LIMIT`] (or are not
+    /// finite), naming the step, the parameter and what is kept.
+    fn check_weights(&self, epoch: usize) -> Result<()> {
+        let r = &self.run;
+        for (name, var) in r.params.vars() {
+            let m = var
+                .as_tensor()
+                .abs()?
+                .max_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
+            if !(m <= WEIGHT_LIMIT) {
+                return Err(TrainError::NonFinite {
+                    epoch: epoch + 1,
+                    step: r.step,
+                    what: format!("the largest weight of `{name}` (limit {WEIGHT_LIMIT:e}; lower train.lr)"),
+                    value: m as f32,
+                    kept: r.kept(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// One optimiser step on batch `bi` of `epoch` (images `idx`): the loss
@@ -636,6 +700,7 @@ impl Learner {
                 step: r.step + 1,
                 what: "the loss".into(),
                 value: loss_v,
+                kept: r.kept(),
             });
         }
         match &mut r.scaler {
@@ -677,7 +742,7 @@ impl Learner {
             t.seed,
             &r.device,
         )?;
-        let train_loss = self.sums.mean();
+        let train_loss = self.run.sums.mean();
         let images_per_s = self.images_this_run as f64 / self.seconds_this_run.max(1e-9);
         tracing::info!(
             "epoch {}/{}: train loss {:.5}, test loss {:.5}, test MSE {:.5}, PSNR {:.2} dB, SSIM {:.4} ({:.0} img/s, eval {:.1}s)",
@@ -693,7 +758,7 @@ impl Learner {
         );
         self.run.epoch += 1;
         self.run.batch = 0;
-        let train_terms = self.sums.term_means();
+        let train_terms = self.run.sums.term_means();
         let ev = EpochEvent {
             strip: std::cell::OnceCell::new(),
             epoch: self.run.epoch,
@@ -709,38 +774,6 @@ impl Learner {
         }
         self.last_metrics = Some(metrics);
         Ok(())
-    }
-}
-
-/// The epoch's loss sums over the batches this process ran.
-#[derive(Debug, Default)]
-struct EpochSums {
-    loss: f64,
-    images: usize,
-    terms: Vec<(String, f64)>,
-}
-
-impl EpochSums {
-    fn add(&mut self, loss: f64, terms: &[(String, f64)], n: usize) {
-        self.loss += loss * n as f64;
-        self.images += n;
-        for (name, v) in terms {
-            match self.terms.iter_mut().find(|(k, _)| k == name) {
-                Some((_, s)) => *s += v * n as f64,
-                None => self.terms.push((name.clone(), v * n as f64)),
-            }
-        }
-    }
-
-    fn mean(&self) -> f64 {
-        self.loss / self.images.max(1) as f64
-    }
-
-    fn term_means(&self) -> Vec<(String, f64)> {
-        self.terms
-            .iter()
-            .map(|(k, s)| (k.clone(), s / self.images.max(1) as f64))
-            .collect()
     }
 }
 

@@ -43,10 +43,14 @@ pub fn load(dir: &Path, zoo: &Zoo, dev: &Device) -> Result<Loaded> {
     })?;
     let vb = params.var_builder(DType::F32, dev);
     let fam = zoo.family(&config.family, &cfg_path.display().to_string())?;
+    // What the weights file got wrong (a missing or mis-shaped tensor: the
+    // parameter store names the file) is blamed on it; what the config got
+    // wrong stays on config.json.
+    let st_name = st.display().to_string();
     let model = fam
         .build(&config.model, &cfg_path.display().to_string(), vb)
         .map_err(|e| match e {
-            TrainError::Config { msg, .. } => TrainError::Checkpoint {
+            TrainError::Config { msg, .. } if msg.contains(&st_name) => TrainError::Checkpoint {
                 path: st.clone(),
                 msg: strip_path(msg.trim_start_matches("model: "), &st),
             },

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use aezoo_nn::{Autoencoder, Family};
 use candle_nn::VarBuilder;
 
-use crate::config::{parse_value, EntryConfig};
+use crate::config::{check_image_shape, check_sizes, parse_value, EntryConfig};
 use crate::error::{Result, TrainError};
 
 /// An image family with its config type erased.
@@ -47,6 +47,12 @@ impl<F> Registered<F> {
     pub const NEW: Self = Self(PhantomData);
 }
 
+/// A family's `model` section, every size in it within the budget.
+pub fn parse_model<T: serde::de::DeserializeOwned>(model: &serde_json::Value, origin: &str) -> Result<T> {
+    check_sizes(model, origin, "model")?;
+    parse_value(model, origin, "model")
+}
+
 fn model_err(origin: &str, e: impl std::fmt::Display) -> TrainError {
     TrainError::Config {
         origin: origin.to_string(),
@@ -62,11 +68,14 @@ impl<F: Family> DynFamily for Registered<F> {
         F::ABOUT
     }
     fn check(&self, model: &serde_json::Value, origin: &str) -> Result<[usize; 3]> {
-        let cfg: F::Config = parse_value(model, origin, "model")?;
-        Ok(F::image_shape(&cfg))
+        let cfg: F::Config = parse_model(model, origin)?;
+        let shape = F::image_shape(&cfg);
+        check_image_shape(shape, origin, "model: the images")?;
+        Ok(shape)
     }
     fn build(&self, model: &serde_json::Value, origin: &str, vb: VarBuilder) -> Result<Box<dyn Autoencoder>> {
-        let cfg: F::Config = parse_value(model, origin, "model")?;
+        self.check(model, origin)?;
+        let cfg: F::Config = parse_model(model, origin)?;
         let m = F::new(&cfg, vb).map_err(|e| model_err(origin, e))?;
         Ok(Box::new(m))
     }
@@ -77,7 +86,7 @@ impl<F: Family> DynFamily for Registered<F> {
         levels: usize,
         init_range: Option<(f64, f64)>,
     ) -> Result<serde_json::Value> {
-        let mut cfg: F::Config = parse_value(model, origin, "model")?;
+        let mut cfg: F::Config = parse_model(model, origin)?;
         let before = serde_json::to_value(&cfg).expect("family configs serialise");
         let Some(cb) = F::codebook(&mut cfg) else {
             return Err(TrainError::Config {

@@ -180,10 +180,117 @@ fn a_stopped_and_resumed_run_ends_with_the_same_bits() {
                 }
                 v
             })
-            .filter(|v| v["kind"] == "step")
             .collect::<Vec<_>>()
     };
+    // Every line, the epochs' train_loss over all their batches included.
     assert_eq!(lines(a.path()), lines(b.path()));
+}
+
+/// Trains `tiny-mnist` into `dir`, stopped after `stop` steps.
+fn stopped_run(dir: &Path, stop: u64) {
+    let mut o = opts(dir);
+    o.max_steps = Some(stop);
+    let out = aezoo_train::train(&entry(), &ZOO, &o).unwrap();
+    assert_eq!(out.steps, stop);
+}
+
+/// Resumes the run in `dir` to its end, recording the steps it takes.
+fn resume(dir: &Path) -> (aezoo_train::TrainOutcome, Vec<String>) {
+    let mut o = opts(dir);
+    o.resume = true;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut learner = Learner::new(&entry(), &ZOO, &o).unwrap();
+    learner.observe(Box::new(Recorder(seen.clone())));
+    let out = learner.fit().unwrap();
+    let seen = seen.lock().unwrap().clone();
+    (out, seen)
+}
+
+#[test]
+fn resume_recovers_from_torn_files_and_leaves_no_temp_files() {
+    let full = tempfile::tempdir().unwrap();
+    aezoo_train::train(&entry(), &ZOO, &opts(full.path())).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    // Stopped at step 5 of the first epoch: checkpoints step-3 and step-5.
+    stopped_run(d.path(), 5);
+    let ck = d.path().join("checkpoints");
+    // A kill between step-5's rename and `latest`'s update: `latest` still
+    // names step-3, and resume must start from step-5 all the same.
+    std::fs::write(ck.join("latest"), "step-00000003\n").unwrap();
+    // Temp files of killed writers, and a torn last log line.
+    for f in ["model.safetensors.999999.tmp", "metrics.jsonl.999999.tmp"] {
+        std::fs::write(d.path().join(f), b"half").unwrap();
+    }
+    std::fs::write(ck.join("latest.999999.tmp"), b"step-").unwrap();
+    std::fs::create_dir(ck.join(".step-00000006.tmp-999999")).unwrap();
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(d.path().join("metrics.jsonl"))
+        .unwrap();
+    std::io::Write::write_all(&mut log, br#"{"kind":"step","epoch":1,"st"#).unwrap();
+    drop(log);
+    let (out, seen) = resume(d.path());
+    assert!(out.completed && out.steps == 14);
+    assert_eq!(seen[1], "step 6", "resumed from the newest checkpoint: {seen:?}");
+    assert_eq!(weights(full.path()), weights(d.path()));
+    for dir in [d.path().to_path_buf(), ck.clone()] {
+        let left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "temp files left in {}: {left:?}", dir.display());
+    }
+    let text = std::fs::read_to_string(d.path().join("metrics.jsonl")).unwrap();
+    assert!(
+        text.lines()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_damaged_newest_checkpoint_falls_back_to_the_one_before() {
+    let full = tempfile::tempdir().unwrap();
+    aezoo_train::train(&entry(), &ZOO, &opts(full.path())).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    stopped_run(d.path(), 5);
+    // step-5's weights torn in half.
+    let w = d.path().join("checkpoints/step-00000005/model.safetensors");
+    let bytes = std::fs::read(&w).unwrap();
+    std::fs::write(&w, &bytes[..bytes.len() / 2]).unwrap();
+    let (out, seen) = resume(d.path());
+    assert!(out.completed);
+    assert_eq!(seen[1], "step 4", "resumed from step-3: {seen:?}");
+    assert_eq!(weights(full.path()), weights(d.path()));
+}
+
+#[test]
+fn a_diverging_run_stops_naming_the_step_and_what_is_kept() {
+    let d = tempfile::tempdir().unwrap();
+    let mut cfg = entry();
+    cfg.train.lr = 1e10;
+    let e = aezoo_train::train(&cfg, &ZOO, &opts(d.path())).unwrap_err().to_string();
+    assert!(
+        e.contains("step 1:") && e.contains("lower train.lr") && e.contains("no checkpoint had been written"),
+        "{e}"
+    );
+    assert!(
+        aezoo_train::checkpoint::latest(d.path()).is_none(),
+        "nothing diverged is kept"
+    );
+    // Past a checkpoint, the message names it.
+    let d = tempfile::tempdir().unwrap();
+    stopped_run(d.path(), 3);
+    let mut cfg = entry();
+    cfg.train.lr = 1e10;
+    let mut o = opts(d.path());
+    o.resume = true;
+    let e = aezoo_train::train(&cfg, &ZOO, &o).unwrap_err().to_string();
+    assert!(
+        e.contains("step 4:") && e.contains("step-00000003") && e.contains("is kept"),
+        "{e}"
+    );
 }
 
 /// Records what the learner tells its observers.

@@ -29,6 +29,7 @@ use aezoo_nn::optim::Adam;
 use aezoo_train::config::{parse_json, parse_value, EntryConfig};
 use aezoo_train::error::{io_err, Result, TrainError};
 use aezoo_train::plot::{save_loss_plot, Series};
+use aezoo_train::zoo::parse_model;
 use aezoo_train::Pipeline;
 use candle_nn::VarBuilder;
 
@@ -65,7 +66,7 @@ impl<F: GraphFamily> DynGraphFamily for RegisteredGraph<F> {
         F::ABOUT
     }
     fn check(&self, model: &serde_json::Value, origin: &str) -> Result<bool> {
-        let cfg: F::Config = parse_value(model, origin, "model")?;
+        let cfg: F::Config = parse_model(model, origin)?;
         Ok(F::uses_features(&cfg))
     }
     fn build(
@@ -75,7 +76,7 @@ impl<F: GraphFamily> DynGraphFamily for RegisteredGraph<F> {
         in_dim: usize,
         vb: VarBuilder,
     ) -> Result<Box<dyn GraphAutoencoder>> {
-        let cfg: F::Config = parse_value(model, origin, "model")?;
+        let cfg: F::Config = parse_model(model, origin)?;
         let m = F::new(&cfg, in_dim, vb).map_err(|e| TrainError::Config {
             origin: origin.to_string(),
             msg: format!("model: {e}"),
@@ -214,6 +215,7 @@ impl GraphRun {
                 ),
             });
         }
+        EdgeSplit::check(&graph).map_err(TrainError::family)?;
         let split = EdgeSplit::new(&graph, cfg.train.seed);
         let input = GraphInput::new(&graph, &split.train, uses_features);
         let target = ReconTarget::new(graph.num_nodes, &split.train);
@@ -321,6 +323,7 @@ pub fn fit(run: &GraphRun, show_progress: bool) -> Result<GraphFit> {
                 step: epoch as u64,
                 what: "the loss".into(),
                 value: loss as f32,
+                kept: "graph runs keep no checkpoints; nothing is written".into(),
             });
         }
         let grads = out.loss.backward()?;

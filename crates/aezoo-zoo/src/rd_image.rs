@@ -344,7 +344,7 @@ pub fn measure_webp(name: &str, original: &Tensor, quality: u8, tmp: &Path) -> R
             Command::new("dwebp").arg("-quiet").arg(&webp).arg("-o").arg(&back),
             &back,
         ),
-        |p| image::open(p).map_err(other),
+        |p| aezoo_data::image_file::open_image(p).map_err(other),
     )
 }
 

@@ -124,6 +124,54 @@ fn configs_refuse_bad_values() {
     assert!(e.contains("lr_decay") && e.contains("by"), "{e}");
 }
 
+#[test]
+fn sizes_beyond_the_budget_are_config_errors_naming_the_field() {
+    // A latent of 2^40 is refused where it is written, before any allocation.
+    let e = config_err(&GOOD.replace(r#""latent": 8"#, r#""latent": 1099511627776"#));
+    assert!(
+        e.starts_with("configs/test.json: model.latent: 1099511627776") && e.contains("limit"),
+        "{e}"
+    );
+    // An image of 10^12 pixels on a side, in a weights folder's config.json:
+    // the config is named, not the weights.
+    let d = tempfile::tempdir().unwrap();
+    let wide = GOOD.replace("[1, 28, 28]", "[1, 28, 1000000]");
+    std::fs::write(d.path().join("config.json"), &wide).unwrap();
+    std::fs::write(d.path().join("model.safetensors"), b"").unwrap();
+    let e = weights::load(d.path(), &ZOO, &Device::Cpu).err().unwrap().to_string();
+    assert!(
+        e.contains("config.json") && e.contains("model: the images") && e.contains("limit"),
+        "{e}"
+    );
+    // An explicit --data folder wins over a config's data.folder.path.
+    let photos = d.path().join("photos");
+    std::fs::create_dir_all(&photos).unwrap();
+    for i in 0..10u32 {
+        image::RgbImage::from_fn(40, 40, |x, y| image::Rgb([(x * i) as u8, y as u8, 9]))
+            .save(photos.join(format!("p{i}.png")))
+            .unwrap();
+    }
+    let (cfg, _) = ZOO.resolve_entry("codec-photo-q2").unwrap();
+    assert!(cfg.data.folder.as_ref().unwrap().path.is_some());
+    let mut cfg = cfg;
+    cfg.model["image"] = serde_json::json!([3, 16, 16]);
+    if let Some(f) = cfg.data.folder.as_mut() {
+        f.crop_from = Some(32);
+        f.crops_per_picture = Some(1);
+    }
+    let loc = Locator {
+        explicit: Some(photos.clone()),
+        ..Locator::bundled_only()
+    };
+    let set = aezoo_train::trainer::load_folder(&cfg, &ZOO, &loc).unwrap();
+    assert_eq!(
+        set.splits.train.len() + set.splits.test.len(),
+        10,
+        "{}",
+        set.splits.describe()
+    );
+}
+
 // ---------------------------------------------------------------- mixed precision
 
 /// A layer-list VAE config on a folder of twelve small PNGs, computing in `precision`.
@@ -470,13 +518,13 @@ fn divergence_stops_with_an_error_and_keeps_the_last_checkpoint() {
     let e = train(&cfg, &opts(d.path())).expect_err("lr 1e6 must diverge");
     assert!(matches!(e, TrainError::NonFinite { .. }), "{e}");
     let msg = e.to_string();
-    assert!(msg.contains("diverged") && msg.contains("step"), "{msg}");
-    let ck = checkpoint::load(d.path()).unwrap();
-    assert!(ck.state.step >= 1);
-    // The kept weights are finite.
-    for (k, v) in tensors(&ck.dir.join("model.safetensors")) {
-        assert!(v.iter().all(|x| x.is_finite()), "{k} not finite in the kept checkpoint");
-    }
+    // The weights pass the limit at the first step, before a checkpoint
+    // could keep them, and the message says nothing was kept.
+    assert!(
+        msg.contains("diverged") && msg.contains("step 1:") && msg.contains("no checkpoint had been written"),
+        "{msg}"
+    );
+    assert!(checkpoint::latest(d.path()).is_none());
 }
 
 // ---------------------------------------------------------------- weights

@@ -802,7 +802,87 @@ fn store_load_is_strict() {
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     let e = ParamStore::load(&path, false).err().unwrap().to_string();
     assert!(e.contains("not a valid safetensors file"), "{e}");
+
+    // An f32 tensor relabelled I32 or U32 (the same bytes), and weights
+    // holding NaN or Inf: refused, naming the file and the tensor.
+    store.save(&path).unwrap();
+    let good = std::fs::read(&path).unwrap();
+    let header_len = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&good[8..8 + header_len]).unwrap();
+    for int in ["I32", "U32"] {
+        let relabelled = header.replace("\"F32\"", &format!("\"{int}\""));
+        assert_ne!(relabelled, header);
+        std::fs::write(
+            &path,
+            [&good[..8], relabelled.as_bytes(), &good[8 + header_len..]].concat(),
+        )
+        .unwrap();
+        let e = ParamStore::load(&path, false).err().unwrap().to_string();
+        assert!(
+            e.contains("w.safetensors") && e.contains(&format!("dtype {int}")) && e.contains("float"),
+            "{e}"
+        );
+    }
+    for bad in [f32::NAN, f32::INFINITY] {
+        let mut m = good.clone();
+        let at = 8 + header_len + 4; // the second value of the first tensor
+        m[at..at + 4].copy_from_slice(&bad.to_le_bytes());
+        std::fs::write(&path, &m).unwrap();
+        let e = ParamStore::load(&path, false).err().unwrap().to_string();
+        assert!(
+            e.contains("w.safetensors") && e.contains("NaN or Inf") && e.contains("index 1"),
+            "{e}"
+        );
+    }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn sizes_beyond_the_budget_are_errors_not_aborts() {
+    // A parameter of 2^40 values is refused before anything is drawn.
+    let store = ParamStore::init(0);
+    let vb = store.var_builder(DType::F32, &Device::Cpu);
+    let e = layers::linear(1 << 20, 1 << 20, LinearConfig::default(), vb.pp("enc"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("enc.weight") && e.contains("1099511627776") && e.contains("limit"),
+        "{e}"
+    );
+    // Tensors each within the per-tensor limit, but past the model's.
+    let store = ParamStore::init(0).with_param_budget(1000);
+    let vb = store.var_builder(DType::F32, &Device::Cpu);
+    let mut e = None;
+    for i in 0..8 {
+        if let Err(x) = vb.get_with_hints((10, 30), &format!("w{i}"), candle_nn::Init::Const(0.0)) {
+            e = Some(x.to_string());
+            break;
+        }
+    }
+    let e = e.expect("the budget refuses the 4th 300-value tensor");
+    assert!(
+        e.contains("parameter count") && e.contains("w3") && e.contains("1200"),
+        "{e}"
+    );
+    // A layer list whose sizes or shapes are beyond the budget.
+    let e = aezoo_nn::spec::parse_list("encoder", &["C2d_3_99999999999_3".to_string()]).unwrap_err();
+    assert!(e.to_string().contains("above the limit"), "{e}");
+    let list = aezoo_nn::spec::parse_list(
+        "decoder",
+        &["Lin_4_16777216".to_string(), "Lin_16777216_64".to_string()],
+    )
+    .unwrap();
+    let e = list.infer_shapes(aezoo_nn::spec::FeatShape::Flat { d: 4 }).unwrap();
+    assert_eq!(e.len(), 2, "the sizes themselves are within it");
+    let list = aezoo_nn::spec::parse_list("decoder", &["Unflat_16777216_16777216_16777216".to_string()]).unwrap();
+    let e = list.infer_shapes(aezoo_nn::spec::FeatShape::Flat { d: 4 }).unwrap_err();
+    assert!(e.to_string().contains("= more than a usize is not the 4 inputs"), "{e}");
+    let list = aezoo_nn::spec::parse_list("decoder", &["4*UpS_64".to_string()]).unwrap();
+    let e = list
+        .infer_shapes(aezoo_nn::spec::FeatShape::Map { c: 3, h: 8, w: 8 })
+        .unwrap_err();
+    assert!(e.to_string().contains("above the limit"), "{e}");
 }
 
 #[test]
