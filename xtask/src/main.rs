@@ -21,6 +21,7 @@
 //! cargo xtask list                                  the zoo's entries
 //! cargo xtask quality [--entry E] [--seeds N] [--torch-ref PY | --twins]  test MSE per seed beside PyTorch's
 //! cargo xtask bench [--steps N] [--rounds R]      aezoo beside its PyTorch twins, alternating rounds → BENCH.md
+//! cargo xtask fuzz [--seconds N] [--targets a,b]  every file parser under mutated inputs, memory-limited
 //! cargo xtask aezoo <anything>                      any aezoo subcommand
 //! ```
 
@@ -60,7 +61,7 @@ fn aezoo(args: &[String]) -> Result<()> {
 }
 
 fn usage() -> &'static str {
-    "usage: cargo xtask <train|eval|sample|reconstruct|interpolate|export|encode-graph|compress|decompress|export-codec|validate|rd|show-video|rd-video|list|compare|quality|bench|aezoo> [args]\n\
+    "usage: cargo xtask <train|eval|sample|reconstruct|interpolate|export|encode-graph|compress|decompress|export-codec|validate|rd|show-video|rd-video|list|compare|quality|bench|fuzz|aezoo> [args]\n\
      \n  train <entry> [opts]    train a zoo entry on its default data (see `aezoo train --help`)\
      \n  eval <entry> [opts]     test-split metrics of its weights (see `aezoo eval --help`)\
      \n  sample <entry> [opts]   a PNG grid of prior samples (see `aezoo sample --help`)\
@@ -91,6 +92,9 @@ fn usage() -> &'static str {
      \n                          each image entry timed by aezoo and by its PyTorch twin\
      \n                          (scripts/bench/torch_twins.py), alternating for N rounds: train and\
      \n                          inference img/s (best round), peak RSS, ratios, FLOPs, share of the measured peak\
+     \n  fuzz [--seconds 10] [--inputs N] [--targets a,b] [--memory 6GiB]\
+     \n                          every file parser fed mutated inputs in a memory-limited worker;\
+     \n                          fails on a panic, abort, hang or an error not one line naming the file\
      \n  aezoo <args>            any aezoo subcommand"
 }
 
@@ -519,7 +523,7 @@ fn run() -> Result<()> {
     match cmd.as_str() {
         "train" | "eval" | "sample" | "list" | "compare" | "reconstruct" | "interpolate" | "export"
         | "encode-graph" | "show-video" | "rd-video" | "compress" | "decompress" | "export-codec" | "validate"
-        | "rd" => aezoo(&args),
+        | "rd" | "fuzz" => aezoo(&args),
         "aezoo" => aezoo(rest),
         "quality" => quality(rest),
         "bench" => bench(rest),

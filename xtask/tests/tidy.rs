@@ -266,9 +266,10 @@ fn only_aezoo_nn_calls_the_kernels_and_the_trainer_knows_no_family() {
 #[test]
 fn the_docs_stay_maps() {
     // ARCHITECTURE.md is a map and the README a newcomer's page; dated
-    // measurements live in RESULTS.md, BENCH.md and docs/perf.md.
+    // measurements live in RESULTS.md, BENCH.md and docs/perf.md (the
+    // README keeps one: the long fuzz run's counts).
     let r = root();
-    for (file, limit) in [("ARCHITECTURE.md", 20_000), ("README.md", 15_000)] {
+    for (file, limit) in [("ARCHITECTURE.md", 20_000), ("README.md", 16_000)] {
         let n = read(&r.join(file)).len();
         assert!(n < limit, "{file} is {n} bytes, over {limit}");
     }

@@ -74,18 +74,10 @@ pub(crate) fn cmd_compress(a: CompressArgs) -> Result<()> {
     let dev = device(&a.device)?;
     let dir = weights_dir(&a.entry, &a.weights)?;
     let lc = aezoo_zoo::codec::load_codec(&dir, &dev)?;
-    let [c, _, _] = lc.codec.synthesis().image();
     let files = expand_images(&a.images)?;
     for (img, out) in outputs(&files, &a.out, "aez")? {
-        let x = aezoo_data::image_file::load_image_native(&img, c, &dev)?;
+        let (bytes, x, decoded, secs) = compress_file(&lc, &img, &dev)?;
         let (_, _, h, w) = x.dims4()?;
-        let t0 = std::time::Instant::now();
-        let bytes = aezoo_compress::aez::compress(&lc.codec, &lc.config.entry, lc.fingerprint, &x)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", img.display()))?;
-        let secs = t0.elapsed().as_secs_f64();
-        // What the file decodes to, as `decompress` will decode it.
-        let decoded = aezoo_compress::aez::decompress(lc.codec.synthesis(), &lc.config.entry, lc.fingerprint, &bytes)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", img.display()))?;
         aezoo_nn::params::write_atomic(&out, &bytes)?;
         let bpp = 8.0 * std::fs::metadata(&out)?.len() as f64 / (h * w) as f64;
         println!(
@@ -103,15 +95,7 @@ pub(crate) fn cmd_compress(a: CompressArgs) -> Result<()> {
 pub(crate) fn cmd_decompress(a: DecompressArgs) -> Result<()> {
     let dev = device(&a.device)?;
     for (file, out) in outputs(&a.files, &a.out, "png")? {
-        let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-        let (header, _) = aezoo_compress::aez::read(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-        let dir = match &a.weights {
-            Some(d) => d.clone(),
-            None => weights::default_dir(&header.model)?,
-        };
-        let (cfg, synth, fp) = aezoo_zoo::codec::load_synthesis(&dir, &dev)?;
-        let y = aezoo_compress::aez::decompress(&synth, &cfg.entry, fp, &bytes)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        let (y, header, dir) = decompress_file(&file, a.weights.as_deref(), &dev)?;
         aezoo_train::plot::save_image(&y, &out)?;
         println!(
             "{} → {} ({}x{}, decoded with {})",
@@ -123,6 +107,44 @@ pub(crate) fn cmd_decompress(a: DecompressArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// One image into `.aez` bytes, with the image as read, what the bytes
+/// decode to (as `decompress` will decode them) and the seconds the
+/// compression took; errors name the image.
+pub(crate) fn compress_file(
+    lc: &aezoo_zoo::codec::LoadedCodec,
+    img: &Path,
+    dev: &Device,
+) -> Result<(Vec<u8>, Tensor, Tensor, f64)> {
+    let [c, _, _] = lc.codec.synthesis().image();
+    let x = aezoo_data::image_file::load_image_native(img, c, dev)?;
+    let t0 = std::time::Instant::now();
+    let bytes = aezoo_compress::aez::compress(&lc.codec, &lc.config.entry, lc.fingerprint, &x)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", img.display()))?;
+    let secs = t0.elapsed().as_secs_f64();
+    let decoded = aezoo_compress::aez::decompress(lc.codec.synthesis(), &lc.config.entry, lc.fingerprint, &bytes)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", img.display()))?;
+    Ok((bytes, x, decoded, secs))
+}
+
+/// One `.aez` file decoded with the codec of `weights` (default: the
+/// weights folder of the model the file names); errors name the file.
+pub(crate) fn decompress_file(
+    file: &Path,
+    weights: Option<&Path>,
+    dev: &Device,
+) -> Result<(Tensor, aezoo_compress::aez::Header, PathBuf)> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let (header, _) = aezoo_compress::aez::read(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let dir = match weights {
+        Some(d) => d.to_path_buf(),
+        None => weights::default_dir(&header.model)?,
+    };
+    let (cfg, synth, fp) = aezoo_zoo::codec::load_synthesis(&dir, dev)?;
+    let y = aezoo_compress::aez::decompress(&synth, &cfg.entry, fp, &bytes)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    Ok((y, header, dir))
 }
 
 pub(crate) fn cmd_export_codec(a: ExportArgs) -> Result<()> {

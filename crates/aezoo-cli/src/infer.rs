@@ -258,11 +258,11 @@ pub(crate) fn cmd_encode(a: EncodeArgs) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn cmd_decode(a: DecodeArgs) -> Result<()> {
-    let dev = device(&a.device)?;
-    let loaded = load_weights(&a.entry, &a.weights, &dev)?;
-    let path = a.latents.display().to_string();
-    let (z, meta) = aezoo_train::infer::load_tensor("latents", &a.latents)?;
+/// A latents file written by `aezoo encode`, checked against the model
+/// that will decode it, with the names of its latents' source files.
+pub(crate) fn read_latents(path: &Path, loaded: &aezoo_train::weights::Loaded) -> Result<(Tensor, Vec<String>)> {
+    let (z, meta) = aezoo_train::infer::load_tensor("latents", path)?;
+    let path = path.display().to_string();
     let want = loaded.model.latent_shape();
     if z.rank() != want.len() + 1 || z.dims()[1..] != want[..] {
         bail!(
@@ -272,12 +272,20 @@ pub(crate) fn cmd_decode(a: DecodeArgs) -> Result<()> {
         );
     }
     let n = z.dim(0)?;
-    let z = z.to_device(&dev)?;
     let names: Vec<String> = meta
         .get("files")
         .and_then(|f| serde_json::from_str(f).ok())
         .filter(|v: &Vec<String>| v.len() == n)
         .unwrap_or_else(|| (0..n).map(|i| format!("latent{i:05}")).collect());
+    Ok((z, names))
+}
+
+pub(crate) fn cmd_decode(a: DecodeArgs) -> Result<()> {
+    let dev = device(&a.device)?;
+    let loaded = load_weights(&a.entry, &a.weights, &dev)?;
+    let (z, names) = read_latents(&a.latents, &loaded)?;
+    let n = z.dim(0)?;
+    let z = z.to_device(&dev)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
     for (i, name) in names.iter().enumerate() {
         let img = loaded.model.decode(&z.narrow(0, i, 1)?)?;

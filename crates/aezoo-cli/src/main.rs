@@ -8,6 +8,8 @@ mod bench;
 mod codec;
 mod common;
 mod eval;
+mod fuzz;
+mod fuzz_targets;
 mod graph;
 mod infer;
 mod process;
@@ -76,6 +78,8 @@ enum Cmd {
     RdVideo(video::RdVideoArgs),
     /// Time training and inference of an image entry under the PyTorch bench protocol (one JSON line).
     Bench(bench::BenchArgs),
+    /// Feed every file parser mutated inputs under a memory limit; fails on a panic, abort, hang or unclear error.
+    Fuzz(fuzz::FuzzArgs),
     /// (internal) one training step at a batch size, for `max-batch`; prints peak memory.
     #[command(hide = true)]
     ProbeBatch(bench::ProbeArgs),
@@ -107,20 +111,24 @@ fn main() -> ExitCode {
     match aezoo_nn::runtime::on_worker(|| run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // Our library errors already carry their causes in their message:
-            // print each cause once, on one line (a backtrace that candle
-            // appends under RUST_BACKTRACE dropped).
-            let mut parts: Vec<String> = Vec::new();
-            for cause in e.chain() {
-                let text = aezoo_nn::limits::one_line(&cause.to_string());
-                if !parts.iter().any(|p| p.contains(&text)) {
-                    parts.push(text);
-                }
-            }
-            eprintln!("error: {}", parts.join(": "));
+            eprintln!("error: {}", error_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error as the command prints it. Our library errors already carry
+/// their causes in their message: each cause once, on one line (a
+/// backtrace that candle appends under RUST_BACKTRACE dropped).
+pub(crate) fn error_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = aezoo_nn::limits::one_line(&cause.to_string());
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -145,6 +153,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::RdVideo(a) => video::cmd_rd_video(a),
         Cmd::Bench(a) => bench::cmd_bench(a),
         Cmd::ProbeBatch(a) => bench::cmd_probe_batch(a),
+        Cmd::Fuzz(a) => fuzz::cmd_fuzz(a),
         Cmd::List => train::cmd_list(),
     }
 }

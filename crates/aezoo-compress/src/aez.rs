@@ -313,6 +313,17 @@ pub fn read(bytes: &[u8]) -> Result<(Header, Vec<u32>)> {
     let n = r.u8("model id length")? as usize;
     let model = String::from_utf8(r.take(n, "model id")?.to_vec())
         .map_err(|_| AezError::Invalid("the model id is not UTF-8".into()))?;
+    // An entry name: it names the weights folder `decompress` looks in
+    // (`weights/<id>`), so no separators, no `..`, no control characters.
+    if model.is_empty()
+        || model == "."
+        || model == ".."
+        || model.chars().any(|c| c.is_control() || c == '/' || c == '\\')
+    {
+        return Err(AezError::Invalid(format!(
+            "the model id {model:?} is not an entry name"
+        )));
+    }
     let fingerprint = r.u64("model fingerprint")?;
     let channels = r.u8("channel count")?;
     let height = r.u32("image height")?;

@@ -439,6 +439,17 @@ mod aez_files {
         v2[4] = 2;
         assert!(matches!(read(&v2), Err(AezError::Version(2))));
         assert!(matches!(read(b"PNG\x0d\x0a\x1a\x0a........"), Err(AezError::Magic)));
+        // A model id that is no entry name (a newline, found by `aezoo
+        // fuzz`; a path): refused, quoted on one line.
+        for (at, byte) in [(7, b'\n'), (6, b'/')] {
+            let mut m2 = bytes.clone();
+            m2[at] = byte;
+            let n = m2.len() - 4;
+            let crc = crc32(&m2[..n]);
+            m2[n..].copy_from_slice(&crc.to_le_bytes());
+            let e = read(&m2).unwrap_err().to_string();
+            assert!(e.contains("is not an entry name") && !e.contains('\n'), "{e}");
+        }
         // Mutations with a valid checksum reach the header checks and the
         // entropy decoder: errors or images, never a panic.
         let mut rng = Rng::new(1);

@@ -228,6 +228,11 @@ pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<ImageSet> {
         .get(hstart..hstart + hlen)
         .ok_or_else(|| npy_err(path, format!("truncated .npy header: {hlen} bytes announced")))?;
     let header = std::str::from_utf8(header).map_err(|_| npy_err(path, ".npy header is not text"))?;
+    // numpy ends the header with one newline; any other control character
+    // is damage (and would break the messages that quote the header).
+    if header.trim_end_matches('\n').chars().any(char::is_control) {
+        return Err(npy_err(path, ".npy header holds control characters: damaged"));
+    }
     let descr = header_value(header, "descr").ok_or_else(|| npy_err(path, ".npy header has no 'descr'"))?;
     // Exactly what numpy writes for uint8; a bool array or another
     // spelling is refused, not reinterpreted.

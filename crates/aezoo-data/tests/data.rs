@@ -764,6 +764,12 @@ mod moving_mnist {
             let e = err(parse_npy(&m, p).unwrap_err());
             assert!(e.contains("clips.npy") && e.contains("uint8 (|u1)"), "{e}");
         }
+        // A newline inside the header (found by `aezoo fuzz`): refused, and
+        // no message quotes it across lines.
+        let mut m = good.clone();
+        m[at + 2] = b'\n';
+        let e = err(parse_npy(&m, p).unwrap_err());
+        assert!(e.contains("control characters") && !e.contains('\n'), "{e}");
         // An explicit path without the file names it.
         let d = tmp();
         let loc = Locator {

@@ -68,8 +68,19 @@ impl Default for LinearConfig {
     }
 }
 
+/// Refuses a layer with a zero size (or groups that do not divide its
+/// input channels) before any tensor is made, naming it by its prefix:
+/// a size a config gave 0 is an error, never a panic in a kernel.
+fn check_layer(vb: &VarBuilder, sizes: &[(&str, usize)]) -> Result<()> {
+    if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
+        candle_core::bail!("{}: {name} is 0; every layer size must be at least 1", vb.prefix());
+    }
+    Ok(())
+}
+
 /// A fully connected layer `in_dim → out_dim` (`weight`: `(out, in)`).
 pub fn linear(in_dim: usize, out_dim: usize, cfg: LinearConfig, vb: VarBuilder) -> Result<Linear> {
+    check_layer(&vb, &[("in_features", in_dim), ("out_features", out_dim)])?;
     let bound = 1.0 / (in_dim as f64).sqrt();
     let weight = vb.get_with_hints((out_dim, in_dim), "weight", uniform(bound))?;
     let bias = if cfg.bias {
@@ -171,23 +182,40 @@ pub struct Conv2d {
 }
 
 pub fn conv2d(in_c: usize, out_c: usize, k: usize, cfg: Conv2dConfig, vb: VarBuilder) -> Result<Conv2d> {
-    let fan_in = in_c / cfg.groups * k * k;
-    let bound = 1.0 / (fan_in as f64).sqrt();
-    let weight = vb.get_with_hints((out_c, in_c / cfg.groups, k, k), "weight", uniform(bound))?;
-    let bias = Some(vb.get_with_hints(out_c, "bias", uniform(bound))?);
-    Ok(Conv2d { weight, bias, cfg })
+    conv2d_with(in_c, out_c, k, cfg, true, vb)
 }
 
 /// Like [`conv2d`] without a bias term.
 pub fn conv2d_no_bias(in_c: usize, out_c: usize, k: usize, cfg: Conv2dConfig, vb: VarBuilder) -> Result<Conv2d> {
+    conv2d_with(in_c, out_c, k, cfg, false, vb)
+}
+
+fn conv2d_with(in_c: usize, out_c: usize, k: usize, cfg: Conv2dConfig, bias: bool, vb: VarBuilder) -> Result<Conv2d> {
+    check_layer(
+        &vb,
+        &[
+            ("in_channels", in_c),
+            ("out_channels", out_c),
+            ("kernel_size", k),
+            ("groups", cfg.groups),
+        ],
+    )?;
+    if !in_c.is_multiple_of(cfg.groups) {
+        candle_core::bail!(
+            "{}: {in_c} input channels do not split into {} groups",
+            vb.prefix(),
+            cfg.groups
+        );
+    }
     let fan_in = in_c / cfg.groups * k * k;
     let bound = 1.0 / (fan_in as f64).sqrt();
     let weight = vb.get_with_hints((out_c, in_c / cfg.groups, k, k), "weight", uniform(bound))?;
-    Ok(Conv2d {
-        weight,
-        bias: None,
-        cfg,
-    })
+    let bias = if bias {
+        Some(vb.get_with_hints(out_c, "bias", uniform(bound))?)
+    } else {
+        None
+    };
+    Ok(Conv2d { weight, bias, cfg })
 }
 
 impl Conv2d {
@@ -269,6 +297,10 @@ pub fn conv_transpose2d(
     cfg: ConvTranspose2dConfig,
     vb: VarBuilder,
 ) -> Result<ConvTranspose2d> {
+    check_layer(
+        &vb,
+        &[("in_channels", in_c), ("out_channels", out_c), ("kernel_size", k)],
+    )?;
     // PyTorch: fan_in = weight.size(1) * k * k = out_c * k * k (groups = 1).
     let fan_in = out_c * k * k;
     let bound = 1.0 / (fan_in as f64).sqrt();
@@ -326,6 +358,16 @@ pub struct Conv3d {
 }
 
 pub fn conv3d(in_c: usize, out_c: usize, k: [usize; 3], opts: Conv3dOpts, vb: VarBuilder) -> Result<Conv3d> {
+    check_layer(
+        &vb,
+        &[
+            ("in_channels", in_c),
+            ("out_channels", out_c),
+            ("kernel_t", k[0]),
+            ("kernel_h", k[1]),
+            ("kernel_w", k[2]),
+        ],
+    )?;
     let fan_in = in_c * k.iter().product::<usize>();
     let bound = 1.0 / (fan_in as f64).sqrt();
     let weight = vb.get_with_hints((out_c, in_c, k[0], k[1], k[2]), "weight", uniform(bound))?;
@@ -369,6 +411,16 @@ pub fn conv_transpose3d(
     opts: Conv3dOpts,
     vb: VarBuilder,
 ) -> Result<ConvTranspose3d> {
+    check_layer(
+        &vb,
+        &[
+            ("in_channels", in_c),
+            ("out_channels", out_c),
+            ("kernel_t", k[0]),
+            ("kernel_h", k[1]),
+            ("kernel_w", k[2]),
+        ],
+    )?;
     let fan_in = out_c * k.iter().product::<usize>();
     let bound = 1.0 / (fan_in as f64).sqrt();
     let weight = vb.get_with_hints((in_c, out_c, k[0], k[1], k[2]), "weight", uniform(bound))?;
@@ -405,6 +457,7 @@ impl Default for GroupNormConfig {
 }
 
 pub fn group_norm(num_groups: usize, num_channels: usize, cfg: GroupNormConfig, vb: VarBuilder) -> Result<GroupNorm> {
+    check_layer(&vb, &[("channels", num_channels)])?;
     if num_groups == 0 || !num_channels.is_multiple_of(num_groups) {
         candle_core::bail!("group_norm: {num_channels} channels cannot be split into {num_groups} groups");
     }
@@ -445,6 +498,7 @@ const GDN_GAMMA_DIAG: f64 = 0.316_227_766_016_837_94; // √0.1
 
 /// GDN (`inverse = false`) or IGDN over `channels` channels.
 pub fn gdn(channels: usize, inverse: bool, vb: VarBuilder) -> Result<Gdn> {
+    check_layer(&vb, &[("channels", channels)])?;
     let beta = vb.get_with_hints(channels, "beta", Init::Const(1.0))?;
     let gamma = vb.get_with_hints((channels, channels), "gamma", Init::Const(1e-3))?;
     Ok(Gdn { beta, gamma, inverse })

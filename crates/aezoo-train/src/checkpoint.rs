@@ -261,7 +261,10 @@ fn open(dir: PathBuf) -> Result<Checkpoint> {
         });
     }
     let config = EntryConfig::read(&dir.join("config.json"))?;
-    Ok(Checkpoint { dir, state, config })
+    let ck = Checkpoint { dir, state, config };
+    ck.check_state()
+        .map_err(|msg| TrainError::Checkpoint { path: state_path, msg })?;
+    Ok(ck)
 }
 
 /// Removes what writers killed mid-write left in a run folder: temp files
@@ -291,6 +294,87 @@ pub fn remove_stale_temps(run_dir: &Path) {
 }
 
 impl Checkpoint {
+    /// What a state file cannot hold whatever the run: a moments file
+    /// outside its folder, a step other than its folder's, an epoch past the
+    /// run's, a learning rate, time or loss sum that is not a finite number,
+    /// the all-zero generator state.
+    fn check_state(&self) -> std::result::Result<(), String> {
+        let s = &self.state;
+        let m = Path::new(&s.optimizer.moments_file);
+        let plain =
+            m.components().count() == 1 && matches!(m.components().next(), Some(std::path::Component::Normal(_)));
+        if !plain || !s.optimizer.moments_file.ends_with(".safetensors") {
+            return Err(format!(
+                "optimizer.moments_file {:?}: expected a .safetensors file name inside the checkpoint folder",
+                s.optimizer.moments_file
+            ));
+        }
+        let folder = self
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if folder != format!("step-{:08}", s.step) {
+            return Err(format!("step {} does not match its folder {folder}", s.step));
+        }
+        if s.epoch > self.config.train.epochs {
+            return Err(format!(
+                "epoch {} is past the run's {} epochs",
+                s.epoch, self.config.train.epochs
+            ));
+        }
+        if !(s.optimizer.lr.is_finite() && s.optimizer.lr > 0.0) {
+            return Err(format!("optimizer.lr {}: expected a positive number", s.optimizer.lr));
+        }
+        if s.optimizer.step > s.step {
+            return Err(format!(
+                "optimizer.step {} is past the run's step {}",
+                s.optimizer.step, s.step
+            ));
+        }
+        if !(s.train_seconds.is_finite() && s.train_seconds >= 0.0) {
+            return Err(format!(
+                "train_seconds {}: expected a number of seconds",
+                s.train_seconds
+            ));
+        }
+        if s.rng == [0; 4] {
+            return Err("rng: the all-zero state is not one a generator reaches".into());
+        }
+        if let Some(sums) = &s.epoch_sums {
+            if !sums.loss.is_finite() || sums.terms.iter().any(|(_, v)| !v.is_finite()) {
+                return Err("epoch_sums: a loss sum that is not a finite number".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the position against the epoch it resumes: the next batch
+    /// within the epoch's `batches`, and the summed images within those
+    /// batches (an error naming `trainer_state.json` otherwise).
+    pub fn check_counters(&self, batches: usize, batch_size: usize) -> Result<()> {
+        let s = &self.state;
+        let bad = |msg: String| TrainError::Checkpoint {
+            path: self.dir.join("trainer_state.json"),
+            msg,
+        };
+        if s.batch_in_epoch > batches {
+            return Err(bad(format!(
+                "batch_in_epoch {} is past the {batches} batches of an epoch",
+                s.batch_in_epoch
+            )));
+        }
+        if let Some(sums) = &s.epoch_sums {
+            if sums.images > s.batch_in_epoch.saturating_mul(batch_size) {
+                return Err(bad(format!(
+                    "epoch_sums.images {} is more than {} batches of {batch_size} hold",
+                    sums.images, s.batch_in_epoch
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Restores the parameters into `params` and the moments into `adam`.
     pub fn restore(&self, params: &ParamStore, adam: &mut Adam) -> Result<Rng> {
         let model_path = self.dir.join("model.safetensors");

@@ -435,7 +435,9 @@ impl Learner {
                     });
                 }
                 run.rng = ck.restore(&run.params, &mut run.adam)?;
-                Ok(())
+                let batches =
+                    EpochPlan::new(run.splits.train.epoch_len(), t.batch_size, t.seed, 0, t.shuffle).num_batches();
+                ck.check_counters(batches, t.batch_size)
             })?;
             if let (Some(sc), Some(state)) = (&mut run.scaler, ck.state.loss_scale) {
                 *sc = LossScaler::from_state(state);

@@ -266,6 +266,41 @@ fn a_damaged_newest_checkpoint_falls_back_to_the_one_before() {
 }
 
 #[test]
+fn a_trainer_state_that_cannot_be_true_is_refused_naming_the_field() {
+    // Found by `aezoo fuzz`: fields that parse but cannot hold are errors
+    // naming trainer_state.json and the field, before anything is restored.
+    let cases: [(&str, fn(&mut serde_json::Value), &str); 5] = [
+        (
+            "moments_file",
+            |v| v["optimizer"]["moments_file"] = "../../elsewhere.safetensors".into(),
+            "optimizer.moments_file",
+        ),
+        ("step", |v| v["step"] = 4.into(), "does not match its folder"),
+        ("epoch", |v| v["epoch"] = 1000.into(), "past the run's"),
+        ("lr", |v| v["optimizer"]["lr"] = (-1.0).into(), "optimizer.lr"),
+        (
+            "batch",
+            |v| v["batch_in_epoch"] = 1_000_000.into(),
+            "batch_in_epoch 1000000",
+        ),
+    ];
+    for (what, change, needle) in cases {
+        let d = tempfile::tempdir().unwrap();
+        stopped_run(d.path(), 3);
+        // Only one checkpoint, so there is none to fall back to.
+        let _ = std::fs::remove_dir_all(d.path().join("checkpoints/step-00000002"));
+        let p = d.path().join("checkpoints/step-00000003/trainer_state.json");
+        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        change(&mut v);
+        std::fs::write(&p, v.to_string()).unwrap();
+        let mut o = opts(d.path());
+        o.resume = true;
+        let e = aezoo_train::train(&entry(), &ZOO, &o).unwrap_err().to_string();
+        assert!(e.contains("trainer_state.json") && e.contains(needle), "{what}: {e}");
+    }
+}
+
+#[test]
 fn a_diverging_run_stops_naming_the_step_and_what_is_kept() {
     let d = tempfile::tempdir().unwrap();
     let mut cfg = entry();

@@ -48,10 +48,20 @@ pub enum Task {
     Compress,
     /// `aezoo rd`: the photo codec's rate points.
     RateDistortion,
+    /// `aezoo fuzz`: the small shipped image model its weights, latents and
+    /// image targets load.
+    FuzzModel,
+    /// `aezoo fuzz`: the entry its trainer-state target checkpoints.
+    FuzzTraining,
 }
 
 /// The entry (or entry group) each [`Task`] uses by default.
-pub static DEFAULT_ENTRIES: &[(Task, &str)] = &[(Task::Compress, "codec-mnist"), (Task::RateDistortion, "codec-photo")];
+pub static DEFAULT_ENTRIES: &[(Task, &str)] = &[
+    (Task::Compress, "codec-mnist"),
+    (Task::RateDistortion, "codec-photo"),
+    (Task::FuzzModel, "ae-conv"),
+    (Task::FuzzTraining, "ae-mlp"),
+];
 
 /// The default entry of `task`.
 pub fn default_entry(task: Task) -> &'static str {

@@ -143,6 +143,27 @@ fn sizes_beyond_the_budget_are_config_errors_naming_the_field() {
         e.contains("config.json") && e.contains("model: the images") && e.contains("limit"),
         "{e}"
     );
+    // A layer of zero channels (found by `aezoo fuzz`: a panic in the conv
+    // kernel) is refused when the model is built, naming the config and layer.
+    let (vae, _) = ZOO.resolve_entry("vae-conv").unwrap();
+    let mut model = vae.model.clone();
+    model["channels"] = serde_json::json!([32, 0]);
+    let params = aezoo_nn::ParamStore::init(0);
+    let e = ZOO
+        .family_of(&vae)
+        .unwrap()
+        .build(
+            &model,
+            "configs/zero.json",
+            params.var_builder(DType::F32, &Device::Cpu),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("configs/zero.json") && e.contains("out_channels is 0"),
+        "{e}"
+    );
     // An explicit --data folder wins over a config's data.folder.path.
     let photos = d.path().join("photos");
     std::fs::create_dir_all(&photos).unwrap();
