@@ -21,6 +21,7 @@
 //! cargo xtask list                                  the zoo's entries
 //! cargo xtask quality [--entry E] [--seeds N] [--torch-ref PY | --twins]  test MSE per seed beside PyTorch's
 //! cargo xtask bench [--steps N] [--rounds R]      aezoo beside its PyTorch twins, alternating rounds → BENCH.md
+//! cargo xtask bench --vae [--rounds R]            the diffusers VAEs beside diffusers → BENCH.md's VAE section
 //! cargo xtask fuzz [--seconds N] [--targets a,b]  every file parser under mutated inputs, memory-limited
 //! cargo xtask aezoo <anything>                      any aezoo subcommand
 //! ```
@@ -31,6 +32,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context, Result};
+
+mod vae;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -88,10 +91,12 @@ fn usage() -> &'static str {
      \n                          test MSE per seed, beside PyTorch's when PATH (shared/bench/pytorch_ref.py,\
      \n                          vae-conv only) is given (run through scripts/torch_ref_seeded.py with the\
      \n                          same seeds), or with --twins through scripts/bench/torch_twins.py --seed\
-     \n  bench [--steps N] [--rounds 3] [--entries a,b] [--out BENCH.md] [--python python3]\
+     \n  bench [--steps N] [--rounds 3] [--entries a,b] [--out BENCH.md] [--python python3] [--vae]\
      \n                          each image entry timed by aezoo and by its PyTorch twin\
      \n                          (scripts/bench/torch_twins.py), alternating for N rounds: train and\
      \n                          inference img/s (best round), peak RSS, ratios, FLOPs, share of the measured peak\
+     \n                          --vae: the diffusers VAEs on one 256/512 image beside diffusers\
+     \n                          (scripts/bench/diffusers_vae.py) → BENCH.md's VAE section
      \n  fuzz [--seconds 10] [--inputs N] [--targets a,b] [--memory 6GiB]\
      \n                          every file parser fed mutated inputs in a memory-limited worker;\
      \n                          fails on a panic, abort, hang or an error not one line naming the file\
@@ -287,6 +292,7 @@ fn bench(args: &[String]) -> Result<()> {
     let mut entries: Vec<String> = BENCH_ENTRIES.iter().map(|s| s.to_string()).collect();
     let mut out = root().join("BENCH.md");
     let mut python = "python3".to_string();
+    let mut vae = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -307,6 +313,7 @@ fn bench(args: &[String]) -> Result<()> {
             }
             "--out" => out = PathBuf::from(it.next().context("--out PATH")?),
             "--python" => python = it.next().context("--python PATH")?.clone(),
+            "--vae" => vae = true,
             other => bail!("bench: unknown option {other}\n{}", usage()),
         }
     }
@@ -321,6 +328,9 @@ fn bench(args: &[String]) -> Result<()> {
     let exe = root().join("target/release/aezoo");
     let twin = root().join("scripts/bench/torch_twins.py");
     let (cpu, cores, nominal, nominal_text) = cpu_peak();
+    if vae {
+        return vae::bench(&exe, &python, rounds, cores, &out);
+    }
     let o = Command::new(&exe)
         .args(["bench", "--peak"])
         .output()
@@ -491,6 +501,10 @@ fn bench(args: &[String]) -> Result<()> {
     md += &format!(
         "\nTargets (issue 8): train and inference ratios ≥ 1.25×, peak memory ratio ≤ 1.00×, test MSE equal within noise. aezoo's data: {data}. PyTorch: {fw}. Absolute figures move between runs on shared machines; compare the ratios. Entries on other data have no row, since the protocol is Fashion-MNIST's: photographs (`vae-flex-*`, `codec-photo-*`), Moving MNIST clips (`video-ae*`) and graphs.\n"
     );
+    // The VAE section (`--vae`) stays as it was.
+    if let Some(sec) = std::fs::read_to_string(&out).ok().as_deref().and_then(vae::section) {
+        md += &format!("\n{sec}");
+    }
     std::fs::write(&out, md).with_context(|| format!("cannot write {}", out.display()))?;
     println!("wrote {}", out.display());
     Ok(())

@@ -7,7 +7,7 @@ use aezoo_zoo::ZOO;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::common::DataArgs;
+use crate::common::{DataArgs, TileArgs};
 
 #[derive(Args)]
 pub(crate) struct BenchArgs {
@@ -20,6 +20,16 @@ pub(crate) struct BenchArgs {
     /// Training steps to time (0: one epoch of Fashion-MNIST).
     #[arg(long, default_value_t = 0)]
     pub(crate) steps: usize,
+    /// Time encoding and decoding one image of this side instead (fully
+    /// convolutional entries, at the image's own size; tiled past the
+    /// model's tile), best of --rounds, with fresh seeded weights.
+    #[arg(long, value_name = "N")]
+    pub(crate) image_size: Option<usize>,
+    /// Rounds of --image-size timing (the best is reported).
+    #[arg(long, default_value_t = 3)]
+    pub(crate) rounds: usize,
+    #[command(flatten)]
+    pub(crate) tile: TileArgs,
     #[command(flatten)]
     pub(crate) data: DataArgs,
 }
@@ -171,8 +181,62 @@ pub(crate) fn cmd_bench(a: BenchArgs) -> Result<()> {
         return Ok(());
     }
     let (cfg, _) = ZOO.resolve_entry(a.entry.as_deref().unwrap_or_default())?;
+    if let Some(n) = a.image_size {
+        return bench_image(&cfg, n, a.rounds.max(1), &a.tile);
+    }
     let locator = Locator::from_env(a.data.data.clone(), a.data.download);
     let r = aezoo_train::bench::run(&cfg, &ZOO, &locator, a.steps)?;
     println!("{}", serde_json::to_string(&r)?);
+    Ok(())
+}
+
+/// `aezoo bench E --image-size N`: seconds to encode, and to decode, one
+/// `N × N` image, each the best of `rounds` after one warm-up (one JSON line).
+fn bench_image(cfg: &aezoo_train::EntryConfig, n: usize, rounds: usize, tile: &TileArgs) -> Result<()> {
+    use aezoo_nn::{ParamStore, Rng};
+    use candle_core::{DType, Device};
+    aezoo_train::config::check_image_shape([3, n, n], "--image-size", "the image")?;
+    let dev = Device::Cpu;
+    let params = ParamStore::init_frozen(cfg.train.seed);
+    let model = ZOO
+        .family_of(cfg)?
+        .build(&cfg.model, &cfg.entry, params.var_builder(DType::F32, &dev))?;
+    let Some(sp) = tile.apply(model.spatial())? else {
+        bail!(
+            "--image-size: {} takes images of one size only; time it with --steps",
+            cfg.entry
+        );
+    };
+    let [c, _, _] = ZOO.image_shape(cfg)?;
+    let x = Rng::new(1).rand_uniform((1, c, n, n), 0.0, 1.0, DType::F32, &dev)?;
+    let (mut enc, mut dec) = (f64::INFINITY, f64::INFINITY);
+    for round in 0..=rounds {
+        let t = std::time::Instant::now();
+        let z = aezoo_train::infer::encode_any_size(model.as_ref(), sp, &x)?;
+        let te = t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
+        let y = aezoo_train::infer::decode_any_size(model.as_ref(), sp, &z, Some([n, n]))?;
+        y.flatten_all()?.sum_all()?.to_scalar::<f32>()?;
+        let td = t.elapsed().as_secs_f64();
+        if round > 0 {
+            enc = enc.min(te);
+            dec = dec.min(td);
+        }
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "entry": cfg.entry,
+            "image_size": n,
+            "params": params.num_params(),
+            "encode_s": enc,
+            "decode_s": dec,
+            "encode_decode_s": enc + dec,
+            "rounds": rounds,
+            "tiled": aezoo_nn::tiling::needs_tiles([n, n], sp.tile),
+            "peak_rss_mb": aezoo_train::bench::peak_rss_mb(),
+            "threads": aezoo_nn::runtime::threads(),
+        })
+    );
     Ok(())
 }

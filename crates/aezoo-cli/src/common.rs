@@ -26,12 +26,35 @@ pub(crate) struct DataArgs {
 /// Where trained weights come from.
 #[derive(Args, Clone)]
 pub(crate) struct WeightsArgs {
-    /// A weights folder (config.json + model.safetensors); default: weights/<entry>, else the entry's newest run.
+    /// A weights folder (config.json + model.safetensors, or a diffusers folder: config.json +
+    /// diffusion_pytorch_model.safetensors) or a lone .safetensors file of an importable format;
+    /// default: weights/<entry>, else the entry's newest run.
     #[arg(long, value_name = "DIR", conflicts_with = "hub")]
     pub(crate) weights: Option<PathBuf>,
-    /// A Hugging Face Hub model repository, `user/repo[@revision]` (honours HF_HOME, HF_HUB_CACHE, HF_HUB_OFFLINE).
-    #[arg(long, value_name = "USER/REPO[@REV]")]
+    /// A Hugging Face Hub model repository, `user/repo[/subfolder][@revision]`, e.g.
+    /// `stabilityai/sd-vae-ft-mse` or `…/stable-diffusion-2-1/vae` (honours HF_HOME, HF_HUB_CACHE, HF_HUB_OFFLINE).
+    #[arg(long, value_name = "USER/REPO[/SUB][@REV]")]
     pub(crate) hub: Option<String>,
+}
+
+/// How a fully convolutional model takes images larger than its tile.
+#[derive(Args, Clone)]
+pub(crate) struct TileArgs {
+    /// Tile side in pixels for fully convolutional models (diffusers VAEs): larger
+    /// images go through in overlapping tiles, blended as diffusers' enable_tiling,
+    /// memory bounded by the tile. Default: the model's sample_size; 0: whole images.
+    #[arg(long, value_name = "PIXELS")]
+    pub(crate) tile: Option<usize>,
+}
+
+impl TileArgs {
+    /// The model's [`aezoo_nn::model::Spatial`] with `--tile` applied.
+    pub(crate) fn apply(&self, sp: Option<aezoo_nn::model::Spatial>) -> Result<Option<aezoo_nn::model::Spatial>> {
+        match (sp, self.tile) {
+            (Some(sp), Some(t)) => Ok(Some(sp.with_tile(t).map_err(|e| anyhow::anyhow!("--tile {t}: {e}"))?)),
+            (sp, _) => Ok(sp),
+        }
+    }
 }
 
 pub(crate) fn device(spec: &str) -> Result<Device> {
@@ -83,7 +106,7 @@ pub(crate) fn git_commit() -> Option<String> {
 pub(crate) fn weights_dir(entry: &str, w: &WeightsArgs) -> Result<PathBuf> {
     Ok(match (&w.weights, &w.hub) {
         (Some(d), _) => d.clone(),
-        (None, Some(spec)) => weights::from_hub(&weights::HubSpec::parse(spec)?)?,
+        (None, Some(spec)) => weights::from_hub(&weights::HubSpec::parse(spec)?, &ZOO)?,
         (None, None) => weights::default_dir(entry)?,
     })
 }

@@ -125,7 +125,7 @@ pub(crate) fn cmd_export(a: ExportArgs) -> Result<()> {
         .or_else(git_commit);
     let locator = Locator::from_env(a.data.data.clone(), a.data.download);
     let metrics = weights::measure(&loaded, &ZOO, &locator, &dev, commit)?;
-    weights::export(&loaded, &metrics, &a.dir)?;
+    weights::export(&loaded, &metrics, &a.dir, &ZOO)?;
     println!(
         "{} → {} (test MSE {:.5} on {})",
         loaded.config.entry,

@@ -84,8 +84,8 @@ pub(crate) fn targets() -> Vec<Target> {
             run: |input, case| {
                 let path = write(case, "latents.safetensors", input)?;
                 with_model(|m| {
-                    let (z, _names) = crate::infer::read_latents(&path, m)?;
-                    m.model.decode(&z.narrow(0, 0, 1)?)?;
+                    let latents = crate::infer::read_latents(&path, m)?;
+                    m.model.decode(&latents[0].z)?;
                     Ok(())
                 })
             },

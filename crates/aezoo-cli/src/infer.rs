@@ -11,7 +11,9 @@ use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use clap::Args;
 
-use crate::common::{create_parent, device, expand_images, image_options, load_weights, DataArgs, WeightsArgs};
+use crate::common::{
+    create_parent, device, expand_images, image_options, load_weights, DataArgs, TileArgs, WeightsArgs,
+};
 
 #[derive(Args)]
 pub(crate) struct SampleArgs {
@@ -42,7 +44,9 @@ pub(crate) struct ReconstructArgs {
     /// Entry name (used to find default weights).
     pub(crate) entry: String,
     /// Image files (PNG, JPEG, GIF) or folders of them; brought to the model's
-    /// input size as its training data was (centre crop for folder-trained entries).
+    /// input size as its training data was (centre crop for folder-trained entries),
+    /// or taken at their own size by a fully convolutional model (vae-kl, vae-tiny:
+    /// tiled past its tile, the reconstruction saved at that size).
     #[arg(required = true)]
     pub(crate) images: Vec<PathBuf>,
     /// Output folder (default: beside each image, as <name>.recon.png).
@@ -53,6 +57,12 @@ pub(crate) struct ReconstructArgs {
     pub(crate) invert: bool,
     #[command(flatten)]
     pub(crate) weights: WeightsArgs,
+    #[command(flatten)]
+    pub(crate) tile: TileArgs,
+    /// Also reconstruct each image whole (no tiles) and print the PSNR of the
+    /// tiled reconstruction against it: what the tiles' seams cost.
+    #[arg(long)]
+    pub(crate) seam: bool,
     #[arg(long, default_value = "cpu")]
     pub(crate) device: String,
 }
@@ -96,6 +106,8 @@ pub(crate) struct EncodeArgs {
     pub(crate) out: PathBuf,
     #[command(flatten)]
     pub(crate) weights: WeightsArgs,
+    #[command(flatten)]
+    pub(crate) tile: TileArgs,
     #[arg(long, default_value = "cpu")]
     pub(crate) device: String,
 }
@@ -111,6 +123,8 @@ pub(crate) struct DecodeArgs {
     pub(crate) out: PathBuf,
     #[command(flatten)]
     pub(crate) weights: WeightsArgs,
+    #[command(flatten)]
+    pub(crate) tile: TileArgs,
     #[arg(long, default_value = "cpu")]
     pub(crate) device: String,
 }
@@ -148,14 +162,41 @@ pub(crate) fn cmd_reconstruct(a: ReconstructArgs) -> Result<()> {
     }
     let opts = image_options(&loaded.config, a.invert);
     let with_ssim = shape[1] >= 11 && shape[2] >= 11;
-    let (mut sum_p, mut sum_s, mut n) = (0f64, 0f64, 0usize);
+    let (mut sum_p, mut sum_s, mut n, mut n_s) = (0f64, 0f64, 0usize, 0usize);
+    let spatial = a.tile.apply(loaded.model.spatial())?;
     for img in expand_images(&a.images)? {
-        let x = load_image(&img, shape, opts, &dev)?;
-        let y = loaded.model.reconstruct(&x)?;
+        // A fully convolutional model takes each image at its own size.
+        let (x, y) = match spatial {
+            Some(sp) => {
+                let x = aezoo_data::image_file::load_image_native(&img, shape[0], &dev)?;
+                let y = aezoo_train::infer::reconstruct_any_size(loaded.model.as_ref(), sp, &x)?;
+                (x, y)
+            }
+            None => {
+                let x = load_image(&img, shape, opts, &dev)?;
+                let y = loaded.model.reconstruct(&x)?;
+                (x, y)
+            }
+        };
+        let with_ssim = with_ssim || spatial.is_some() && x.dim(2)? >= 11 && x.dim(3)? >= 11;
         let p = psnr(&y, &x, 1.0)?.to_vec1::<f32>()?[0];
+        let seam = match spatial {
+            Some(sp) if a.seam => {
+                let whole = sp.with_tile(0).map_err(anyhow::Error::msg)?;
+                let y0 = aezoo_train::infer::reconstruct_any_size(loaded.model.as_ref(), whole, &x)?;
+                let s = psnr(&y, &y0, 1.0)?.to_vec1::<f32>()?[0];
+                let tiled = aezoo_nn::tiling::needs_tiles([x.dim(2)?, x.dim(3)?], sp.tile);
+                format!(
+                    "  tiled vs whole: PSNR {s:.2} dB{}",
+                    if tiled { "" } else { " (one tile)" }
+                )
+            }
+            _ => String::new(),
+        };
         let s = if with_ssim {
             let v = ssim(&y, &x, SsimConfig::default())?.to_vec1::<f32>()?[0];
             sum_s += v as f64;
+            n_s += 1;
             format!("{v:.4}")
         } else {
             "—".into()
@@ -170,11 +211,16 @@ pub(crate) fn cmd_reconstruct(a: ReconstructArgs) -> Result<()> {
             Some(dir) => dir.join(format!("{stem}.recon.png")),
             None => img.with_file_name(format!("{stem}.recon.png")),
         };
-        aezoo_train::plot::save_rows(&[Tensor::cat(&[&x, &y], 3)?], 4, &out)?;
-        println!("{}: PSNR {p:.2} dB  SSIM {s}  → {}", img.display(), out.display());
+        // A photograph's reconstruction at its own size; a small fixed-size
+        // image beside its input, enlarged, so the two can be compared.
+        match spatial {
+            Some(_) => aezoo_train::plot::save_image(&y, &out)?,
+            None => aezoo_train::plot::save_rows(&[Tensor::cat(&[&x, &y], 3)?], 4, &out)?,
+        }
+        println!("{}: PSNR {p:.2} dB  SSIM {s}{seam}  → {}", img.display(), out.display());
     }
     if n > 1 {
-        let s = if with_ssim {
+        let s = if n_s == n {
             format!("{:.4}", sum_s / n as f64)
         } else {
             "—".into()
@@ -222,79 +268,175 @@ pub(crate) fn cmd_interpolate(a: InterpolateArgs) -> Result<()> {
 }
 
 pub(crate) fn cmd_encode(a: EncodeArgs) -> Result<()> {
-    use aezoo_data::image_file::load_image;
+    use aezoo_data::image_file::{load_image, load_image_native};
     let dev = device(&a.device)?;
     let loaded = load_weights(&a.entry, &a.weights, &dev)?;
     let shape = ZOO.image_shape(&loaded.config)?;
     let opts = image_options(&loaded.config, false);
     let files = expand_images(&a.images)?;
-    let mut codes = Vec::with_capacity(files.len());
-    for chunk in files.chunks(32) {
-        let xs = chunk
-            .iter()
-            .map(|f| load_image(f, shape, opts, &dev))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        codes.push(loaded.model.encode(&Tensor::cat(&xs, 0)?)?);
-    }
-    let z = Tensor::cat(&codes, 0)?;
     let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
-    aezoo_train::infer::save_tensor(
-        "latents",
-        &z,
-        &[
-            ("entry", loaded.config.entry.clone()),
-            ("files", serde_json::to_string(&names)?),
-            ("image_shape", serde_json::to_string(&shape)?),
-        ],
-        &a.out,
-    )?;
+    let mut meta = vec![
+        ("entry", loaded.config.entry.clone()),
+        ("files", serde_json::to_string(&names)?),
+    ];
+    let (tensors, what) = match a.tile.apply(loaded.model.spatial())? {
+        // Each image at its own size: one stacked tensor when they agree,
+        // else one tensor per image (`latents.<i>`).
+        Some(sp) => {
+            let mut codes = Vec::with_capacity(files.len());
+            let mut sizes = Vec::with_capacity(files.len());
+            for f in &files {
+                let x = load_image_native(f, shape[0], &dev)?;
+                sizes.push([x.dim(2)?, x.dim(3)?]);
+                codes.push(aezoo_train::infer::encode_any_size(loaded.model.as_ref(), sp, &x)?);
+            }
+            meta.push(("image_sizes", serde_json::to_string(&sizes)?));
+            if codes.windows(2).all(|p| p[0].dims() == p[1].dims()) {
+                let z = Tensor::cat(&codes, 0)?;
+                let what = format!("latents {:?}", z.dims());
+                (vec![("latents".to_string(), z)], what)
+            } else {
+                let what = format!("{} latents of their images' sizes (latents.0 …)", codes.len());
+                (
+                    codes
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, z)| (format!("latents.{i}"), z))
+                        .collect(),
+                    what,
+                )
+            }
+        }
+        None => {
+            let mut codes = Vec::with_capacity(files.len());
+            for chunk in files.chunks(32) {
+                let xs = chunk
+                    .iter()
+                    .map(|f| load_image(f, shape, opts, &dev))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                codes.push(loaded.model.encode(&Tensor::cat(&xs, 0)?)?);
+            }
+            meta.push(("image_shape", serde_json::to_string(&shape)?));
+            let z = Tensor::cat(&codes, 0)?;
+            let what = format!("latents {:?}", z.dims());
+            (vec![("latents".to_string(), z)], what)
+        }
+    };
+    aezoo_train::infer::save_tensors(&tensors, &meta, &a.out)?;
     println!(
-        "{}: {} images → latents {:?} in {}",
+        "{}: {} images → {what} in {}",
         loaded.config.entry,
         files.len(),
-        z.dims(),
         a.out.display()
     );
     Ok(())
 }
 
+/// One latent of a latents file: `(1, …)`, the name of its source image,
+/// and the image's size before padding (fully convolutional models).
+pub(crate) struct Latent {
+    pub(crate) z: Tensor,
+    pub(crate) name: String,
+    pub(crate) size: Option<[usize; 2]>,
+}
+
 /// A latents file written by `aezoo encode`, checked against the model
-/// that will decode it, with the names of its latents' source files.
-pub(crate) fn read_latents(path: &Path, loaded: &aezoo_train::weights::Loaded) -> Result<(Tensor, Vec<String>)> {
-    let (z, meta) = aezoo_train::infer::load_tensor("latents", path)?;
-    let path = path.display().to_string();
+/// that will decode it: one stacked tensor `latents`, or `latents.<i>`.
+pub(crate) fn read_latents(path: &Path, loaded: &aezoo_train::weights::Loaded) -> Result<Vec<Latent>> {
+    let (tensors, meta) = aezoo_train::infer::load_tensors(path)?;
+    let p = path.display().to_string();
+    let zs: Vec<Tensor> = match tensors.get("latents") {
+        Some(z) => {
+            if z.rank() == 0 || z.dim(0)? == 0 {
+                bail!("{p}: `latents` holds no latent");
+            }
+            (0..z.dim(0)?)
+                .map(|i| z.narrow(0, i, 1))
+                .collect::<candle_core::Result<_>>()?
+        }
+        None => {
+            let mut v = Vec::new();
+            while let Some(z) = tensors.get(&format!("latents.{}", v.len())) {
+                v.push(z.clone());
+            }
+            if v.is_empty() {
+                bail!("{p}: no tensor `latents` (or `latents.0`, …)");
+            }
+            v
+        }
+    };
     let want = loaded.model.latent_shape();
-    if z.rank() != want.len() + 1 || z.dims()[1..] != want[..] {
-        bail!(
-            "{path}: latents of shape {:?} do not fit {} (one latent is {want:?})",
-            z.dims(),
-            loaded.config.entry
-        );
+    let spatial = loaded.model.spatial();
+    for (i, z) in zs.iter().enumerate() {
+        let d = z.dims();
+        let fits = match spatial {
+            Some(sp) => {
+                let pixels = d.get(2..4).map(|s| s.iter().map(|v| v * sp.factor).product::<usize>());
+                if pixels.is_some_and(|px| px > aezoo_nn::limits::MAX_IMAGE_PIXELS) {
+                    bail!(
+                        "{p}: latent {i} of shape {d:?} decodes to more than {} pixels (aezoo_nn::limits)",
+                        aezoo_nn::limits::MAX_IMAGE_PIXELS
+                    );
+                }
+                d.len() == 4 && d[0] == 1 && d[1] == want[0] && d[2] > 0 && d[3] > 0
+            }
+            None => d.len() == want.len() + 1 && d[0] == 1 && d[1..] == want[..],
+        };
+        if !fits {
+            bail!(
+                "{p}: latent {i} of shape {d:?} does not fit {} (one latent is {want:?}{})",
+                loaded.config.entry,
+                if spatial.is_some() {
+                    " at the model's tile; any height and width"
+                } else {
+                    ""
+                }
+            );
+        }
     }
-    let n = z.dim(0)?;
+    let n = zs.len();
     let names: Vec<String> = meta
         .get("files")
         .and_then(|f| serde_json::from_str(f).ok())
         .filter(|v: &Vec<String>| v.len() == n)
         .unwrap_or_else(|| (0..n).map(|i| format!("latent{i:05}")).collect());
-    Ok((z, names))
+    let sizes: Vec<Option<[usize; 2]>> = meta
+        .get("image_sizes")
+        .and_then(|f| serde_json::from_str::<Vec<[usize; 2]>>(f).ok())
+        .filter(|v| v.len() == n)
+        .map(|v| v.into_iter().map(Some).collect())
+        .unwrap_or_else(|| vec![None; n]);
+    Ok(zs
+        .into_iter()
+        .zip(names)
+        .zip(sizes)
+        .map(|((z, name), size)| Latent { z, name, size })
+        .collect())
 }
 
 pub(crate) fn cmd_decode(a: DecodeArgs) -> Result<()> {
     let dev = device(&a.device)?;
     let loaded = load_weights(&a.entry, &a.weights, &dev)?;
-    let (z, names) = read_latents(&a.latents, &loaded)?;
-    let n = z.dim(0)?;
-    let z = z.to_device(&dev)?;
+    let latents = read_latents(&a.latents, &loaded)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
-    for (i, name) in names.iter().enumerate() {
-        let img = loaded.model.decode(&z.narrow(0, i, 1)?)?;
-        let stem = Path::new(name)
+    let spatial = a.tile.apply(loaded.model.spatial())?;
+    for (i, l) in latents.iter().enumerate() {
+        let z = l.z.to_device(&dev)?;
+        let img = match spatial {
+            Some(sp) => aezoo_train::infer::decode_any_size(loaded.model.as_ref(), sp, &z, l.size)?,
+            None => loaded.model.decode(&z)?,
+        };
+        let stem = Path::new(&l.name)
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| format!("latent{i:05}"));
         aezoo_train::plot::save_image(&img, &a.out.join(format!("{stem}.png")))?;
     }
-    println!("{}: {n} latents → {}/", loaded.config.entry, a.out.display());
+    println!(
+        "{}: {} latents → {}/",
+        loaded.config.entry,
+        latents.len(),
+        a.out.display()
+    );
     Ok(())
 }

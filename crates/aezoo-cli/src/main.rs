@@ -102,9 +102,10 @@ fn init_logging() {
 }
 
 fn main() -> ExitCode {
-    // Allocator, candle's pool, rayon's stacks, subnormals flushed.
-    process::tune();
+    // Allocator, candle's pool, rayon's stacks, subnormals flushed (before
+    // any other thread exists; parsing starts none).
     let cli = Cli::parse();
+    process::tune_for(cli.cmd.large_buffers());
     init_logging();
     // The whole command runs on a worker of the compute pool, so the
     // parallel regions of a step never park this thread (aezoo_nn::runtime).
@@ -129,6 +130,19 @@ pub(crate) fn error_line(e: &anyhow::Error) -> String {
         }
     }
     parts.join(": ")
+}
+
+impl Cmd {
+    /// Commands that take photographs at their own size, whose activations
+    /// outgrow a thread arena ([`process::tune_for`]).
+    fn large_buffers(&self) -> bool {
+        match self {
+            Cmd::Reconstruct(_) | Cmd::Encode(_) | Cmd::Decode(_) => true,
+            Cmd::Compress(_) | Cmd::Decompress(_) | Cmd::Validate(_) | Cmd::Rd(_) => true,
+            Cmd::Bench(a) => a.image_size.is_some(),
+            _ => false,
+        }
+    }
 }
 
 fn run(cli: Cli) -> Result<()> {

@@ -4,7 +4,8 @@
 //!
 //! - glibc's allocator keeps large buffers in the heap: by default it
 //!   returns each to the kernel on free and page-faults it back on the next
-//!   op, which a training step's tensors hit every time
+//!   op, which a training step's tensors hit every time; commands on
+//!   photographs at their own size use one arena, the main heap
 //!   (`aezoo_nn::runtime::retain_freed_memory`);
 //! - candle's CPU pool spins 100 pauses after an op, not 25,000 (~1.7 ms):
 //!   on 2 cores its spinning thread took a core from the rayon workers; a
@@ -17,8 +18,15 @@
 //!   compute thread (`aezoo_nn::runtime::init`).
 
 /// Sets up this process; see the module docs.
+#[allow(dead_code)] // the timing examples' entry point
 pub fn tune() {
-    aezoo_nn::runtime::retain_freed_memory();
+    tune_for(false);
+}
+
+/// [`tune`], for a command whose buffers outgrow a thread arena's 64 MiB
+/// heaps (photographs at their own size) when `large_buffers`: one arena.
+pub fn tune_for(large_buffers: bool) {
+    aezoo_nn::runtime::retain_freed_memory(large_buffers);
     if aezoo_env::foreign("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
         // Before candle's pool starts (it reads the variable then).
         std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "100");

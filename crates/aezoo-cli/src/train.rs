@@ -183,11 +183,7 @@ pub(crate) fn cmd_train(mut a: TrainArgs) -> Result<()> {
         if resume {
             bail!("--init starts a fresh run from weights; it cannot be combined with --resume");
         }
-        opts.init_from = Some(if init.is_dir() {
-            init.join("model.safetensors")
-        } else {
-            init.clone()
-        });
+        opts.init_from = Some(init.clone());
     }
     let result = aezoo_train::train(&cfg, &ZOO, &opts);
     // Record the run as the entry's newest once it has something to resume

@@ -224,18 +224,31 @@ pub fn flush_denormals() -> bool {
 /// Has glibc's allocator keep large freed buffers in the heap instead of
 /// returning each to the kernel and page-faulting it back on the next op,
 /// which a training step's tensors hit every time (`vae-conv` 724 → 885
-/// training images/s, docs/perf.md): mmap and trim thresholds of 1 GiB, a
-/// 64 MiB top pad. A binary's process set-up calls it (`aezoo-cli`'s
-/// `process::tune`); returns whether it applied (glibc only).
-pub fn retain_freed_memory() -> bool {
+/// training images/s, docs/perf.md): a trim threshold of 1 GiB, a 64 MiB
+/// top pad, and with `one_arena` a single arena and no mmap'd chunks (for
+/// buffers past 64 MiB, below). A binary's process set-up calls it
+/// (`aezoo-cli`'s `process::tune`); returns whether it applied (glibc only).
+pub fn retain_freed_memory(one_arena: bool) -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         // SAFETY: mallopt only changes allocator parameters, under the main
         // arena's lock; glibc initialises malloc before `main` runs.
         unsafe {
+            // glibc refuses a threshold above 32 MiB (HEAP_MAX_SIZE / 2), so
+            // this call leaves buffers past it mmap'd (see `one_arena`).
             libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
             libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
             libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+            // The pool's threads each get an arena of 64 MiB heaps, which
+            // cannot hold a photograph's activations (128 MiB at 512 × 512)
+            // and map and unmap each one: one arena, the main heap, no
+            // mmap'd chunks (an SD VAE on a 512 × 512 image: 12.8 M page
+            // faults → 1.5 M, 22 s → 13 s). Small models train ~5 % slower
+            // on one arena (its lock), so only when asked.
+            if one_arena {
+                libc::mallopt(libc::M_ARENA_MAX, 1);
+                libc::mallopt(libc::M_MMAP_MAX, 0);
+            }
         }
         true
     }

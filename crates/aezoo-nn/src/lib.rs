@@ -19,6 +19,7 @@ pub mod rng;
 pub mod runtime;
 pub mod same_pad;
 pub mod spec;
+pub mod tiling;
 
 pub use aezoo_kernels::Act;
 pub use model::{Autoencoder, Batch, Codebook, Family, StepCtx, StepOutput};

@@ -142,6 +142,50 @@ pub trait Autoencoder: Send + Sync {
     fn codebook_levels(&self) -> Option<Result<Tensor>> {
         None
     }
+
+    /// For a fully convolutional model, which takes images of any size that
+    /// is a multiple of its downsampling: that factor and the tile it works
+    /// best at (the inference commands then read images at their own size,
+    /// and tile those larger than the tile). `None`: a fixed input size.
+    fn spatial(&self) -> Option<Spatial> {
+        None
+    }
+}
+
+/// How a fully convolutional model maps images to latents (see
+/// [`Autoencoder::spatial`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Spatial {
+    /// Image pixels per latent position along each axis.
+    pub factor: usize,
+    /// `(height, width)` of the tile, in image pixels (a multiple of `factor`).
+    pub tile: [usize; 2],
+    /// The fraction of a tile that neighbouring tiles overlap (blended).
+    pub overlap: f64,
+}
+
+impl Spatial {
+    /// The same model with square tiles of `side` pixels (`0`: no tiling,
+    /// every image whole); `side` must be a multiple of the factor.
+    pub fn with_tile(self, side: usize) -> std::result::Result<Self, String> {
+        if side == 0 {
+            let whole = (usize::MAX / 4) / self.factor * self.factor;
+            return Ok(Self {
+                tile: [whole, whole],
+                ..self
+            });
+        }
+        if !side.is_multiple_of(self.factor) {
+            return Err(format!(
+                "a tile of {side} pixels is not a multiple of the model's downsampling factor {}",
+                self.factor
+            ));
+        }
+        Ok(Self {
+            tile: [side, side],
+            ..self
+        })
+    }
 }
 
 /// A family config's learned scalar codebook of `K` levels, which tools

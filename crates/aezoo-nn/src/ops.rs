@@ -118,6 +118,14 @@ pub fn conv_transpose2d(
 /// ([`crate::conv3d`]).
 pub fn conv3d(xs: &Tensor, kernel: &Tensor, bias: Option<&Tensor>, opts: Conv3dOpts) -> Result<Tensor> {
     if xs.device().is_cpu() && aezoo_kernels::enabled() {
+        if let (Ok((b, _, t, h, w)), Ok((_, c, kt, kh, kw))) = (xs.dims5(), kernel.dims5()) {
+            let out = |n: usize, i: usize, k: usize| {
+                let padded = n + 2 * opts.padding[i];
+                padded.checked_sub(k).map_or(0, |r| r / opts.stride[i].max(1) + 1)
+            };
+            let cols = [c * kt * kh * kw, b, out(t, 0, kt), out(h, 1, kh), out(w, 2, kw)];
+            vol_cols_within("conv3d", kernel.dims(), &cols)?;
+        }
         return aezoo_kernels::conv3d_gemm(xs, kernel, bias, opts);
     }
     crate::conv3d::conv3d_taps(xs, kernel, bias, opts)
@@ -128,9 +136,25 @@ pub fn conv3d(xs: &Tensor, kernel: &Tensor, bias: Option<&Tensor>, opts: Conv3dO
 /// transposed convolutions elsewhere or with `AEZOO_NO_FUSED=1`.
 pub fn conv_transpose3d(xs: &Tensor, kernel: &Tensor, bias: Option<&Tensor>, opts: Conv3dOpts) -> Result<Tensor> {
     if xs.device().is_cpu() && aezoo_kernels::enabled() {
+        if let (Ok((b, _, t, h, w)), Ok((_, o, kt, kh, kw))) = (xs.dims5(), kernel.dims5()) {
+            vol_cols_within("conv_transpose3d", kernel.dims(), &[o * kt * kh * kw, b, t, h, w])?;
+        }
         return aezoo_kernels::conv_transpose3d_gemm(xs, kernel, bias, opts);
     }
     crate::conv3d::conv_transpose3d_taps(xs, kernel, bias, opts)
+}
+
+/// The GEMM paths of the 3-D convolutions hold the whole batch's columns at
+/// once (kernel volume × channels by batch × positions): a kernel as large as
+/// the clip makes that terabytes. Refused before allocating, naming the kernel.
+fn vol_cols_within(op: &str, kernel: &[usize], cols: &[usize]) -> Result<()> {
+    crate::limits::elems_within("column buffer", cols, crate::limits::MAX_TENSOR_ELEMS)
+        .map(|_| ())
+        .map_err(|e| {
+            candle_core::Error::Msg(format!(
+                "{op}: a kernel of shape {kernel:?} over this input needs a {e}; use a smaller kernel, clip or batch"
+            ))
+        })
 }
 
 /// Scalar quantisation of every value of `xs` to its nearest entry of

@@ -59,6 +59,12 @@ impl ParamStore {
         Self::with_source(Source::Init(Rng::new(seed)), true)
     }
 
+    /// Fresh parameters as [`ParamStore::init`] draws them, as plain
+    /// tensors (no gradient tracking: inference, timing).
+    pub fn init_frozen(seed: u64) -> Self {
+        Self::with_source(Source::Init(Rng::new(seed)), false)
+    }
+
     /// Parameters read from a safetensors file. With `trainable` they become
     /// [`Var`]s (to resume training); otherwise plain tensors (inference).
     pub fn load(path: &Path, trainable: bool) -> Result<Self> {
@@ -88,6 +94,35 @@ impl ParamStore {
             },
             trainable,
         ))
+    }
+
+    /// A store of a file's tensors under other names: `f` maps each name
+    /// and tensor to the name (and tensor) the model asks for, or `None` to
+    /// drop it (an imported layout's keys; what does not belong to the
+    /// model). Two tensors given one name are an error naming the file.
+    pub fn renamed(self, mut f: impl FnMut(&str, &Tensor) -> Result<Option<(String, Tensor)>>) -> Result<Self> {
+        let mut inner = self.inner.lock().expect("param store poisoned");
+        if let Source::File { path, tensors } = &mut inner.source {
+            let mut out = BTreeMap::new();
+            for (name, t) in std::mem::take(tensors) {
+                if let Some((new, t)) = f(&name, &t).map_err(|e| err(format!("{}: {e}", path.display())))? {
+                    if out.insert(new.clone(), t).is_some() {
+                        return Err(err(format!("{}: two tensors map to `{new}`", path.display())));
+                    }
+                }
+            }
+            *tensors = out;
+        }
+        drop(inner);
+        Ok(self)
+    }
+
+    /// The tensors of a store loaded from a file, by name (empty in init mode).
+    pub fn file_tensors(&self) -> BTreeMap<String, Tensor> {
+        match &self.inner.lock().expect("param store poisoned").source {
+            Source::File { tensors, .. } => tensors.clone(),
+            Source::Init(_) => BTreeMap::new(),
+        }
     }
 
     fn with_source(source: Source, trainable: bool) -> Self {

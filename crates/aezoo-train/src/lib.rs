@@ -26,4 +26,4 @@ pub use config::EntryConfig;
 pub use error::{Result, TrainError};
 pub use eval::{evaluate, EvalMetrics};
 pub use trainer::{train, Learner, TrainOptions, TrainOutcome};
-pub use zoo::{ConfigOrigin, DynFamily, Pipeline, Registered, Zoo};
+pub use zoo::{ConfigOrigin, DynFamily, Importer, Pipeline, Registered, Zoo};

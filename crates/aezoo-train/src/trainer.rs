@@ -188,10 +188,13 @@ fn scalar(t: &Tensor) -> Result<f32> {
     Ok(t.to_dtype(DType::F32)?.to_scalar::<f32>()?)
 }
 
-/// Copies every tensor of `path` whose name and shape match a parameter of
-/// `params` into it; logs what was kept fresh and what was not used.
-pub fn init_from(params: &ParamStore, path: &Path) -> Result<()> {
-    let src = checkpoint::read_tensors(path)?;
+/// Copies every tensor of the weights at `path` (a weights folder in any
+/// layout the zoo reads, or a safetensors file) whose name and shape match
+/// a parameter of `params` into it; logs what was kept fresh and what was
+/// not used.
+pub fn init_from(params: &ParamStore, path: &Path, zoo: &Zoo) -> Result<()> {
+    let (path, src) = crate::weights::weight_tensors(path, zoo)?;
+    let path = path.as_path();
     let (mut copied, mut fresh) = (0usize, Vec::new());
     let vars = params.vars();
     let unused = src.keys().filter(|k| !vars.iter().any(|(n, _)| n == *k)).count();
@@ -389,7 +392,7 @@ impl Learner {
         }
         let Built { model, params } = build_fresh(cfg, zoo, dev)?;
         if let (Some(path), false) = (&opts.init_from, opts.resume) {
-            init_from(&params, path)?;
+            init_from(&params, path, zoo)?;
         }
         let compute = t
             .precision

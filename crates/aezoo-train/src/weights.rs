@@ -3,6 +3,7 @@
 //! layout. Loading is strict: a missing, extra or mis-shaped tensor is an
 //! error naming the file and the tensor.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use aezoo_nn::{Autoencoder, ParamStore};
@@ -20,27 +21,129 @@ pub struct Loaded {
     pub params: ParamStore,
 }
 
-/// The entry config of a weights folder (`dir/config.json`), validated.
+/// The entry config of a weights folder (`dir/config.json`), validated: an
+/// aezoo config, or one an importer of the zoo reads (a diffusers folder).
 pub fn read_config(dir: &Path, zoo: &Zoo) -> Result<EntryConfig> {
-    let cfg_path = dir.join("config.json");
-    if !cfg_path.is_file() {
-        return Err(TrainError::Checkpoint {
-            path: dir.to_path_buf(),
-            msg: "no config.json: not a weights folder (expected config.json and model.safetensors)".into(),
-        });
-    }
-    zoo.config_from_file(&cfg_path)
+    Ok(open(dir, zoo, false)?.config)
 }
 
-/// Loads `dir/config.json` and `dir/model.safetensors`.
-pub fn load(dir: &Path, zoo: &Zoo, dev: &Device) -> Result<Loaded> {
+/// What [`open`] found: the entry, the file its config came from, and the
+/// weights file with its tensors under the family's names.
+struct Opened {
+    config: EntryConfig,
+    config_origin: PathBuf,
+    weights: PathBuf,
+    params: Option<ParamStore>,
+}
+
+/// Reads a weights folder's config (aezoo's, or an importer's layout), or
+/// a lone weights file an importer recognises; with `tensors`, also the
+/// weights, renamed to the family's keys.
+fn open(dir: &Path, zoo: &Zoo, tensors: bool) -> Result<Opened> {
+    let ckpt = |path: &Path, msg: String| TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let load = |st: &Path| {
+        ParamStore::load(st, false).map_err(|e| TrainError::Checkpoint {
+            path: st.to_path_buf(),
+            msg: strip_path(&e.to_string(), st),
+        })
+    };
+    if dir.is_file() {
+        let store = load(dir)?;
+        let origin = dir.display().to_string();
+        for imp in zoo.importers {
+            if let Some(cfg) = imp.single_file(&store, &origin) {
+                let cfg = cfg?;
+                let params = imp.rename(store, &cfg)?;
+                return Ok(Opened {
+                    config: cfg,
+                    config_origin: dir.to_path_buf(),
+                    weights: dir.to_path_buf(),
+                    params: Some(params),
+                });
+            }
+        }
+        return Err(ckpt(
+            dir,
+            "a weights file without a config.json that no importer recognises: pass its folder (config.json + model.safetensors)".into(),
+        ));
+    }
     let cfg_path = dir.join("config.json");
-    let config = read_config(dir, zoo)?;
+    if !cfg_path.is_file() {
+        return Err(ckpt(
+            dir,
+            "no config.json: not a weights folder (expected config.json and model.safetensors, or a diffusers folder)"
+                .into(),
+        ));
+    }
+    let origin = cfg_path.display().to_string();
+    let text = aezoo_nn::limits::read_text(&cfg_path).map_err(io_err(&cfg_path))?;
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+        for imp in zoo.importers {
+            if let Some(cfg) = imp.import_config(&v, &origin) {
+                let cfg = cfg?;
+                let Some(st) = imp.weights_files().iter().map(|f| dir.join(f)).find(|p| p.is_file()) else {
+                    return Err(ckpt(
+                        dir,
+                        format!(
+                            "a {} folder without its weights ({})",
+                            imp.name(),
+                            imp.weights_files().join(" or ")
+                        ),
+                    ));
+                };
+                let params = if tensors {
+                    Some(imp.rename(load(&st)?, &cfg)?)
+                } else {
+                    None
+                };
+                return Ok(Opened {
+                    config: cfg,
+                    config_origin: cfg_path,
+                    weights: st,
+                    params,
+                });
+            }
+        }
+    }
+    let config = zoo.config_from_str(&text, &origin)?;
     let st = dir.join("model.safetensors");
-    let params = ParamStore::load(&st, false).map_err(|e| TrainError::Checkpoint {
-        path: st.clone(),
-        msg: strip_path(&e.to_string(), &st),
-    })?;
+    let params = if tensors { Some(load(&st)?) } else { None };
+    Ok(Opened {
+        config,
+        config_origin: cfg_path,
+        weights: st,
+        params,
+    })
+}
+
+/// The tensors of a weights folder or file under the family's names (for
+/// `--init`): a folder's weights file (aezoo's or an importer's layout,
+/// renamed), a lone file an importer recognises, else the file as it is;
+/// with the path of the file read.
+pub fn weight_tensors(path: &Path, zoo: &Zoo) -> Result<(PathBuf, BTreeMap<String, candle_core::Tensor>)> {
+    if path.is_file() {
+        if let Ok(o) = open(path, zoo, true) {
+            return Ok((o.weights, o.params.expect("open with tensors").file_tensors()));
+        }
+        return Ok((path.to_path_buf(), crate::checkpoint::read_tensors(path)?));
+    }
+    let o = open(path, zoo, true)?;
+    Ok((o.weights, o.params.expect("open with tensors").file_tensors()))
+}
+
+/// Loads a weights folder (`dir/config.json` and `dir/model.safetensors`,
+/// or a folder or lone file in a layout one of the zoo's importers reads).
+pub fn load(dir: &Path, zoo: &Zoo, dev: &Device) -> Result<Loaded> {
+    let Opened {
+        config,
+        config_origin: cfg_path,
+        weights: st,
+        params,
+    } = open(dir, zoo, true)?;
+    let params = params.expect("open with tensors");
     let vb = params.var_builder(DType::F32, dev);
     let fam = zoo.family(&config.family, &cfg_path.display().to_string())?;
     // What the weights file got wrong (a missing or mis-shaped tensor: the
@@ -111,37 +214,48 @@ pub fn default_dir(entry: &str) -> Result<PathBuf> {
     )))
 }
 
-/// `user/repo[@revision]` on the Hugging Face Hub.
+/// `user/repo[/subfolder][@revision]` on the Hugging Face Hub (a
+/// subfolder: the `vae/` of a whole diffusers pipeline repository).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HubSpec {
     pub repo: String,
+    pub subfolder: Option<String>,
     pub revision: String,
 }
 
 impl HubSpec {
     pub fn parse(spec: &str) -> Result<Self> {
-        let (repo, revision) = match spec.split_once('@') {
+        let (path, revision) = match spec.split_once('@') {
             Some((r, v)) => (r, v),
             None => (spec, "main"),
         };
         let ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-        match repo.split_once('/') {
-            Some((u, n)) if ok(u) && ok(n) && !revision.is_empty() => Ok(Self {
-                repo: repo.to_string(),
-                revision: revision.to_string(),
-            }),
+        let parts: Vec<&str> = path.split('/').collect();
+        let good_rev = !revision.is_empty() && !revision.contains(['/', '\\']) && revision != "..";
+        match parts.as_slice() {
+            [u, n, rest @ ..]
+                if ok(u) && ok(n) && good_rev && rest.len() <= 3 && rest.iter().all(|p| ok(p) && *p != "..") =>
+            {
+                Ok(Self {
+                    repo: format!("{u}/{n}"),
+                    subfolder: (!rest.is_empty()).then(|| rest.join("/")),
+                    revision: revision.to_string(),
+                })
+            }
             _ => Err(TrainError::Other(format!(
-                "--hub {spec}: expected user/repo or user/repo@revision"
+                "--hub {spec}: expected user/repo, user/repo/subfolder or either @revision"
             ))),
         }
     }
 }
 
-/// Fetches `config.json` and `model.safetensors` (and `metrics.json` when
-/// the repository has one) of a model repository through hf-hub, honouring
-/// its cache (`HF_HUB_CACHE`, `HF_HOME`) and `HF_HUB_OFFLINE`; returns the
-/// snapshot folder, a weights folder for [`load`].
-pub fn from_hub(spec: &HubSpec) -> Result<PathBuf> {
+/// Fetches a weights folder of a model repository through hf-hub,
+/// honouring its cache (`HF_HUB_CACHE`, `HF_HOME`) and `HF_HUB_OFFLINE`:
+/// `config.json`, then the weights file its layout names
+/// (`model.safetensors`, or an importer's: `diffusion_pytorch_model.safetensors`),
+/// and `metrics.json` when the repository has one; returns the snapshot
+/// folder, a weights folder for [`load`].
+pub fn from_hub(spec: &HubSpec, zoo: &Zoo) -> Result<PathBuf> {
     let client = hf_hub::HFClient::builder()
         .build_sync()
         .map_err(|e| TrainError::Other(format!("Hugging Face Hub: cannot create a client: {e}")))?;
@@ -149,34 +263,66 @@ pub fn from_hub(spec: &HubSpec) -> Result<PathBuf> {
     let (owner, name) = hf_hub::split_id(&spec.repo);
     let repo = client.model(owner, name);
     let cache = hf_hub::resolve_cache_dir();
+    let shown = match &spec.subfolder {
+        Some(sub) => format!("{}/{sub}@{}", spec.repo, spec.revision),
+        None => format!("{}@{}", spec.repo, spec.revision),
+    };
+    let in_repo = |file: &str| match &spec.subfolder {
+        Some(sub) => format!("{sub}/{file}"),
+        None => file.to_string(),
+    };
     let get = |file: &str| {
         repo.download_file()
-            .filename(file)
+            .filename(in_repo(file))
             .revision(spec.revision.as_str())
             .local_files_only(offline)
             .send()
     };
-    let mut dir = None;
-    for file in ["config.json", "model.safetensors"] {
-        let path = get(file).map_err(|e| {
-            let why = match &e {
-                hf_hub::HFError::LocalEntryNotFound { .. } if offline => format!(
-                    "not in the hf-hub cache at {} and HF_HUB_OFFLINE is set",
-                    cache.display()
-                ),
-                hf_hub::HFError::Request { .. } | hf_hub::HFError::LocalEntryNotFound { .. } => format!(
-                    "cannot reach the Hub (offline?) and it is not in the hf-hub cache at {}",
-                    cache.display()
-                ),
-                _ => e.to_string(),
-            };
-            TrainError::Other(format!("--hub {}@{}: {file}: {why}", spec.repo, spec.revision))
-        })?;
-        dir = path.parent().map(Path::to_path_buf);
+    let why = |file: &str, e: hf_hub::HFError| {
+        let why = match &e {
+            hf_hub::HFError::LocalEntryNotFound { .. } if offline => format!(
+                "not in the hf-hub cache at {} and HF_HUB_OFFLINE is set",
+                cache.display()
+            ),
+            hf_hub::HFError::Request { .. } | hf_hub::HFError::LocalEntryNotFound { .. } => format!(
+                "cannot reach the Hub (offline?) and it is not in the hf-hub cache at {}",
+                cache.display()
+            ),
+            _ => e.to_string(),
+        };
+        TrainError::Other(format!("--hub {shown}: {}: {why}", in_repo(file)))
+    };
+    let config = get("config.json").map_err(|e| why("config.json", e))?;
+    let dir = config
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| TrainError::Other(format!("--hub {shown}: no snapshot folder")))?;
+    // The weights file the config's layout names.
+    let text = aezoo_nn::limits::read_text(&config).map_err(io_err(&config))?;
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let candidates: Vec<&str> = zoo
+        .importers
+        .iter()
+        .find(|imp| imp.recognises(&v))
+        .map_or(vec!["model.safetensors"], |imp| imp.weights_files().to_vec());
+    let mut first_err = None;
+    for file in &candidates {
+        match get(file) {
+            Ok(_) => {
+                first_err = None;
+                break;
+            }
+            Err(e) => {
+                first_err.get_or_insert(why(file, e));
+            }
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
     }
     // Optional: the metrics the weights were published with.
     let _ = get("metrics.json");
-    dir.ok_or_else(|| TrainError::Other(format!("--hub {}: no snapshot folder", spec.repo)))
+    Ok(dir)
 }
 
 /// `metrics.json` of a weights folder or run folder: test metrics and
@@ -292,20 +438,32 @@ pub fn agree(a: &crate::eval::EvalMetrics, b: &crate::eval::EvalMetrics) -> std:
 
 /// Writes a weights folder ready to upload to the Hub: `config.json`,
 /// `model.safetensors`, `metrics.json` and a `README.md` model card.
-pub fn export(loaded: &Loaded, metrics: &WeightsMetrics, dir: &Path) -> Result<()> {
+pub fn export(loaded: &Loaded, metrics: &WeightsMetrics, dir: &Path, zoo: &Zoo) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let src = loaded.dir.join("model.safetensors");
-    let dst = dir.join("model.safetensors");
-    if src != dst {
-        let bytes = std::fs::read(&src).map_err(io_err(&src))?;
-        aezoo_nn::params::write_atomic(&dst, &bytes)?;
-    }
-    aezoo_nn::params::write_atomic(&dir.join("config.json"), loaded.config.to_json().as_bytes())?;
+    // A family another project's layout exists for is written in it (a
+    // folder diffusers' `from_pretrained` loads, which aezoo reads back).
+    let files = match zoo.importers.iter().find_map(|imp| imp.export_layout(&loaded.config)) {
+        Some((config, weights)) => {
+            loaded.params.save(&dir.join(weights))?;
+            aezoo_nn::params::write_atomic(&dir.join("config.json"), &config)?;
+            format!("`config.json` (the model's config, with aezoo's entry under `_aezoo`), `{weights}`")
+        }
+        None => {
+            let src = loaded.dir.join("model.safetensors");
+            let dst = dir.join("model.safetensors");
+            if src != dst {
+                let bytes = std::fs::read(&src).map_err(io_err(&src))?;
+                aezoo_nn::params::write_atomic(&dst, &bytes)?;
+            }
+            aezoo_nn::params::write_atomic(&dir.join("config.json"), loaded.config.to_json().as_bytes())?;
+            "`config.json` (the aezoo entry config), `model.safetensors` (keys = parameter paths)".to_string()
+        }
+    };
     metrics.write(dir, false)?;
     let cfg = &loaded.config;
     let m = &metrics.test;
     let card = format!(
-        "---\nlibrary_name: aezoo\ntags:\n- autoencoder\n- {family}\n- candle\ndatasets:\n- {dataset}\n---\n\n# aezoo `{entry}`\n\n{about}\n\nTrained by aezoo, a Rust autoencoder zoo on candle ({epochs} epochs, batch {bs}, Adam lr {lr}, seed {seed}{commit}).\n\n| test images | MSE | PSNR (dB) | SSIM |\n|---:|---:|---:|---:|\n| {n} | {mse:.4} | {psnr:.2} | {ssim:.4} |\n\nData: {data}.\n\n```sh\naezoo eval {entry} --hub USER/REPO\naezoo reconstruct {entry} --hub USER/REPO image.png\n```\n\nFiles: `config.json` (the aezoo entry config), `model.safetensors` (keys = parameter paths), `metrics.json`.\n",
+        "---\nlibrary_name: aezoo\ntags:\n- autoencoder\n- {family}\n- candle\ndatasets:\n- {dataset}\n---\n\n# aezoo `{entry}`\n\n{about}\n\nTrained by aezoo, a Rust autoencoder zoo on candle ({epochs} epochs, batch {bs}, Adam lr {lr}, seed {seed}{commit}).\n\n| test images | MSE | PSNR (dB) | SSIM |\n|---:|---:|---:|---:|\n| {n} | {mse:.4} | {psnr:.2} | {ssim:.4} |\n\nData: {data}.\n\n```sh\naezoo eval {entry} --hub USER/REPO\naezoo reconstruct {entry} --hub USER/REPO image.png\n```\n\nFiles: {files}, `metrics.json`.\n",
         family = cfg.family,
         // The Hub's id of the data set, for the card's metadata.
         dataset = aezoo_data::DatasetId::parse(&cfg.data.dataset)
@@ -323,6 +481,7 @@ pub fn export(loaded: &Loaded, metrics: &WeightsMetrics, dir: &Path) -> Result<(
         psnr = m.psnr,
         ssim = m.ssim,
         data = metrics.data,
+        files = files,
     );
     aezoo_nn::params::write_atomic(&dir.join("README.md"), card.as_bytes())?;
     Ok(())

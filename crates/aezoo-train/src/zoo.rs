@@ -142,6 +142,30 @@ pub trait Pipeline: Send + Sync {
     fn validate(&self, cfg: &EntryConfig, origin: &str) -> Result<()>;
 }
 
+/// Weights in another project's layout (diffusers' folders, LDM single
+/// files) read as an entry of one of the zoo's families: its config turned
+/// into an [`EntryConfig`], its tensors renamed to the family's keys.
+pub trait Importer: Send + Sync {
+    /// What it reads, for messages (`diffusers`).
+    fn name(&self) -> &'static str;
+    /// Whether a parsed `config.json` is in this importer's layout.
+    fn recognises(&self, config: &serde_json::Value) -> bool;
+    /// The entry a folder's parsed `config.json` stands for, when the file
+    /// is in this importer's layout (`None`: another layout).
+    fn import_config(&self, config: &serde_json::Value, origin: &str) -> Option<Result<EntryConfig>>;
+    /// The weights files such a folder may hold, in the order they are looked for.
+    fn weights_files(&self) -> &'static [&'static str];
+    /// A weights file's tensors under the family's parameter names.
+    fn rename(&self, store: aezoo_nn::ParamStore, cfg: &EntryConfig) -> Result<aezoo_nn::ParamStore>;
+    /// The entry of a lone weights file (no `config.json`), when this
+    /// importer can tell it from the tensors.
+    fn single_file(&self, store: &aezoo_nn::ParamStore, origin: &str) -> Option<Result<EntryConfig>>;
+    /// How `aezoo export` writes an entry of one of its families in this
+    /// layout: the bytes of its `config.json` and the name of its weights
+    /// file (`None`: not one of its families).
+    fn export_layout(&self, cfg: &EntryConfig) -> Option<(Vec<u8>, &'static str)>;
+}
+
 /// Where an entry's config came from.
 #[derive(Clone, Debug)]
 pub enum ConfigOrigin {
@@ -168,6 +192,8 @@ pub struct Zoo {
     pub entries: &'static [(&'static str, &'static str)],
     /// Compare protocols: (name, protocol JSON).
     pub protocols: &'static [(&'static str, &'static str)],
+    /// Readers of other projects' weights folders.
+    pub importers: &'static [&'static dyn Importer],
 }
 
 impl Zoo {

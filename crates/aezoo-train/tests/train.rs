@@ -122,6 +122,7 @@ static ZOO: Zoo = Zoo {
     pipelines: &[&Other],
     entries: ENTRIES,
     protocols: &[],
+    importers: &[],
 };
 
 // ---------------------------------------------------------------- helpers

@@ -72,6 +72,62 @@ impl Default for FlexLoss {
     }
 }
 
+impl FlexLoss {
+    /// Checks the weights: each a number ≥ 0.
+    pub fn check(&self) -> Result<()> {
+        for (name, v) in [
+            ("alpha", self.alpha),
+            ("kld_weight", self.kld_weight),
+            ("beta", self.beta),
+            ("lambda", self.lambda),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(bad(format!("loss.{name} must be a number >= 0, got {v}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The loss and its terms for the reconstruction `out` of `target`
+    /// (both in [0, 1]) from the posterior `(mu, logvar)` and its sample `z`.
+    pub fn terms(
+        &self,
+        out: &Tensor,
+        target: &Tensor,
+        mu: &Tensor,
+        logvar: &Tensor,
+        z: &Tensor,
+    ) -> Result<(Tensor, Vec<(&'static str, Tensor)>)> {
+        let rec = match self.reconstruction {
+            Reconstruction::Mse => mse(out, target, Reduction::Mean)?,
+            Reconstruction::L1 => mae(out, target, Reduction::Mean)?,
+        };
+        let kl = kld(mu, logvar, Reduction::BatchMean)?;
+        let mut loss = ((&rec * self.alpha)? + (&kl * self.kld_weight)?)?;
+        let mut terms = vec![(
+            match self.reconstruction {
+                Reconstruction::Mse => "mse",
+                Reconstruction::L1 => "l1",
+            },
+            rec,
+        )];
+        terms.push(("kld", kl));
+        if self.ssim {
+            let one_minus = ssim(out, target, SsimConfig::default())?
+                .mean_all()?
+                .affine(-1.0, 1.0)?;
+            loss = (loss + (&one_minus * self.beta)?)?;
+            terms.push(("1-ssim", one_minus));
+        }
+        if self.sparse {
+            let sp = l1_sparsity(z)?;
+            loss = (loss + (&sp * self.lambda)?)?;
+            terms.push(("sparse", sp));
+        }
+        Ok((loss, terms))
+    }
+}
+
 /// The `model` section of a `vae-flex` entry.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -166,16 +222,7 @@ impl Family for FlexVae {
                 latent[2]
             )));
         }
-        for (name, v) in [
-            ("alpha", cfg.loss.alpha),
-            ("kld_weight", cfg.loss.kld_weight),
-            ("beta", cfg.loss.beta),
-            ("lambda", cfg.loss.lambda),
-        ] {
-            if !(v.is_finite() && v >= 0.0) {
-                return Err(bad(format!("loss.{name} must be a number >= 0, got {v}")));
-            }
-        }
+        cfg.loss.check()?;
         if cfg.loss.ssim && (h < 11 || w < 11) {
             return Err(bad(format!(
                 "loss.ssim needs images of at least 11×11 (its window), got {h}×{w}"
@@ -213,33 +260,7 @@ impl Autoencoder for FlexVae {
         let eps = ctx.rng.randn(mu.shape().clone(), mu.dtype(), mu.device())?;
         let z = ((&mu + (logvar.affine(0.5, 0.0)?.exp()? * eps)?)? * self.scale)?;
         let out = self.decode_raw(&ctx.to_compute(&z)?)?;
-        let l = &self.loss;
-        let rec = match l.reconstruction {
-            Reconstruction::Mse => mse(&out, &batch.target, Reduction::Mean)?,
-            Reconstruction::L1 => mae(&out, &batch.target, Reduction::Mean)?,
-        };
-        let kl = kld(&mu, &logvar, Reduction::BatchMean)?;
-        let mut loss = ((&rec * l.alpha)? + (&kl * l.kld_weight)?)?;
-        let mut terms = vec![(
-            match l.reconstruction {
-                Reconstruction::Mse => "mse",
-                Reconstruction::L1 => "l1",
-            },
-            rec,
-        )];
-        terms.push(("kld", kl));
-        if l.ssim {
-            let one_minus = ssim(&out, &batch.target, SsimConfig::default())?
-                .mean_all()?
-                .affine(-1.0, 1.0)?;
-            loss = (loss + (&one_minus * l.beta)?)?;
-            terms.push(("1-ssim", one_minus));
-        }
-        if l.sparse {
-            let sp = l1_sparsity(&z)?;
-            loss = (loss + (&sp * l.lambda)?)?;
-            terms.push(("sparse", sp));
-        }
+        let (loss, terms) = self.loss.terms(&out, &batch.target, &mu, &logvar, &z)?;
         Ok(StepOutput {
             loss,
             terms,

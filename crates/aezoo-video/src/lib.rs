@@ -249,6 +249,12 @@ impl Family for VideoAe {
         if k == 0 || k % 2 == 0 {
             candle_core::bail!("video-ae: model.kernel {k} must be odd (the decoder mirrors it with padding (k-1)/2)");
         }
+        if (k - 1) / 2 >= t.min(h).min(w) {
+            candle_core::bail!(
+                "video-ae: model.kernel {k} is too large for the clip {:?}: its outer taps would read only padding",
+                cfg.clip
+            );
+        }
         if let Some(cb) = &cfg.codebook {
             cb.check()?;
         }

@@ -175,6 +175,9 @@ fn bad_configs_are_refused() {
     let mut c = cfg([20, 64, 64], [2, 2], 1, ResStack::None, None);
     c.kernel = 4;
     assert!(err(c).contains("must be odd"));
+    let mut c = cfg([20, 64, 64], [2, 2], 1, ResStack::None, None);
+    c.kernel = 65;
+    assert!(err(c).contains("too large for the clip"));
     let e =
         serde_json::from_str::<VideoAeConfig>(r#"{"clip":[20,64,64],"channels":[2,2],"latent_channels":1,"depth":3}"#)
             .unwrap_err()

@@ -13,6 +13,7 @@
 
 pub mod codec;
 pub mod graph;
+pub mod import;
 pub mod rd_image;
 pub mod rd_video;
 pub mod results;
@@ -30,6 +31,8 @@ pub static FAMILIES: &[&dyn DynFamily] = &[
     &Registered::<aezoo_vae::FlexVae>::NEW,
     &Registered::<aezoo_video::VideoAe>::NEW,
     &Registered::<aezoo_compress::Codec>::NEW,
+    &Registered::<aezoo_diffusers::AutoencoderKl>::NEW,
+    &Registered::<aezoo_diffusers::AutoencoderTiny>::NEW,
 ];
 
 /// The zoo: image families, the graph pipeline's families, built-in
@@ -39,6 +42,7 @@ pub static ZOO: Zoo = Zoo {
     pipelines: &[&graph::GraphPipeline],
     entries: BUILTIN,
     protocols: PROTOCOLS,
+    importers: &[&import::Diffusers],
 };
 
 /// A command that works on one entry when none is named.

@@ -323,3 +323,28 @@ fn scalar_quantize_returns_codewords_with_a_straight_through_gradient() {
         vec![1.0, 2.0 + 4.0, 3.0 + 5.0, 6.0]
     );
 }
+
+#[test]
+fn a_kernel_as_large_as_the_clip_is_refused_before_allocating() {
+    // 16 channels × 33³ taps by 8 clips × 20·32·32 positions: 9.4e10 column
+    // values (an abort of 377 GB before the check).
+    let x = Tensor::zeros((8, 16, 20, 32, 32), DType::F32, &Device::Cpu).unwrap();
+    let k = Tensor::zeros((1, 16, 33, 33, 33), DType::F32, &Device::Cpu).unwrap();
+    let err = ops::conv3d(&x, &k, None, opts([1, 1, 1], [16; 3], [0; 3]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("conv3d") && err.contains("column buffer") && err.contains("smaller kernel"),
+        "{err}"
+    );
+    let kt = Tensor::zeros((16, 1, 33, 33, 33), DType::F32, &Device::Cpu).unwrap();
+    let y = Tensor::zeros((1, 16, 20, 32, 32), DType::F32, &Device::Cpu).unwrap();
+    let y = y.repeat((8, 1, 1, 1, 1)).unwrap();
+    let err = ops::conv_transpose3d(&y, &kt, None, opts([1, 1, 1], [16; 3], [0; 3]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("conv_transpose3d") && err.contains("column buffer"),
+        "{err}"
+    );
+}

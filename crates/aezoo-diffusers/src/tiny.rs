@@ -1,0 +1,358 @@
+//! `vae-tiny`: diffusers' `AutoencoderTiny` (TAESD and TAESDXL, Bohan
+//! Ollin Boer 2023, "Tiny AutoEncoder for Stable Diffusion"): plain convs
+//! and ReLU blocks that approximate the KL VAE's latents at a fraction of
+//! its cost, with diffusers' parameter names (`encoder.layers.N…`,
+//! `decoder.layers.N…`).
+//!
+//! ```text
+//! encoder: conv → blocks, then per level: conv (stride 2, no bias) → blocks; conv → latent
+//! decoder: tanh(z / 3) · 3 → conv → ReLU → per level: blocks → [upsample × 2 → conv (no bias)]
+//!          → the last level's conv (with bias) → image in [0, 1]
+//! latent:  (z − shift_factor) · scaling_factor (TAESD: 1 and 0, so the SD latents themselves)
+//! ```
+
+use aezoo_nn::layers::{conv2d_no_bias, Conv2d, Conv2dConfig};
+use aezoo_nn::model::Spatial;
+use aezoo_nn::{Act, Autoencoder, Batch, Family, StepCtx, StepOutput};
+use aezoo_vae::FlexLoss;
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+use crate::blocks::{same_conv, TinyBlock};
+
+fn three() -> usize {
+    3
+}
+fn four() -> usize {
+    4
+}
+fn two() -> usize {
+    2
+}
+fn channels() -> Vec<usize> {
+    vec![64; 4]
+}
+fn enc_blocks() -> Vec<usize> {
+    vec![1, 3, 3, 3]
+}
+fn dec_blocks() -> Vec<usize> {
+    vec![3, 3, 3, 1]
+}
+fn relu() -> String {
+    "relu".into()
+}
+fn nearest() -> String {
+    "nearest".into()
+}
+fn magnitude() -> f64 {
+    3.0
+}
+fn half() -> f64 {
+    0.5
+}
+fn unit() -> f64 {
+    1.0
+}
+fn tile() -> usize {
+    512
+}
+
+/// The `model` section of a `vae-tiny` entry: the fields of diffusers'
+/// `AutoencoderTiny` config (same names, same defaults), and aezoo's
+/// `sample_size` (the nominal image and tile) and `loss`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TinyConfig {
+    #[serde(default = "three")]
+    pub in_channels: usize,
+    #[serde(default = "three")]
+    pub out_channels: usize,
+    #[serde(default = "channels")]
+    pub encoder_block_out_channels: Vec<usize>,
+    #[serde(default = "channels")]
+    pub decoder_block_out_channels: Vec<usize>,
+    /// Only `"relu"` (TAESD's).
+    #[serde(default = "relu")]
+    pub act_fn: String,
+    /// Only `"nearest"`.
+    #[serde(default = "nearest")]
+    pub upsample_fn: String,
+    #[serde(default = "four")]
+    pub latent_channels: usize,
+    #[serde(default = "two")]
+    pub upsampling_scaling_factor: usize,
+    #[serde(default = "enc_blocks")]
+    pub num_encoder_blocks: Vec<usize>,
+    #[serde(default = "dec_blocks")]
+    pub num_decoder_blocks: Vec<usize>,
+    /// How diffusers maps latents to [0, 1] for storage as images (kept, unused).
+    #[serde(default = "magnitude")]
+    pub latent_magnitude: f64,
+    #[serde(default = "half")]
+    pub latent_shift: f64,
+    #[serde(default)]
+    pub force_upcast: bool,
+    #[serde(default = "unit")]
+    pub scaling_factor: f64,
+    #[serde(default)]
+    pub shift_factor: f64,
+    /// The nominal image side and tile (not a diffusers field; 512).
+    #[serde(default = "tile")]
+    pub sample_size: usize,
+    #[serde(default)]
+    pub loss: FlexLoss,
+}
+
+fn bad(msg: String) -> candle_core::Error {
+    candle_core::Error::Msg(msg)
+}
+
+impl TinyConfig {
+    /// The image's downsampling to the latent: 2^(levels − 1).
+    pub fn factor(&self) -> usize {
+        1 << self.encoder_block_out_channels.len().saturating_sub(1)
+    }
+
+    fn check(&self) -> Result<()> {
+        let (ne, nd) = (
+            self.encoder_block_out_channels.len(),
+            self.decoder_block_out_channels.len(),
+        );
+        if ne == 0 || ne > 8 || ne != self.num_encoder_blocks.len() {
+            return Err(bad(format!(
+                "encoder_block_out_channels ({ne}) and num_encoder_blocks ({}): 1 to 8 levels, as many of each",
+                self.num_encoder_blocks.len()
+            )));
+        }
+        if nd != ne || nd != self.num_decoder_blocks.len() {
+            return Err(bad(format!(
+                "decoder_block_out_channels ({nd}) and num_decoder_blocks ({}): as many levels as the encoder's {ne}",
+                self.num_decoder_blocks.len()
+            )));
+        }
+        let e = &self.encoder_block_out_channels;
+        if e.windows(2).any(|p| p[0] != p[1]) || self.decoder_block_out_channels.windows(2).any(|p| p[0] != p[1]) {
+            return Err(bad(
+                "encoder_block_out_channels / decoder_block_out_channels: diffusers' tiny VAE keeps one width per side"
+                    .into(),
+            ));
+        }
+        if self
+            .num_encoder_blocks
+            .iter()
+            .chain(&self.num_decoder_blocks)
+            .any(|&n| n > 16)
+        {
+            return Err(bad(
+                "num_encoder_blocks / num_decoder_blocks: at most 16 blocks a level".into(),
+            ));
+        }
+        if self.act_fn != "relu" {
+            return Err(bad(format!("act_fn: `{}` is not supported (only relu)", self.act_fn)));
+        }
+        if self.upsample_fn != "nearest" || self.upsampling_scaling_factor != 2 {
+            return Err(bad(format!(
+                "upsample_fn {} × {}: only nearest × 2 (TAESD's)",
+                self.upsample_fn, self.upsampling_scaling_factor
+            )));
+        }
+        if self.sample_size == 0 || !self.sample_size.is_multiple_of(self.factor()) {
+            return Err(bad(format!(
+                "sample_size: {} is not a positive multiple of the downsampling factor {}",
+                self.sample_size,
+                self.factor()
+            )));
+        }
+        if !(self.scaling_factor.is_finite() && self.scaling_factor > 0.0 && self.shift_factor.is_finite()) {
+            return Err(bad("scaling_factor must be > 0 and shift_factor a finite number".into()));
+        }
+        self.loss.check()
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Layer {
+    Conv(Conv2d),
+    Block(TinyBlock),
+    Relu,
+    Upsample,
+}
+
+fn run(layers: &[Layer], xs: &Tensor) -> Result<Tensor> {
+    let mut h = xs.clone();
+    let mut i = 0;
+    while i < layers.len() {
+        h = match (&layers[i], layers.get(i + 1)) {
+            // conv → ReLU as one fused node; upsample → conv as one (sub-pixel).
+            (Layer::Conv(c), Some(Layer::Relu)) => {
+                i += 1;
+                c.forward_act(&h, Act::Relu)?
+            }
+            (Layer::Upsample, Some(Layer::Conv(c))) => {
+                i += 1;
+                c.forward_up_act(&h, 2, Act::None)?
+            }
+            (Layer::Conv(c), _) => c.forward(&h)?,
+            (Layer::Block(b), _) => b.forward(&h)?,
+            (Layer::Relu, _) => aezoo_nn::ops::relu(&h)?,
+            (Layer::Upsample, _) => aezoo_nn::ops::upsample_nearest2d(&h, 2, 2)?,
+        };
+        i += 1;
+    }
+    Ok(h)
+}
+
+/// diffusers' `AutoencoderTiny`.
+pub struct AutoencoderTiny {
+    encoder: Vec<Layer>,
+    decoder: Vec<Layer>,
+    latent_channels: usize,
+    factor: usize,
+    sample: usize,
+    scale: f64,
+    shift: f64,
+    force_upcast: bool,
+    loss: FlexLoss,
+    dtype: DType,
+}
+
+impl AutoencoderTiny {
+    /// The raw latent of images in [0, 1] (the encoder's output, unscaled).
+    pub fn encode_unscaled(&self, xs: &Tensor) -> Result<Tensor> {
+        run(&self.encoder, &self.upcast(xs)?)?.to_dtype(self.dtype)
+    }
+
+    /// The decoder's output for a raw latent, in [0, 1] unclamped (diffusers
+    /// returns `2·y − 1`).
+    pub fn decode_unscaled(&self, z: &Tensor) -> Result<Tensor> {
+        let z = self.upcast(z)?;
+        let clamped = ((z / 3.0)?.tanh()? * 3.0)?;
+        run(&self.decoder, &clamped)?.to_dtype(self.dtype)
+    }
+
+    fn upcast(&self, xs: &Tensor) -> Result<Tensor> {
+        if self.force_upcast {
+            xs.to_dtype(self.dtype)
+        } else {
+            Ok(xs.clone())
+        }
+    }
+}
+
+impl Family for AutoencoderTiny {
+    type Config = TinyConfig;
+    const NAME: &'static str = "vae-tiny";
+    const ABOUT: &'static str =
+        "diffusers' AutoencoderTiny (TAESD) from its config.json, diffusers' keys; MSE/L1 [+ SSIM] (Bohan 2023)";
+
+    fn new(cfg: &TinyConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.check()?;
+        let (ev, dv) = (vb.pp("encoder").pp("layers"), vb.pp("decoder").pp("layers"));
+        let mut encoder = Vec::new();
+        let ch = cfg.encoder_block_out_channels[0];
+        for (i, &n) in cfg.num_encoder_blocks.iter().enumerate() {
+            let at = encoder.len();
+            encoder.push(Layer::Conv(if i == 0 {
+                same_conv(cfg.in_channels, ch, 3, ev.pp(at))?
+            } else {
+                let s2 = Conv2dConfig {
+                    padding: 1,
+                    stride: 2,
+                    ..Default::default()
+                };
+                conv2d_no_bias(ch, ch, 3, s2, ev.pp(at))?
+            }));
+            for _ in 0..n {
+                let at = encoder.len();
+                encoder.push(Layer::Block(TinyBlock::new(ch, ch, ev.pp(at))?));
+            }
+        }
+        let at = encoder.len();
+        encoder.push(Layer::Conv(same_conv(ch, cfg.latent_channels, 3, ev.pp(at))?));
+
+        let ch = cfg.decoder_block_out_channels[0];
+        let mut decoder = vec![
+            Layer::Conv(same_conv(cfg.latent_channels, ch, 3, dv.pp(0))?),
+            Layer::Relu,
+        ];
+        let levels = cfg.num_decoder_blocks.len();
+        for (i, &n) in cfg.num_decoder_blocks.iter().enumerate() {
+            for _ in 0..n {
+                let at = decoder.len();
+                decoder.push(Layer::Block(TinyBlock::new(ch, ch, dv.pp(at))?));
+            }
+            let last = i + 1 == levels;
+            if !last {
+                decoder.push(Layer::Upsample);
+            }
+            let at = decoder.len();
+            decoder.push(Layer::Conv(if last {
+                same_conv(ch, cfg.out_channels, 3, dv.pp(at))?
+            } else {
+                let same = Conv2dConfig {
+                    padding: 1,
+                    ..Default::default()
+                };
+                conv2d_no_bias(ch, ch, 3, same, dv.pp(at))?
+            }));
+        }
+        Ok(Self {
+            encoder,
+            decoder,
+            latent_channels: cfg.latent_channels,
+            factor: cfg.factor(),
+            sample: cfg.sample_size,
+            scale: cfg.scaling_factor,
+            shift: cfg.shift_factor,
+            force_upcast: cfg.force_upcast,
+            loss: cfg.loss.clone(),
+            dtype: vb.dtype(),
+        })
+    }
+
+    fn image_shape(cfg: &TinyConfig) -> [usize; 3] {
+        [cfg.in_channels, cfg.sample_size, cfg.sample_size]
+    }
+}
+
+impl Autoencoder for AutoencoderTiny {
+    fn encode(&self, xs: &Tensor) -> Result<Tensor> {
+        self.encode_unscaled(xs)?.affine(self.scale, -self.shift * self.scale)
+    }
+
+    fn decode(&self, z: &Tensor) -> Result<Tensor> {
+        self.decode_unscaled(&z.affine(1.0 / self.scale, self.shift)?)?
+            .clamp(0.0, 1.0)
+    }
+
+    fn step(&self, batch: &Batch, ctx: &mut StepCtx) -> Result<StepOutput> {
+        // Deterministic: no posterior; the KL term of the shared loss is 0.
+        let z = self.encode_unscaled(&ctx.to_compute(&batch.input)?)?;
+        let out = self.decode_unscaled(&ctx.to_compute(&z)?)?;
+        let zeros = z.zeros_like()?;
+        let (loss, terms) = self.loss.terms(&out, &batch.target, &zeros, &zeros, &z)?;
+        Ok(StepOutput {
+            loss,
+            terms: terms.into_iter().filter(|(n, _)| *n != "kld").collect(),
+            recon: out.clamp(0.0, 1.0)?,
+        })
+    }
+
+    fn latent_shape(&self) -> Vec<usize> {
+        let s = self.sample / self.factor;
+        vec![self.latent_channels, s, s]
+    }
+
+    fn mixed_precision(&self) -> bool {
+        !self.force_upcast
+    }
+
+    fn spatial(&self) -> Option<Spatial> {
+        Some(Spatial {
+            factor: self.factor,
+            tile: [self.sample, self.sample],
+            overlap: 0.25,
+        })
+    }
+}
