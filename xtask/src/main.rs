@@ -277,13 +277,38 @@ fn field(v: &serde_json::Value, k: &str) -> f64 {
     v.get(k).and_then(|x| x.as_f64()).unwrap_or(f64::NAN)
 }
 
+fn finite<'a>(runs: &'a [serde_json::Value], k: &'a str) -> impl Iterator<Item = f64> + 'a {
+    runs.iter().map(move |v| field(v, k)).filter(|x| x.is_finite())
+}
+
 /// The largest finite value of `k` over the rounds (the least disturbed
 /// run: interference only ever slows a run down).
 fn best(runs: &[serde_json::Value], k: &str) -> f64 {
-    runs.iter()
-        .map(|v| field(v, k))
-        .filter(|x| x.is_finite())
-        .fold(f64::NAN, f64::max)
+    finite(runs, k).fold(f64::NAN, f64::max)
+}
+
+/// The smallest finite value of `k` over the rounds (times: the least
+/// disturbed run).
+fn least(runs: &[serde_json::Value], k: &str) -> f64 {
+    finite(runs, k).fold(f64::NAN, f64::min)
+}
+
+/// `a / b` as a table cell (`—` when either is missing).
+fn ratio(a: f64, b: f64) -> String {
+    if a.is_finite() && b.is_finite() && b > 0.0 {
+        format!("{:.2}×", a / b)
+    } else {
+        "—".into()
+    }
+}
+
+/// `v` with `d` decimals as a table cell (`—` when missing).
+fn num(v: f64, d: usize) -> String {
+    if v.is_finite() {
+        format!("{v:.d$}")
+    } else {
+        "—".into()
+    }
 }
 
 fn bench(args: &[String]) -> Result<()> {
@@ -395,13 +420,6 @@ fn bench(args: &[String]) -> Result<()> {
         }
         rows.push(row);
     }
-    let ratio = |a: f64, b: f64| {
-        if a.is_finite() && b.is_finite() && b > 0.0 {
-            format!("{:.2}×", a / b)
-        } else {
-            "—".into()
-        }
-    };
     // The ratio of the best runs, and the range of the per-round ratios.
     let ratio_cell = |row: &BenchRow, k: &str| {
         let r = ratio(best(&row.ours, k), best(&row.theirs, k));
@@ -419,13 +437,6 @@ fn bench(args: &[String]) -> Result<()> {
             format!("{r} ({lo:.2}–{hi:.2})")
         } else {
             r
-        }
-    };
-    let num = |v: f64, d: usize| {
-        if v.is_finite() {
-            format!("{v:.d$}")
-        } else {
-            "—".into()
         }
     };
     let mut cmd = "cargo xtask bench".to_string();

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
-use crate::{best, field, json_line, root};
+use crate::{json_line, least, num, ratio, root};
 
 /// The heading of BENCH.md's section; `cargo xtask bench` keeps it.
 pub const HEADING: &str = "## Pretrained VAEs: encode + decode beside diffusers";
@@ -26,14 +26,6 @@ const CASES: &[(&str, usize, usize)] = &[
 /// The section of `text` from [`HEADING`] to the end, if there is one.
 pub fn section(text: &str) -> Option<&str> {
     text.find(HEADING).map(|i| &text[i..])
-}
-
-/// The smallest finite value of `k` over the rounds.
-fn least(runs: &[serde_json::Value], k: &str) -> f64 {
-    runs.iter()
-        .map(|v| field(v, k))
-        .filter(|x| x.is_finite())
-        .fold(f64::NAN, f64::min)
 }
 
 /// Runs the cases `rounds` times each and writes the section into `out`.
@@ -83,9 +75,8 @@ pub fn bench(exe: &Path, python: &str, rounds: usize, cores: usize, out: &Path) 
             }
         }
         // Each side's best round: interference only slows a run.
-        let low = least;
-        let (a, d) = (low(&ours, "encode_decode_s"), low(&theirs, "encode_decode_s"));
-        let cell = |v: f64| if v.is_finite() { format!("{v:.2}") } else { "—".into() };
+        let cell = |runs: &[serde_json::Value], k: &str| num(least(runs, k), 2);
+        let total = |runs: &[serde_json::Value]| least(runs, "encode_decode_s");
         rows += &format!(
             "| `{entry}` | {n}×{n} | {} | {} / {} | {} | {} / {} | {} | **{}** | {} | {} |\n",
             if tile == 0 {
@@ -93,19 +84,15 @@ pub fn bench(exe: &Path, python: &str, rounds: usize, cores: usize, out: &Path) 
             } else {
                 format!("{tile} px tiles")
             },
-            cell(low(&ours, "encode_s")),
-            cell(low(&ours, "decode_s")),
-            cell(a),
-            cell(low(&theirs, "encode_s")),
-            cell(low(&theirs, "decode_s")),
-            cell(d),
-            if (d / a).is_finite() {
-                format!("{:.2}×", d / a)
-            } else {
-                "—".into()
-            },
-            cell(best(&ours, "peak_rss_mb")),
-            cell(best(&theirs, "peak_rss_mb")),
+            cell(&ours, "encode_s"),
+            cell(&ours, "decode_s"),
+            cell(&ours, "encode_decode_s"),
+            cell(&theirs, "encode_s"),
+            cell(&theirs, "decode_s"),
+            cell(&theirs, "encode_decode_s"),
+            ratio(total(&theirs), total(&ours)),
+            num(least(&ours, "peak_rss_mb"), 0),
+            num(least(&theirs, "peak_rss_mb"), 0),
         );
     }
     let mut md = format!(
@@ -116,11 +103,13 @@ pub fn bench(exe: &Path, python: &str, rounds: usize, cores: usize, out: &Path) 
     md += "| entry | image | pass | aezoo encode / decode | total | diffusers encode / decode | total | speed | peak RSS aezoo | diffusers |\n";
     md += "|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n";
     md += &rows;
+    // What the file holds before this section stays.
     let old = std::fs::read_to_string(out).unwrap_or_default();
-    let head = match old.find(HEADING) {
-        Some(i) => old[..i].to_string(),
-        None if old.is_empty() => String::new(),
-        None => format!("{}\n\n", old.trim_end()),
+    let kept = old[..old.len() - section(&old).map_or(0, str::len)].trim_end();
+    let head = if kept.is_empty() {
+        String::new()
+    } else {
+        format!("{kept}\n\n")
     };
     std::fs::write(out, head + &md).with_context(|| format!("cannot write {}", out.display()))?;
     println!("wrote the VAE section of {}", out.display());

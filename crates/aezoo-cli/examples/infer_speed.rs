@@ -15,7 +15,7 @@ use aezoo_zoo::ZOO;
 use candle_core::{Device, Tensor};
 
 fn main() -> anyhow::Result<()> {
-    process::tune();
+    process::tune(false);
     // On a pool worker, as `aezoo`'s main runs every command.
     aezoo_nn::runtime::on_worker(run)
 }

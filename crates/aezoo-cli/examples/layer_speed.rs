@@ -86,7 +86,7 @@ fn bench(name: &str, flops_fwd: f64, f: &dyn Fn(&Tensor) -> candle_core::Result<
 }
 
 fn main() {
-    process::tune();
+    process::tune(false);
     let which = std::env::args().nth(1).unwrap_or_default();
     aezoo_nn::runtime::on_worker(|| {
         let dev = Device::Cpu;

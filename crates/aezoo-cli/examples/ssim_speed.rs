@@ -12,7 +12,7 @@ use candle_core::{Device, Result, Tensor, Var};
 use std::time::Instant;
 
 fn main() {
-    process::tune();
+    process::tune(false);
     aezoo_nn::runtime::on_worker(|| {
         let dev = Device::Cpu;
         let x = Var::from_tensor(&Tensor::rand(0f32, 1.0, (64, 1, 28, 28), &dev).unwrap()).unwrap();

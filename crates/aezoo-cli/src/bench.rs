@@ -195,7 +195,8 @@ pub(crate) fn cmd_bench(a: BenchArgs) -> Result<()> {
 fn bench_image(cfg: &aezoo_train::EntryConfig, n: usize, rounds: usize, tile: &TileArgs) -> Result<()> {
     use aezoo_nn::{ParamStore, Rng};
     use candle_core::{DType, Device};
-    aezoo_train::config::check_image_shape([3, n, n], "--image-size", "the image")?;
+    let [c, _, _] = ZOO.image_shape(cfg)?;
+    aezoo_train::config::check_image_shape([c, n, n], "--image-size", "the image")?;
     let dev = Device::Cpu;
     let params = ParamStore::init_frozen(cfg.train.seed);
     let model = ZOO
@@ -207,7 +208,6 @@ fn bench_image(cfg: &aezoo_train::EntryConfig, n: usize, rounds: usize, tile: &T
             cfg.entry
         );
     };
-    let [c, _, _] = ZOO.image_shape(cfg)?;
     let x = Rng::new(1).rand_uniform((1, c, n, n), 0.0, 1.0, DType::F32, &dev)?;
     let (mut enc, mut dec) = (f64::INFINITY, f64::INFINITY);
     for round in 0..=rounds {

@@ -48,6 +48,10 @@ pub(crate) struct FuzzArgs {
     /// Where failing inputs are written.
     #[arg(long, default_value = "fuzz-failures")]
     out: PathBuf,
+    /// Also write the run's table (per target: inputs, accepted, refused,
+    /// failures) to this Markdown file, with the command that made it.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
     /// Run one input file through the targets named (no mutation).
     #[arg(long, value_name = "FILE")]
     replay: Option<PathBuf>,
@@ -105,6 +109,8 @@ pub(crate) fn cmd_fuzz(a: FuzzArgs) -> Result<()> {
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
     let exe = std::env::current_exe().context("cannot find the aezoo binary")?;
     let mut failed = Vec::new();
+    let mut rows = Vec::new();
+    let run_started = Instant::now();
     for t in &chosen {
         let started = Instant::now();
         let child = Command::new("sh")
@@ -129,6 +135,7 @@ pub(crate) fn cmd_fuzz(a: FuzzArgs) -> Result<()> {
             println!("{}: {line}", t.name);
         }
         let done = stdout.lines().find_map(|l| l.strip_prefix(DONE)).map(str::trim);
+        rows.push(report_row(t.name, done));
         match (o.status.success(), done) {
             (true, Some(counts)) => println!(
                 "{:<18} {counts} in {:.0} s: no failure",
@@ -156,9 +163,57 @@ pub(crate) fn cmd_fuzz(a: FuzzArgs) -> Result<()> {
             }
         }
     }
+    if let Some(path) = &a.report {
+        write_report(path, &a, &rows, run_started.elapsed().as_secs_f64())?;
+    }
     if !failed.is_empty() {
         bail!("fuzz: {} target(s) failed: {}", failed.len(), failed.join(", "));
     }
+    Ok(())
+}
+
+/// A row of the report: the target and its worker's counts (`N inputs, A
+/// accepted, R refused, F failures`), or a death.
+fn report_row(name: &str, done: Option<&str>) -> String {
+    let cells = match done {
+        Some(counts) => {
+            let n: Vec<String> = counts
+                .split(", ")
+                .map(|c| c.split(' ').next().unwrap_or("?").to_string())
+                .collect();
+            n.join(" | ")
+        }
+        None => "— | — | — | the worker died".to_string(),
+    };
+    format!("| `{name}` | {cells} |\n")
+}
+
+/// `--report`: the table of a run and the command that re-makes it.
+fn write_report(path: &Path, a: &FuzzArgs, rows: &[String], secs: f64) -> Result<()> {
+    let mut cmd = format!("cargo xtask fuzz --seconds {} --seed {}", a.seconds, a.seed);
+    if a.inputs > 0 {
+        cmd += &format!(" --inputs {}", a.inputs);
+    }
+    if !a.targets.is_empty() {
+        cmd += &format!(" --targets {}", a.targets.join(","));
+    }
+    let day = crate::common::timestamp();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut md = format!(
+        "# Fuzzing: every parser under mutated inputs\n\nWritten by `{cmd} --report {}` on {}-{}-{} ({cores} cores, {:.0} min, workers limited to {}). Each target feeds the command's own function structure-aware mutations and byte noise of its seed files; a failure is a panic, an abort, a hang or an error that is not one line naming the file. Accepted inputs are those the command took; the rest it refused, as it should.\n\n| target | inputs | accepted | refused | failures |\n|---|---:|---:|---:|---:|\n",
+        path.display(),
+        &day[..4],
+        &day[4..6],
+        &day[6..8],
+        secs / 60.0,
+        a.memory,
+    );
+    md.extend(rows.iter().map(String::as_str));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(path, md).with_context(|| format!("cannot write {}", path.display()))?;
+    println!("wrote {}", path.display());
     Ok(())
 }
 

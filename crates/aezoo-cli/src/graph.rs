@@ -60,7 +60,8 @@ pub(crate) fn train_graph(cfg: &EntryConfig, run_dir: &Path, resume: bool, a: &T
 
 /// Whether a weights folder holds a graph entry (its config.json's family).
 pub(crate) fn is_graph_weights(dir: &Path) -> bool {
-    weights::read_config(dir, &ZOO).is_ok_and(|c| graph::is_graph(&c))
+    // Graph weights are folders; a lone file is not read twice.
+    dir.is_dir() && weights::read_config(dir, &ZOO).is_ok_and(|c| graph::is_graph(&c))
 }
 
 pub(crate) fn eval_graph(a: &EvalArgs, dir: &Path, dev: &Device) -> Result<()> {

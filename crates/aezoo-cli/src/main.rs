@@ -105,7 +105,7 @@ fn main() -> ExitCode {
     // Allocator, candle's pool, rayon's stacks, subnormals flushed (before
     // any other thread exists; parsing starts none).
     let cli = Cli::parse();
-    process::tune_for(cli.cmd.large_buffers());
+    process::tune(cli.cmd.large_buffers());
     init_logging();
     // The whole command runs on a worker of the compute pool, so the
     // parallel regions of a step never park this thread (aezoo_nn::runtime).
@@ -134,7 +134,7 @@ pub(crate) fn error_line(e: &anyhow::Error) -> String {
 
 impl Cmd {
     /// Commands that take photographs at their own size, whose activations
-    /// outgrow a thread arena ([`process::tune_for`]).
+    /// outgrow a thread arena ([`process::tune`]).
     fn large_buffers(&self) -> bool {
         match self {
             Cmd::Reconstruct(_) | Cmd::Encode(_) | Cmd::Decode(_) => true,

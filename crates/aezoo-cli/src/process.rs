@@ -17,15 +17,10 @@
 //! - rayon's global pool with large stacks and subnormals flushed on every
 //!   compute thread (`aezoo_nn::runtime::init`).
 
-/// Sets up this process; see the module docs.
-#[allow(dead_code)] // the timing examples' entry point
-pub fn tune() {
-    tune_for(false);
-}
-
-/// [`tune`], for a command whose buffers outgrow a thread arena's 64 MiB
-/// heaps (photographs at their own size) when `large_buffers`: one arena.
-pub fn tune_for(large_buffers: bool) {
+/// Sets up this process (see the module docs); `large_buffers` for a
+/// command whose buffers outgrow a thread arena's 64 MiB heaps
+/// (photographs at their own size): one arena.
+pub fn tune(large_buffers: bool) {
     aezoo_nn::runtime::retain_freed_memory(large_buffers);
     if aezoo_env::foreign("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
         // Before candle's pool starts (it reads the variable then).

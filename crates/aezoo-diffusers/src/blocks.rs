@@ -6,8 +6,9 @@
 use aezoo_nn::layers::{
     conv2d, conv2d_no_bias, group_norm, linear, Conv2d, Conv2dConfig, GroupNorm, GroupNormConfig, Linear, LinearConfig,
 };
+use aezoo_nn::spec::{res_block_named, ResBlock};
 use aezoo_nn::{ops, Act};
-use candle_core::{DType, Module, Result, Tensor, D};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 /// diffusers' `resnet_eps` in its VAEs.
@@ -29,42 +30,13 @@ pub fn norm(groups: usize, c: usize, vb: VarBuilder) -> Result<GroupNorm> {
 
 /// `ResnetBlock2D` without a time embedding: `norm1 → SiLU → conv1 → norm2 →
 /// SiLU → conv2`, plus the input (through `conv_shortcut`, 1 × 1, when the
-/// widths differ).
-#[derive(Clone, Debug)]
-pub struct ResnetBlock {
-    norm1: GroupNorm,
-    conv1: Conv2d,
-    norm2: GroupNorm,
-    conv2: Conv2d,
-    conv_shortcut: Option<Conv2d>,
-}
+/// widths differ) — the `VAERB` layer's block under diffusers' names.
+pub type ResnetBlock = ResBlock;
 
-impl ResnetBlock {
-    pub fn new(cin: usize, cout: usize, groups: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            norm1: norm(groups, cin, vb.pp("norm1"))?,
-            conv1: same_conv(cin, cout, 3, vb.pp("conv1"))?,
-            norm2: norm(groups, cout, vb.pp("norm2"))?,
-            conv2: same_conv(cout, cout, 3, vb.pp("conv2"))?,
-            conv_shortcut: if cin == cout {
-                None
-            } else {
-                Some(same_conv(cin, cout, 1, vb.pp("conv_shortcut"))?)
-            },
-        })
-    }
-}
-
-impl Module for ResnetBlock {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        // xs: (b, cin, h, w) -> (b, cout, h, w)
-        let h = self.conv1.forward(&ops::silu(&self.norm1.forward(xs)?)?)?;
-        let h = self.conv2.forward(&ops::silu(&self.norm2.forward(&h)?)?)?;
-        match &self.conv_shortcut {
-            Some(c) => c.forward(xs)? + h,
-            None => xs + h,
-        }
-    }
+/// A [`ResnetBlock`] `cin → cout` with `groups` groups in its norms.
+pub fn resnet_block(cin: usize, cout: usize, groups: usize, vb: VarBuilder) -> Result<ResnetBlock> {
+    let names = ["norm1", "conv1", "norm2", "conv2", "conv_shortcut"];
+    res_block_named(cin, cout, groups, GroupNormConfig { eps: EPS }, names, vb)
 }
 
 /// The mid block's `Attention`: GroupNorm, then one head of scaled
@@ -78,7 +50,6 @@ pub struct Attention {
     to_k: Linear,
     to_v: Linear,
     to_out: Linear,
-    c: usize,
 }
 
 impl Attention {
@@ -90,7 +61,6 @@ impl Attention {
             to_k: lin("to_k")?,
             to_v: lin("to_v")?,
             to_out: linear(c, c, LinearConfig::default(), vb.pp("to_out").pp("0"))?,
-            c,
         })
     }
 }
@@ -110,11 +80,8 @@ impl Module for Attention {
             self.to_k.forward(&seq)?,
             self.to_v.forward(&seq)?,
         );
-        // (b, h·w, h·w), softmax over the keys in f32.
-        let scores = (q.matmul(&k.t()?)? / (self.c as f64).sqrt())?;
-        let dtype = scores.dtype();
-        let att = ops::softmax(&scores.to_dtype(DType::F32)?, D::Minus1)?.to_dtype(dtype)?;
-        let ys = self.to_out.forward(&att.matmul(&v)?)?;
+        // The softmax over the keys in f32 (diffusers' `upcast_softmax`).
+        let ys = self.to_out.forward(&ops::attention(&q, &k, &v, DType::F32)?)?;
         // (b, h·w, c) -> (b, c, h, w)
         ys.transpose(1, 2)?.reshape((b, c, h, w))? + xs
     }
@@ -181,8 +148,8 @@ impl MidBlock {
         let r = vb.pp("resnets");
         Ok(Self {
             resnets: [
-                ResnetBlock::new(c, c, groups, r.pp("0"))?,
-                ResnetBlock::new(c, c, groups, r.pp("1"))?,
+                resnet_block(c, c, groups, r.pp("0"))?,
+                resnet_block(c, c, groups, r.pp("1"))?,
             ],
             attention: if attention {
                 Some(Attention::new(c, groups, vb.pp("attentions").pp("0"))?)

@@ -134,14 +134,10 @@ pub fn export_config(family: &str, model: &Value) -> Option<Value> {
 /// as they are; keys of the rest of a whole Stable Diffusion checkpoint
 /// (outside the VAE) come back `None`.
 pub fn diffusers_key(name: &str, t: &Tensor, levels: usize) -> Result<Option<(String, Tensor)>> {
-    let mut n = name.to_string();
-    let mut ldm = false;
-    for prefix in ["first_stage_model.", "vae."] {
-        if let Some(rest) = n.strip_prefix(prefix) {
-            n = rest.to_string();
-            ldm = true;
-        }
-    }
+    let (mut n, ldm) = match strip_ldm(name) {
+        Some(rest) => (rest.to_string(), true),
+        None => (name.to_string(), false),
+    };
     if !(n.starts_with("encoder.")
         || n.starts_with("decoder.")
         || n.starts_with("quant_conv.")
@@ -254,8 +250,16 @@ pub fn renamer<'a>(
     }
 }
 
+/// Where a whole Stable Diffusion checkpoint keeps its VAE.
+const LDM_PREFIXES: [&str; 2] = ["first_stage_model.", "vae."];
+
+/// A key of a whole checkpoint's VAE without its prefix.
+fn strip_ldm(n: &str) -> Option<&str> {
+    LDM_PREFIXES.iter().find_map(|p| n.strip_prefix(p))
+}
+
 fn is_prefixed(n: &str) -> bool {
-    n.starts_with("first_stage_model.") || n.starts_with("vae.")
+    strip_ldm(n).is_some()
 }
 
 /// The number of resolution levels of a KL VAE's tensors (diffusers or
@@ -263,10 +267,7 @@ fn is_prefixed(n: &str) -> bool {
 pub fn kl_levels<'a>(names: impl IntoIterator<Item = &'a String>) -> usize {
     let mut levels = 0;
     for n in names {
-        let n = n
-            .strip_prefix("first_stage_model.")
-            .or_else(|| n.strip_prefix("vae."))
-            .unwrap_or(n);
+        let n = strip_ldm(n).unwrap_or(n);
         let rest = n
             .strip_prefix("encoder.down_blocks.")
             .or_else(|| n.strip_prefix("encoder.down."));

@@ -18,11 +18,12 @@ use aezoo_nn::layers::{Conv2d, GroupNorm};
 use aezoo_nn::model::Spatial;
 use aezoo_nn::{ops, Autoencoder, Batch, Family, StepCtx, StepOutput};
 use aezoo_vae::FlexLoss;
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use crate::blocks::{norm, same_conv, Downsample, MidBlock, ResnetBlock, Upsample};
+use crate::blocks::{norm, resnet_block, same_conv, Downsample, MidBlock, ResnetBlock, Upsample};
+use crate::latent::LatentSpace;
 
 fn three() -> usize {
     3
@@ -205,7 +206,7 @@ impl Encoder {
             let b = vb.pp("down_blocks").pp(i);
             let mut resnets = Vec::with_capacity(cfg.layers_per_block);
             for j in 0..cfg.layers_per_block {
-                resnets.push(ResnetBlock::new(
+                resnets.push(resnet_block(
                     if j == 0 { cin } else { cout },
                     cout,
                     g,
@@ -272,7 +273,7 @@ impl Decoder {
             let b = vb.pp("up_blocks").pp(i);
             let mut resnets = Vec::with_capacity(cfg.layers_per_block + 1);
             for j in 0..=cfg.layers_per_block {
-                resnets.push(ResnetBlock::new(
+                resnets.push(resnet_block(
                     if j == 0 { cin } else { cout },
                     cout,
                     g,
@@ -320,55 +321,32 @@ pub struct AutoencoderKl {
     decoder: Decoder,
     quant_conv: Option<Conv2d>,
     post_quant_conv: Option<Conv2d>,
-    latent_channels: usize,
-    factor: usize,
-    sample: [usize; 2],
-    scale: f64,
-    shift: f64,
-    force_upcast: bool,
+    latent: LatentSpace,
     loss: FlexLoss,
-    dtype: DType,
 }
 
 impl AutoencoderKl {
     /// `(μ, log σ²)` of images in [0, 1], each `(b, C, h/f, w/f)`, unscaled,
     /// in the parameters' dtype (the networks run in `xs`'s).
     pub fn posterior(&self, xs: &Tensor) -> Result<(Tensor, Tensor)> {
-        let xs = self.upcast(xs)?;
+        let xs = self.latent.upcast(xs)?;
         let mut h = self.encoder.forward(&xs.affine(2.0, -1.0)?)?;
         if let Some(q) = &self.quant_conv {
             h = q.forward(&h)?;
         }
-        let h = h.to_dtype(self.dtype)?;
-        let c = self.latent_channels;
+        let h = h.to_dtype(self.latent.dtype)?;
+        let c = self.latent.channels;
         Ok((h.narrow(1, 0, c)?, h.narrow(1, c, c)?.clamp(-30.0, 20.0)?))
     }
 
     /// The decoder's output for an unscaled latent, in diffusers' [−1, 1]
     /// space, unclamped, in the parameters' dtype.
     pub fn decode_unscaled(&self, z: &Tensor) -> Result<Tensor> {
-        let mut z = self.upcast(z)?;
+        let mut z = self.latent.upcast(z)?;
         if let Some(q) = &self.post_quant_conv {
             z = q.forward(&z)?;
         }
-        self.decoder.forward(&z)?.to_dtype(self.dtype)
-    }
-
-    /// `force_upcast`: half-precision inputs run in the parameters' f32.
-    fn upcast(&self, xs: &Tensor) -> Result<Tensor> {
-        if self.force_upcast {
-            xs.to_dtype(self.dtype)
-        } else {
-            Ok(xs.clone())
-        }
-    }
-
-    fn scaled(&self, mu: &Tensor) -> Result<Tensor> {
-        mu.affine(self.scale, -self.shift * self.scale)
-    }
-
-    fn unscaled(&self, z: &Tensor) -> Result<Tensor> {
-        z.affine(1.0 / self.scale, self.shift)
+        self.decoder.forward(&z)?.to_dtype(self.latent.dtype)
     }
 }
 
@@ -399,14 +377,15 @@ impl Family for AutoencoderKl {
             } else {
                 None
             },
-            latent_channels: cfg.latent_channels,
-            factor: cfg.factor(),
-            sample: cfg.sample_size.hw(),
-            scale: cfg.scaling_factor,
-            shift: cfg.shift_factor.unwrap_or(0.0),
-            force_upcast: cfg.force_upcast,
+            latent: LatentSpace::new(
+                cfg.latent_channels,
+                cfg.factor(),
+                cfg.sample_size.hw(),
+                (cfg.scaling_factor, cfg.shift_factor.unwrap_or(0.0)),
+                cfg.force_upcast,
+                vb.dtype(),
+            ),
             loss: cfg.loss.clone(),
-            dtype: vb.dtype(),
         })
     }
 
@@ -418,42 +397,32 @@ impl Family for AutoencoderKl {
 
 impl Autoencoder for AutoencoderKl {
     fn encode(&self, xs: &Tensor) -> Result<Tensor> {
-        self.scaled(&self.posterior(xs)?.0)
+        self.latent.scaled(&self.posterior(xs)?.0)
     }
 
     fn decode(&self, z: &Tensor) -> Result<Tensor> {
-        self.decode_unscaled(&self.unscaled(z)?)?
+        self.decode_unscaled(&self.latent.unscaled(z)?)?
             .affine(0.5, 0.5)?
             .clamp(0.0, 1.0)
     }
 
     fn step(&self, batch: &Batch, ctx: &mut StepCtx) -> Result<StepOutput> {
+        // The unscaled posterior: diffusers trains the VAE before any scaling.
         let (mu, logvar) = self.posterior(&ctx.to_compute(&batch.input)?)?;
-        let eps = ctx.rng.randn(mu.shape().clone(), mu.dtype(), mu.device())?;
-        let z = (&mu + (logvar.affine(0.5, 0.0)?.exp()? * eps)?)?;
-        let out = self.decode_unscaled(&ctx.to_compute(&z)?)?.affine(0.5, 0.5)?;
-        let (loss, terms) = self.loss.terms(&out, &batch.target, &mu, &logvar, &z)?;
-        Ok(StepOutput {
-            loss,
-            terms,
-            recon: out.clamp(0.0, 1.0)?,
+        self.loss.sample_step((&mu, &logvar), 1.0, &batch.target, ctx, |z| {
+            self.decode_unscaled(z)?.affine(0.5, 0.5)
         })
     }
 
     fn latent_shape(&self) -> Vec<usize> {
-        let [h, w] = self.sample;
-        vec![self.latent_channels, h / self.factor, w / self.factor]
+        self.latent.shape()
     }
 
     fn mixed_precision(&self) -> bool {
-        !self.force_upcast
+        self.latent.half_ok()
     }
 
     fn spatial(&self) -> Option<Spatial> {
-        Some(Spatial {
-            factor: self.factor,
-            tile: self.sample,
-            overlap: 0.25,
-        })
+        Some(self.latent.spatial)
     }
 }

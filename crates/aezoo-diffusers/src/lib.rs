@@ -11,6 +11,7 @@
 pub mod blocks;
 pub mod import;
 mod kl;
+mod latent;
 mod tiny;
 
 pub use kl::{AutoencoderKl, KlConfig, SampleSize};

@@ -15,11 +15,12 @@ use aezoo_nn::layers::{conv2d_no_bias, Conv2d, Conv2dConfig};
 use aezoo_nn::model::Spatial;
 use aezoo_nn::{Act, Autoencoder, Batch, Family, StepCtx, StepOutput};
 use aezoo_vae::FlexLoss;
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::blocks::{same_conv, TinyBlock};
+use crate::latent::LatentSpace;
 
 fn three() -> usize {
     3
@@ -171,72 +172,44 @@ impl TinyConfig {
     }
 }
 
+/// A layer of diffusers' `nn.Sequential`, with the parameter-free ones
+/// merged into the conv they meet: conv → ReLU is one fused node, nearest
+/// 2× upsampling → conv one sub-pixel node.
 #[derive(Clone, Debug)]
 enum Layer {
-    Conv(Conv2d),
+    Conv(Conv2d, Act),
     Block(TinyBlock),
-    Relu,
-    Upsample,
+    UpConv(Conv2d),
 }
 
 fn run(layers: &[Layer], xs: &Tensor) -> Result<Tensor> {
-    let mut h = xs.clone();
-    let mut i = 0;
-    while i < layers.len() {
-        h = match (&layers[i], layers.get(i + 1)) {
-            // conv → ReLU as one fused node; upsample → conv as one (sub-pixel).
-            (Layer::Conv(c), Some(Layer::Relu)) => {
-                i += 1;
-                c.forward_act(&h, Act::Relu)?
-            }
-            (Layer::Upsample, Some(Layer::Conv(c))) => {
-                i += 1;
-                c.forward_up_act(&h, 2, Act::None)?
-            }
-            (Layer::Conv(c), _) => c.forward(&h)?,
-            (Layer::Block(b), _) => b.forward(&h)?,
-            (Layer::Relu, _) => aezoo_nn::ops::relu(&h)?,
-            (Layer::Upsample, _) => aezoo_nn::ops::upsample_nearest2d(&h, 2, 2)?,
-        };
-        i += 1;
-    }
-    Ok(h)
+    layers.iter().try_fold(xs.clone(), |h, layer| match layer {
+        Layer::Conv(c, act) => c.forward_act(&h, *act),
+        Layer::Block(b) => b.forward(&h),
+        Layer::UpConv(c) => c.forward_up_act(&h, 2, Act::None),
+    })
 }
 
 /// diffusers' `AutoencoderTiny`.
 pub struct AutoencoderTiny {
     encoder: Vec<Layer>,
     decoder: Vec<Layer>,
-    latent_channels: usize,
-    factor: usize,
-    sample: usize,
-    scale: f64,
-    shift: f64,
-    force_upcast: bool,
+    latent: LatentSpace,
     loss: FlexLoss,
-    dtype: DType,
 }
 
 impl AutoencoderTiny {
     /// The raw latent of images in [0, 1] (the encoder's output, unscaled).
     pub fn encode_unscaled(&self, xs: &Tensor) -> Result<Tensor> {
-        run(&self.encoder, &self.upcast(xs)?)?.to_dtype(self.dtype)
+        run(&self.encoder, &self.latent.upcast(xs)?)?.to_dtype(self.latent.dtype)
     }
 
     /// The decoder's output for a raw latent, in [0, 1] unclamped (diffusers
     /// returns `2·y − 1`).
     pub fn decode_unscaled(&self, z: &Tensor) -> Result<Tensor> {
-        let z = self.upcast(z)?;
+        let z = self.latent.upcast(z)?;
         let clamped = ((z / 3.0)?.tanh()? * 3.0)?;
-        run(&self.decoder, &clamped)?.to_dtype(self.dtype)
-    }
-
-    fn upcast(&self, xs: &Tensor) -> Result<Tensor> {
-        if self.force_upcast {
-            xs.to_dtype(self.dtype)
-        } else {
-            Ok(xs.clone())
-        }
+        run(&self.decoder, &clamped)?.to_dtype(self.latent.dtype)
     }
 }
 
@@ -253,7 +226,7 @@ impl Family for AutoencoderTiny {
         let ch = cfg.encoder_block_out_channels[0];
         for (i, &n) in cfg.num_encoder_blocks.iter().enumerate() {
             let at = encoder.len();
-            encoder.push(Layer::Conv(if i == 0 {
+            let conv = if i == 0 {
                 same_conv(cfg.in_channels, ch, 3, ev.pp(at))?
             } else {
                 let s2 = Conv2dConfig {
@@ -262,52 +235,53 @@ impl Family for AutoencoderTiny {
                     ..Default::default()
                 };
                 conv2d_no_bias(ch, ch, 3, s2, ev.pp(at))?
-            }));
+            };
+            encoder.push(Layer::Conv(conv, Act::None));
             for _ in 0..n {
                 let at = encoder.len();
                 encoder.push(Layer::Block(TinyBlock::new(ch, ch, ev.pp(at))?));
             }
         }
         let at = encoder.len();
-        encoder.push(Layer::Conv(same_conv(ch, cfg.latent_channels, 3, ev.pp(at))?));
+        encoder.push(Layer::Conv(
+            same_conv(ch, cfg.latent_channels, 3, ev.pp(at))?,
+            Act::None,
+        ));
 
         let ch = cfg.decoder_block_out_channels[0];
-        let mut decoder = vec![
-            Layer::Conv(same_conv(cfg.latent_channels, ch, 3, dv.pp(0))?),
-            Layer::Relu,
-        ];
+        // `at`: diffusers' index of the layer (its ReLU and upsamplings
+        // hold no parameters but count).
+        let mut decoder = vec![Layer::Conv(same_conv(cfg.latent_channels, ch, 3, dv.pp(0))?, Act::Relu)];
+        let mut at = 2;
         let levels = cfg.num_decoder_blocks.len();
         for (i, &n) in cfg.num_decoder_blocks.iter().enumerate() {
             for _ in 0..n {
-                let at = decoder.len();
                 decoder.push(Layer::Block(TinyBlock::new(ch, ch, dv.pp(at))?));
+                at += 1;
             }
-            let last = i + 1 == levels;
-            if !last {
-                decoder.push(Layer::Upsample);
-            }
-            let at = decoder.len();
-            decoder.push(Layer::Conv(if last {
-                same_conv(ch, cfg.out_channels, 3, dv.pp(at))?
+            if i + 1 == levels {
+                decoder.push(Layer::Conv(same_conv(ch, cfg.out_channels, 3, dv.pp(at))?, Act::None));
             } else {
                 let same = Conv2dConfig {
                     padding: 1,
                     ..Default::default()
                 };
-                conv2d_no_bias(ch, ch, 3, same, dv.pp(at))?
-            }));
+                decoder.push(Layer::UpConv(conv2d_no_bias(ch, ch, 3, same, dv.pp(at + 1))?));
+                at += 2;
+            }
         }
         Ok(Self {
             encoder,
             decoder,
-            latent_channels: cfg.latent_channels,
-            factor: cfg.factor(),
-            sample: cfg.sample_size,
-            scale: cfg.scaling_factor,
-            shift: cfg.shift_factor,
-            force_upcast: cfg.force_upcast,
+            latent: LatentSpace::new(
+                cfg.latent_channels,
+                cfg.factor(),
+                [cfg.sample_size; 2],
+                (cfg.scaling_factor, cfg.shift_factor),
+                cfg.force_upcast,
+                vb.dtype(),
+            ),
             loss: cfg.loss.clone(),
-            dtype: vb.dtype(),
         })
     }
 
@@ -318,41 +292,34 @@ impl Family for AutoencoderTiny {
 
 impl Autoencoder for AutoencoderTiny {
     fn encode(&self, xs: &Tensor) -> Result<Tensor> {
-        self.encode_unscaled(xs)?.affine(self.scale, -self.shift * self.scale)
+        self.latent.scaled(&self.encode_unscaled(xs)?)
     }
 
     fn decode(&self, z: &Tensor) -> Result<Tensor> {
-        self.decode_unscaled(&z.affine(1.0 / self.scale, self.shift)?)?
-            .clamp(0.0, 1.0)
+        self.decode_unscaled(&self.latent.unscaled(z)?)?.clamp(0.0, 1.0)
     }
 
     fn step(&self, batch: &Batch, ctx: &mut StepCtx) -> Result<StepOutput> {
-        // Deterministic: no posterior; the KL term of the shared loss is 0.
+        // Deterministic: no posterior, so no KL term.
         let z = self.encode_unscaled(&ctx.to_compute(&batch.input)?)?;
         let out = self.decode_unscaled(&ctx.to_compute(&z)?)?;
-        let zeros = z.zeros_like()?;
-        let (loss, terms) = self.loss.terms(&out, &batch.target, &zeros, &zeros, &z)?;
+        let (loss, terms) = self.loss.recon_terms(&out, &batch.target, &z)?;
         Ok(StepOutput {
             loss,
-            terms: terms.into_iter().filter(|(n, _)| *n != "kld").collect(),
+            terms,
             recon: out.clamp(0.0, 1.0)?,
         })
     }
 
     fn latent_shape(&self) -> Vec<usize> {
-        let s = self.sample / self.factor;
-        vec![self.latent_channels, s, s]
+        self.latent.shape()
     }
 
     fn mixed_precision(&self) -> bool {
-        !self.force_upcast
+        self.latent.half_ok()
     }
 
     fn spatial(&self) -> Option<Spatial> {
-        Some(Spatial {
-            factor: self.factor,
-            tile: [self.sample, self.sample],
-            overlap: 0.25,
-        })
+        Some(self.latent.spatial)
     }
 }

@@ -60,7 +60,8 @@ pub use ssim::ssim_planes;
 pub use subpixel::{applies as upsample_conv2d_applies, enabled as subpixel_enabled, upsample_conv2d};
 pub use upsample::upsample_nearest2d;
 pub use vol2col::{
-    add_bias5, col2vol, conv3d_gemm, conv_transpose3d_gemm, convt_len, dims5, vol2col, Conv3dOpts, Geometry3,
+    add_bias5, col2vol, conv3d_columns_per_sample, conv3d_gemm, conv_transpose3d_columns_per_sample,
+    conv_transpose3d_gemm, convt_len, dims5, vol2col, Conv3dOpts, Geometry3,
 };
 
 /// Whether the fused kernels are on (`AEZOO_NO_FUSED` off).

@@ -336,6 +336,27 @@ pub fn convt_len(n: usize, k: usize, s: usize, p: usize, op: usize) -> Result<us
     Ok(full - 2 * p)
 }
 
+/// Values of the column buffer [`conv3d_gemm`] holds for each sample of
+/// `xs` (channels × taps by grid positions), `None` past `usize`.
+pub fn conv3d_columns_per_sample(xs: &Tensor, kernel: &Tensor, opts: Conv3dOpts) -> Result<Option<usize>> {
+    let (_, c, t, h, w) = dims5(xs, "conv3d input")?;
+    let (_, _, kt, kh, kw) = dims5(kernel, "conv3d kernel")?;
+    let g = Geometry3::for_conv(c, [t, h, w], [kt, kh, kw], opts.stride, opts.padding)?;
+    Ok(columns(&[c, kt, kh, kw], &g.out))
+}
+
+/// Values of the column buffer [`conv_transpose3d_gemm`] holds for each
+/// sample of `xs` (output channels × taps by input positions).
+pub fn conv_transpose3d_columns_per_sample(xs: &Tensor, kernel: &Tensor) -> Result<Option<usize>> {
+    let (_, _, t, h, w) = dims5(xs, "conv_transpose3d input")?;
+    let (_, o, kt, kh, kw) = dims5(kernel, "conv_transpose3d kernel")?;
+    Ok(columns(&[o, kt, kh, kw], &[t, h, w]))
+}
+
+fn columns(rows: &[usize], positions: &[usize]) -> Option<usize> {
+    rows.iter().chain(positions).try_fold(1usize, |a, &d| a.checked_mul(d))
+}
+
 /// Conv3d of `(b, c, t, h, w)` by `(o, c, kt, kh, kw)` as vol2col + one GEMM (CPU).
 pub fn conv3d_gemm(xs: &Tensor, kernel: &Tensor, bias: Option<&Tensor>, opts: Conv3dOpts) -> Result<Tensor> {
     // xs: (b, c, t, h, w); kernel: (o, c, kt, kh, kw) -> (b, o, ot, oh, ow)

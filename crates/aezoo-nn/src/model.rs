@@ -165,15 +165,25 @@ pub struct Spatial {
 }
 
 impl Spatial {
+    /// The tile in latent positions.
+    pub fn latent_tile(&self) -> [usize; 2] {
+        [self.tile[0] / self.factor, self.tile[1] / self.factor]
+    }
+
+    /// The same model taking every image whole (no tiles).
+    pub fn whole(self) -> Self {
+        let side = (usize::MAX / 4) / self.factor * self.factor;
+        Self {
+            tile: [side, side],
+            ..self
+        }
+    }
+
     /// The same model with square tiles of `side` pixels (`0`: no tiling,
-    /// every image whole); `side` must be a multiple of the factor.
+    /// [`Spatial::whole`]); `side` must be a multiple of the factor.
     pub fn with_tile(self, side: usize) -> std::result::Result<Self, String> {
         if side == 0 {
-            let whole = (usize::MAX / 4) / self.factor * self.factor;
-            return Ok(Self {
-                tile: [whole, whole],
-                ..self
-            });
+            return Ok(self.whole());
         }
         if !side.is_multiple_of(self.factor) {
             return Err(format!(

@@ -117,16 +117,23 @@ pub fn conv_transpose2d(
 /// convolutions over temporal taps elsewhere or with `AEZOO_NO_FUSED=1`
 /// ([`crate::conv3d`]).
 pub fn conv3d(xs: &Tensor, kernel: &Tensor, bias: Option<&Tensor>, opts: Conv3dOpts) -> Result<Tensor> {
+    conv3d_within(xs, kernel, bias, opts, crate::limits::MAX_TENSOR_ELEMS)
+}
+
+/// [`conv3d`] whose CPU path holds at most `max_columns` column values at
+/// once: the batch goes through in chunks (the same values as one pass).
+pub fn conv3d_within(
+    xs: &Tensor,
+    kernel: &Tensor,
+    bias: Option<&Tensor>,
+    opts: Conv3dOpts,
+    max_columns: usize,
+) -> Result<Tensor> {
     if xs.device().is_cpu() && aezoo_kernels::enabled() {
-        if let (Ok((b, _, t, h, w)), Ok((_, c, kt, kh, kw))) = (xs.dims5(), kernel.dims5()) {
-            let out = |n: usize, i: usize, k: usize| {
-                let padded = n + 2 * opts.padding[i];
-                padded.checked_sub(k).map_or(0, |r| r / opts.stride[i].max(1) + 1)
-            };
-            let cols = [c * kt * kh * kw, b, out(t, 0, kt), out(h, 1, kh), out(w, 2, kw)];
-            vol_cols_within("conv3d", kernel.dims(), &cols)?;
-        }
-        return aezoo_kernels::conv3d_gemm(xs, kernel, bias, opts);
+        let per_sample = aezoo_kernels::conv3d_columns_per_sample(xs, kernel, opts)?;
+        return in_batch_chunks("conv3d", xs, kernel, per_sample, max_columns, |x| {
+            aezoo_kernels::conv3d_gemm(x, kernel, bias, opts)
+        });
     }
     crate::conv3d::conv3d_taps(xs, kernel, bias, opts)
 }
@@ -135,26 +142,66 @@ pub fn conv3d(xs: &Tensor, kernel: &Tensor, bias: Option<&Tensor>, opts: Conv3dO
 /// plus an optional bias; GEMM + col2vol on the CPU, temporal taps of 2-D
 /// transposed convolutions elsewhere or with `AEZOO_NO_FUSED=1`.
 pub fn conv_transpose3d(xs: &Tensor, kernel: &Tensor, bias: Option<&Tensor>, opts: Conv3dOpts) -> Result<Tensor> {
+    conv_transpose3d_within(xs, kernel, bias, opts, crate::limits::MAX_TENSOR_ELEMS)
+}
+
+/// [`conv_transpose3d`] holding at most `max_columns` column values at once.
+pub fn conv_transpose3d_within(
+    xs: &Tensor,
+    kernel: &Tensor,
+    bias: Option<&Tensor>,
+    opts: Conv3dOpts,
+    max_columns: usize,
+) -> Result<Tensor> {
     if xs.device().is_cpu() && aezoo_kernels::enabled() {
-        if let (Ok((b, _, t, h, w)), Ok((_, o, kt, kh, kw))) = (xs.dims5(), kernel.dims5()) {
-            vol_cols_within("conv_transpose3d", kernel.dims(), &[o * kt * kh * kw, b, t, h, w])?;
-        }
-        return aezoo_kernels::conv_transpose3d_gemm(xs, kernel, bias, opts);
+        let per_sample = aezoo_kernels::conv_transpose3d_columns_per_sample(xs, kernel)?;
+        return in_batch_chunks("conv_transpose3d", xs, kernel, per_sample, max_columns, |x| {
+            aezoo_kernels::conv_transpose3d_gemm(x, kernel, bias, opts)
+        });
     }
     crate::conv3d::conv_transpose3d_taps(xs, kernel, bias, opts)
 }
 
-/// The GEMM paths of the 3-D convolutions hold the whole batch's columns at
-/// once (kernel volume × channels by batch × positions): a kernel as large as
-/// the clip makes that terabytes. Refused before allocating, naming the kernel.
-fn vol_cols_within(op: &str, kernel: &[usize], cols: &[usize]) -> Result<()> {
-    crate::limits::elems_within("column buffer", cols, crate::limits::MAX_TENSOR_ELEMS)
-        .map(|_| ())
-        .map_err(|e| {
-            candle_core::Error::Msg(format!(
-                "{op}: a kernel of shape {kernel:?} over this input needs a {e}; use a smaller kernel, clip or batch"
-            ))
-        })
+/// The GEMM paths of the 3-D convolutions hold a column buffer of
+/// `per_sample` values per sample (channels × taps by positions): the batch
+/// goes through `f` in chunks whose buffer fits `max_columns`, and a sample
+/// whose buffer alone does not (a kernel as large as the clip: terabytes) is
+/// refused before anything is allocated, naming the kernel.
+fn in_batch_chunks(
+    op: &str,
+    xs: &Tensor,
+    kernel: &Tensor,
+    per_sample: Option<usize>,
+    max_columns: usize,
+    f: impl Fn(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let per_sample = match per_sample {
+        Some(n) if n <= max_columns => n.max(1),
+        n => candle_core::bail!(
+            "{op}: a kernel of shape {:?} over this input needs a column buffer of {} values per sample, above the limit of {max_columns} (aezoo_nn::limits); use a smaller kernel or clip",
+            kernel.dims(),
+            n.map_or("more".to_string(), |n| n.to_string())
+        ),
+    };
+    let b = xs.dim(0)?;
+    let chunk = (max_columns / per_sample).max(1);
+    if b <= chunk {
+        return f(xs);
+    }
+    let parts = (0..b)
+        .step_by(chunk)
+        .map(|i| f(&xs.narrow(0, i, chunk.min(b - i))?))
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&parts, 0)
+}
+
+/// Single-head scaled dot-product attention of `(b, n, c)` queries, keys
+/// and values: `softmax(q·kᵀ / √c)·v`, the softmax over the keys (the
+/// composite whose gradient is right) computed in `softmax_dtype`.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, softmax_dtype: candle_core::DType) -> Result<Tensor> {
+    let c = q.dim(D::Minus1)?;
+    let scores = (q.matmul(&k.t()?)? / (c as f64).sqrt())?;
+    crate::layers::computed_in(&scores, softmax_dtype, |s| softmax(s, D::Minus1))?.matmul(v)
 }
 
 /// Scalar quantisation of every value of `xs` to its nearest entry of

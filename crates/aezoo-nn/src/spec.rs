@@ -29,8 +29,8 @@ use candle_core::{Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use crate::layers::{
-    computed_in, conv2d, conv_transpose2d, gdn, group_norm, linear, Conv2d, Conv2dConfig, ConvTranspose2d,
-    ConvTranspose2dConfig, Gdn, GroupNorm, GroupNormConfig, Linear, LinearConfig,
+    conv2d, conv_transpose2d, gdn, group_norm, linear, Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig,
+    Gdn, GroupNorm, GroupNormConfig, Linear, LinearConfig,
 };
 use crate::ops;
 use crate::Act;
@@ -504,22 +504,40 @@ pub struct ResBlock {
     residual_layer: Option<Conv2d>,
 }
 
+/// The parameter names of a [`ResBlock`]'s norms, convs and shortcut.
+pub type ResBlockNames = [&'static str; 5];
+
+/// The PyTorch `VAE_ResidualBlock`'s names (the `VAERB` layer).
+pub const VAERB_NAMES: ResBlockNames = ["groupnorm_1", "conv_1", "groupnorm_2", "conv_2", "residual_layer"];
+
 /// A [`ResBlock`] `cin → cout` (names as the PyTorch `VAE_ResidualBlock`).
 pub fn res_block(cin: usize, cout: usize, vb: VarBuilder) -> Result<ResBlock> {
+    res_block_named(cin, cout, BLOCK_GROUPS, GroupNormConfig::default(), VAERB_NAMES, vb)
+}
+
+/// A [`ResBlock`] with another project's groups, norm ε and parameter
+/// names (diffusers' `ResnetBlock2D`: `norm1`, `conv1`, …, `conv_shortcut`).
+pub fn res_block_named(
+    cin: usize,
+    cout: usize,
+    groups: usize,
+    gn: GroupNormConfig,
+    [n1, c1, n2, c2, shortcut]: ResBlockNames,
+    vb: VarBuilder,
+) -> Result<ResBlock> {
     let pad1 = Conv2dConfig {
         padding: 1,
         ..Default::default()
     };
-    let gn = GroupNormConfig::default();
     Ok(ResBlock {
-        groupnorm_1: group_norm(BLOCK_GROUPS, cin, gn, vb.pp("groupnorm_1"))?,
-        conv_1: conv2d(cin, cout, 3, pad1, vb.pp("conv_1"))?,
-        groupnorm_2: group_norm(BLOCK_GROUPS, cout, gn, vb.pp("groupnorm_2"))?,
-        conv_2: conv2d(cout, cout, 3, pad1, vb.pp("conv_2"))?,
+        groupnorm_1: group_norm(groups, cin, gn, vb.pp(n1))?,
+        conv_1: conv2d(cin, cout, 3, pad1, vb.pp(c1))?,
+        groupnorm_2: group_norm(groups, cout, gn, vb.pp(n2))?,
+        conv_2: conv2d(cout, cout, 3, pad1, vb.pp(c2))?,
         residual_layer: if cin == cout {
             None
         } else {
-            Some(conv2d(cin, cout, 1, Conv2dConfig::default(), vb.pp("residual_layer"))?)
+            Some(conv2d(cin, cout, 1, Conv2dConfig::default(), vb.pp(shortcut))?)
         },
     })
 }
@@ -544,7 +562,6 @@ pub struct AttentionBlock {
     groupnorm: GroupNorm,
     in_proj: Linear,
     out_proj: Linear,
-    c: usize,
 }
 
 /// An [`AttentionBlock`] over `c` channels (`attention.in_proj` is `c → 3c`).
@@ -554,7 +571,6 @@ pub fn attention_block(c: usize, vb: VarBuilder) -> Result<AttentionBlock> {
         groupnorm: group_norm(BLOCK_GROUPS, c, GroupNormConfig::default(), vb.pp("groupnorm"))?,
         in_proj: linear(c, 3 * c, LinearConfig::default(), att.pp("in_proj"))?,
         out_proj: linear(c, c, LinearConfig::default(), att.pp("out_proj"))?,
-        c,
     })
 }
 
@@ -568,10 +584,8 @@ impl Module for AttentionBlock {
         let q = qkv.narrow(D::Minus1, 0, c)?.contiguous()?;
         let k = qkv.narrow(D::Minus1, c, c)?.contiguous()?;
         let v = qkv.narrow(D::Minus1, 2 * c, c)?.contiguous()?;
-        // (b, h·w, h·w), softmax over keys (the composite whose gradient is
-        // correct) in the parameters' dtype, as autocast does for half inputs
-        let scores = (q.matmul(&k.t()?)? / (self.c as f64).sqrt())?;
-        let att = computed_in(&scores, self.in_proj.weight().dtype(), |s| ops::softmax(s, D::Minus1))?.matmul(&v)?;
+        // The softmax in the parameters' dtype, as autocast does for half inputs.
+        let att = ops::attention(&q, &k, &v, self.in_proj.weight().dtype())?;
         // (b, h·w, c) -> (b, c, h, w)
         let ys = self.out_proj.forward(&att)?.transpose(1, 2)?.reshape((b, c, h, w))?;
         ys + xs

@@ -20,14 +20,12 @@ pub fn needs_tiles([h, w]: [usize; 2], tile: [usize; 2]) -> bool {
 /// `encode` applied tile by tile to images `(b, c, h, w)`; `sp` says the
 /// tile and the downsampling.
 pub fn encode(xs: &Tensor, sp: Spatial, encode: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
-    let out = [sp.tile[0] / sp.factor, sp.tile[1] / sp.factor];
-    tiled(xs, sp.tile, out, sp.overlap, encode)
+    tiled(xs, sp.tile, sp.latent_tile(), sp.overlap, encode)
 }
 
 /// `decode` applied tile by tile to latents `(b, c, h, w)`.
 pub fn decode(zs: &Tensor, sp: Spatial, decode: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
-    let input = [sp.tile[0] / sp.factor, sp.tile[1] / sp.factor];
-    tiled(zs, input, sp.tile, sp.overlap, decode)
+    tiled(zs, sp.latent_tile(), sp.tile, sp.overlap, decode)
 }
 
 fn tiled(

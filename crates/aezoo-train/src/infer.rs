@@ -109,15 +109,9 @@ pub fn load_tensors(path: &Path) -> Result<(BTreeMap<String, Tensor>, HashMap<St
 /// repeated) to multiples of `m`.
 fn pad_to_multiple(xs: &Tensor, m: usize) -> Result<Tensor> {
     let (_, _, h, w) = xs.dims4()?;
-    let (ph, pw) = ((m - h % m) % m, (m - w % m) % m);
-    let mut x = xs.clone();
-    if ph > 0 {
-        x = x.pad_with_same(2, 0, ph)?;
-    }
-    if pw > 0 {
-        x = x.pad_with_same(3, 0, pw)?;
-    }
-    Ok(x)
+    Ok(xs
+        .pad_with_same(2, 0, h.next_multiple_of(m) - h)?
+        .pad_with_same(3, 0, w.next_multiple_of(m) - w)?)
 }
 
 /// The latents of images at their own size with a fully convolutional
@@ -136,8 +130,7 @@ pub fn encode_any_size(model: &dyn Autoencoder, sp: Spatial, xs: &Tensor) -> Res
 /// latent tile, cropped to `hw` when given (the size before padding).
 pub fn decode_any_size(model: &dyn Autoencoder, sp: Spatial, z: &Tensor, hw: Option<[usize; 2]>) -> Result<Tensor> {
     let (_, _, h, w) = z.dims4()?;
-    let latent_tile = [sp.tile[0] / sp.factor, sp.tile[1] / sp.factor];
-    let y = if tiling::needs_tiles([h, w], latent_tile) {
+    let y = if tiling::needs_tiles([h, w], sp.latent_tile()) {
         tiling::decode(z, sp, |t| model.decode(t))?
     } else {
         model.decode(z)?

@@ -51,19 +51,13 @@ fn open(dir: &Path, zoo: &Zoo, tensors: bool) -> Result<Opened> {
         })
     };
     if dir.is_file() {
-        let store = load(dir)?;
-        let origin = dir.display().to_string();
-        for imp in zoo.importers {
-            if let Some(cfg) = imp.single_file(&store, &origin) {
-                let cfg = cfg?;
-                let params = imp.rename(store, &cfg)?;
-                return Ok(Opened {
-                    config: cfg,
-                    config_origin: dir.to_path_buf(),
-                    weights: dir.to_path_buf(),
-                    params: Some(params),
-                });
-            }
+        if let (Some(config), params) = open_file(dir, zoo)? {
+            return Ok(Opened {
+                config,
+                config_origin: dir.to_path_buf(),
+                weights: dir.to_path_buf(),
+                params: Some(params),
+            });
         }
         return Err(ckpt(
             dir,
@@ -119,16 +113,31 @@ fn open(dir: &Path, zoo: &Zoo, tensors: bool) -> Result<Opened> {
     })
 }
 
+/// A lone weights file, read once: the entry an importer of the zoo tells
+/// from its tensors with the store renamed to the family's keys, else no
+/// entry and the tensors as they are.
+fn open_file(path: &Path, zoo: &Zoo) -> Result<(Option<EntryConfig>, ParamStore)> {
+    let store = ParamStore::load(path, false).map_err(|e| TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        msg: strip_path(&e.to_string(), path),
+    })?;
+    let origin = path.display().to_string();
+    for imp in zoo.importers {
+        if let Some(imported) = imp.single_file(&store, &origin) {
+            let (config, params) = imported?;
+            return Ok((Some(config), params));
+        }
+    }
+    Ok((None, store))
+}
+
 /// The tensors of a weights folder or file under the family's names (for
 /// `--init`): a folder's weights file (aezoo's or an importer's layout,
-/// renamed), a lone file an importer recognises, else the file as it is;
-/// with the path of the file read.
+/// renamed), a lone file an importer recognises (renamed), else the file as
+/// it is; with the path of the file read.
 pub fn weight_tensors(path: &Path, zoo: &Zoo) -> Result<(PathBuf, BTreeMap<String, candle_core::Tensor>)> {
     if path.is_file() {
-        if let Ok(o) = open(path, zoo, true) {
-            return Ok((o.weights, o.params.expect("open with tensors").file_tensors()));
-        }
-        return Ok((path.to_path_buf(), crate::checkpoint::read_tensors(path)?));
+        return Ok((path.to_path_buf(), open_file(path, zoo)?.1.file_tensors()));
     }
     let o = open(path, zoo, true)?;
     Ok((o.weights, o.params.expect("open with tensors").file_tensors()))

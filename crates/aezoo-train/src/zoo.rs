@@ -158,8 +158,13 @@ pub trait Importer: Send + Sync {
     /// A weights file's tensors under the family's parameter names.
     fn rename(&self, store: aezoo_nn::ParamStore, cfg: &EntryConfig) -> Result<aezoo_nn::ParamStore>;
     /// The entry of a lone weights file (no `config.json`), when this
-    /// importer can tell it from the tensors.
-    fn single_file(&self, store: &aezoo_nn::ParamStore, origin: &str) -> Option<Result<EntryConfig>>;
+    /// importer can tell it from the tensors, and the store renamed to the
+    /// family's keys (renamed once: `store` shares its tensors).
+    fn single_file(
+        &self,
+        store: &aezoo_nn::ParamStore,
+        origin: &str,
+    ) -> Option<Result<(EntryConfig, aezoo_nn::ParamStore)>>;
     /// How `aezoo export` writes an entry of one of its families in this
     /// layout: the bytes of its `config.json` and the name of its weights
     /// file (`None`: not one of its families).
@@ -281,6 +286,11 @@ impl Zoo {
         self.entries.iter().map(|(n, _)| *n).collect()
     }
 
+    /// The built-in entry `name`: its name and config text.
+    pub fn builtin(&self, name: &str) -> Option<(&'static str, &'static str)> {
+        self.entries.iter().find(|(n, _)| *n == name).copied()
+    }
+
     /// Resolves an entry: a path to a `.json` file, else
     /// `configs/<name>.json` in the current folder (so edits in a checkout
     /// take effect), else the built-in copy.
@@ -295,14 +305,10 @@ impl Zoo {
             let cfg = self.config_from_file(&local)?;
             return Ok((cfg, ConfigOrigin::File(local)));
         }
-        let (name, text) =
-            self.entries
-                .iter()
-                .find(|(n, _)| *n == name_or_path)
-                .ok_or_else(|| TrainError::UnknownEntry {
-                    name: name_or_path.to_string(),
-                    known: self.entry_names().join(", "),
-                })?;
+        let (name, text) = self.builtin(name_or_path).ok_or_else(|| TrainError::UnknownEntry {
+            name: name_or_path.to_string(),
+            known: self.entry_names().join(", "),
+        })?;
         let origin = ConfigOrigin::Builtin(name);
         let cfg = self.config_from_str(text, &origin.to_string())?;
         Ok((cfg, origin))

@@ -19,9 +19,7 @@ pub(crate) fn vae_step(
 ) -> Result<StepOutput> {
     let dt = target.dtype();
     let (mu, logvar) = (&mu.to_dtype(dt)?, &logvar.to_dtype(dt)?);
-    // z = μ + σ·ε, ε ~ N(0, I) from the run's seeded generator.
-    let eps = ctx.rng.randn(mu.shape().clone(), mu.dtype(), mu.device())?;
-    let z = (mu + (logvar.affine(0.5, 0.0)?.exp()? * eps)?)?;
+    let z = reparameterize(mu, logvar, ctx.rng)?;
     let logits = decode_logits(&ctx.to_compute(&z)?)?.to_dtype(dt)?;
     let rec = bce_with_logits(&logits, target, Reduction::BatchMean)?;
     let kl = kld(mu, logvar, Reduction::BatchMean)?;
@@ -31,6 +29,12 @@ pub(crate) fn vae_step(
         terms: vec![("bce", rec), ("kld", kl)],
         recon: ops::sigmoid(&logits)?,
     })
+}
+
+/// `z = μ + σ·ε`, `ε ~ N(0, I)` from the run's seeded generator, in `mu`'s dtype.
+pub(crate) fn reparameterize(mu: &Tensor, logvar: &Tensor, rng: &mut Rng) -> Result<Tensor> {
+    let eps = rng.randn(mu.shape().clone(), mu.dtype(), mu.device())?;
+    mu + (logvar.affine(0.5, 0.0)?.exp()? * eps)?
 }
 
 /// `n` prior draws `(n, latent)` like `like`'s dtype and device.

@@ -98,12 +98,53 @@ impl FlexLoss {
         logvar: &Tensor,
         z: &Tensor,
     ) -> Result<(Tensor, Vec<(&'static str, Tensor)>)> {
+        self.compose(out, target, Some(kld(mu, logvar, Reduction::BatchMean)?), z)
+    }
+
+    /// [`FlexLoss::terms`] of a model without a posterior (a deterministic
+    /// code `z`): no KL term.
+    pub fn recon_terms(
+        &self,
+        out: &Tensor,
+        target: &Tensor,
+        z: &Tensor,
+    ) -> Result<(Tensor, Vec<(&'static str, Tensor)>)> {
+        self.compose(out, target, None, z)
+    }
+
+    /// One training step of a VAE with this loss: `z = scale · (μ + σ·ε)`
+    /// from `ctx`'s generator, `decode` (run in `ctx.compute`) to images in
+    /// [0, 1], the terms; sampling and the loss stay in `mu`'s dtype.
+    pub fn sample_step(
+        &self,
+        (mu, logvar): (&Tensor, &Tensor),
+        scale: f64,
+        target: &Tensor,
+        ctx: &mut StepCtx,
+        decode: impl Fn(&Tensor) -> Result<Tensor>,
+    ) -> Result<StepOutput> {
+        let z = (crate::common::reparameterize(mu, logvar, ctx.rng)? * scale)?;
+        let out = decode(&ctx.to_compute(&z)?)?;
+        let (loss, terms) = self.terms(&out, target, mu, logvar, &z)?;
+        Ok(StepOutput {
+            loss,
+            terms,
+            recon: out.clamp(0.0, 1.0)?,
+        })
+    }
+
+    fn compose(
+        &self,
+        out: &Tensor,
+        target: &Tensor,
+        kl: Option<Tensor>,
+        z: &Tensor,
+    ) -> Result<(Tensor, Vec<(&'static str, Tensor)>)> {
         let rec = match self.reconstruction {
             Reconstruction::Mse => mse(out, target, Reduction::Mean)?,
             Reconstruction::L1 => mae(out, target, Reduction::Mean)?,
         };
-        let kl = kld(mu, logvar, Reduction::BatchMean)?;
-        let mut loss = ((&rec * self.alpha)? + (&kl * self.kld_weight)?)?;
+        let mut loss = (&rec * self.alpha)?;
         let mut terms = vec![(
             match self.reconstruction {
                 Reconstruction::Mse => "mse",
@@ -111,7 +152,10 @@ impl FlexLoss {
             },
             rec,
         )];
-        terms.push(("kld", kl));
+        if let Some(kl) = kl {
+            loss = (loss + (&kl * self.kld_weight)?)?;
+            terms.push(("kld", kl));
+        }
         if self.ssim {
             let one_minus = ssim(out, target, SsimConfig::default())?
                 .mean_all()?
@@ -257,15 +301,8 @@ impl Autoencoder for FlexVae {
         // Mixed precision: only the two networks run in `ctx.compute`; the
         // sampling and every loss term stay in the parameters' dtype.
         let (mu, logvar) = self.stats(&ctx.to_compute(&batch.input)?)?;
-        let eps = ctx.rng.randn(mu.shape().clone(), mu.dtype(), mu.device())?;
-        let z = ((&mu + (logvar.affine(0.5, 0.0)?.exp()? * eps)?)? * self.scale)?;
-        let out = self.decode_raw(&ctx.to_compute(&z)?)?;
-        let (loss, terms) = self.loss.terms(&out, &batch.target, &mu, &logvar, &z)?;
-        Ok(StepOutput {
-            loss,
-            terms,
-            recon: out.clamp(0.0, 1.0)?,
-        })
+        self.loss
+            .sample_step((&mu, &logvar), self.scale, &batch.target, ctx, |z| self.decode_raw(z))
     }
 
     fn latent_shape(&self) -> Vec<usize> {

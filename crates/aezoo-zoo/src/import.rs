@@ -7,7 +7,7 @@
 
 use aezoo_diffusers::import::{export_config, import_config, infer_kl_config, kl_levels, renamer, WEIGHTS_FILES};
 use aezoo_nn::ParamStore;
-use aezoo_train::{EntryConfig, Importer, Result, TrainError, Zoo};
+use aezoo_train::{EntryConfig, Importer, Result, TrainError};
 
 /// The built-in entry an imported model of each family stands in for.
 pub const TEMPLATES: &[(&str, &str)] = &[("vae-kl", "vae-kl-sd"), ("vae-tiny", "vae-tiny")];
@@ -22,14 +22,14 @@ fn exported_entry(
     model: serde_json::Value,
     origin: &str,
 ) -> Result<EntryConfig> {
-    let mut e = entry.clone();
-    let mut model = model;
-    if let (Some(o), Some(m)) = (e.as_object_mut(), model.as_object_mut()) {
-        if let Some(loss) = o.remove("loss") {
+    let (mut e, mut model) = (entry.clone(), model);
+    if let Some(o) = e.as_object_mut() {
+        // aezoo keeps the training loss in the model section.
+        if let (Some(loss), Some(m)) = (o.remove("loss"), model.as_object_mut()) {
             m.insert("loss".into(), loss);
         }
         o.insert("family".into(), family.into());
-        o.insert("model".into(), model.clone());
+        o.insert("model".into(), model);
     }
     let cfg: EntryConfig = aezoo_train::config::parse_value(&e, origin, ENTRY_KEY)?;
     crate::ZOO.validate(&cfg, origin)?;
@@ -39,23 +39,21 @@ fn exported_entry(
 /// diffusers' layouts.
 pub struct Diffusers;
 
-fn template(zoo: &Zoo, family: &str, origin: &str) -> Result<EntryConfig> {
+/// The built-in entry an imported model of `family` starts from.
+fn template(family: &str, origin: &str) -> Result<EntryConfig> {
     let entry = TEMPLATES
         .iter()
         .find(|(f, _)| *f == family)
         .map(|(_, e)| *e)
         .expect("every importable family has a template entry");
-    let text = zoo
-        .entries
-        .iter()
-        .find(|(n, _)| *n == entry)
-        .map(|(_, t)| *t)
+    let (name, text) = crate::ZOO
+        .builtin(entry)
         .ok_or_else(|| TrainError::Other(format!("{origin}: the built-in entry `{entry}` is missing")))?;
-    EntryConfig::parse(text, entry)
+    EntryConfig::parse(text, name)
 }
 
-fn with_model(zoo: &Zoo, family: &str, model: serde_json::Value, about: String, origin: &str) -> Result<EntryConfig> {
-    let mut cfg = template(zoo, family, origin)?;
+fn with_model(family: &str, model: serde_json::Value, about: String, origin: &str) -> Result<EntryConfig> {
+    let mut cfg = template(family, origin)?;
     // The template's training loss stays unless the folder names one.
     if let (Some(loss), serde_json::Value::Object(m)) = (cfg.model.get("loss").cloned(), &model) {
         let mut m = m.clone();
@@ -65,7 +63,7 @@ fn with_model(zoo: &Zoo, family: &str, model: serde_json::Value, about: String, 
         cfg.model = model;
     }
     cfg.about = about;
-    zoo.validate(&cfg, origin)?;
+    crate::ZOO.validate(&cfg, origin)?;
     Ok(cfg)
 }
 
@@ -92,7 +90,7 @@ impl Importer for Diffusers {
             return Some(exported_entry(entry, imported.family, imported.model, origin));
         }
         let about = format!("diffusers {} from {origin}", imported.class);
-        Some(with_model(&crate::ZOO, imported.family, imported.model, about, origin))
+        Some(with_model(imported.family, imported.model, about, origin))
     }
 
     fn weights_files(&self) -> &'static [&'static str] {
@@ -107,33 +105,24 @@ impl Importer for Diffusers {
         Ok(store.renamed(renamer(tensors.keys()))?)
     }
 
-    fn single_file(&self, store: &ParamStore, origin: &str) -> Option<Result<EntryConfig>> {
-        let tensors = store.file_tensors();
-        if kl_levels(tensors.keys()) == 0 {
+    fn single_file(&self, store: &ParamStore, origin: &str) -> Option<Result<(EntryConfig, ParamStore)>> {
+        let names: Vec<String> = store.file_tensors().into_keys().collect();
+        if kl_levels(&names) == 0 {
             return None;
         }
-        let mut rename = renamer(tensors.keys());
-        let renamed: std::result::Result<std::collections::BTreeMap<_, _>, _> =
-            tensors.iter().filter_map(|(n, t)| rename(n, t).transpose()).collect();
-        let model = match renamed.and_then(|r| infer_kl_config(&r)) {
-            Ok(m) => m,
-            Err(e) => {
-                return Some(Err(TrainError::Checkpoint {
-                    path: origin.into(),
-                    msg: e.to_string(),
-                }))
-            }
+        let import = || -> Result<(EntryConfig, ParamStore)> {
+            let renamed = store.clone().renamed(renamer(&names))?;
+            let model = infer_kl_config(&renamed.file_tensors()).map_err(|e| TrainError::Checkpoint {
+                path: origin.into(),
+                msg: e.to_string(),
+            })?;
+            tracing::info!(
+                "{origin}: a KL VAE checkpoint without a config; its shape read from the tensors, the rest Stable Diffusion's (scaling factor 0.18215)"
+            );
+            let about = format!("a KL VAE checkpoint, {origin}");
+            Ok((with_model("vae-kl", model, about, origin)?, renamed))
         };
-        tracing::info!(
-            "{origin}: a KL VAE checkpoint without a config; its shape read from the tensors, the rest Stable Diffusion's (scaling factor 0.18215)"
-        );
-        Some(with_model(
-            &crate::ZOO,
-            "vae-kl",
-            model,
-            format!("a KL VAE checkpoint, {origin}"),
-            origin,
-        ))
+        Some(import())
     }
 
     fn export_layout(&self, cfg: &EntryConfig) -> Option<(Vec<u8>, &'static str)> {

@@ -41,29 +41,23 @@ fn psnrs(o: &Output) -> Vec<String> {
         .collect()
 }
 
+/// A latents file's tensors as `(name, shape, values)` in name order, and
+/// its metadata (read by aezoo's own loader).
 fn latents_file(
     path: &Path,
 ) -> (
     Vec<(String, Vec<usize>, Vec<f32>)>,
     std::collections::HashMap<String, String>,
 ) {
-    let bytes = std::fs::read(path).unwrap();
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut out: Vec<_> = st
-        .tensors()
+    let (tensors, meta) = aezoo_train::infer::load_tensors(path).unwrap();
+    let out = tensors
         .into_iter()
-        .map(|(name, v)| {
-            let data = v
-                .data()
-                .chunks(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect();
-            (name, v.shape().to_vec(), data)
+        .map(|(name, t)| {
+            let values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            (name, t.dims().to_vec(), values)
         })
         .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    (out, meta.metadata().clone().unwrap_or_default())
+    (out, meta)
 }
 
 #[test]
@@ -198,8 +192,9 @@ fn diffusers_vaes_run_from_folders_and_the_hub_cache_and_fine_tune() {
         raw.join("diffusion_pytorch_model.safetensors"),
     )
     .unwrap();
-    let mut cfg: serde_json::Value =
+    let kl_config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(kl.join("config.json")).unwrap()).unwrap();
+    let mut cfg = kl_config.clone();
     let (scale, shift) = (
         cfg["scaling_factor"].as_f64().unwrap() as f32,
         cfg["shift_factor"].as_f64().unwrap() as f32,
@@ -302,8 +297,7 @@ fn diffusers_vaes_run_from_folders_and_the_hub_cache_and_fine_tune() {
         photo_like(&photos.join(format!("p{i}.png")), 40 + i, 36, i);
     }
     // The model section: diffusers' fields (not its `_class_name` and such).
-    let mut model: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(kl.join("config.json")).unwrap()).unwrap();
+    let mut model = kl_config;
     model.as_object_mut().unwrap().retain(|k, _| !k.starts_with('_'));
     let model = model.to_string();
     let train_cfg = d.path().join("kl-tune.json");

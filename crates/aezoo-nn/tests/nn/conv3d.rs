@@ -348,3 +348,54 @@ fn a_kernel_as_large_as_the_clip_is_refused_before_allocating() {
         "{err}"
     );
 }
+
+#[test]
+fn batches_past_the_column_budget_go_through_in_chunks() {
+    // A budget of two samples' columns: a batch of 5 in chunks 2, 2, 1,
+    // with the values of one pass, and its gradients but for the order the
+    // weights' sums over the batch are added in.
+    let (x, w, b) = (
+        candle_core::Var::from_tensor(&filled(&[5, 2, 3, 6, 6], |i| ((i * 37) % 11) as f64 / 7.0 - 0.6)).unwrap(),
+        candle_core::Var::from_tensor(&filled(&[3, 2, 3, 3, 3], |i| ((i * 13) % 7) as f64 / 9.0 - 0.3)).unwrap(),
+        candle_core::Var::from_tensor(&filled(&[3], |i| i as f64 * 0.1)).unwrap(),
+    );
+    let o = opts([1, 2, 2], [1; 3], [0; 3]);
+    let per_sample = aezoo_kernels::conv3d_columns_per_sample(x.as_tensor(), w.as_tensor(), o)
+        .unwrap()
+        .unwrap();
+    let run = |budget: usize| {
+        let y = ops::conv3d_within(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()), o, budget).unwrap();
+        let g = (&y * &y).unwrap().sum_all().unwrap().backward().unwrap();
+        let grads: Vec<Vec<f64>> = [&x, &w, &b]
+            .iter()
+            .map(|v| g.get(v).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap())
+            .collect();
+        (y.flatten_all().unwrap().to_vec1::<f64>().unwrap(), grads)
+    };
+    let close = |a: &[f64], b: &[f64], what: &str| {
+        assert_eq!(a.len(), b.len());
+        let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+        assert!(d < 1e-12, "{what}: differs by {d}");
+    };
+    let ((y1, g1), (y0, g0)) = (run(2 * per_sample), run(usize::MAX));
+    assert_eq!(y1, y0, "conv3d in chunks: the same values");
+    for (a, b) in g1.iter().zip(&g0) {
+        close(a, b, "conv3d gradients");
+    }
+    let wt = candle_core::Var::from_tensor(&filled(&[2, 3, 3, 3, 3], |i| ((i * 5) % 9) as f64 / 8.0 - 0.5)).unwrap();
+    let ot = opts([1, 2, 2], [1; 3], [0, 1, 1]);
+    let per_sample = aezoo_kernels::conv_transpose3d_columns_per_sample(x.as_tensor(), wt.as_tensor())
+        .unwrap()
+        .unwrap();
+    let run_t = |budget: usize| {
+        let y = ops::conv_transpose3d_within(x.as_tensor(), wt.as_tensor(), Some(b.as_tensor()), ot, budget).unwrap();
+        let g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        (
+            y.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+            g.get(&wt).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+        )
+    };
+    let ((y1, g1), (y0, g0)) = (run_t(2 * per_sample), run_t(usize::MAX));
+    assert_eq!(y1, y0, "conv_transpose3d in chunks: the same values");
+    close(&g1, &g0, "conv_transpose3d gradient");
+}
