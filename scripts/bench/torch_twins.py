@@ -28,6 +28,9 @@ p.add_argument("--infer-reps", type=int, default=0,
 p.add_argument("--seed", type=int, default=0,
                help="seed of the initial weights and noise (data order: 42 + seed); `cargo xtask quality --twins` varies it")
 p.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
+p.add_argument("--device", default="cpu",
+               help="cpu or cuda: on cuda each step and batch ends with torch.cuda.synchronize(), as aezoo's bench "
+                    "waits for its device (PyTorch CUDA eager, the twin of `aezoo bench --device cuda`)")
 p.add_argument("--configs", default=os.path.join(os.path.dirname(__file__), "..", "..", "configs"))
 A = p.parse_args()
 torch.set_num_threads(A.threads)
@@ -223,7 +226,7 @@ def layer_list(items):  # aezoo-nn spec.rs: the layer grammar's tokens a 28x28 c
 
 
 def ssim(x, y, window=11, sigma=1.5, c1=0.01**2, c2=0.03**2):  # aezoo-metrics: valid Gaussian SSIM per image
-    g = torch.exp(-((torch.arange(window, dtype=x.dtype) - window // 2) ** 2) / (2 * sigma**2))
+    g = torch.exp(-((torch.arange(window, dtype=x.dtype, device=x.device) - window // 2) ** 2) / (2 * sigma**2))
     g = g / g.sum()
     c = x.shape[1]
     kh, kw = g.view(1, 1, window, 1).repeat(5 * c, 1, 1, 1), g.view(1, 1, 1, window).repeat(5 * c, 1, 1, 1)
@@ -294,16 +297,18 @@ def main():
         med, lo = t[len(t) // 2], t[0]
         print(f"{A.entry}: median {med * 1e3:.3f} ms ({1000 / med:.0f} img/s), min {lo * 1e3:.3f} ms ({1000 / lo:.0f} img/s)")
         return
-    train = idx_images(f"{A.data}/train-images-idx3-ubyte.gz")
-    test = idx_images(f"{A.data}/t10k-images-idx3-ubyte.gz")
+    dev = torch.device(A.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    train = idx_images(f"{A.data}/train-images-idx3-ubyte.gz").to(dev)
+    test = idx_images(f"{A.data}/t10k-images-idx3-ubyte.gz").to(dev)
     torch.manual_seed(A.seed)
-    model = FAMILIES[fam](M)
+    model = FAMILIES[fam](M).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=T["lr"])
     bs = T["batch_size"]
     noise = CFG["data"].get("noise")
     n = train.shape[0]
     steps = A.steps or (n + bs - 1) // bs
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(42 + A.seed))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(42 + A.seed)).to(dev)
     step_s = 0.0
     model.train()
     for s in range(steps):
@@ -315,6 +320,7 @@ def main():
         loss = model.loss(x, clean)
         loss.backward()
         opt.step()
+        sync()
         step_s += time.perf_counter() - t0
     images = steps * bs
     model.eval()
@@ -325,6 +331,7 @@ def main():
             x = test[b * 1000 : (b + 1) * 1000]
             t0 = time.perf_counter()
             y = model.recon(x)
+            sync()
             inf_s += time.perf_counter() - t0
             sse += float(((y - x) ** 2).sum(dtype=torch.float64))
         from torch.utils.flop_counter import FlopCounterMode
@@ -338,7 +345,7 @@ def main():
         "params": sum(p.numel() for p in model.parameters()), "batch": bs, "steps": steps,
         "train_img_s": images / step_s, "infer_img_s": test.shape[0] / inf_s,
         "test_mse": sse / (test.shape[0] * 784), "forward_flops_per_image": flops,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "device": dev.type,
     }))
 
 

@@ -23,6 +23,7 @@
 //! cargo xtask bench [--steps N] [--rounds R]      aezoo beside its PyTorch twins, alternating rounds → BENCH.md
 //! cargo xtask bench --vae [--rounds R]            the diffusers VAEs beside diffusers → BENCH.md's VAE section
 //! cargo xtask fuzz [--seconds N] [--targets a,b]  every file parser under mutated inputs, memory-limited
+//! cargo xtask build-gpu                            the CUDA build (sm_90) and gpu/aezoo.xz for a GPU machine (scripts/gpu/build.sh)
 //! cargo xtask aezoo <anything>                      any aezoo subcommand
 //! ```
 
@@ -64,7 +65,7 @@ fn aezoo(args: &[String]) -> Result<()> {
 }
 
 fn usage() -> &'static str {
-    "usage: cargo xtask <train|eval|sample|reconstruct|interpolate|export|encode-graph|compress|decompress|export-codec|validate|rd|show-video|rd-video|list|compare|quality|bench|fuzz|aezoo> [args]\n\
+    "usage: cargo xtask <train|eval|sample|reconstruct|interpolate|export|encode-graph|compress|decompress|export-codec|validate|rd|show-video|rd-video|list|compare|quality|bench|fuzz|build-gpu|aezoo> [args]\n\
      \n  train <entry> [opts]    train a zoo entry on its default data (see `aezoo train --help`)\
      \n  eval <entry> [opts]     test-split metrics of its weights (see `aezoo eval --help`)\
      \n  sample <entry> [opts]   a PNG grid of prior samples (see `aezoo sample --help`)\
@@ -96,7 +97,9 @@ fn usage() -> &'static str {
      \n                          (scripts/bench/torch_twins.py), alternating for N rounds: train and\
      \n                          inference img/s (best round), peak RSS, ratios, FLOPs, share of the measured peak\
      \n                          --vae: the diffusers VAEs on one 256/512 image beside diffusers\
-     \n                          (scripts/bench/diffusers_vae.py) → BENCH.md's VAE section
+     \n                          (scripts/bench/diffusers_vae.py) → BENCH.md's VAE section\
+     \n  build-gpu               aezoo with --features cuda (sm_90) on a machine without a GPU, packed as\
+     \n                          gpu/aezoo.xz for scripts/gpu/check.sh on a GPU machine (scripts/gpu/build.sh)
      \n  fuzz [--seconds 10] [--inputs N] [--targets a,b] [--memory 6GiB]\
      \n                          every file parser fed mutated inputs in a memory-limited worker;\
      \n                          fails on a panic, abort, hang or an error not one line naming the file\
@@ -552,12 +555,30 @@ fn run() -> Result<()> {
         "aezoo" => aezoo(rest),
         "quality" => quality(rest),
         "bench" => bench(rest),
+        "build-gpu" => build_gpu(rest),
         "-h" | "--help" | "help" => {
             println!("{}", usage());
             Ok(())
         }
         other => bail!("unknown task `{other}`\n{}", usage()),
     }
+}
+
+/// `scripts/gpu/build.sh`: it installs the CUDA 13.0 wheels it needs in a
+/// venv, links against a driver stub and packs the binary for the device.
+fn build_gpu(rest: &[String]) -> Result<()> {
+    if let Some(a) = rest.first() {
+        bail!("build-gpu: unknown option {a} (it takes none; see scripts/gpu/build.sh)");
+    }
+    let status = Command::new("bash")
+        .arg(root().join("scripts/gpu/build.sh"))
+        .current_dir(root())
+        .status()
+        .context("cannot run scripts/gpu/build.sh")?;
+    if !status.success() {
+        bail!("scripts/gpu/build.sh failed ({status})");
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -7,7 +7,7 @@ use aezoo_zoo::ZOO;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::common::{DataArgs, TileArgs};
+use crate::common::{device, DataArgs, TileArgs};
 
 #[derive(Args)]
 pub(crate) struct BenchArgs {
@@ -52,6 +52,8 @@ pub(crate) struct MaxBatchArgs {
 pub(crate) struct ProbeArgs {
     pub(crate) entry: String,
     pub(crate) batch: usize,
+    #[arg(long, default_value = "cpu")]
+    pub(crate) device: String,
 }
 
 /// Bytes from `4GiB`, `512MiB`, `1.5G`, `800M` or a plain number.
@@ -72,11 +74,12 @@ pub(crate) fn parse_bytes(s: &str) -> Result<u64> {
     Ok((v * mult) as u64)
 }
 
-/// One probe: a fresh process trains two steps at `batch` and reports its peak RSS.
-pub(crate) fn probe(entry: &str, batch: usize) -> Result<Option<u64>> {
+/// One probe: a fresh process trains two steps at `batch` and reports its
+/// peak memory (host RSS, or device memory on a GPU).
+pub(crate) fn probe(entry: &str, batch: usize, device: &str) -> Result<Option<u64>> {
     let exe = std::env::current_exe().context("cannot find the aezoo binary")?;
     let o = std::process::Command::new(exe)
-        .args(["probe-batch", entry, &batch.to_string()])
+        .args(["probe-batch", entry, &batch.to_string(), "--device", device])
         .env("RUST_LOG", "error")
         .output()
         .context("cannot start a probe")?;
@@ -92,31 +95,43 @@ pub(crate) fn probe(entry: &str, batch: usize) -> Result<Option<u64>> {
 
 pub(crate) fn cmd_probe_batch(a: ProbeArgs) -> Result<()> {
     let (cfg, _) = ZOO.resolve_entry(&a.entry)?;
-    let peak = aezoo_train::bench::probe_batch(&cfg, &ZOO, a.batch)?;
+    let peak = aezoo_train::bench::probe_batch(&cfg, &ZOO, a.batch, &device(&a.device)?)?;
     println!("peak_rss_bytes {peak}");
     Ok(())
 }
 
 pub(crate) fn cmd_max_batch(a: MaxBatchArgs) -> Result<()> {
-    if a.device != "cpu" {
-        bail!("max-batch measures host memory (peak RSS) and runs on the CPU; GPU memory probing is not built yet");
-    }
-    let budget = match &a.budget {
-        Some(s) => parse_bytes(s)?,
-        None => aezoo_train::bench::proc_bytes("/proc/meminfo", "MemAvailable:")
-            .map(|b| b / 10 * 8)
-            .context("no /proc/meminfo: pass --budget")?,
+    // The device is opened here only to read its size, and closed before
+    // the probes (each its own process) so its context is not counted.
+    let (budget, gpu) = {
+        let dev = device(&a.device)?;
+        let gpu = !dev.is_cpu();
+        let budget = match (&a.budget, gpu) {
+            (Some(s), _) => parse_bytes(s)?,
+            (None, false) => aezoo_train::bench::proc_bytes("/proc/meminfo", "MemAvailable:")
+                .map(|b| b / 10 * 8)
+                .context("no /proc/meminfo: pass --budget")?,
+            (None, true) => aezoo_train::bench::device_memory(&dev)
+                .map(|(_, total)| total / 10 * 8)
+                .with_context(|| format!("--device {}: its memory cannot be read: pass --budget", a.device))?,
+        };
+        (budget, gpu)
     };
     let (cfg, _) = ZOO.resolve_entry(&a.entry)?;
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     println!(
         "{}: each probe is a fresh `aezoo probe-batch` process that builds the model, runs two training steps \
-         (forward, backward, Adam) on a batch of that size and reports its peak resident memory (VmHWM); budget {:.2} GiB",
+         (forward, backward, Adam) on a batch of that size and reports its peak {}; budget {:.2} GiB",
         cfg.entry,
+        if gpu {
+            "device memory in use (cuMemGetInfo after the forward and backward passes)"
+        } else {
+            "resident memory (VmHWM)"
+        },
         gib(budget)
     );
     let fits = |b: usize| -> Result<Option<u64>> {
-        let peak = probe(&a.entry, b)?;
+        let peak = probe(&a.entry, b, &a.device)?;
         match peak {
             Some(p) => println!(
                 "  batch {b:>5}: peak {:.3} GiB {}",
@@ -182,22 +197,28 @@ pub(crate) fn cmd_bench(a: BenchArgs) -> Result<()> {
     }
     let (cfg, _) = ZOO.resolve_entry(a.entry.as_deref().unwrap_or_default())?;
     if let Some(n) = a.image_size {
-        return bench_image(&cfg, n, a.rounds.max(1), &a.tile);
+        return bench_image(&cfg, n, a.rounds.max(1), &a.tile, &device(&a.data.device)?);
     }
     let locator = Locator::from_env(a.data.data.clone(), a.data.download);
-    let r = aezoo_train::bench::run(&cfg, &ZOO, &locator, a.steps)?;
+    let r = aezoo_train::bench::run(&cfg, &ZOO, &locator, a.steps, &device(&a.data.device)?)?;
     println!("{}", serde_json::to_string(&r)?);
     Ok(())
 }
 
 /// `aezoo bench E --image-size N`: seconds to encode, and to decode, one
 /// `N × N` image, each the best of `rounds` after one warm-up (one JSON line).
-fn bench_image(cfg: &aezoo_train::EntryConfig, n: usize, rounds: usize, tile: &TileArgs) -> Result<()> {
+fn bench_image(
+    cfg: &aezoo_train::EntryConfig,
+    n: usize,
+    rounds: usize,
+    tile: &TileArgs,
+    dev: &candle_core::Device,
+) -> Result<()> {
     use aezoo_nn::{ParamStore, Rng};
-    use candle_core::{DType, Device};
+    use candle_core::DType;
     let [c, _, _] = ZOO.image_shape(cfg)?;
     aezoo_train::config::check_image_shape([c, n, n], "--image-size", "the image")?;
-    let dev = Device::Cpu;
+    let dev = dev.clone();
     let params = ParamStore::init_frozen(cfg.train.seed);
     let model = ZOO
         .family_of(cfg)?
@@ -213,6 +234,7 @@ fn bench_image(cfg: &aezoo_train::EntryConfig, n: usize, rounds: usize, tile: &T
     for round in 0..=rounds {
         let t = std::time::Instant::now();
         let z = aezoo_train::infer::encode_any_size(model.as_ref(), sp, &x)?;
+        dev.synchronize()?;
         let te = t.elapsed().as_secs_f64();
         let t = std::time::Instant::now();
         let y = aezoo_train::infer::decode_any_size(model.as_ref(), sp, &z, Some([n, n]))?;
@@ -236,6 +258,7 @@ fn bench_image(cfg: &aezoo_train::EntryConfig, n: usize, rounds: usize, tile: &T
             "tiled": aezoo_nn::tiling::needs_tiles([n, n], sp.tile),
             "peak_rss_mb": aezoo_train::bench::peak_rss_mb(),
             "threads": aezoo_nn::runtime::threads(),
+            "device": aezoo_train::bench::device_kind(&dev),
         })
     );
     Ok(())

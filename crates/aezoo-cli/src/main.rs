@@ -7,6 +7,7 @@
 mod bench;
 mod codec;
 mod common;
+mod device;
 mod eval;
 mod fuzz;
 mod fuzz_targets;
@@ -78,6 +79,8 @@ enum Cmd {
     RdVideo(video::RdVideoArgs),
     /// Time training and inference of an image entry under the PyTorch bench protocol (one JSON line).
     Bench(bench::BenchArgs),
+    /// Set a GPU against the CPU on every entry: loss, gradients and reconstruction (f32), bf16 loss, f64 gradient check.
+    CheckDevice(device::CheckDeviceArgs),
     /// Feed every file parser mutated inputs under a memory limit; fails on a panic, abort, hang or unclear error.
     Fuzz(fuzz::FuzzArgs),
     /// (internal) one training step at a batch size, for `max-batch`; prints peak memory.
@@ -168,6 +171,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Bench(a) => bench::cmd_bench(a),
         Cmd::ProbeBatch(a) => bench::cmd_probe_batch(a),
         Cmd::Fuzz(a) => fuzz::cmd_fuzz(a),
+        Cmd::CheckDevice(a) => device::cmd_check_device(a),
         Cmd::List => train::cmd_list(),
     }
 }

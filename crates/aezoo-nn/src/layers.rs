@@ -126,7 +126,16 @@ impl Linear {
                 return fused::linear(xs, &self.weight, b, act);
             }
         }
-        // xs: (..., in) -> (..., out)
+        // xs: (..., in) -> (..., out). candle's CUDA and Metal matmul take
+        // a row-strided input only when contiguous (a VAE's mean is a
+        // narrow of the encoder's output).
+        let contiguous;
+        let xs = if xs.device().is_cpu() || xs.is_contiguous() {
+            xs
+        } else {
+            contiguous = xs.contiguous()?;
+            &contiguous
+        };
         let w = cast_like(&self.weight, xs)?;
         let ys = match xs.rank() {
             2 => xs.matmul(&w.t()?)?,

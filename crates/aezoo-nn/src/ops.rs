@@ -197,11 +197,17 @@ fn in_batch_chunks(
 
 /// Single-head scaled dot-product attention of `(b, n, c)` queries, keys
 /// and values: `softmax(q·kᵀ / √c)·v`, the softmax over the keys (the
-/// composite whose gradient is right) computed in `softmax_dtype`.
+/// composite whose gradient is right) computed in `softmax_dtype` (the
+/// upcast of half-precision scores, as diffusers does), never narrower than
+/// f64 scores: an f64 model (the gradient checks) stays f64 throughout.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, softmax_dtype: candle_core::DType) -> Result<Tensor> {
     let c = q.dim(D::Minus1)?;
     let scores = (q.matmul(&k.t()?)? / (c as f64).sqrt())?;
-    crate::layers::computed_in(&scores, softmax_dtype, |s| softmax(s, D::Minus1))?.matmul(v)
+    let dtype = match scores.dtype() {
+        candle_core::DType::F64 => candle_core::DType::F64,
+        _ => softmax_dtype,
+    };
+    crate::layers::computed_in(&scores, dtype, |s| softmax(s, D::Minus1))?.matmul(v)
 }
 
 /// Scalar quantisation of every value of `xs` to its nearest entry of
@@ -298,9 +304,13 @@ pub fn max_pool2d(xs: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
     }
 }
 
-/// Device-agnostic max pooling for `k == stride` made of reshapes and max
-/// reductions (autograd-correct; on exact ties every maximum receives the
-/// gradient).
+/// Device-agnostic max pooling for `k == stride` made of reshapes and
+/// reductions, with the CPU kernel's (and PyTorch's) gradient: on ties the
+/// first maximum of the window in row-major order takes it all. (A plain
+/// `max` reduction hands the gradient to every tied maximum: a constant
+/// background, where a conv gives its bias everywhere, then counts k² times.)
+/// The output is `Σ window · onehot`, the one-hot of the first maximum
+/// computed from the detached input.
 pub fn max_pool2d_composite(xs: &Tensor, k: usize) -> Result<Tensor> {
     // xs: (b, c, h, w) -> (b, c, oh, ow)
     let (b, c, h, w) = xs.dims4()?;
@@ -310,10 +320,16 @@ pub fn max_pool2d_composite(xs: &Tensor, k: usize) -> Result<Tensor> {
     } else {
         xs.clone()
     };
-    xs.reshape((b, c, oh, k, ow, k))?
-        .max_keepdim(5)?
-        .max_keepdim(3)?
-        .reshape((b, c, oh, ow))
+    // (b, c, oh, ow, k·k): each window's values in row-major order.
+    let win = xs
+        .reshape((b, c, oh, k, ow, k))?
+        .permute((0, 1, 2, 4, 3, 5))?
+        .contiguous()?
+        .reshape((b, c, oh, ow, k * k))?;
+    let plain = win.detach();
+    let is_max = plain.broadcast_eq(&plain.max_keepdim(4)?)?.to_dtype(win.dtype())?;
+    let first = (&is_max * is_max.cumsum(4)?.eq(1.0)?.to_dtype(win.dtype())?)?;
+    (win * first)?.sum(4)
 }
 
 /// Generalized divisive normalisation with its effective parameters

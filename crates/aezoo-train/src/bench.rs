@@ -34,6 +34,9 @@ pub struct BenchResult {
     pub infer_img_s: f64,
     pub test_mse: f64,
     pub peak_rss_mb: f64,
+    /// Where it ran: `cpu`, `cuda` or `metal`.
+    #[serde(default)]
+    pub device: String,
     /// Mean milliseconds per training step in the forward pass (with the
     /// loss), the backward pass and the optimiser step.
     #[serde(default)]
@@ -64,43 +67,87 @@ pub fn proc_bytes(file: &str, field: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// The device's `(free, total)` memory in bytes: CUDA's `cuMemGetInfo`;
+/// `None` on the CPU (and in builds without the `cuda` feature).
+pub fn device_memory(dev: &Device) -> Option<(u64, u64)> {
+    #[cfg(feature = "cuda")]
+    if let Ok(cuda) = dev.as_cuda_device() {
+        let (free, total) = cuda.cuda_stream().context().mem_get_info().ok()?;
+        return Some((free as u64, total as u64));
+    }
+    let _ = dev;
+    None
+}
+
+/// `cpu`, `cuda` or `metal`.
+pub fn device_kind(dev: &Device) -> &'static str {
+    match dev {
+        Device::Cpu => "cpu",
+        Device::Cuda(_) => "cuda",
+        Device::Metal(_) => "metal",
+    }
+}
+
 /// Peak resident memory of this process (Linux `VmHWM`), in MiB.
 pub fn peak_rss_mb() -> Option<f64> {
     proc_bytes("/proc/self/status", "VmHWM:").map(|b| b as f64 / (1024.0 * 1024.0))
 }
 
 /// Two full training steps (forward, backward, Adam) of `cfg` at `batch`
-/// images of noise-free random pixels; returns this process's peak RSS in
-/// bytes. `aezoo max-batch` runs it in a fresh process per batch size.
-pub fn probe_batch(cfg: &EntryConfig, zoo: &Zoo, batch: usize) -> Result<u64> {
+/// images of noise-free random pixels; returns this process's peak memory
+/// in bytes: on the CPU its peak RSS, on a GPU the device memory in use at
+/// the fullest moment seen (after the forward pass, with the activations,
+/// and after the backward pass, with the gradients; read with
+/// [`device_memory`], so other processes on the device count too).
+/// `aezoo max-batch` runs it in a fresh process per batch size.
+pub fn probe_batch(cfg: &EntryConfig, zoo: &Zoo, batch: usize, dev: &Device) -> Result<u64> {
     let mut cfg = cfg.clone();
     cfg.train.batch_size = batch;
-    let dev = Device::Cpu;
-    let built = build_fresh(&cfg, zoo, &dev)?;
+    let built = build_fresh(&cfg, zoo, dev)?;
     let [c, h, w] = zoo.image_shape(&cfg)?;
     let mut adam = Adam::new(built.params.vars(), cfg.train.lr, cfg.train.optimizer.clone())?;
     let mut rng = Rng::new(0);
+    let mut peak = 0u64;
+    let mut seen = |dev: &Device| -> Result<()> {
+        dev.synchronize()?;
+        if let Some((free, total)) = device_memory(dev) {
+            peak = peak.max(total - free);
+        }
+        Ok(())
+    };
     for _ in 0..2 {
-        let xs = rng.rand_uniform((batch, c, h, w), 0.0, 1.0, DType::F32, &dev)?;
+        let xs = rng.rand_uniform((batch, c, h, w), 0.0, 1.0, DType::F32, dev)?;
         let out = built
             .model
             .step(&Batch::autoencode(xs), &mut StepCtx::train(&mut rng))?;
-        adam.step(&out.loss.backward()?)?;
+        seen(dev)?;
+        let grads = out.loss.backward()?;
+        seen(dev)?;
+        adam.step(&grads)?;
+    }
+    if !dev.is_cpu() {
+        return match device_memory(dev) {
+            Some(_) => Ok(peak),
+            None => Err(TrainError::Other(
+                "this device's memory cannot be read (CUDA only)".into(),
+            )),
+        };
     }
     proc_bytes("/proc/self/status", "VmHWM:")
         .ok_or_else(|| TrainError::Other("no VmHWM in /proc/self/status (peak memory is read on Linux only)".into()))
 }
 
 /// Runs the protocol on `cfg` (its data set replaced by Fashion-MNIST);
-/// `steps == 0` means one epoch.
-pub fn run(cfg: &EntryConfig, zoo: &Zoo, locator: &Locator, steps: usize) -> Result<BenchResult> {
+/// `steps == 0` means one epoch. On a GPU each step ends by waiting for the
+/// device, so the times are the device's, not the launches'.
+pub fn run(cfg: &EntryConfig, zoo: &Zoo, locator: &Locator, steps: usize, dev: &Device) -> Result<BenchResult> {
     if zoo.pipeline_of(cfg).is_some() {
         return Err(TrainError::Other(format!("{}: bench covers image entries", cfg.entry)));
     }
     let mut cfg = cfg.clone();
     cfg.data.dataset = "fashion-mnist".into();
     cfg.data.folder = None;
-    let dev = Device::Cpu;
+    let dev = dev.clone();
     let splits = load_data(&cfg, zoo, locator)?;
     let built = build_fresh(&cfg, zoo, &dev)?;
     let t = &cfg.train;
@@ -126,10 +173,13 @@ pub fn run(cfg: &EntryConfig, zoo: &Zoo, locator: &Locator, steps: usize) -> Res
         let batch = Batch { input, target: clean };
         let t0 = Instant::now();
         let out = built.model.step(&batch, &mut StepCtx::train(&mut rng))?;
+        dev.synchronize()?;
         let t1 = Instant::now();
         let grads = out.loss.backward()?;
+        dev.synchronize()?;
         let t2 = Instant::now();
         adam.step(&grads)?;
+        dev.synchronize()?;
         let t3 = Instant::now();
         step_s += t0.elapsed().as_secs_f64();
         phase[0] += (t1 - t0).as_secs_f64();
@@ -154,6 +204,7 @@ pub fn run(cfg: &EntryConfig, zoo: &Zoo, locator: &Locator, steps: usize) -> Res
         let x = test.batch(&(b * 1000..(b + 1) * 1000).collect::<Vec<_>>(), &dev)?;
         let t0 = Instant::now();
         let y = built.model.reconstruct(&x)?;
+        dev.synchronize()?;
         inf_s += t0.elapsed().as_secs_f64();
         sse += (y - &x)?.sqr()?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
     }
@@ -169,6 +220,7 @@ pub fn run(cfg: &EntryConfig, zoo: &Zoo, locator: &Locator, steps: usize) -> Res
         infer_img_s: (nb * 1000) as f64 / inf_s,
         test_mse: sse / (nb * 1000 * c * h * w) as f64,
         peak_rss_mb: peak_rss_mb().unwrap_or(f64::NAN),
+        device: device_kind(&dev).into(),
         step_ms: StepMs {
             forward: phase[0] * 1e3 / steps as f64,
             backward: phase[1] * 1e3 / steps as f64,

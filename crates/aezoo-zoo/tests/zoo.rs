@@ -939,7 +939,7 @@ fn graph_protocol_rows_merge_overrides_and_summaries_are_sample_statistics() {
 #[test]
 fn bench_times_an_entry_under_the_reference_protocol() {
     let (cfg, _) = ZOO.resolve_entry("ae-linear").unwrap();
-    let r = aezoo_train::bench::run(&cfg, &ZOO, &Locator::bundled_only(), 2).unwrap();
+    let r = aezoo_train::bench::run(&cfg, &ZOO, &Locator::bundled_only(), 2, &Device::Cpu).unwrap();
     assert_eq!((r.params, r.steps, r.batch), (50_992, 2, 128));
     assert!(
         r.data.starts_with("fashion-mnist"),
@@ -949,7 +949,7 @@ fn bench_times_an_entry_under_the_reference_protocol() {
     assert!(r.train_img_s > 0.0 && r.infer_img_s > 0.0 && r.peak_rss_mb > 0.0);
     assert!(r.test_mse > 0.0 && r.test_mse < 0.5, "{}", r.test_mse);
     let (g, _) = ZOO.resolve_entry("gae-cora").unwrap();
-    assert!(aezoo_train::bench::run(&g, &ZOO, &Locator::bundled_only(), 1).is_err());
+    assert!(aezoo_train::bench::run(&g, &ZOO, &Locator::bundled_only(), 1, &Device::Cpu).is_err());
 }
 
 #[test]

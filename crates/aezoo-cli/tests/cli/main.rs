@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 use aezoo_data::idx::{encode_images, encode_labels, IdxImages};
 
 mod codec;
+mod device;
 mod diffusers;
 mod soak;
 

@@ -177,6 +177,38 @@ fn max_pool2d_gradient_goes_to_first_max_on_ties() {
     assert_eq!(gx, vec![1.0, 0.0, 0.0, 0.0]);
 }
 
+#[test]
+fn max_pool2d_composite_matches_the_kernel_on_ties() {
+    // The path GPUs take: the same values and the same first-maximum
+    // gradient as the CPU kernel, on an input with tied windows (a constant
+    // background, as a conv's bias over an image's zero pixels) and ties
+    // inside otherwise random windows.
+    let mut v: Vec<f64> = (0..2 * 3 * 6 * 8).map(|i| ((i * 37 % 11) as f64 - 5.0) / 4.0).collect();
+    for x in v.iter_mut().take(48) {
+        *x = 0.25;
+    }
+    let x = Tensor::from_vec(v, (2, 3, 6, 8), &Device::Cpu).unwrap();
+    let r = d(&[2, 3, 3, 4], 57);
+    let run = |pool: &dyn Fn(&Tensor) -> Result<Tensor>| {
+        let var = candle_core::Var::from_tensor(&x).unwrap();
+        let y = pool(var.as_tensor()).unwrap();
+        let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let gx: Vec<f64> = g
+            .get(var.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        (y.flatten_all().unwrap().to_vec1::<f64>().unwrap(), gx)
+    };
+    let kernel = run(&|t| ops::max_pool2d(t, 2, 2));
+    let composite = run(&|t| ops::max_pool2d_composite(t, 2));
+    assert_eq!(kernel.0, composite.0);
+    assert_eq!(kernel.1, composite.1);
+    assert_eq!(composite.1.iter().filter(|g| **g != 0.0).count(), 2 * 3 * 3 * 4);
+}
+
 /// The first-maximum rule, written out: expected pooled values and input
 /// gradient of `sum(pool(x) · r)` (NaN wins, the first NaN).
 fn pool_by_hand(x: &[f32], (p, h, w): (usize, usize, usize), k: usize, s: usize, r: &[f32]) -> (Vec<f32>, Vec<f32>) {
