@@ -15,7 +15,8 @@
 #   4. `aezoo max-batch --device cuda`, reading device memory.
 # Everything lands in $OUT (default gpu/out): gpu_check.json (the figures), check_device.json,
 # log.txt, outs.tgz (every step's output). Each step has its own time limit; a failing step is
-# recorded, the rest still run. DEVICE=cpu with a CPU build runs the same plumbing here.
+# recorded, the rest still run; the exit status is check-device's. DEVICE=cpu BIN=… BIN_GIVEN=1
+# (a CPU build) runs the same plumbing here.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-gpu/out}
@@ -24,7 +25,8 @@ exec > >(tee "$OUT/log.txt") 2>&1
 PY=${PYTHON:-python3}
 DEV=${DEVICE:-cuda}
 BIN=${BIN:-/tmp/aezoo-cuda}
-if [ ! -x "$BIN" ]; then
+[ -n "${BIN_GIVEN:-}" ] && KEEP_BIN=1
+if [ -z "${KEEP_BIN:-}" ]; then
   xz -dc gpu/aezoo.xz > "$BIN" && chmod +x "$BIN" || { echo "no gpu/aezoo.xz: run scripts/gpu/build.sh first"; exit 1; }
 fi
 # cuBLAS, cudart, cuRAND and NVRTC from PyTorch's nvidia wheels; the driver's own libcuda.
@@ -65,7 +67,7 @@ for e in vae-conv vae-flex-small video-ae-small codec-photo-q2; do
     *) lim=(--data gpu/photos --train-limit 256 --test-limit 64) ;;
   esac
   for run in cpu:f32 "$DEV:f32" "$DEV:bf16"; do
-    dev=${run%:*} prec=${run#*:}
+    dev=${run%:*} prec=${run##*:}
     step "train-$e-$dev-$prec" 60 "$BIN" train "$e" --epochs 1 "${lim[@]}" --device "$dev" --precision "$prec" \
       --no-plots --out "/tmp/runs/$e-$dev-$prec"
   done
@@ -124,3 +126,7 @@ except (OSError, IndexError):
 json.dump(report, open(os.path.join(out, "gpu_check.json"), "w"), indent=1)
 print(json.dumps(report.get("ratios", {})), json.dumps(report["check_device"]))
 EOF
+rc=$(python3 -c 'import json,sys; print(next((r["rc"] for r in map(json.loads, open(sys.argv[1])) if r["step"]=="check-device"), 1))' "$STEPS")
+exec >&- 2>&-
+wait
+exit "$rc"

@@ -6,14 +6,15 @@ import json, os, sys
 
 d = sys.argv[1]
 g = json.load(open(os.path.join(d, "gpu_check.json")))
+gpu = (g["gpu"].split(",") + ["?", "?"])[:2]
 cd = json.load(open(os.path.join(d, "check_device.json")))
-out = [f"# The device check on {g['gpu'].split(',')[0]}", "",
-       f"Made by `scripts/gpu/check.sh` (driver {g['gpu'].split(',')[1].strip()}); this file by "
+out = [f"# The device check on {gpu[0]}", "",
+       f"Made by `scripts/gpu/check.sh` (driver {gpu[1].strip()}); this file by "
        "`python3 scripts/gpu/report.py results/gpu`.", "",
        "## 1. Each entry's training step on CUDA against the CPU (`aezoo check-device --device cuda --batch 2`)", "",
        "f32 loss and every parameter's gradient (worst relative error, floored at 1e-3 of the model's largest "
        "gradient), reconstruction, the bf16 loss where the family computes in bf16, and the f64 gradient along a "
-       "random direction against its central difference (step 1e-7) on the GPU; where the CPU's own pair "
+       "seeded random direction against its central difference on the GPU; where the CPU's own pair "
        "disagrees (a straight-through quantiser) the GPU's analytic figure must equal the CPU's.", "",
        "| entry | params | loss rel | worst grad rel | recon max abs | bf16 loss rel | f64 FD rel | pass |",
        "|---|---:|---:|---:|---:|---:|---:|---|"]

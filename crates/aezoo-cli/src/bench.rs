@@ -38,7 +38,8 @@ pub(crate) struct BenchArgs {
 pub(crate) struct MaxBatchArgs {
     /// Entry name or config .json.
     pub(crate) entry: String,
-    /// The memory budget, e.g. `4GiB`, `512MiB` (default: 80 % of the machine's available memory).
+    /// The memory budget, e.g. `4GiB`, `512MiB` (default: 80 % of the machine's available memory;
+    /// on a GPU 80 % of its memory, read after the forward and backward passes, so transients between are not seen).
     #[arg(long)]
     pub(crate) budget: Option<String>,
     /// The largest batch to try.

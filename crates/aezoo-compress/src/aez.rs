@@ -50,6 +50,15 @@ pub const MAX_PIXELS: u64 = aezoo_nn::limits::MAX_IMAGE_PIXELS as u64;
 /// Tiles go through the encoder and decoder this many at a time, so memory
 /// stays that of the image, whatever its size.
 const TILE_CHUNK: usize = 64;
+/// …and at most this many pixels (one 1024 × 1024 tile): the activations of
+/// a chunk, not of the image, bound a photograph's memory.
+const CHUNK_PIXELS: usize = 1 << 20;
+
+/// Tiles coded together: [`TILE_CHUNK`] small tiles, or as many large ones
+/// as fit [`CHUNK_PIXELS`] (at least one).
+fn tiles_per_chunk(th: usize, tw: usize) -> usize {
+    (CHUNK_PIXELS / (th * tw).max(1)).clamp(1, TILE_CHUNK)
+}
 
 /// Why a `.aez` file cannot be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -126,29 +135,22 @@ fn latent_len(latent: FeatShape) -> usize {
     }
 }
 
-/// `(1, c, H, W)` → tiles `(ny·nx, c, th, tw)`, padded by edge replication.
-fn to_tiles(img: &Tensor, th: usize, tw: usize) -> Result<(Tensor, usize, usize)> {
-    let (_, c, h, w) = img.dims4()?;
-    let (ny, nx) = (h.div_ceil(th), w.div_ceil(tw));
-    let img = img.pad_with_same(2, 0, ny * th - h)?.pad_with_same(3, 0, nx * tw - w)?;
-    let tiles = img
-        .reshape((c, ny, th, nx, tw))?
-        .permute((1, 3, 0, 2, 4))?
-        .contiguous()?
-        .reshape((ny * nx, c, th, tw))?;
-    Ok((tiles, ny, nx))
-}
-
-/// Tiles `(ny·nx, c, th, tw)` → `(1, c, h, w)`, cropped.
-fn from_tiles(tiles: &Tensor, ny: usize, nx: usize, h: usize, w: usize) -> Result<Tensor> {
-    let (_, c, th, tw) = tiles.dims4()?;
-    Ok(tiles
-        .reshape((ny, nx, c, th, tw))?
-        .permute((2, 0, 3, 1, 4))?
-        .contiguous()?
-        .reshape((1, c, ny * th, nx * tw))?
-        .narrow(2, 0, h)?
-        .narrow(3, 0, w)?)
+/// Tiles `start..start + n` (row-major over a grid of `nx` columns) of the
+/// image `(1, c, H, W)`, `(n, c, th, tw)`: a tile past the image's edge is
+/// padded by edge replication (the image itself is never copied whole).
+fn tiles_of(img: &Tensor, nx: usize, [th, tw]: [usize; 2], start: usize, n: usize) -> Result<Tensor> {
+    let (_, _, h, w) = img.dims4()?;
+    let tiles = (start..start + n)
+        .map(|k| {
+            let (y0, x0) = ((k / nx) * th, (k % nx) * tw);
+            let (hh, ww) = (th.min(h - y0), tw.min(w - x0));
+            img.narrow(2, y0, hh)?
+                .narrow(3, x0, ww)?
+                .pad_with_same(2, 0, th - hh)?
+                .pad_with_same(3, 0, tw - ww)
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&tiles, 0)?)
 }
 
 fn laplaces(s: &Synthesis) -> Result<Vec<probability::distribution::Laplace>> {
@@ -165,27 +167,54 @@ fn synthesize(
     s: &Synthesis,
     latent: FeatShape,
     symbols: &[i32],
-    ny: usize,
-    nx: usize,
-    h: usize,
-    w: usize,
+    [th, tw]: [usize; 2],
+    [h, w]: [usize; 2],
 ) -> Result<Tensor> {
+    let (ny, nx) = (h.div_ceil(th), w.div_ceil(tw));
     let per_tile = latent_len(latent);
     let (dtype, dev) = s.entropy().dtype_device();
-    let mut parts = Vec::new();
-    for chunk in symbols.chunks(TILE_CHUNK * per_tile) {
-        let n = chunk.len() / per_tile;
+    let chunk = tiles_per_chunk(th, tw);
+    // The output is written tile by tile (cropped at the image's edge):
+    // memory holds the image once and one chunk's activations.
+    let mut out: Option<(usize, Vec<f32>)> = None;
+    for (ci, part) in symbols.chunks(chunk * per_tile).enumerate() {
+        let n = part.len() / per_tile;
         let mut dims = vec![n];
         match latent {
             FeatShape::Map { c, h, w } => dims.extend([c, h, w]),
             FeatShape::Flat { d } => dims.push(d),
         }
-        let y = Tensor::from_vec(chunk.iter().map(|&v| v as f32).collect::<Vec<_>>(), dims, &Device::Cpu)?
+        let y = Tensor::from_vec(part.iter().map(|&v| v as f32).collect::<Vec<_>>(), dims, &Device::Cpu)?
             .to_dtype(dtype)?
             .to_device(&dev)?;
-        parts.push(s.decode(&y)?.to_device(&Device::Cpu)?);
+        let tiles = s.decode(&y)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+        let (_, c, dh, dw) = tiles.dims4()?;
+        if (dh, dw) != (th, tw) {
+            return Err(AezError::Invalid(format!(
+                "the decoder gives {dh}x{dw} tiles, the file's tile is {th}x{tw}"
+            )));
+        }
+        let (c, buf) = out.get_or_insert_with(|| (c, vec![0f32; c * h * w]));
+        let values = tiles.flatten_all()?.to_vec1::<f32>()?;
+        for t in 0..n {
+            let k = ci * chunk + t;
+            let (y0, x0) = ((k / nx) * th, (k % nx) * tw);
+            let (hh, ww) = (th.min(h - y0), tw.min(w - x0));
+            for ch in 0..*c {
+                for row in 0..hh {
+                    let src = ((t * *c + ch) * th + row) * tw;
+                    let dst = (ch * h + y0 + row) * w + x0;
+                    buf[dst..dst + ww].copy_from_slice(&values[src..src + ww]);
+                }
+            }
+        }
     }
-    from_tiles(&Tensor::cat(&parts, 0)?, ny, nx, h, w)
+    let Some((c, buf)) = out else {
+        return Err(AezError::Invalid(format!(
+            "no tiles for a {h}x{w} image ({ny}x{nx} tiles)"
+        )));
+    };
+    Ok(Tensor::from_vec(buf, (1, c, h, w), &Device::Cpu)?.to_dtype(dtype)?)
 }
 
 /// Codes `img` (`(1, c, H, W)` in [0, 1], any size) into `.aez` bytes.
@@ -207,12 +236,13 @@ pub fn compress(codec: &Codec, model: &str, fingerprint: u64, img: &Tensor) -> R
     if model.len() > 255 {
         return Err(AezError::Invalid("model id longer than 255 bytes".into()));
     }
-    let (tiles, ny, nx) = to_tiles(img, th, tw)?;
+    let (ny, nx) = (h.div_ceil(th), w.div_ceil(tw));
     let mut symbols: Vec<i32> = Vec::new();
-    for start in (0..ny * nx).step_by(TILE_CHUNK) {
-        let n = TILE_CHUNK.min(ny * nx - start);
-        let y_hat =
-            crate::Autoencoder::encode(codec, &tiles.narrow(0, start, n)?)?.clamp(-(SUPPORT as f64), SUPPORT as f64)?;
+    let chunk = tiles_per_chunk(th, tw);
+    for start in (0..ny * nx).step_by(chunk) {
+        let n = chunk.min(ny * nx - start);
+        let tiles = tiles_of(img, nx, [th, tw], start, n)?;
+        let y_hat = crate::Autoencoder::encode(codec, &tiles)?.clamp(-(SUPPORT as f64), SUPPORT as f64)?;
         symbols.extend(
             y_hat
                 .to_dtype(DType::F32)?
@@ -397,5 +427,5 @@ pub fn decompress(s: &Synthesis, model: &str, fingerprint: u64, bytes: &[u8]) ->
             .map_err(|e| AezError::Coder(format!("{e:?}")))?;
         symbols.push(v);
     }
-    synthesize(s, latent, &symbols, ny, nx, h, w)
+    synthesize(s, latent, &symbols, [th, tw], [h, w])
 }

@@ -23,7 +23,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{Device, Result, Tensor, D};
+use candle_core::{DType, Device, Result, Tensor, D};
 
 use crate::conv3d::Conv3dOpts;
 use crate::layers::apply_act;
@@ -200,11 +200,11 @@ fn in_batch_chunks(
 /// composite whose gradient is right) computed in `softmax_dtype` (the
 /// upcast of half-precision scores, as diffusers does), never narrower than
 /// f64 scores: an f64 model (the gradient checks) stays f64 throughout.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, softmax_dtype: candle_core::DType) -> Result<Tensor> {
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, softmax_dtype: DType) -> Result<Tensor> {
     let c = q.dim(D::Minus1)?;
     let scores = (q.matmul(&k.t()?)? / (c as f64).sqrt())?;
     let dtype = match scores.dtype() {
-        candle_core::DType::F64 => candle_core::DType::F64,
+        DType::F64 => DType::F64,
         _ => softmax_dtype,
     };
     crate::layers::computed_in(&scores, dtype, |s| softmax(s, D::Minus1))?.matmul(v)
@@ -304,13 +304,12 @@ pub fn max_pool2d(xs: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
     }
 }
 
-/// Device-agnostic max pooling for `k == stride` made of reshapes and
-/// reductions, with the CPU kernel's (and PyTorch's) gradient: on ties the
-/// first maximum of the window in row-major order takes it all. (A plain
+/// Device-agnostic max pooling for `k == stride` made of reshapes, an
+/// argmax and a gather, with the CPU kernel's (and PyTorch's) rule: the
+/// first maximum of the window in row-major order is the output and takes
+/// the whole gradient; a window holding NaN gives its first NaN. (A plain
 /// `max` reduction hands the gradient to every tied maximum: a constant
 /// background, where a conv gives its bias everywhere, then counts k² times.)
-/// The output is `Σ window · onehot`, the one-hot of the first maximum
-/// computed from the detached input.
 pub fn max_pool2d_composite(xs: &Tensor, k: usize) -> Result<Tensor> {
     // xs: (b, c, h, w) -> (b, c, oh, ow)
     let (b, c, h, w) = xs.dims4()?;
@@ -327,9 +326,16 @@ pub fn max_pool2d_composite(xs: &Tensor, k: usize) -> Result<Tensor> {
         .contiguous()?
         .reshape((b, c, oh, ow, k * k))?;
     let plain = win.detach();
-    let is_max = plain.broadcast_eq(&plain.max_keepdim(4)?)?.to_dtype(win.dtype())?;
-    let first = (&is_max * is_max.cumsum(4)?.eq(1.0)?.to_dtype(win.dtype())?)?;
-    (win * first)?.sum(4)
+    let is_nan = plain.ne(&plain)?;
+    let is_max = plain.broadcast_eq(&plain.max_keepdim(4)?)?;
+    let chosen = is_nan
+        .max_keepdim(4)?
+        .broadcast_as(is_nan.shape())?
+        .where_cond(&is_nan, &is_max)?;
+    // The first chosen position: the largest of chosen · (k² − position).
+    let rank = Tensor::arange(0f32, (k * k) as f32, xs.device())?.affine(-1.0, (k * k) as f64)?;
+    let first = chosen.to_dtype(DType::F32)?.broadcast_mul(&rank)?.argmax_keepdim(4)?;
+    win.gather(&first, 4)?.squeeze(4)
 }
 
 /// Generalized divisive normalisation with its effective parameters

@@ -180,15 +180,30 @@ fn max_pool2d_gradient_goes_to_first_max_on_ties() {
 #[test]
 fn max_pool2d_composite_matches_the_kernel_on_ties() {
     // The path GPUs take: the same values and the same first-maximum
-    // gradient as the CPU kernel, on an input with tied windows (a constant
-    // background, as a conv's bias over an image's zero pixels) and ties
-    // inside otherwise random windows.
-    let mut v: Vec<f64> = (0..2 * 3 * 6 * 8).map(|i| ((i * 37 % 11) as f64 - 5.0) / 4.0).collect();
-    for x in v.iter_mut().take(48) {
-        *x = 0.25;
+    // gradient as the CPU kernel, on windows that tie in every pattern (all
+    // equal, as a conv's bias over an image's zero pixels; two equal maxima
+    // in each order; a tie below the maximum), with ±inf and NaN.
+    let windows: [[f64; 4]; 10] = [
+        [0.25, 0.25, 0.25, 0.25],
+        [1.0, 3.0, 3.0, 0.0],
+        [0.0, 0.0, 2.0, 2.0],
+        [2.0, 0.0, 0.0, 2.0],
+        [0.0, 2.0, 2.0, 0.0],
+        [1.0, 1.0, 0.5, 3.0],
+        [-1.0, f64::NEG_INFINITY, -2.0, -1.0],
+        [f64::INFINITY, 0.0, f64::INFINITY, 1.0],
+        [0.0, f64::NAN, 5.0, f64::NAN],
+        [-0.5, 0.75, -0.25, 0.125],
+    ];
+    // Lay the windows out as 2×2 blocks of a (1, 1, 2, 20) image.
+    let mut v = vec![0f64; 2 * 20];
+    for (i, win) in windows.iter().enumerate() {
+        for (j, x) in win.iter().enumerate() {
+            v[(j / 2) * 20 + 2 * i + j % 2] = *x;
+        }
     }
-    let x = Tensor::from_vec(v, (2, 3, 6, 8), &Device::Cpu).unwrap();
-    let r = d(&[2, 3, 3, 4], 57);
+    let x = Tensor::from_vec(v, (1, 1, 2, 20), &Device::Cpu).unwrap();
+    let r = d(&[1, 1, 1, 10], 57);
     let run = |pool: &dyn Fn(&Tensor) -> Result<Tensor>| {
         let var = candle_core::Var::from_tensor(&x).unwrap();
         let y = pool(var.as_tensor()).unwrap();
@@ -202,11 +217,25 @@ fn max_pool2d_composite_matches_the_kernel_on_ties() {
             .unwrap();
         (y.flatten_all().unwrap().to_vec1::<f64>().unwrap(), gx)
     };
+    let same = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(p, q)| p == q || (p.is_nan() && q.is_nan()));
     let kernel = run(&|t| ops::max_pool2d(t, 2, 2));
     let composite = run(&|t| ops::max_pool2d_composite(t, 2));
-    assert_eq!(kernel.0, composite.0);
-    assert_eq!(kernel.1, composite.1);
-    assert_eq!(composite.1.iter().filter(|g| **g != 0.0).count(), 2 * 3 * 3 * 4);
+    assert!(
+        same(&kernel.0, &composite.0),
+        "values: {:?} vs {:?}",
+        kernel.0,
+        composite.0
+    );
+    assert!(
+        same(&kernel.1, &composite.1),
+        "gradients: {:?} vs {:?}",
+        kernel.1,
+        composite.1
+    );
+    // One element per window takes the gradient: the first maximum.
+    assert_eq!(composite.1.iter().filter(|g| **g != 0.0).count(), 10);
+    let first = |i: usize, j: usize| composite.1[(j / 2) * 20 + 2 * i + j % 2] != 0.0;
+    assert!(first(1, 1) && first(2, 2) && first(3, 0) && first(4, 1) && first(7, 0) && first(8, 1));
 }
 
 /// The first-maximum rule, written out: expected pooled values and input
