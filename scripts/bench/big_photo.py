@@ -1,6 +1,9 @@
-"""Peak memory and time of `aezoo compress` / `decompress` on a 25-megapixel photograph.
+"""Peak memory and time of `aezoo compress` / `decompress` / `reconstruct` on a 25-megapixel photograph.
 
-usage: python3 scripts/bench/big_photo.py [--entry codec-photo-q2] [--out results/big-photo]
+usage: python3 scripts/bench/big_photo.py [--entry codec-photo-q2] [--out results/big-photo] [--no-vae]
+
+`reconstruct` runs TAESD (`vae-tiny`, tiled at its 512-px sample size) with the weights of one
+training step on the photographs (memory and time do not depend on the weights' values).
 
 Makes a 6120x4080 picture from the first training photograph (data/photos/train, made by
 scripts/make_photo_set.py; bicubic upscale), runs the release binary under /usr/bin/time -v
@@ -12,6 +15,7 @@ p = argparse.ArgumentParser()
 p.add_argument("--entry", default="codec-photo-q2")
 p.add_argument("--out", default="results/big-photo")
 p.add_argument("--bin", default="target/release/aezoo")
+p.add_argument("--no-vae", action="store_true", help="skip the vae-tiny reconstruction (minutes)")
 A = p.parse_args()
 from PIL import Image
 
@@ -41,7 +45,23 @@ rss, secs, line = timed(["compress", big, "--entry", A.entry, "-o", "/tmp/aezoo-
 rows.append(("compress (and the decode that measures PSNR)", rss, secs, line))
 rss, secs, line = timed(["decompress", "/tmp/aezoo-big-photo.aez", "-o", "/tmp/aezoo-big-photo.out.png"])
 rows.append(("decompress", rss, secs, line))
-md = [f"# A {W}x{H} ({mp:.1f} MP) photograph through `{A.entry}`", "",
+if not A.no_vae:
+    import shutil
+    run = "/tmp/aezoo-big-photo-vt"
+    shutil.rmtree(run, ignore_errors=True)
+    r = subprocess.run([A.bin, "train", "vae-tiny", "--data", "data/photos/train", "--max-steps", "1", "--no-plots",
+                        "--out", run], capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"vae-tiny weights: {r.stderr.strip().splitlines()[-1]}")
+    wdir = run + "-weights"
+    os.makedirs(wdir, exist_ok=True)
+    ck = sorted(glob.glob(run + "/checkpoints/*/model.safetensors"))[-1]
+    shutil.copy(ck, os.path.join(wdir, "model.safetensors"))
+    shutil.copy(os.path.join(run, "config.json"), os.path.join(wdir, "config.json"))
+    os.makedirs("/tmp/aezoo-big-photo-recon", exist_ok=True)
+    rss, secs, line = timed(["reconstruct", "vae-tiny", big, "--weights", wdir, "--out", "/tmp/aezoo-big-photo-recon"])
+    rows.append(("reconstruct vae-tiny (encode and decode in 512-px tiles, PSNR and SSIM)", rss, secs, line))
+md = [f"# A {W}x{H} ({mp:.1f} MP) photograph", "",
       "Made by `python3 scripts/bench/big_photo.py`: the whole command under `/usr/bin/time -v` "
       "(PNG reading and writing included), 2 cores.", "",
       "| command | peak RSS (MiB) | seconds | seconds per MP |", "|---|---:|---:|---:|"]

@@ -178,8 +178,15 @@ pub(crate) fn cmd_reconstruct(a: ReconstructArgs) -> Result<()> {
             }
         };
         let (h, w) = (x.dim(2)?, x.dim(3)?);
+        // A photograph's metrics in bands of rows (memory for a band, not
+        // copies of the image); a batch of small images' at once.
+        let (p, banded_ssim) = if spatial.is_some() {
+            let (p, s) = aezoo_metrics::psnr_ssim_in_bands(&y, &x, SsimConfig::default(), 256)?;
+            (p as f32, Some(s))
+        } else {
+            (psnr(&y, &x, 1.0)?.to_vec1::<f32>()?[0], None)
+        };
         let with_ssim = h >= 11 && w >= 11;
-        let p = psnr(&y, &x, 1.0)?.to_vec1::<f32>()?[0];
         let seam = match spatial {
             Some(sp) if a.seam && aezoo_nn::tiling::needs_tiles([h, w], sp.tile) => {
                 let y0 = aezoo_train::infer::reconstruct_any_size(loaded.model.as_ref(), sp.whole(), &x)?;
@@ -190,7 +197,10 @@ pub(crate) fn cmd_reconstruct(a: ReconstructArgs) -> Result<()> {
             _ => String::new(),
         };
         let s = if with_ssim {
-            let v = ssim(&y, &x, SsimConfig::default())?.to_vec1::<f32>()?[0];
+            let v = match banded_ssim {
+                Some(v) => v.unwrap_or(f64::NAN) as f32,
+                None => ssim(&y, &x, SsimConfig::default())?.to_vec1::<f32>()?[0],
+            };
             sum_s += v as f64;
             n_s += 1;
             format!("{v:.4}")

@@ -216,6 +216,44 @@ pub fn ssim(x: &Tensor, y: &Tensor, cfg: SsimConfig) -> Result<Tensor> {
     ssim_composite(x, y, cfg)
 }
 
+/// PSNR and SSIM of one large image pair `(1, c, h, w)`, computed in bands
+/// of rows so that memory holds a band's temporaries, not the image's: the
+/// same values as [`psnr`] and [`ssim`] (SSIM's windows are the valid ones,
+/// each band reading `window − 1` rows past its end), up to the order of
+/// summation. SSIM is `None` for an image smaller than the window.
+pub fn psnr_ssim_in_bands(pred: &Tensor, target: &Tensor, cfg: SsimConfig, band: usize) -> Result<(f64, Option<f64>)> {
+    same_shape(pred, target, "psnr_ssim_in_bands")?;
+    let (b, c, h, w) = pred.dims4()?;
+    if b != 1 {
+        candle_core::bail!("psnr_ssim_in_bands: one image at a time, got a batch of {b}");
+    }
+    let band = band.max(1);
+    let mut sse = 0f64;
+    for r in (0..h).step_by(band) {
+        let rows = band.min(h - r);
+        let d = (pred.narrow(2, r, rows)? - target.narrow(2, r, rows)?)?;
+        sse += d.sqr()?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+    }
+    let mse = sse / (c * h * w) as f64;
+    let psnr = 10.0 * (cfg.data_range * cfg.data_range / mse).log10();
+    if h < cfg.window || w < cfg.window {
+        return Ok((psnr, None));
+    }
+    // Output rows r..r+n of the valid SSIM map read input rows r..r+n+window−1.
+    let out_h = h - cfg.window + 1;
+    let out_w = w - cfg.window + 1;
+    let mut sum = 0f64;
+    for r in (0..out_h).step_by(band) {
+        let n = band.min(out_h - r);
+        let rows = n + cfg.window - 1;
+        let mean = ssim(&pred.narrow(2, r, rows)?, &target.narrow(2, r, rows)?, cfg)?
+            .to_dtype(DType::F64)?
+            .to_vec1::<f64>()?[0];
+        sum += mean * (n * out_w) as f64;
+    }
+    Ok((psnr, Some(sum / (out_h * out_w) as f64)))
+}
+
 /// [`ssim`] from candle ops (any device and dtype).
 pub fn ssim_composite(x: &Tensor, y: &Tensor, cfg: SsimConfig) -> Result<Tensor> {
     let (b, _, _, _) = x.dims4()?;

@@ -454,3 +454,27 @@ fn candle_avg_pool2d_backward_is_wrong_with_a_remainder() {
     let trimmed = |a: &[Tensor]| a[0].narrow(2, 0, 6)?.narrow(3, 0, 8)?.avg_pool2d(2)?.sqr()?.sum_all();
     assert_grad("trimmed avg_pool2d 7x9", trimmed, &[odd]);
 }
+
+#[test]
+fn psnr_and_ssim_in_bands_equal_the_whole_image_figures() {
+    // A 3 × 70 × 53 image pair: bands of 8 rows (several bands, a last
+    // partial one, each reading window − 1 rows past its end) against the
+    // whole-image metrics; and an image smaller than the window.
+    let n = 3 * 70 * 53;
+    let x = seq(|i| ((i * 37.0) % 101.0) / 100.0, n, &[1, 3, 70, 53])
+        .to_dtype(DType::F32)
+        .unwrap();
+    let y = seq(
+        |i| (((i * 53.0) % 97.0) / 96.0) * 0.3 + ((i * 37.0) % 101.0) / 100.0 * 0.7,
+        n,
+        &[1, 3, 70, 53],
+    )
+    .to_dtype(DType::F32)
+    .unwrap();
+    let cfg = SsimConfig::default();
+    let (p, s) = psnr_ssim_in_bands(&y, &x, cfg, 8).unwrap();
+    close(p, vals(&psnr(&y, &x, 1.0).unwrap())[0], 1e-6, "banded PSNR");
+    close(s.unwrap(), vals(&ssim(&y, &x, cfg).unwrap())[0], 1e-5, "banded SSIM");
+    let (_, s) = psnr_ssim_in_bands(&y.narrow(2, 0, 9).unwrap(), &x.narrow(2, 0, 9).unwrap(), cfg, 8).unwrap();
+    assert!(s.is_none());
+}

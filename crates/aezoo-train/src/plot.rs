@@ -88,19 +88,46 @@ fn tiles(images: &Tensor) -> Result<(usize, usize, usize, Vec<Vec<[u8; 3]>>)> {
 /// gutter, no scaling; grey for one channel, else RGB): what `aezoo decode`
 /// and `aezoo decompress` write.
 pub fn save_image(images: &Tensor, path: &Path) -> Result<()> {
-    let (_, h, w, tiles) = tiles(&images.narrow(0, 0, 1)?)?;
-    if images.dim(1)? == 1 {
+    let first = images.narrow(0, 0, 1)?;
+    let (_, c, h, w) = first.dims4()?;
+    if c != 1 && c != 3 {
+        // A clip: its frames side by side.
+        let (_, h, w, tiles) = tiles(&first)?;
+        let img: RgbImage = ImageBuffer::from_fn(w as u32, h as u32, |x, y| Rgb(tiles[0][y as usize * w + x as usize]));
+        return write_png(&img, path);
+    }
+    // Read in bands of rows: a photograph's PNG costs its bytes, not float
+    // copies of the image.
+    let q = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
+    let mut bytes = vec![0u8; c * h * w];
+    for r in (0..h).step_by(256) {
+        let rows = 256.min(h - r);
+        let band: Vec<f32> = first
+            .narrow(2, r, rows)?
+            .to_device(&Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        for y in 0..rows {
+            for x in 0..w {
+                for ch in 0..c {
+                    bytes[((r + y) * w + x) * c + ch] = q(band[(ch * rows + y) * w + x]);
+                }
+            }
+        }
+    }
+    if c == 1 {
         // One channel stays one channel (an 8-bit grey PNG).
-        let img = image::GrayImage::from_fn(w as u32, h as u32, |x, y| {
-            image::Luma([tiles[0][y as usize * w + x as usize][0]])
-        });
-        let mut bytes = Vec::new();
-        img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+        let img = image::GrayImage::from_raw(w as u32, h as u32, bytes)
+            .ok_or_else(|| other(path, "image buffer of the wrong size"))?;
+        let mut png = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
             .map_err(|e| other(path, e))?;
-        write_atomic(path, &bytes)?;
+        write_atomic(path, &png)?;
         return Ok(());
     }
-    let img: RgbImage = ImageBuffer::from_fn(w as u32, h as u32, |x, y| Rgb(tiles[0][y as usize * w + x as usize]));
+    let img =
+        RgbImage::from_raw(w as u32, h as u32, bytes).ok_or_else(|| other(path, "image buffer of the wrong size"))?;
     write_png(&img, path)
 }
 
