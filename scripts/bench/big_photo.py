@@ -1,8 +1,8 @@
-"""Peak memory and time of `aezoo compress` / `decompress` / `reconstruct` on a 25-megapixel photograph.
+"""Peak memory and time of `aezoo compress` / `decompress` / `reconstruct` / `encode` / `decode` on a 25-megapixel photograph.
 
 usage: python3 scripts/bench/big_photo.py [--entry codec-photo-q2] [--out results/big-photo] [--no-vae]
 
-`reconstruct` runs TAESD (`vae-tiny`, tiled at its 512-px sample size) with the weights of one
+`reconstruct`, `encode` and `decode` run TAESD (`vae-tiny`, tiled at its 512-px sample size) with the weights of one
 training step on the photographs (memory and time do not depend on the weights' values).
 
 Makes a 6120x4080 picture from the first training photograph (data/photos/train, made by
@@ -61,6 +61,11 @@ if not A.no_vae:
     os.makedirs("/tmp/aezoo-big-photo-recon", exist_ok=True)
     rss, secs, line = timed(["reconstruct", "vae-tiny", big, "--weights", wdir, "--out", "/tmp/aezoo-big-photo-recon"])
     rows.append(("reconstruct vae-tiny (encode and decode in 512-px tiles, PSNR and SSIM)", rss, secs, line))
+    rss, secs, line = timed(["encode", "vae-tiny", big, "--weights", wdir, "-o", "/tmp/aezoo-big-photo.lat.safetensors"])
+    rows.append(("encode vae-tiny (latents file)", rss, secs, line))
+    rss, secs, line = timed(["decode", "vae-tiny", "/tmp/aezoo-big-photo.lat.safetensors", "--weights", wdir,
+                             "-o", "/tmp/aezoo-big-photo-decoded"])
+    rows.append(("decode vae-tiny (PNG)", rss, secs, line))
 md = [f"# A {W}x{H} ({mp:.1f} MP) photograph", "",
       "Made by `python3 scripts/bench/big_photo.py`: the whole command under `/usr/bin/time -v` "
       "(PNG reading and writing included), 2 cores.", "",
