@@ -130,88 +130,109 @@ pub(crate) fn cmd_check_device(a: CheckDeviceArgs) -> Result<()> {
 }
 
 /// One step's figures on one device: the loss, each parameter's gradient
-/// (host copies, by name) and the deterministic reconstruction.
+/// (host copies, by name), the deterministic reconstruction, and what the
+/// built model says of itself.
 struct Step {
     loss: f64,
     grads: Vec<(String, Tensor)>,
     recon: Tensor,
+    mixed_precision: bool,
+    params: usize,
+}
+
+/// The entry's model with its seeded initial weights in `dtype` on `dev`,
+/// and the batch moved there.
+struct Built {
+    params: ParamStore,
+    model: Box<dyn aezoo_nn::Autoencoder>,
+    batch: Batch,
+}
+
+impl Built {
+    fn new(cfg: &EntryConfig, batch: &Batch, dev: &Device, dtype: DType) -> Result<Self> {
+        let params = ParamStore::init(cfg.train.seed);
+        let model = ZOO
+            .family_of(cfg)?
+            .build(&cfg.model, &cfg.entry, params.var_builder(dtype, dev))?;
+        let batch = Batch {
+            input: batch.input.to_dtype(dtype)?.to_device(dev)?,
+            target: batch.target.to_dtype(dtype)?.to_device(dev)?,
+        };
+        Ok(Self { params, model, batch })
+    }
+
+    /// The training loss, with the same noise on every device and call.
+    fn loss(&self, compute: Option<DType>) -> Result<Tensor> {
+        let mut rng = Rng::new(11);
+        let mut ctx = StepCtx::train(&mut rng);
+        if let Some(c) = compute {
+            ctx = ctx.computing_in(c);
+        }
+        Ok(self.model.step(&self.batch, &mut ctx)?.loss)
+    }
 }
 
 fn run_step(cfg: &EntryConfig, batch: &Batch, dev: &Device, dtype: DType, compute: Option<DType>) -> Result<Step> {
-    let params = ParamStore::init(cfg.train.seed);
-    let model = ZOO
-        .family_of(cfg)?
-        .build(&cfg.model, &cfg.entry, params.var_builder(dtype, dev))?;
-    let b = Batch {
-        input: batch.input.to_dtype(dtype)?.to_device(dev)?,
-        target: batch.target.to_dtype(dtype)?.to_device(dev)?,
-    };
-    let mut rng = Rng::new(11);
-    let mut ctx = StepCtx::train(&mut rng);
-    if let Some(c) = compute {
-        ctx = ctx.computing_in(c);
-    }
-    let out = model.step(&b, &mut ctx)?;
-    let grads = out.loss.backward()?;
+    let built = Built::new(cfg, batch, dev, dtype)?;
+    let loss = built.loss(compute)?;
+    let grads = loss.backward()?;
     let mut named = Vec::new();
-    for (name, var) in params.vars() {
+    for (name, var) in built.params.vars() {
         if let Some(g) = grads.get(&var) {
             named.push((name, g.to_dtype(DType::F64)?.to_device(&Device::Cpu)?));
         }
     }
-    let recon = model
-        .reconstruct(&b.input)?
+    let recon = built
+        .model
+        .reconstruct(&built.batch.input)?
         .to_dtype(DType::F64)?
         .to_device(&Device::Cpu)?;
     Ok(Step {
-        loss: out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?,
+        loss: loss.to_dtype(DType::F64)?.to_scalar::<f64>()?,
         grads: named,
         recon,
+        mixed_precision: built.model.mixed_precision(),
+        params: built.params.num_params(),
     })
 }
 
-/// The loss of the f64 model whose parameters are `base + eps·dir`.
-fn loss_at(cfg: &EntryConfig, batch: &Batch, dev: &Device, dir: &[(String, Tensor)], eps: f64) -> Result<f64> {
-    let params = ParamStore::init(cfg.train.seed);
-    let model = ZOO
-        .family_of(cfg)?
-        .build(&cfg.model, &cfg.entry, params.var_builder(DType::F64, dev))?;
-    for (name, var) in params.vars() {
-        if let Some((_, d)) = dir.iter().find(|(n, _)| *n == name) {
-            var.set(&(var.as_tensor() + (d.to_device(dev)? * eps)?)?)?;
-        }
-    }
-    let b = Batch {
-        input: batch.input.to_dtype(DType::F64)?.to_device(dev)?,
-        target: batch.target.to_dtype(DType::F64)?.to_device(dev)?,
-    };
-    let mut rng = Rng::new(11);
-    let out = model.step(&b, &mut StepCtx::train(&mut rng))?;
-    Ok(out.loss.to_scalar::<f64>()?)
-}
-
 /// The f64 loss's gradient along a seeded random direction, analytic and
-/// by central difference, on `dev`.
+/// by central difference, on `dev`: one model, its parameters moved to
+/// `base ± eps·dir` in place.
 fn directional(cfg: &EntryConfig, batch: &Batch, dev: &Device) -> Result<(f64, f64)> {
-    let g64 = run_step(cfg, batch, dev, DType::F64, None)?;
+    let built = Built::new(cfg, batch, dev, DType::F64)?;
+    let grads = built.loss(None)?.backward()?;
+    let vars = built.params.vars();
     // A seeded random direction of unit length over all parameters, so the
     // step is eps whatever the model's size.
     let mut rng = Rng::new(5);
     let mut dir = Vec::new();
     let mut norm2 = 0f64;
-    for (name, g) in &g64.grads {
-        let d = rng.randn(g.shape().clone(), DType::F64, &Device::Cpu)?;
-        norm2 += d.sqr()?.sum_all()?.to_scalar::<f64>()?;
-        dir.push((name.clone(), d));
+    for (_, var) in &vars {
+        if let Some(g) = grads.get(var) {
+            let d = rng.randn(g.shape().clone(), DType::F64, &Device::Cpu)?.to_device(dev)?;
+            norm2 += d.sqr()?.sum_all()?.to_scalar::<f64>()?;
+            dir.push((var, g.clone(), d));
+        }
     }
     let inv = 1.0 / norm2.sqrt().max(f64::MIN_POSITIVE);
     let mut analytic = 0f64;
-    for ((_, d), (_, g)) in dir.iter_mut().zip(&g64.grads) {
+    for (_, g, d) in dir.iter_mut() {
         *d = (&*d * inv)?;
-        analytic += (g * &*d)?.sum_all()?.to_scalar::<f64>()?;
+        analytic += (&*g * &*d)?.sum_all()?.to_scalar::<f64>()?;
     }
     let eps = 1e-5;
-    let numeric = (loss_at(cfg, batch, dev, &dir, eps)? - loss_at(cfg, batch, dev, &dir, -eps)?) / (2.0 * eps);
+    let base: Vec<Tensor> = dir
+        .iter()
+        .map(|(v, _, _)| v.as_tensor().copy())
+        .collect::<candle_core::Result<_>>()?;
+    let at = |step: f64| -> Result<f64> {
+        for ((v, _, d), b) in dir.iter().zip(&base) {
+            v.set(&(b + (d * step)?)?)?;
+        }
+        Ok(built.loss(None)?.to_scalar::<f64>()?)
+    };
+    let numeric = (at(eps)? - at(-eps)?) / (2.0 * eps);
     Ok((analytic, numeric))
 }
 
@@ -270,14 +291,8 @@ fn check_entry(cfg: &EntryConfig, locator: &Locator, dev: &Device, n: usize) -> 
     };
 
     // bf16 networks (families with mixed precision), against the f32 loss.
-    let probe_params = ParamStore::init(cfg.train.seed);
-    let probe = ZOO.family_of(cfg)?.build(
-        &cfg.model,
-        &cfg.entry,
-        probe_params.var_builder(DType::F32, &Device::Cpu),
-    )?;
-    let num_params = probe_params.num_params();
-    let bf16 = if probe.mixed_precision() {
+    let num_params = cpu.params;
+    let bf16 = if cpu.mixed_precision {
         let s = run_step(cfg, &batch, dev, DType::F32, Some(DType::BF16))?;
         Some((s.loss - cpu.loss).abs() / cpu.loss.abs().max(1e-12))
     } else {

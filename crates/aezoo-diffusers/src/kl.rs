@@ -119,10 +119,6 @@ pub struct KlConfig {
     pub loss: FlexLoss,
 }
 
-fn bad(msg: String) -> candle_core::Error {
-    candle_core::Error::Msg(msg)
-}
-
 impl KlConfig {
     /// The image's downsampling to the latent: 2^(levels − 1).
     pub fn factor(&self) -> usize {
@@ -132,24 +128,31 @@ impl KlConfig {
     fn check(&self) -> Result<()> {
         let n = self.block_out_channels.len();
         if n == 0 || n > 8 {
-            return Err(bad(format!("block_out_channels: {n} levels; expected 1 to 8")));
+            return Err(candle_core::Error::Msg(format!(
+                "block_out_channels: {n} levels; expected 1 to 8"
+            )));
         }
         for (field, types, want) in [
             ("down_block_types", &self.down_block_types, "DownEncoderBlock2D"),
             ("up_block_types", &self.up_block_types, "UpDecoderBlock2D"),
         ] {
             if types.len() != n {
-                return Err(bad(format!(
+                return Err(candle_core::Error::Msg(format!(
                     "{field}: {} blocks for {n} levels of block_out_channels",
                     types.len()
                 )));
             }
             if let Some(t) = types.iter().find(|t| *t != want) {
-                return Err(bad(format!("{field}: `{t}` is not supported (only {want})")));
+                return Err(candle_core::Error::Msg(format!(
+                    "{field}: `{t}` is not supported (only {want})"
+                )));
             }
         }
         if self.act_fn != "silu" {
-            return Err(bad(format!("act_fn: `{}` is not supported (only silu)", self.act_fn)));
+            return Err(candle_core::Error::Msg(format!(
+                "act_fn: `{}` is not supported (only silu)",
+                self.act_fn
+            )));
         }
         let g = self.norm_num_groups;
         if let Some(c) = self
@@ -157,25 +160,31 @@ impl KlConfig {
             .iter()
             .find(|&&c| g == 0 || c == 0 || !c.is_multiple_of(g))
         {
-            return Err(bad(format!(
+            return Err(candle_core::Error::Msg(format!(
                 "norm_num_groups: {g} groups do not divide the {c} channels of block_out_channels"
             )));
         }
         if self.layers_per_block == 0 || self.layers_per_block > 16 {
-            return Err(bad(format!("layers_per_block: {} (1 to 16)", self.layers_per_block)));
+            return Err(candle_core::Error::Msg(format!(
+                "layers_per_block: {} (1 to 16)",
+                self.layers_per_block
+            )));
         }
         let f = self.factor();
         let [h, w] = self.sample_size.hw();
         if h == 0 || w == 0 || h % f != 0 || w % f != 0 {
-            return Err(bad(format!(
+            return Err(candle_core::Error::Msg(format!(
                 "sample_size: {h}×{w} is not a positive multiple of the downsampling factor {f}"
             )));
         }
         if !(self.scaling_factor.is_finite() && self.scaling_factor > 0.0) {
-            return Err(bad(format!("scaling_factor: {} (must be > 0)", self.scaling_factor)));
+            return Err(candle_core::Error::Msg(format!(
+                "scaling_factor: {} (must be > 0)",
+                self.scaling_factor
+            )));
         }
         if self.shift_factor.is_some_and(|s| !s.is_finite()) {
-            return Err(bad("shift_factor: not a finite number".into()));
+            return Err(candle_core::Error::Msg("shift_factor: not a finite number".into()));
         }
         self.loss.check()
     }

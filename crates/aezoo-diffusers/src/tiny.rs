@@ -105,10 +105,6 @@ pub struct TinyConfig {
     pub loss: FlexLoss,
 }
 
-fn bad(msg: String) -> candle_core::Error {
-    candle_core::Error::Msg(msg)
-}
-
 impl TinyConfig {
     /// The image's downsampling to the latent: 2^(levels − 1).
     pub fn factor(&self) -> usize {
@@ -121,20 +117,20 @@ impl TinyConfig {
             self.decoder_block_out_channels.len(),
         );
         if ne == 0 || ne > 8 || ne != self.num_encoder_blocks.len() {
-            return Err(bad(format!(
+            return Err(candle_core::Error::Msg(format!(
                 "encoder_block_out_channels ({ne}) and num_encoder_blocks ({}): 1 to 8 levels, as many of each",
                 self.num_encoder_blocks.len()
             )));
         }
         if nd != ne || nd != self.num_decoder_blocks.len() {
-            return Err(bad(format!(
+            return Err(candle_core::Error::Msg(format!(
                 "decoder_block_out_channels ({nd}) and num_decoder_blocks ({}): as many levels as the encoder's {ne}",
                 self.num_decoder_blocks.len()
             )));
         }
         let e = &self.encoder_block_out_channels;
         if e.windows(2).any(|p| p[0] != p[1]) || self.decoder_block_out_channels.windows(2).any(|p| p[0] != p[1]) {
-            return Err(bad(
+            return Err(candle_core::Error::Msg(
                 "encoder_block_out_channels / decoder_block_out_channels: diffusers' tiny VAE keeps one width per side"
                     .into(),
             ));
@@ -145,28 +141,33 @@ impl TinyConfig {
             .chain(&self.num_decoder_blocks)
             .any(|&n| n > 16)
         {
-            return Err(bad(
+            return Err(candle_core::Error::Msg(
                 "num_encoder_blocks / num_decoder_blocks: at most 16 blocks a level".into(),
             ));
         }
         if self.act_fn != "relu" {
-            return Err(bad(format!("act_fn: `{}` is not supported (only relu)", self.act_fn)));
+            return Err(candle_core::Error::Msg(format!(
+                "act_fn: `{}` is not supported (only relu)",
+                self.act_fn
+            )));
         }
         if self.upsample_fn != "nearest" || self.upsampling_scaling_factor != 2 {
-            return Err(bad(format!(
+            return Err(candle_core::Error::Msg(format!(
                 "upsample_fn {} × {}: only nearest × 2 (TAESD's)",
                 self.upsample_fn, self.upsampling_scaling_factor
             )));
         }
         if self.sample_size == 0 || !self.sample_size.is_multiple_of(self.factor()) {
-            return Err(bad(format!(
+            return Err(candle_core::Error::Msg(format!(
                 "sample_size: {} is not a positive multiple of the downsampling factor {}",
                 self.sample_size,
                 self.factor()
             )));
         }
         if !(self.scaling_factor.is_finite() && self.scaling_factor > 0.0 && self.shift_factor.is_finite()) {
-            return Err(bad("scaling_factor must be > 0 and shift_factor a finite number".into()));
+            return Err(candle_core::Error::Msg(
+                "scaling_factor must be > 0 and shift_factor a finite number".into(),
+            ));
         }
         self.loss.check()
     }

@@ -141,23 +141,7 @@ fn train_eval_sample_round_trip() {
 #[test]
 fn sample_refuses_a_non_generative_entry() {
     let d = tempfile::tempdir().unwrap();
-    let cfg = write_config(d.path(), "");
-    let run = d.path().join("r");
-    let o = aezoo(
-        d.path(),
-        &[
-            "train",
-            &cfg,
-            "--train-limit",
-            "64",
-            "--test-limit",
-            "32",
-            "--no-plots",
-            "--out",
-            run.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
+    let run = tiny_run(d.path());
     let o = aezoo(d.path(), &["sample", "tiny", "--weights", run.to_str().unwrap()]);
     assert_one_line_error(&o, &["no prior"]);
 }
@@ -211,23 +195,7 @@ fn truncated_idx_is_a_one_line_error() {
 #[test]
 fn missing_tensor_is_a_one_line_error() {
     let d = tempfile::tempdir().unwrap();
-    let cfg = write_config(d.path(), "");
-    let run = d.path().join("r");
-    let o = aezoo(
-        d.path(),
-        &[
-            "train",
-            &cfg,
-            "--train-limit",
-            "64",
-            "--test-limit",
-            "32",
-            "--no-plots",
-            "--out",
-            run.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
+    let run = tiny_run(d.path());
     // Drop one tensor from the file.
     let mut kept: Vec<_> = aezoo_train::checkpoint::read_tensors(&run.join("model.safetensors"))
         .unwrap()
